@@ -1,0 +1,48 @@
+"""chatforge: from web pages to a ChatGPT-style assistant on the Hugging Face stack.
+
+Importing the package registers the ChatForge model and tokenizer with transformers' Auto classes.
+"""
+
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
+
+from .modeling import (
+    ChatForgeConfig,
+    ChatForgeForCausalLM,
+    ChatForgeForSequenceClassification,
+    ChatForgeModel,
+)
+from .tokenization import ChatForgeTokenizer
+
+__version__ = "0.1.0"
+
+
+def _register_with_transformers() -> None:
+    AutoConfig.register(ChatForgeConfig.model_type, ChatForgeConfig, exist_ok=True)
+    AutoModel.register(ChatForgeConfig, ChatForgeModel, exist_ok=True)
+    AutoModelForCausalLM.register(ChatForgeConfig, ChatForgeForCausalLM, exist_ok=True)
+    AutoModelForSequenceClassification.register(ChatForgeConfig, ChatForgeForSequenceClassification, exist_ok=True)
+    AutoTokenizer.register(ChatForgeConfig, tokenizer_class=ChatForgeTokenizer, exist_ok=True)
+    # Saved folders then carry auto_map and these classes' source files (trust_remote_code loading).
+    ChatForgeConfig.register_for_auto_class()
+    ChatForgeModel.register_for_auto_class("AutoModel")
+    ChatForgeForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+    ChatForgeForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+    ChatForgeTokenizer.register_for_auto_class("AutoTokenizer")
+
+
+_register_with_transformers()
+
+__all__ = [
+    "ChatForgeConfig",
+    "ChatForgeForCausalLM",
+    "ChatForgeForSequenceClassification",
+    "ChatForgeModel",
+    "ChatForgeTokenizer",
+    "__version__",
+]

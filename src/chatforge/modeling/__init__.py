@@ -1,0 +1,25 @@
+"""The ChatForge Transformer, its configuration and size/compute helpers."""
+
+from .configuration_chatforge import PRESETS, ChatForgeConfig
+from .modeling_chatforge import (
+    ChatForgeForCausalLM,
+    ChatForgeForSequenceClassification,
+    ChatForgeModel,
+    ChatForgePreTrainedModel,
+)
+from .compute import estimate_mfu, flops_per_token, num_parameters
+from .factory import config_for_tokenizer, set_generation_defaults
+
+__all__ = [
+    "PRESETS",
+    "ChatForgeConfig",
+    "ChatForgeForCausalLM",
+    "ChatForgeForSequenceClassification",
+    "ChatForgeModel",
+    "ChatForgePreTrainedModel",
+    "config_for_tokenizer",
+    "estimate_mfu",
+    "flops_per_token",
+    "num_parameters",
+    "set_generation_defaults",
+]

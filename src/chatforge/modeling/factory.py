@@ -1,0 +1,39 @@
+"""Build ChatForge models that match a tokenizer."""
+
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from .configuration_chatforge import PRESETS, ChatForgeConfig
+
+STOP_TOKENS = ("<|endoftext|>", "<|im_end|>")
+
+
+def config_for_tokenizer(
+    tokenizer: PreTrainedTokenizerBase, preset: str = "tiny", pad_vocab_to_multiple_of: int = 64, **overrides
+) -> ChatForgeConfig:
+    """A preset's configuration with the vocabulary and special token ids of ``tokenizer``.
+
+    The vocabulary is rounded up to a multiple of ``pad_vocab_to_multiple_of`` (faster matmuls).
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"Unknown ChatForge preset {preset!r}; choose one of {sorted(PRESETS)}.")
+    vocab_size = -(-len(tokenizer) // pad_vocab_to_multiple_of) * pad_vocab_to_multiple_of
+    fields = {
+        **PRESETS[preset],
+        "vocab_size": vocab_size,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        **overrides,
+    }
+    if fields["vocab_size"] < len(tokenizer):
+        raise ValueError(f"vocab_size={fields['vocab_size']} is smaller than the tokenizer's {len(tokenizer)} tokens")
+    return ChatForgeConfig(**fields)
+
+
+def set_generation_defaults(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:
+    """Stop generation at end-of-text and at the end of a chat turn; pad with the tokenizer's pad token."""
+    stop_ids = [tokenizer.convert_tokens_to_ids(token) for token in STOP_TOKENS if token in tokenizer.get_vocab()]
+    model.generation_config.eos_token_id = stop_ids or tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
+    return model.generation_config

@@ -1,0 +1,109 @@
+"""Train a ChatForge byte-level BPE tokenizer with the ``tokenizers`` library."""
+
+import itertools
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from ..data.text_sources import iter_documents
+from ..io import atomic_directory
+from .tokenization_chatforge import CHAT_TEMPLATE, ENDOFTEXT, PAD, SPECIAL_TOKENS, ChatForgeTokenizer
+
+#: GPT-4 (cl100k) pre-tokenization: contractions, words with one leading non-letter, 1-3 digit
+#: numbers, punctuation runs, newlines and other whitespace are split before BPE merges.
+GPT4_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+BYTE_ALPHABET_SIZE = 256
+
+
+def build_backend() -> Tokenizer:
+    """An untrained byte-level BPE: GPT-4 regex split, then bytes mapped to printable characters."""
+    backend = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(GPT4_SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    return backend
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int,
+    min_frequency: int = 2,
+    model_max_length: int = 1024,
+    show_progress: bool = True,
+) -> ChatForgeTokenizer:
+    """Learn BPE merges from ``texts``; the vocabulary holds the special tokens, all 256 bytes and merges."""
+    minimum = len(SPECIAL_TOKENS) + BYTE_ALPHABET_SIZE
+    if vocab_size < minimum:
+        raise ValueError(
+            f"vocab_size={vocab_size} is smaller than the {len(SPECIAL_TOKENS)} special tokens plus "
+            f"{BYTE_ALPHABET_SIZE} bytes ({minimum})"
+        )
+    backend = build_backend()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=show_progress,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    return ChatForgeTokenizer(
+        tokenizer_object=backend,
+        eos_token=ENDOFTEXT,
+        pad_token=PAD,
+        extra_special_tokens=[t for t in SPECIAL_TOKENS if t not in (ENDOFTEXT, PAD)],
+        chat_template=CHAT_TEMPLATE,
+        clean_up_tokenization_spaces=False,
+        model_max_length=model_max_length,
+    )
+
+
+def bytes_per_token(tokenizer: ChatForgeTokenizer, texts: Iterable[str]) -> float:
+    """Compression: UTF-8 bytes of ``texts`` per token."""
+    n_bytes = n_tokens = 0
+    for text in texts:
+        n_bytes += len(text.encode("utf-8"))
+        n_tokens += len(tokenizer.encode(text, add_special_tokens=False))
+    return n_bytes / max(n_tokens, 1)
+
+
+def _limit_chars(texts: Iterable[str], max_chars: int | None) -> Iterator[str]:
+    seen = 0
+    for text in texts:
+        if max_chars is not None and seen >= max_chars:
+            return
+        yield text if max_chars is None else text[: max_chars - seen]
+        seen += len(text)
+
+
+def train_tokenizer_from_sources(
+    sources: list[str],
+    output_dir: str | Path,
+    vocab_size: int,
+    text_field: str = "text",
+    max_chars: int | None = None,
+    min_frequency: int = 2,
+) -> tuple[ChatForgeTokenizer, dict]:
+    """Train on files/folders/datasets, save to ``output_dir`` atomically, return it with a summary."""
+    start = time.perf_counter()
+    documents = _limit_chars(iter_documents(sources, text_field), max_chars)
+    tokenizer = train_tokenizer(documents, vocab_size, min_frequency=min_frequency)
+    with atomic_directory(output_dir) as tmp_dir:
+        tokenizer.save_pretrained(tmp_dir)
+    sample = list(itertools.islice(_limit_chars(iter_documents(sources, text_field), 1_000_000), 10_000))
+    summary = {
+        "vocab_size": len(tokenizer),
+        "bytes_per_token": round(bytes_per_token(tokenizer, sample), 3),
+        "seconds": round(time.perf_counter() - start, 1),
+        "output_dir": str(output_dir),
+    }
+    return tokenizer, summary
