@@ -36,6 +36,8 @@ def expand_sources(sources: Iterable[str]) -> list[str]:
             if not matches:
                 raise InputError(f"{source}: the pattern matches no file")
             files.extend(matches)
+        elif source.startswith((".", "/", "~")) or Path(source).suffix in KNOWN_SUFFIXES:
+            raise InputError(f"{source}: no such file or folder")
         else:
             files.append(source)
     return files

@@ -263,7 +263,10 @@ class ChatForgeModel(ChatForgePreTrainedModel):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
             inputs_embeds = self.embed_tokens(input_ids)
-        if use_cache and cache is None:
+        # A cache made here starts empty: the mask is then built as without one, which keeps the
+        # packed-sequence detection from position_ids (the mask builder skips it when given a cache).
+        new_cache = bool(use_cache) and cache is None and not self.training
+        if new_cache:
             cache = DynamicCache(config=self.config)
         if position_ids is None:
             past_seen_tokens = cache.get_seq_length() if cache is not None else 0
@@ -274,7 +277,7 @@ class ChatForgeModel(ChatForgePreTrainedModel):
             config=self.config,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
-            cache=cache,
+            cache=None if new_cache else cache,
             position_ids=position_ids,
         )
         hidden_states = inputs_embeds

@@ -1,0 +1,109 @@
+"""``chatforge <stage> ...``: the command line of every pipeline stage."""
+
+import argparse
+import json
+import sys
+
+from .data.text_sources import InputError
+
+
+def _tokenizer_train(args: argparse.Namespace) -> None:
+    from .tokenization import train_tokenizer_from_sources
+
+    _, summary = train_tokenizer_from_sources(
+        args.input,
+        args.output,
+        args.vocab_size,
+        text_field=args.text_field,
+        max_chars=args.max_chars,
+        min_frequency=args.min_frequency,
+    )
+    print(
+        f"tokenizer: {summary['vocab_size']} tokens, {summary['bytes_per_token']} bytes/token on the "
+        f"training text, {summary['seconds']} s -> {summary['output_dir']}"
+    )
+
+
+def _tokenizer_show(args: argparse.Namespace) -> None:
+    from transformers import AutoTokenizer
+
+    from .tokenization import render_tokens
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    print(render_tokens(tokenizer, args.text, color=not args.no_color and sys.stdout.isatty()))
+
+
+def _model_info(args: argparse.Namespace) -> None:
+    from .modeling import ChatForgeConfig, ChatForgeForCausalLM, flops_per_token, num_parameters
+
+    config = ChatForgeConfig.from_preset(args.preset)
+    model = ChatForgeForCausalLM(config)
+    info = {
+        "preset": args.preset,
+        "parameters": num_parameters(model),
+        "training_flops_per_token": flops_per_token(config, config.max_position_embeddings),
+        **{key: getattr(config, key) for key in ("vocab_size", "hidden_size", "num_hidden_layers",
+                                                  "num_attention_heads", "num_key_value_heads",
+                                                  "intermediate_size", "max_position_embeddings")},
+    }
+    print(json.dumps(info, indent=2))
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from .demo import DemoConfig, run_core_demo
+
+    summary = run_core_demo(DemoConfig(output_dir=args.output, max_steps=args.max_steps, seed=args.seed))
+    for prompt, continuation in summary["samples"].items():
+        print(f"  {prompt!r} -> {continuation!r}")
+    print(
+        f"core demo: {summary['parameters'] / 1e6:.2f}M-parameter model, validation loss "
+        f"{summary['val_loss_before']:.3f} -> {summary['val_loss_after']:.3f} nats/token "
+        f"(unigram baseline {summary['unigram_val_loss']:.3f}) in {summary['seconds']} s; "
+        f"model in {summary['model_dir']}"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="chatforge", description=__doc__)
+    stages = parser.add_subparsers(dest="stage", required=True)
+
+    tokenizer = stages.add_parser("tokenizer", help="train or inspect a byte-level BPE tokenizer")
+    tokenizer_commands = tokenizer.add_subparsers(dest="command", required=True)
+    train = tokenizer_commands.add_parser("train", help="train a tokenizer on text files, JSONL/parquet or a dataset")
+    train.add_argument("--input", nargs="+", required=True, help="files, folders, globs or a dataset name")
+    train.add_argument("--vocab-size", type=int, required=True)
+    train.add_argument("--output", required=True, help="folder to save the tokenizer in")
+    train.add_argument("--text-field", default="text", help="field of JSONL/parquet/dataset records (default: text)")
+    train.add_argument("--max-chars", type=int, default=None, help="train on at most this many characters")
+    train.add_argument("--min-frequency", type=int, default=2, help="least count of a pair to merge")
+    train.set_defaults(func=_tokenizer_train)
+    show = tokenizer_commands.add_parser("show", help="show how text splits into tokens")
+    show.add_argument("tokenizer", help="tokenizer folder or Hub id")
+    show.add_argument("text")
+    show.add_argument("--no-color", action="store_true", help="bracket tokens instead of colouring them")
+    show.set_defaults(func=_tokenizer_show)
+
+    model = stages.add_parser("model", help="inspect model presets")
+    model_commands = model.add_subparsers(dest="command", required=True)
+    info = model_commands.add_parser("info", help="parameters and FLOPs per token of a preset")
+    info.add_argument("--preset", default="tiny")
+    info.set_defaults(func=_model_info)
+
+    demo = stages.add_parser("demo", help="core demo: tokenizer + tiny model on embedded text, then samples")
+    demo.add_argument("--output", default="runs/core-demo")
+    demo.add_argument("--max-steps", type=int, default=300)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (InputError, ValueError, FileNotFoundError, KeyError) as error:
+        sys.exit(f"chatforge {args.stage}: error: {error}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+import pytest
+import torch
+
+import chatforge  # noqa: F401  (registers the Auto classes)
+from chatforge.data import EMBEDDED_WIKIPEDIA, iter_documents
+from chatforge.modeling import ChatForgeConfig, ChatForgeForCausalLM, config_for_tokenizer, set_generation_defaults
+from chatforge.tokenization import train_tokenizer
+
+
+@pytest.fixture(scope="session")
+def documents() -> list[str]:
+    return list(iter_documents([str(EMBEDDED_WIKIPEDIA)]))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(documents):
+    """A 1k-token BPE trained on the embedded Wikipedia paragraphs."""
+    return train_tokenizer(documents, vocab_size=1024, show_progress=False)
+
+
+def small_config(tokenizer, **overrides) -> ChatForgeConfig:
+    fields = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, max_position_embeddings=128)
+    return config_for_tokenizer(tokenizer, "tiny", **{**fields, **overrides})
+
+
+@pytest.fixture
+def model(tokenizer):
+    """A randomly initialised 2-layer ChatForge model (GQA 4 query / 2 key-value heads); a wide init
+    keeps greedy choices far from ties."""
+    torch.manual_seed(0)
+    model = ChatForgeForCausalLM(small_config(tokenizer, initializer_range=0.1)).eval()
+    set_generation_defaults(model, tokenizer)
+    return model
+
+
+@pytest.fixture
+def saved_model_dir(tmp_path, model, tokenizer):
+    path = tmp_path / "model"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

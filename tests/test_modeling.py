@@ -1,0 +1,218 @@
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, pipeline
+
+from chatforge.data import DataCollatorForPackedPretraining
+from chatforge.modeling import ChatForgeForCausalLM, ChatForgeForSequenceClassification, ChatForgeModel
+from conftest import small_config
+
+PROMPTS = ["The city of", "In 1990, the first president of the republic was"]
+
+
+def _left_padded(tokenizer, prompts):
+    tokenizer.padding_side = "left"
+    try:
+        return tokenizer(prompts, return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = "right"
+
+
+def _until_stop(ids: torch.Tensor, stop_ids) -> list[int]:
+    out = []
+    for token in ids.tolist():
+        out.append(token)
+        if token in stop_ids:
+            break
+    return out
+
+
+def test_greedy_generation_with_cache_equals_without_cache_batched_left_padded(model, tokenizer):
+    batch = _left_padded(tokenizer, PROMPTS)
+    assert (batch["attention_mask"] == 0).any(), "the batch must contain left padding"
+    with_cache = model.generate(**batch, max_new_tokens=24, do_sample=False, use_cache=True)
+    without_cache = model.generate(**batch, max_new_tokens=24, do_sample=False, use_cache=False)
+    assert torch.equal(with_cache, without_cache)
+
+
+def test_left_padded_batch_generates_what_each_prompt_generates_alone(model, tokenizer):
+    batch = _left_padded(tokenizer, PROMPTS)
+    batched = model.generate(**batch, max_new_tokens=24, do_sample=False)
+    stop_ids = set(model.generation_config.eos_token_id)
+    for row, prompt in enumerate(PROMPTS):
+        alone = tokenizer(prompt, return_tensors="pt")
+        single = model.generate(**alone, max_new_tokens=24, do_sample=False)
+        expected = _until_stop(single[0, alone["input_ids"].shape[1]:], stop_ids)
+        got = _until_stop(batched[row, batch["input_ids"].shape[1]:], stop_ids)
+        assert got == expected
+        assert len(got) > 5
+
+
+def test_packed_documents_do_not_attend_across_boundaries(model, tokenizer, documents):
+    docs = [tokenizer.encode(text, add_special_tokens=False)[:40] for text in documents[:3]]
+    collator = DataCollatorForPackedPretraining(tokenizer.eos_token_id, tokenizer.pad_token_id, seq_len=128)
+    packed = collator([{"input_ids": ids} for ids in docs])
+    assert packed["input_ids"].shape[0] == 1
+    with torch.no_grad():
+        packed_logits = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"]).logits[0]
+        start = 0
+        for ids in docs:
+            document = torch.tensor([ids + [tokenizer.eos_token_id]])
+            alone = model(input_ids=document).logits[0]
+            torch.testing.assert_close(packed_logits[start:start + document.shape[1]], alone, atol=1e-5, rtol=1e-4)
+            start += document.shape[1]
+
+
+def test_save_load_round_trip_gives_identical_logits(model, saved_model_dir, tokenizer):
+    files = set(os.listdir(saved_model_dir))
+    assert {"model.safetensors", "config.json", "modeling_chatforge.py", "configuration_chatforge.py",
+            "tokenizer.json", "chat_template.jinja", "generation_config.json"} <= files
+    loaded = AutoModelForCausalLM.from_pretrained(saved_model_dir).eval()
+    assert isinstance(loaded, ChatForgeForCausalLM)
+    ids = tokenizer(PROMPTS[1], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)
+    assert loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+
+
+def test_auto_classes_resolve_to_chatforge(saved_model_dir):
+    assert isinstance(AutoModel.from_pretrained(saved_model_dir), ChatForgeModel)
+    classifier = AutoModelForSequenceClassification.from_pretrained(saved_model_dir, num_labels=1)
+    assert isinstance(classifier, ChatForgeForSequenceClassification)
+    assert type(AutoTokenizer.from_pretrained(saved_model_dir)).__name__ == "ChatForgeTokenizer"
+
+
+REMOTE_LOAD_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    sys.modules["chatforge"] = None  # make chatforge unimportable, as on a machine without it
+    try:
+        import chatforge
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("chatforge is still importable")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
+    path = sys.argv[1]
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+    model = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True).eval()
+    ids = tokenizer("The city of", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.save(model(ids).logits, sys.argv[2])
+    generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    out = generator([{"role": "user", "content": "Hi"}], max_new_tokens=5, do_sample=False)
+    print(type(model).__module__, out[0]["generated_text"][-1]["role"])
+    """
+)
+
+
+def test_trust_remote_code_loads_without_chatforge_installed(model, saved_model_dir, tokenizer, tmp_path):
+    logits_path = tmp_path / "logits.pt"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    result = subprocess.run(
+        [sys.executable, "-c", REMOTE_LOAD_SCRIPT, str(saved_model_dir), str(logits_path)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    module, role = result.stdout.split()[-2:]
+    assert module.startswith("transformers_modules.") and role == "assistant"
+    ids = tokenizer("The city of", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        assert torch.equal(torch.load(logits_path), model(ids).logits)
+
+
+def test_pipeline_text_generation_on_text_and_chat_messages(model, tokenizer):
+    generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    text = generator("The city of", max_new_tokens=8, do_sample=False)[0]["generated_text"]
+    assert text.startswith("The city of") and len(text) > len("The city of")
+    chat = generator([{"role": "user", "content": "Hello there"}], max_new_tokens=8, do_sample=False)
+    reply = chat[0]["generated_text"][-1]
+    assert reply["role"] == "assistant" and isinstance(reply["content"], str)
+
+
+def test_output_hidden_states_has_one_entry_per_layer_plus_embeddings(model, tokenizer):
+    ids = tokenizer(PROMPTS[0], return_tensors="pt")["input_ids"]
+    out = model(ids, output_hidden_states=True)
+    assert len(out.hidden_states) == model.config.num_hidden_layers + 1
+    assert out.hidden_states[-1].shape == (1, ids.shape[1], model.config.hidden_size)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tokenizer):
+    torch.manual_seed(0)
+    model = ChatForgeForCausalLM(small_config(tokenizer)).train()
+    ids = torch.randint(0, len(tokenizer), (2, 32))
+
+    def grads():
+        model.zero_grad()
+        model(ids, labels=ids).loss.backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain = grads()
+    model.activation_checkpointing_enable()
+    checkpointed = grads()
+    for a, b in zip(plain, checkpointed):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("variant", [dict(qk_norm=True), dict(gated_mlp=False, hidden_act="relu2"),
+                                     dict(tie_word_embeddings=False)])
+def test_architecture_variants_train_and_round_trip(tokenizer, tmp_path, variant):
+    torch.manual_seed(0)
+    model = ChatForgeForCausalLM(small_config(tokenizer, **variant))
+    ids = torch.randint(0, len(tokenizer), (2, 32))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(10):  # memorise one batch
+        loss = model(ids, labels=ids).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] - 1.0
+    model.save_pretrained(tmp_path)
+    loaded = ChatForgeForCausalLM.from_pretrained(tmp_path)
+    model.eval(), loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, loaded(ids).logits)
+    tied = loaded.lm_head.weight.data_ptr() == loaded.model.embed_tokens.weight.data_ptr()
+    assert tied == loaded.config.tie_word_embeddings
+
+
+def test_sequence_classification_scores_last_real_token(tokenizer):
+    torch.manual_seed(0)
+    config = small_config(tokenizer, num_labels=1)
+    classifier = ChatForgeForSequenceClassification(config).eval()
+    short = tokenizer("A short answer", return_tensors="pt")["input_ids"]
+    batch = tokenizer(["A short answer", "A much longer answer with many more words"], return_tensors="pt",
+                      padding=True)
+    with torch.no_grad():
+        alone = classifier(short).logits
+        batched = classifier(**batch).logits
+    assert batched.shape == (2, 1)
+    torch.testing.assert_close(batched[0], alone[0], atol=1e-5, rtol=1e-4)
+
+
+def test_eager_and_sdpa_attention_agree(tokenizer, saved_model_dir):
+    ids = tokenizer(PROMPTS, return_tensors="pt", padding=True)
+    eager = AutoModelForCausalLM.from_pretrained(saved_model_dir, attn_implementation="eager").eval()
+    sdpa = AutoModelForCausalLM.from_pretrained(saved_model_dir, attn_implementation="sdpa").eval()
+    real = ids["attention_mask"].bool()  # padding rows attend to nothing: their outputs are arbitrary
+    with torch.no_grad():
+        torch.testing.assert_close(eager(**ids).logits[real], sdpa(**ids).logits[real], atol=1e-4, rtol=1e-4)
+
+
+def test_torch_compile_matches_eager(tokenizer):
+    torch.manual_seed(0)
+    model = ChatForgeForCausalLM(small_config(tokenizer)).train()
+    ids = torch.randint(0, len(tokenizer), (2, 32))
+    eager_loss = model(ids, labels=ids).loss
+    compiled = torch.compile(model, fullgraph=True)
+    compiled_loss = compiled(ids, labels=ids).loss
+    compiled_loss.backward()
+    torch.testing.assert_close(compiled_loss, eager_loss, atol=1e-4, rtol=1e-4)
+    assert model.model.embed_tokens.weight.grad is not None
