@@ -1,0 +1,28 @@
+# The two set-up commands of the README. Each creates (or reuses) .venv, installs torch first
+# (pinned: the CPU wheel on a CPU machine, CUDA where pip's index gives one), then the package.
+VENV ?= .venv
+PYTHON ?= python3
+TORCH_SPEC ?= torch==2.13.0
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.chatforge-installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[train,test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/chatforge demo --output runs/core-demo
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) bench/model_throughput.py --preset tiny
+
+clean:
+	rm -rf $(VENV) runs

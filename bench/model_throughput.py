@@ -1,0 +1,126 @@
+"""Training throughput of ChatForgeForCausalLM against a plain-PyTorch GPT of the same shape.
+
+Both models run the same training step (forward, next-token loss, backward, AdamW) on the same
+batches, alternating in rounds so that machine noise hits both alike. Prints tokens/s of each,
+the ratio (ChatForge / reference; above 1.0 means ChatForge is faster) and MFU where a peak is known.
+
+    python bench/model_throughput.py --preset tiny                      # CPU
+    python bench/model_throughput.py --preset gpt2-124m --compile       # GPU, bf16
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from reference_gpt import ReferenceGPT  # noqa: E402
+
+from chatforge.modeling import ChatForgeConfig, ChatForgeForCausalLM, estimate_mfu, num_parameters  # noqa: E402
+
+# Dense bf16 peak FLOP/s of common accelerators, for the MFU column.
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: 8 on CPU, 32 on GPU")
+    parser.add_argument("--seq-len", type=int, default=None, help="default: the preset's context (CPU: 256)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per round (default: 5 CPU, 20 GPU)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--attn", default="sdpa", help="ChatForge attention implementation")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
+    return parser.parse_args()
+
+
+def training_step(model, optimizer, batch, is_reference: bool, autocast) -> None:
+    with autocast():
+        loss = model(batch, batch) if is_reference else model(input_ids=batch, labels=batch).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    on_gpu = device.type == "cuda"
+    config = ChatForgeConfig.from_preset(args.preset)
+    config._attn_implementation = args.attn
+    batch_size = args.batch_size or (32 if on_gpu else 8)
+    seq_len = args.seq_len or (config.max_position_embeddings if on_gpu else min(256, config.max_position_embeddings))
+    steps = args.steps or (20 if on_gpu else 5)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    if on_gpu:
+        torch.backends.cuda.matmul.allow_tf32 = True
+
+    torch.manual_seed(0)
+    models = {"chatforge": ChatForgeForCausalLM(config).to(device), "reference": ReferenceGPT(config).to(device)}
+    n_params = {name: num_parameters(model) for name, model in models.items()}
+    if n_params["chatforge"] != n_params["reference"]:
+        raise SystemExit(f"shape mismatch: {n_params}")
+    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4, fused=on_gpu)
+                  for name, model in models.items()}
+    steppers = {name: torch.compile(model) if args.compile else model for name, model in models.items()}
+
+    def autocast():
+        return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)
+
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=generator).to(device)
+               for _ in range(4)]
+
+    def run(name: str, n: int) -> float:
+        if on_gpu:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for i in range(n):
+            training_step(steppers[name], optimizers[name], batches[i % len(batches)], name == "reference", autocast)
+        if on_gpu:
+            torch.cuda.synchronize()
+        return batch_size * seq_len * n / (time.perf_counter() - start)
+
+    for name in models:
+        run(name, args.warmup)
+    rates = {name: [] for name in models}
+    for _ in range(args.rounds):
+        for name in models:
+            rates[name].append(run(name, steps))
+    tokens_per_s = {name: statistics.median(values) for name, values in rates.items()}
+    ratio = tokens_per_s["chatforge"] / tokens_per_s["reference"]
+
+    device_name = torch.cuda.get_device_name() if on_gpu else f"CPU ({torch.get_num_threads()} threads)"
+    peak = next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in device_name), None)
+    result = {
+        "preset": args.preset,
+        "device": device_name,
+        "torch": torch.__version__,
+        "parameters": n_params["chatforge"],
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "dtype": args.dtype,
+        "compile": args.compile,
+        "attn": args.attn,
+        "tokens_per_s": {name: round(value) for name, value in tokens_per_s.items()},
+        "ratio_chatforge_over_reference": round(ratio, 3),
+    }
+    if peak and dtype == torch.bfloat16:
+        result["mfu"] = {name: round(estimate_mfu(config, seq_len, value, peak), 3)
+                         for name, value in tokens_per_s.items()}
+    print(json.dumps(result, indent=2))
+    print(f"{args.preset} on {device_name}: ChatForge {tokens_per_s['chatforge']:,.0f} tok/s, plain PyTorch "
+          f"{tokens_per_s['reference']:,.0f} tok/s -> ratio {ratio:.3f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
