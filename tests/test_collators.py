@@ -3,7 +3,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from chatforge.data import IGNORE_INDEX, DataCollatorForChat, DataCollatorForPackedPretraining, DataCollatorForPreference
-from chatforge.modeling import ChatForgeForSequenceClassification
+from chatforge.modeling import ChatForgeForCausalLM, ChatForgeForSequenceClassification
 from conftest import small_config
 
 EOS, PAD = 0, 4
@@ -105,9 +105,45 @@ def test_preference_collator_trains_a_reward_model_with_trl(tokenizer, tmp_path)
     model = ChatForgeForSequenceClassification(small_config(tokenizer, num_labels=1))
     args = RewardConfig(output_dir=str(tmp_path), max_steps=40, per_device_train_batch_size=16, learning_rate=3e-3,
                         report_to=[], save_strategy="no", logging_steps=10, use_cpu=True, bf16=False,
-                        gradient_checkpointing=False)
+                        activation_checkpointing=False)
     trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(pairs),
                             processing_class=tokenizer, data_collator=DataCollatorForPreference(tokenizer))
     trainer.train()
     losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
     assert losses[-1] < losses[0]
+
+
+def _arithmetic_chats(seed: int, n: int) -> list[dict]:
+    import random
+
+    rng = random.Random(seed)
+    chats = []
+    for _ in range(n):
+        a, b = rng.randint(0, 50), rng.randint(0, 50)
+        chats.append({"messages": [{"role": "user", "content": f"What is {a} plus {b}?"},
+                                   {"role": "assistant", "content": f"{a} plus {b} is {a + b}."}]})
+    return chats
+
+
+@pytest.mark.parametrize("collate_with_chatforge", [True, False], ids=["chatforge-collator", "trl-assistant-only"])
+def test_chat_format_trains_with_trl_sft_on_assistant_tokens(tokenizer, tmp_path, collate_with_chatforge):
+    """TRL's SFTTrainer learns the assistant's replies, either through DataCollatorForChat or through
+    TRL's own assistant_only_loss reading the template's {% generation %} markers."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    torch.manual_seed(0)
+    model = ChatForgeForCausalLM(small_config(tokenizer))
+    extra = dict(dataset_kwargs={"skip_prepare_dataset": True}, remove_unused_columns=False) \
+        if collate_with_chatforge else dict(assistant_only_loss=True)
+    args = SFTConfig(output_dir=str(tmp_path), max_steps=60, per_device_train_batch_size=16, learning_rate=3e-3,
+                     report_to=[], save_strategy="no", use_cpu=True, bf16=False, activation_checkpointing=False,
+                     per_device_eval_batch_size=32, **extra)
+    trainer = SFTTrainer(model=model, args=args, processing_class=tokenizer,
+                         train_dataset=Dataset.from_list(_arithmetic_chats(0, 400)),
+                         eval_dataset=Dataset.from_list(_arithmetic_chats(1, 64)),
+                         data_collator=DataCollatorForChat(tokenizer) if collate_with_chatforge else None)
+    before = trainer.evaluate()["eval_loss"]
+    trainer.train()
+    after = trainer.evaluate()["eval_loss"]
+    assert after < before - 2.0
