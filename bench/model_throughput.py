@@ -32,7 +32,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None, help="default: 8 on CPU, 32 on GPU")
     parser.add_argument("--seq-len", type=int, default=None, help="default: the preset's context (CPU: 256)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per round (default: 5 CPU, 20 GPU)")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")

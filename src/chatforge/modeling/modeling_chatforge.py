@@ -73,8 +73,9 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary_pos_emb(q, k, cos, sin):
-    """Rotate queries and keys of shape (batch, heads, seq, head_dim) by position."""
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    """Rotate queries and keys of shape (batch, heads, seq, head_dim) by position, in their own dtype
+    (under autocast they stay in bf16 for the attention kernel)."""
+    cos, sin = cos.unsqueeze(1).to(q.dtype), sin.unsqueeze(1).to(q.dtype)
     return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
 
 
