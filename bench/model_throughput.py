@@ -1,8 +1,9 @@
 """Training throughput of ChatForgeForCausalLM against a plain-PyTorch GPT of the same shape.
 
 Both models run the same training step (forward, next-token loss, backward, AdamW) on the same
-batches, alternating in rounds so that machine noise hits both alike. Prints tokens/s of each,
-the ratio (ChatForge / reference; above 1.0 means ChatForge is faster) and MFU where a peak is known.
+batches, in rounds of alternating order so that machine noise hits both alike. Prints tokens/s of
+each, the median per-round ratio (ChatForge / reference; above 1.0 means ChatForge is faster) and
+MFU where a peak is known.
 
     python bench/model_throughput.py --preset tiny                      # CPU
     python bench/model_throughput.py --preset gpt2-124m --compile       # GPU, bf16
@@ -32,7 +33,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None, help="default: 8 on CPU, 32 on GPU")
     parser.add_argument("--seq-len", type=int, default=None, help="default: the preset's context (CPU: 256)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps per round (default: 5 CPU, 20 GPU)")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
@@ -90,12 +91,18 @@ def main() -> None:
 
     for name in models:
         run(name, args.warmup)
+    # Rounds alternate the order (AB, BA, ...) so that drift in machine speed hits both alike; the
+    # ratio is the median of the per-round ratios.
     rates = {name: [] for name in models}
-    for _ in range(args.rounds):
-        for name in models:
-            rates[name].append(run(name, steps))
+    ratios = []
+    for round_index in range(args.rounds):
+        order = list(models) if round_index % 2 == 0 else list(reversed(models))
+        measured = {name: run(name, steps) for name in order}
+        for name, value in measured.items():
+            rates[name].append(value)
+        ratios.append(measured["chatforge"] / measured["reference"])
     tokens_per_s = {name: statistics.median(values) for name, values in rates.items()}
-    ratio = tokens_per_s["chatforge"] / tokens_per_s["reference"]
+    ratio = statistics.median(ratios)
 
     device_name = torch.cuda.get_device_name() if on_gpu else f"CPU ({torch.get_num_threads()} threads)"
     peak = next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in device_name), None)
@@ -111,6 +118,7 @@ def main() -> None:
         "attn": args.attn,
         "tokens_per_s": {name: round(value) for name, value in tokens_per_s.items()},
         "ratio_chatforge_over_reference": round(ratio, 3),
+        "ratio_range": [round(min(ratios), 3), round(max(ratios), 3)],
     }
     if peak and dtype == torch.bfloat16:
         result["mfu"] = {name: round(estimate_mfu(config, seq_len, value, peak), 3)

@@ -94,7 +94,10 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
 
 
 class ChatForgeAttention(nn.Module):
-    """Grouped-query self-attention with RoPE, optional QK-norm, through transformers' attention interface."""
+    """Grouped-query self-attention with RoPE, optional QK-norm, through transformers' attention interface.
+
+    Queries, keys and values come from one fused projection (``qkv_proj``, in that order).
+    """
 
     def __init__(self, config: ChatForgeConfig, layer_idx: int):
         super().__init__()
@@ -106,9 +109,9 @@ class ChatForgeAttention(nn.Module):
         self.is_causal = True
         q_out = config.num_attention_heads * self.head_dim
         kv_out = config.num_key_value_heads * self.head_dim
-        self.q_proj = nn.Linear(config.hidden_size, q_out, bias=False)
-        self.k_proj = nn.Linear(config.hidden_size, kv_out, bias=False)
-        self.v_proj = nn.Linear(config.hidden_size, kv_out, bias=False)
+        self.qkv_split = (q_out, kv_out, kv_out)
+        # One fused projection for queries, keys and values: one large matmul instead of three.
+        self.qkv_proj = nn.Linear(config.hidden_size, q_out + 2 * kv_out, bias=False)
         self.o_proj = nn.Linear(q_out, config.hidden_size, bias=False)
         self.o_proj.writes_residual = True
         if config.qk_norm:
@@ -125,9 +128,9 @@ class ChatForgeAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
-        query = self.q_proj(hidden_states).view(hidden_shape)
-        key = self.k_proj(hidden_states).view(hidden_shape)
-        value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+        query, key, value = self.qkv_proj(hidden_states).split(self.qkv_split, dim=-1)
+        query, key = query.view(hidden_shape), key.view(hidden_shape)
+        value = value.view(hidden_shape).transpose(1, 2)
         if self.config.qk_norm:
             query, key = self.q_norm(query), self.k_norm(key)
         query, key = apply_rotary_pos_emb(query.transpose(1, 2), key.transpose(1, 2), *position_embeddings)
@@ -153,21 +156,24 @@ class ChatForgeAttention(nn.Module):
 
 
 class ChatForgeMLP(nn.Module):
-    """``down(act(gate(x)) * up(x))`` when gated (SwiGLU), else ``down(act(up(x)))`` (e.g. ReLU²)."""
+    """``down(act(gate(x)) * up(x))`` when gated (SwiGLU, gate and up fused in ``gate_up_proj``),
+    else ``down(act(up(x)))`` (e.g. ReLU²)."""
 
     def __init__(self, config: ChatForgeConfig):
         super().__init__()
         self.gated = config.gated_mlp
-        if self.gated:
-            self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        if self.gated:  # gate and up projections fused into one matmul, gate first
+            self.gate_up_proj = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=False)
+        else:
+            self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
         self.down_proj.writes_residual = True
         self.act_fn = ACT2FN[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:
-            return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            return self.down_proj(self.act_fn(gate) * up)
         return self.down_proj(self.act_fn(self.up_proj(x)))
 
 
@@ -298,7 +304,6 @@ class ChatForgeForCausalLM(ChatForgePreTrainedModel, GenerationMixin):
     """The decoder with a language-modelling head: next-token logits and loss."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
-    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: ChatForgeConfig):
         super().__init__(config)
