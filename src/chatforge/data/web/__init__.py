@@ -1,0 +1,1 @@
+"""FineWeb-style cleaning of web pages on datatrove: readers, blocks, presets, runs and reports."""

@@ -1,0 +1,156 @@
+"""Pipeline blocks that datatrove lacks or that need a local twist; each counts what it drops and why."""
+
+from datatrove.data import Document, DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.dedup.minhash import MinhashDedupFilter
+from datatrove.pipeline.extractors.base import ExtractorSandbox
+from datatrove.pipeline.filters import LanguageFilter, URLFilter
+from datatrove.pipeline.formatters.pii import PIIFormatter, PIIReplacer
+from datatrove.utils.lid import FT176LID
+from datatrove.utils.typeshelper import StatHints
+
+from .. import EMBEDDED_DIR
+
+#: fastText lid.176 (quantised), shipped so that language ID works offline.
+LID176_PATH = EMBEDDED_DIR / "lid.176.ftz"
+
+
+class HtmlToText(PipelineStep):
+    """Extract the main text of HTML documents; documents that are already text pass through.
+
+    ``engine="trafilatura"`` uses FineWeb's settings (``favour_precision=True``, deduplication);
+    ``engine="resiliparse"`` is the fast option (main-content extraction, many times faster).
+    Each page runs in datatrove's sandboxed subprocess with a per-page ``timeout``.
+    """
+
+    name = "⛏ Extract"
+    type = "🛢 - EXTRAC"
+
+    def __init__(self, engine: str = "trafilatura", timeout: float = 1.0):
+        super().__init__()
+        if engine not in ("trafilatura", "resiliparse"):
+            raise ValueError(f"unknown extraction engine {engine!r}; use 'trafilatura' or 'resiliparse'")
+        self.engine = engine
+        self.timeout = timeout
+
+    def extract(self, html: str) -> str:
+        if self.engine == "trafilatura":
+            from trafilatura import extract
+
+            return extract(html, favor_precision=True, include_comments=False, deduplicate=True) or ""
+        from resiliparse.extract.html2text import extract_plain_text
+
+        return extract_plain_text(html, main_content=True, alt_texts=False, links=False, list_bullets=True)
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        with ExtractorSandbox(timeout=self.timeout, warmup_text="") as sandbox:
+            for doc in data:
+                self.stat_update(StatHints.total)
+                if doc.metadata.get("format") == "text":
+                    self.stat_update("already_text")
+                else:
+                    with self.track_time():
+                        try:
+                            doc.text = sandbox.process_document(doc.text, self.extract)
+                        except TimeoutError:
+                            self.stat_update("dropped_timeout")
+                            continue
+                        except EOFError:
+                            self.stat_update("dropped_broken_process")
+                            continue
+                        except Exception:  # a page that breaks the extractor is dropped, not fatal
+                            self.stat_update("dropped_extraction_error")
+                            continue
+                    doc.metadata["format"] = "text"
+                if doc.text.strip():
+                    self.stat_update(StatHints.forwarded)
+                    self.update_doc_stats(doc)
+                    yield doc
+                else:
+                    self.stat_update(StatHints.dropped)
+                    self.stat_update("dropped_no_text")
+
+
+class UrlBlocklistFilter(URLFilter):
+    """datatrove's URL filter (blocklisted domains, URLs and words); documents without a URL pass."""
+
+    def filter(self, document: Document) -> bool | tuple[bool, str]:
+        if not document.metadata.get("url"):
+            return True
+        return super().filter(document)
+
+
+class _LocalFT176(FT176LID):
+    """fastText lid.176 read from a local file instead of downloaded."""
+
+    def __init__(self, model_path: str, languages: list[str] | None):
+        super().__init__(languages)
+        self.model_path = model_path
+
+    @property
+    def model(self):
+        if self._model is None:
+            from fasttext.FastText import _FastText
+
+            self._model = _FastText(self.model_path)
+        return self._model
+
+
+class LocalLanguageFilter(LanguageFilter):
+    """Keep documents whose language score for one of ``languages`` exceeds ``language_threshold``.
+
+    Uses fastText lid.176 from ``model_path`` (default: the copy shipped with chatforge).
+    """
+
+    def __init__(self, languages=("en",), language_threshold: float = 0.65, model_path: str | None = None,
+                 exclusion_writer=None):
+        super().__init__(list(languages), language_threshold, exclusion_writer=exclusion_writer)
+        self.model = _LocalFT176(str(model_path or LID176_PATH), list(languages))
+
+
+# US social security numbers (area 001-899 but not 666, group 01-99, serial 0001-9999) and North American
+# phone numbers in their usual spellings: (555) 123-4567, 555-123-4567, 555.123.4567, +1 555 123 4567.
+SSN_PATTERN = r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b"
+PHONE_PATTERN = r"(?<![\w+])(?:\+?1[ .-]?)?(?:\(\d{3}\)\s?|\d{3}[ .-])\d{3}[ .-]\d{4}\b"
+
+
+class CountsKeptText:
+    """Mixin: also record the length of every document the block passes on (``doc_len``), which
+    datatrove's formatters and dedup filter leave out, so the funnel can count characters."""
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        for doc in super().run(data, rank, world_size):
+            self.update_doc_stats(doc)
+            yield doc
+
+
+class NearDuplicateFilter(CountsKeptText, MinhashDedupFilter):
+    """datatrove's MinHash filter (drops the documents the clustering stage marked as duplicates)."""
+
+
+class PIIRemover(CountsKeptText, PIIFormatter):
+    """datatrove's PII formatter (emails, public IPs) plus US social security and phone numbers."""
+
+    def __init__(self, remove_ssns: bool = True, remove_phones: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.replacers = []
+        if remove_ssns:
+            self.replacers.append(PIIReplacer(SSN_PATTERN, "000-00-0000"))
+        if remove_phones:
+            self.replacers.append(PIIReplacer(PHONE_PATTERN, "555-0100"))
+
+    def format(self, text: str) -> str:
+        text = super().format(text)
+        for replacer in self.replacers:
+            text = replacer.replace(text)
+        return text
+
+
+__all__ = [
+    "HtmlToText",
+    "LID176_PATH",
+    "LocalLanguageFilter",
+    "NearDuplicateFilter",
+    "PIIRemover",
+    "UrlBlocklistFilter",
+]
