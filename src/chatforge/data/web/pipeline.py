@@ -84,7 +84,7 @@ def build_step(name: str, params: dict, layout: RunLayout, config: WebPipelineCo
     if name == "url_filter":
         return UrlBlocklistFilter(exclusion_writer=dropped, **params)
     if name == "extract":
-        return HtmlToText(**params)
+        return HtmlToText(exclusion_writer=dropped, **params)
     if name == "language":
         return LocalLanguageFilter(exclusion_writer=dropped, **params)
     if name == "gopher_repetition":

@@ -86,7 +86,7 @@ def plot_funnel(stats: dict, path: str | Path) -> None:
     ax.set_ylabel("% of input kept")
     ax.set_ylim(0, 110)
     ax.set_title("What each step keeps")
-    ax.legend()
+    ax.legend(loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -1,5 +1,7 @@
 """Pipeline blocks that datatrove lacks or that need a local twist; each counts what it drops and why."""
 
+import contextlib
+
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import MinhashDedupFilter
@@ -26,8 +28,9 @@ class HtmlToText(PipelineStep):
     name = "⛏ Extract"
     type = "🛢 - EXTRAC"
 
-    def __init__(self, engine: str = "trafilatura", timeout: float = 1.0):
+    def __init__(self, engine: str = "trafilatura", timeout: float = 1.0, exclusion_writer=None):
         super().__init__()
+        self.exclusion_writer = exclusion_writer
         if engine not in ("trafilatura", "resiliparse"):
             raise ValueError(f"unknown extraction engine {engine!r}; use 'trafilatura' or 'resiliparse'")
         self.engine = engine
@@ -43,32 +46,35 @@ class HtmlToText(PipelineStep):
         return extract_plain_text(html, main_content=True, alt_texts=False, links=False, list_bullets=True)
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        with ExtractorSandbox(timeout=self.timeout, warmup_text="") as sandbox:
+        dropped_writer = self.exclusion_writer or contextlib.nullcontext()
+        with ExtractorSandbox(timeout=self.timeout, warmup_text="") as sandbox, dropped_writer as writer:
             for doc in data:
                 self.stat_update(StatHints.total)
-                if doc.metadata.get("format") == "text":
-                    self.stat_update("already_text")
-                else:
-                    with self.track_time():
-                        try:
-                            doc.text = sandbox.process_document(doc.text, self.extract)
-                        except TimeoutError:
-                            self.stat_update("dropped_timeout")
-                            continue
-                        except EOFError:
-                            self.stat_update("dropped_broken_process")
-                            continue
-                        except Exception:  # a page that breaks the extractor is dropped, not fatal
-                            self.stat_update("dropped_extraction_error")
-                            continue
-                    doc.metadata["format"] = "text"
-                if doc.text.strip():
+                reason = self._extract_in_place(doc, sandbox) if doc.metadata.get("format") != "text" else None
+                if reason is None and doc.text.strip():
                     self.stat_update(StatHints.forwarded)
                     self.update_doc_stats(doc)
                     yield doc
-                else:
-                    self.stat_update(StatHints.dropped)
-                    self.stat_update("dropped_no_text")
+                    continue
+                self.stat_update(StatHints.dropped)
+                self.stat_update(f"dropped_{reason or 'no_text'}")
+                if writer is not None:
+                    doc.metadata["filter_reason"] = reason or "no_text"
+                    writer.write(doc, rank)
+
+    def _extract_in_place(self, doc: Document, sandbox: ExtractorSandbox) -> str | None:
+        """Replace the HTML by its text; the reason it failed, or None."""
+        with self.track_time():
+            try:
+                doc.text = sandbox.process_document(doc.text, self.extract)
+            except TimeoutError:
+                return "timeout"
+            except EOFError:
+                return "broken_process"
+            except Exception:  # a page that breaks the extractor is dropped, not fatal
+                return "extraction_error"
+        doc.metadata["format"] = "text"
+        return None
 
 
 class UrlBlocklistFilter(URLFilter):
