@@ -63,6 +63,25 @@ def _demo(args: argparse.Namespace) -> None:
     )
 
 
+def _data_pipeline(args: argparse.Namespace) -> None:
+    from .data.web.config import WebPipelineConfig
+    from .data.web.pipeline import run_web_pipeline
+
+    config = WebPipelineConfig.from_yaml(args.config) if args.config else WebPipelineConfig.from_preset(args.preset)
+    if args.no_keep_dropped:
+        config.keep_dropped = False
+    options = json.loads(args.executor_options) if args.executor_options else None
+    stats = run_web_pipeline(args.input, args.output, config, executor=args.executor, workers=args.workers,
+                             tasks=args.tasks, executor_options=options, limit=args.limit)
+    if not stats:
+        print(f"submitted to {args.executor}; logs in {args.output}/logs")
+        return
+    first, last = stats["funnel"][0], stats["funnel"][-1]
+    print(f"data pipeline: {first['documents']:,} documents in, {last['documents']:,} kept "
+          f"({last['characters']:,} characters), {stats['input_errors']} unreadable inputs -> "
+          f"{stats['output']['folder']}; report in {args.output}/report.md")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chatforge", description=__doc__)
     stages = parser.add_subparsers(dest="stage", required=True)
@@ -88,6 +107,22 @@ def build_parser() -> argparse.ArgumentParser:
     info = model_commands.add_parser("info", help="parameters and FLOPs per token of a preset")
     info.add_argument("--preset", default="tiny")
     info.set_defaults(func=_model_info)
+
+    data = stages.add_parser("data", help="clean web pages into training text")
+    data_commands = data.add_subparsers(dest="command", required=True)
+    pipeline = data_commands.add_parser("pipeline", help="FineWeb-style cleaning of HTML/WARC/JSONL/parquet inputs")
+    pipeline.add_argument("--input", required=True, help="a folder, file or glob of .html/.warc(.gz)/.jsonl/.parquet")
+    pipeline.add_argument("--output", required=True, help="run folder: data/, removed/, logs/, stats.json, report.md")
+    pipeline.add_argument("--preset", default="fineweb", help="fineweb (trafilatura) or fast (resiliparse)")
+    pipeline.add_argument("--config", default=None, help="YAML with preset/steps/keep_dropped (overrides --preset)")
+    pipeline.add_argument("--workers", type=int, default=1, help="parallel processes (local) or workers (ray)")
+    pipeline.add_argument("--tasks", type=int, default=None, help="input shards (default: --workers)")
+    pipeline.add_argument("--executor", default="local", choices=["local", "slurm", "ray"])
+    pipeline.add_argument("--executor-options", default=None,
+                          help='JSON keyword arguments of the executor, e.g. \'{"partition": "cpu", "time": "4:00:00"}\'')
+    pipeline.add_argument("--limit", type=int, default=-1, help="read at most this many documents per task")
+    pipeline.add_argument("--no-keep-dropped", action="store_true", help="do not write removed/<step>/")
+    pipeline.set_defaults(func=_data_pipeline)
 
     demo = stages.add_parser("demo", help="core demo: tokenizer + tiny model on embedded text, then samples")
     demo.add_argument("--output", default="runs/core-demo")

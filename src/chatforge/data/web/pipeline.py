@@ -9,8 +9,8 @@ Stages (datatrove pipelines, chained with ``depends``; finished tasks are skippe
 Without a ``minhash`` step, stage 1 writes the parquet output directly.
 """
 
+import glob
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,8 +164,8 @@ def run_web_pipeline(input_path: str, output_dir: str | Path, config: WebPipelin
     from .report import collect_stats, write_report
 
     config = config or WebPipelineConfig()
-    if not os.path.exists(split_input(input_path)[0]) and "://" not in input_path:
-        raise FileNotFoundError(f"{input_path}: no such file or folder")
+    if "://" not in input_path and not glob.glob(input_path):
+        raise FileNotFoundError(f"{input_path}: no such file, folder or matching files")
     stages = build_stages(input_path, output_dir, config, tasks=tasks or workers, limit=limit)
     executors = make_executors(stages, output_dir, executor, workers, executor_options)
     executors[-1].run()  # runs the chain through `depends`

@@ -108,6 +108,9 @@ class WebPageReader(BaseDiskReader):
                         self._error(filepath, index, ValueError(f"record larger than {self.max_bytes} bytes"))
                         continue
                     extracted = process_record(record)
+                    record.content_stream().read()  # a record cut short leaves part of its length unread
+                    if getattr(record.raw_stream, "limit", 0) > 0:
+                        raise EOFError("record truncated (the archive ends inside it)")
                 except Exception as error:
                     self._error(filepath, index, error)
                     continue
