@@ -82,6 +82,17 @@ def _data_pipeline(args: argparse.Namespace) -> None:
           f"{stats['output']['folder']}; report in {args.output}/report.md")
 
 
+def _data_tokenize(args: argparse.Namespace) -> None:
+    from .data.shards import tokenize_to_shards
+
+    meta = tokenize_to_shards(args.tokenizer, args.input, args.output, text_field=args.text_field,
+                              val_fraction=args.val_fraction, seed=args.seed, workers=args.workers,
+                              shard_tokens=args.shard_tokens)
+    train, val = meta["splits"]["train"], meta["splits"]["val"]
+    print(f"token shards: train {train['tokens']:,} tokens ({train['documents']:,} documents), val "
+          f"{val['tokens']:,} tokens ({val['documents']:,} documents), {meta['dtype']} -> {args.output}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chatforge", description=__doc__)
     stages = parser.add_subparsers(dest="stage", required=True)
@@ -123,6 +134,17 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--limit", type=int, default=-1, help="read at most this many documents per task")
     pipeline.add_argument("--no-keep-dropped", action="store_true", help="do not write removed/<step>/")
     pipeline.set_defaults(func=_data_pipeline)
+
+    tokenize = data_commands.add_parser("tokenize", help="tokenize a dataset into train/val token shards")
+    tokenize.add_argument("--tokenizer", required=True, help="tokenizer folder or Hub id")
+    tokenize.add_argument("--input", nargs="+", required=True, help="parquet/JSONL/text files, folders, a dataset")
+    tokenize.add_argument("--output", required=True)
+    tokenize.add_argument("--text-field", default="text")
+    tokenize.add_argument("--val-fraction", type=float, default=0.005, help="share of documents held out")
+    tokenize.add_argument("--seed", type=int, default=0)
+    tokenize.add_argument("--workers", type=int, default=1, help="tokenizing processes")
+    tokenize.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard file")
+    tokenize.set_defaults(func=_data_tokenize)
 
     demo = stages.add_parser("demo", help="core demo: tokenizer + tiny model on embedded text, then samples")
     demo.add_argument("--output", default="runs/core-demo")

@@ -1,0 +1,184 @@
+"""Token shards: documents tokenized into flat binary files that pretraining memory-maps.
+
+Layout of a shard folder::
+
+    meta.json                  dtype, vocab size, EOS id, tokenizer, and per split its shards and counts
+    train_000000.bin           token ids (uint16 when the vocabulary fits, else uint32), EOS after each document
+    train_000000.docs.npy      int64 offsets where each document starts in that shard
+    val_000000.bin ...
+
+Documents go to ``val`` by a seeded hash of their position, so the split is stable when inputs grow.
+"""
+
+import hashlib
+import json
+import multiprocessing
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..io import atomic_directory, atomic_write_text
+from .text_sources import iter_documents
+
+SPLITS = ("train", "val")
+META_FILE = "meta.json"
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    return np.dtype(np.uint16) if vocab_size <= np.iinfo(np.uint16).max + 1 else np.dtype(np.uint32)
+
+
+def is_validation(index: int, val_fraction: float, seed: int) -> bool:
+    digest = hashlib.blake2b(f"{seed}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") / 2**64 < val_fraction
+
+
+_worker_tokenizer = None
+
+
+def _init_worker(tokenizer_dir: str) -> None:
+    global _worker_tokenizer
+    from transformers import AutoTokenizer
+
+    _worker_tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+def _encode_batch(batch: list[tuple[int, str]]) -> list[tuple[int, list[int]]]:
+    ids = _worker_tokenizer([text for _, text in batch], add_special_tokens=False)["input_ids"]
+    return [(index, tokens + [_worker_tokenizer.eos_token_id]) for (index, _), tokens in zip(batch, ids)]
+
+
+def _batches(documents: Iterable[str], size: int) -> Iterator[list[tuple[int, str]]]:
+    batch = []
+    for index, text in enumerate(documents):
+        batch.append((index, text))
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+class _ShardWriter:
+    """Appends documents to ``<split>_NNNNNN.bin`` files of at most ``shard_tokens`` tokens."""
+
+    def __init__(self, folder: Path, split: str, dtype: np.dtype, shard_tokens: int):
+        self.folder, self.split, self.dtype, self.shard_tokens = folder, split, dtype, shard_tokens
+        self.shards: list[dict] = []
+        self.buffer: list[np.ndarray] = []
+        self.offsets: list[int] = []
+        self.buffered = 0
+        self.documents = 0
+        self.tokens = 0
+
+    def add(self, tokens: list[int]) -> None:
+        self.offsets.append(self.buffered)
+        self.buffer.append(np.asarray(tokens, dtype=self.dtype))
+        self.buffered += len(tokens)
+        self.documents += 1
+        self.tokens += len(tokens)
+        if self.buffered >= self.shard_tokens:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.buffer:
+            return
+        name = f"{self.split}_{len(self.shards):06d}"
+        np.concatenate(self.buffer).tofile(self.folder / f"{name}.bin")
+        np.save(self.folder / f"{name}.docs.npy", np.asarray(self.offsets, dtype=np.int64))
+        self.shards.append({"file": f"{name}.bin", "tokens": self.buffered, "documents": len(self.offsets)})
+        self.buffer, self.offsets, self.buffered = [], [], 0
+
+
+def tokenize_to_shards(tokenizer_dir: str, sources: list[str], output_dir: str | Path, text_field: str = "text",
+                       val_fraction: float = 0.005, seed: int = 0, workers: int = 1,
+                       shard_tokens: int = 100_000_000, batch_size: int = 256) -> dict:
+    """Tokenize every document of ``sources`` into train/val shards; a finished folder is left as is."""
+    from transformers import AutoTokenizer
+
+    output_dir = Path(output_dir)
+    if (output_dir / META_FILE).exists():
+        return json.loads((output_dir / META_FILE).read_text())
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    if tokenizer.eos_token_id is None:
+        raise ValueError(f"{tokenizer_dir}: the tokenizer has no EOS token to separate documents")
+    dtype = token_dtype(len(tokenizer))
+    start = time.perf_counter()
+    with atomic_directory(output_dir) as tmp_dir:
+        writers = {split: _ShardWriter(tmp_dir, split, dtype, shard_tokens) for split in SPLITS}
+        batches = _batches(iter_documents(sources, text_field), batch_size)
+        with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (str(tokenizer_dir),)) as pool, \
+                tqdm(desc="tokenizing", unit=" tok", unit_scale=True) as progress:
+            for encoded in pool.imap(_encode_batch, batches):
+                for index, tokens in encoded:
+                    split = "val" if is_validation(index, val_fraction, seed) else "train"
+                    writers[split].add(tokens)
+                    progress.update(len(tokens))
+                elapsed = time.perf_counter() - start
+                progress.set_postfix(docs=sum(w.documents for w in writers.values()),
+                                     tok_per_s=f"{progress.n / max(elapsed, 1e-9):,.0f}")
+        for writer in writers.values():
+            writer.flush()
+        if writers["train"].tokens == 0:
+            raise ValueError(f"{sources}: no documents to tokenize")
+        meta = {
+            "dtype": dtype.name,
+            "vocab_size": len(tokenizer),
+            "eos_token_id": tokenizer.eos_token_id,
+            "tokenizer": str(tokenizer_dir),
+            "sources": list(sources),
+            "val_fraction": val_fraction,
+            "seed": seed,
+            "splits": {split: {"documents": w.documents, "tokens": w.tokens, "shards": w.shards}
+                       for split, w in writers.items()},
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+        atomic_write_text(tmp_dir / META_FILE, json.dumps(meta, indent=2))
+    return meta
+
+
+@dataclass
+class TokenShards:
+    """Read access to one split of a shard folder: memory-mapped token arrays and document offsets."""
+
+    folder: Path
+    split: str = "train"
+
+    def __post_init__(self):
+        self.folder = Path(self.folder)
+        meta_path = self.folder / META_FILE
+        if not meta_path.exists():
+            raise FileNotFoundError(f"{self.folder}: no {META_FILE}; not a finished token shard folder")
+        self.meta = json.loads(meta_path.read_text())
+        if self.split not in self.meta["splits"]:
+            raise ValueError(f"{self.folder}: no split {self.split!r} (splits: {sorted(self.meta['splits'])})")
+        dtype = np.dtype(self.meta["dtype"])
+        self.arrays = []
+        for shard in self.meta["splits"][self.split]["shards"]:
+            path = self.folder / shard["file"]
+            array = np.memmap(path, dtype=dtype, mode="r")
+            if len(array) != shard["tokens"]:
+                raise ValueError(f"{path}: holds {len(array)} tokens, meta.json says {shard['tokens']}")
+            self.arrays.append(array)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(len(array) for array in self.arrays)
+
+    def document_offsets(self, shard_index: int) -> np.ndarray:
+        name = self.meta["splits"][self.split]["shards"][shard_index]["file"].removesuffix(".bin")
+        return np.load(self.folder / f"{name}.docs.npy")
+
+    def documents(self) -> Iterator[np.ndarray]:
+        """Each document's tokens (EOS included), shard after shard."""
+        for index, array in enumerate(self.arrays):
+            offsets = self.document_offsets(index)
+            ends = np.append(offsets[1:], len(array))
+            for begin, end in zip(offsets, ends):
+                yield array[begin:end]

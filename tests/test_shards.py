@@ -1,0 +1,61 @@
+import json
+
+import numpy as np
+import pytest
+
+from chatforge.data.shards import TokenShards, token_dtype, tokenize_to_shards
+
+
+@pytest.fixture
+def corpus(tmp_path, documents):
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"text": text}) + "\n" for text in documents[:300]), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def tokenizer_dir(tmp_path, tokenizer):
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    return tmp_path / "tokenizer"
+
+
+def test_shards_hold_every_document_followed_by_eos(tmp_path, corpus, tokenizer_dir, tokenizer, documents):
+    meta = tokenize_to_shards(str(tokenizer_dir), [str(corpus)], tmp_path / "shards", val_fraction=0.1,
+                              workers=2, shard_tokens=20_000)
+    train, val = TokenShards(tmp_path / "shards", "train"), TokenShards(tmp_path / "shards", "val")
+    assert len(train.arrays) > 1 and train.arrays[0].dtype == np.uint16  # several shards of ~20k tokens
+    decoded = [tokenizer.decode(doc) for split in (train, val) for doc in split.documents()]
+    assert sorted(decoded) == sorted(text + "<|endoftext|>" for text in documents[:300])
+    assert 10 <= meta["splits"]["val"]["documents"] <= 50
+    assert train.num_tokens == meta["splits"]["train"]["tokens"]
+
+
+def test_split_is_seeded_and_rerun_is_a_no_op(tmp_path, corpus, tokenizer_dir):
+    first = tokenize_to_shards(str(tokenizer_dir), [str(corpus)], tmp_path / "a", val_fraction=0.2, seed=1)
+    again = tokenize_to_shards(str(tokenizer_dir), [str(corpus)], tmp_path / "b", val_fraction=0.2, seed=1)
+    other = tokenize_to_shards(str(tokenizer_dir), [str(corpus)], tmp_path / "c", val_fraction=0.2, seed=2)
+    assert first["splits"] == again["splits"] and first["splits"] != other["splits"]
+    stamp = (tmp_path / "a" / "train_000000.bin").stat().st_mtime_ns
+    assert tokenize_to_shards(str(tokenizer_dir), [str(corpus)], tmp_path / "a") == first
+    assert (tmp_path / "a" / "train_000000.bin").stat().st_mtime_ns == stamp
+
+
+def test_large_vocabularies_use_uint32():
+    assert token_dtype(50_304) == np.uint16 and token_dtype(65_536) == np.uint16
+    assert token_dtype(100_277) == np.uint32
+
+
+def test_a_truncated_shard_is_detected(tmp_path, corpus, tokenizer_dir):
+    tokenize_to_shards(str(tokenizer_dir), [str(corpus)], tmp_path / "shards")
+    shard = tmp_path / "shards" / "train_000000.bin"
+    shard.write_bytes(shard.read_bytes()[:-10])
+    with pytest.raises(ValueError, match="train_000000.bin: holds .* tokens, meta.json says"):
+        TokenShards(tmp_path / "shards")
+
+
+def test_bad_record_names_the_file_and_line_and_writes_nothing(tmp_path, tokenizer_dir):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"content": "no text"}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2: record has no 'text' field"):
+        tokenize_to_shards(str(tokenizer_dir), [str(bad)], tmp_path / "shards")
+    assert not (tmp_path / "shards").exists()
