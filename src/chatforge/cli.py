@@ -4,6 +4,7 @@ import argparse
 import json
 import sys
 
+from .data.samples import SourceUnavailable
 from .data.text_sources import InputError
 
 
@@ -93,6 +94,14 @@ def _data_tokenize(args: argparse.Namespace) -> None:
           f"{val['tokens']:,} tokens ({val['documents']:,} documents), {meta['dtype']} -> {args.output}")
 
 
+def _data_samples(args: argparse.Namespace) -> None:
+    from .data.samples import build_samples
+
+    summary = build_samples(args.output, skip_debian=args.skip_debian)
+    parts = ", ".join(f"{part} ({info['items']})" for part, info in summary.items())
+    print(f"samples: {parts} -> {args.output} (sources and licenses in {args.output}/SOURCES.md)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chatforge", description=__doc__)
     stages = parser.add_subparsers(dest="stage", required=True)
@@ -135,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--no-keep-dropped", action="store_true", help="do not write removed/<step>/")
     pipeline.set_defaults(func=_data_pipeline)
 
+    samples = data_commands.add_parser("samples", help="build the offline sample corpus (prose, web pages)")
+    samples.add_argument("--output", required=True)
+    samples.add_argument("--skip-debian", action="store_true",
+                         help="leave out the real HTML pages fetched as Debian packages")
+    samples.set_defaults(func=_data_samples)
+
     tokenize = data_commands.add_parser("tokenize", help="tokenize a dataset into train/val token shards")
     tokenize.add_argument("--tokenizer", required=True, help="tokenizer folder or Hub id")
     tokenize.add_argument("--input", nargs="+", required=True, help="parquet/JSONL/text files, folders, a dataset")
@@ -158,7 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (InputError, ValueError, FileNotFoundError, KeyError) as error:
+    except (InputError, ValueError, FileNotFoundError, KeyError, SourceUnavailable) as error:
         sys.exit(f"chatforge {args.stage}: error: {error}")
 
 
