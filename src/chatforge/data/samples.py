@@ -1,7 +1,8 @@
 """``chatforge data samples``: a small real corpus that needs no network beyond package registries.
 
     <output>/prose/wikipedia.jsonl            real English prose (shipped with chatforge)
-    <output>/web/ground_truth/pages.jsonl     generated pages whose fate per filter is known (+ expected.jsonl)
+    <output>/web/ground_truth/pages.jsonl     generated pages whose fate per filter is known
+    <output>/reference/ground_truth/expected.jsonl   the fate each of those pages must meet
     <output>/web/python-docs/**.html          real English HTML: the Python 3.11 documentation (Debian python3.11-doc)
     <output>/reference/python-docs/**.txt     the reST sources of those pages: reference text for extraction quality
     <output>/web/handbook/<lang>/*.html       real multilingual HTML: the Debian Administrator's Handbook
@@ -123,7 +124,7 @@ def build_samples(output_dir: str | Path, skip_debian: bool = False) -> dict:
     with atomic_directory(output_dir) as tmp_dir:
         (tmp_dir / "prose").mkdir()
         shutil.copyfile(EMBEDDED_WIKIPEDIA, tmp_dir / "prose/wikipedia.jsonl")
-        write_ground_truth(tmp_dir / "web/ground_truth")
+        write_ground_truth(tmp_dir / "web/ground_truth", expected_dir=tmp_dir / "reference/ground_truth")
         counts = {"prose/wikipedia.jsonl": 1000, "web/ground_truth": sum(1 for _ in open(
             tmp_dir / "web/ground_truth/pages.jsonl", encoding="utf-8"))}
         if not skip_debian:

@@ -140,13 +140,16 @@ def build_ground_truth(seed: int = 0) -> list[dict]:
     return records
 
 
-def write_ground_truth(output_dir: str | Path, seed: int = 0) -> Path:
-    """Write the records as ``pages.jsonl`` (fields ``id``, ``url``, ``html``) and ``expected.jsonl``."""
+def write_ground_truth(output_dir: str | Path, seed: int = 0, expected_dir: str | Path | None = None) -> Path:
+    """Write the records as ``pages.jsonl`` (fields ``id``, ``url``, ``html``) and, in ``expected_dir``
+    (default: the same folder), ``expected.jsonl`` with each page's expected fate."""
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    expected_dir = Path(expected_dir or output_dir)
+    for folder in (output_dir, expected_dir):
+        folder.mkdir(parents=True, exist_ok=True)
     records = build_ground_truth(seed)
     with open(output_dir / "pages.jsonl", "w", encoding="utf-8") as pages, \
-            open(output_dir / "expected.jsonl", "w", encoding="utf-8") as expected:
+            open(expected_dir / "expected.jsonl", "w", encoding="utf-8") as expected:
         for record in records:
             pages.write(json.dumps({key: record[key] for key in ("id", "url", "html")}) + "\n")
             expected.write(json.dumps({key: value for key, value in record.items() if key != "html"}) + "\n")

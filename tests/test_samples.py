@@ -1,0 +1,45 @@
+import json
+import shutil
+
+import pytest
+
+from chatforge.data.samples import build_samples
+from chatforge.data.text_sources import iter_documents
+
+
+def test_samples_without_debian_hold_prose_and_ground_truth(tmp_path):
+    summary = build_samples(tmp_path / "samples", skip_debian=True)
+    assert set(summary) == {"prose/wikipedia.jsonl", "web/ground_truth"}
+    assert all(info["license"] for info in summary.values())
+    assert len(list(iter_documents([str(tmp_path / "samples/prose/wikipedia.jsonl")]))) == 1000
+    expected = (tmp_path / "samples/reference/ground_truth/expected.jsonl").read_text().splitlines()
+    pages = (tmp_path / "samples/web/ground_truth/pages.jsonl").read_text().splitlines()
+    assert len(expected) == len(pages) and {"keep", "language", "minhash"} <= {json.loads(l)["expect"] for l in expected}
+    assert "| `web/ground_truth` |" in (tmp_path / "samples/SOURCES.md").read_text()
+
+
+def test_a_finished_sample_folder_is_reused(tmp_path):
+    first = build_samples(tmp_path / "samples", skip_debian=True)
+    (tmp_path / "samples/prose/wikipedia.jsonl").write_text("changed")
+    assert build_samples(tmp_path / "samples", skip_debian=True) == first
+    assert (tmp_path / "samples/prose/wikipedia.jsonl").read_text() == "changed"
+
+
+@pytest.mark.skipif(shutil.which("apt-get") is None, reason="real HTML samples come from Debian packages")
+def test_real_html_pages_and_reference_text_from_debian(tmp_path):
+    summary = build_samples(tmp_path / "samples")
+    assert summary["web/python-docs"]["items"] > 40 and summary["web/handbook"]["items"] > 20
+    tutorial = tmp_path / "samples/web/python-docs/tutorial/controlflow.html"
+    reference = tmp_path / "samples/reference/python-docs/tutorial/controlflow.txt"
+    assert "<html" in tutorial.read_text() and "More Control Flow Tools" in reference.read_text()
+    assert len(list((tmp_path / "samples/web/handbook").iterdir())) >= 6  # languages
+
+
+def test_missing_debian_tools_give_a_clear_error(tmp_path, monkeypatch):
+    from chatforge.data.samples import SourceUnavailable
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no apt-get on PATH
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    with pytest.raises(SourceUnavailable, match="python3.11-doc: apt-get is not available here.*--skip-debian"):
+        build_samples(tmp_path / "samples")
+    assert not (tmp_path / "samples").exists()
