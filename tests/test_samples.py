@@ -43,3 +43,24 @@ def test_missing_debian_tools_give_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(SourceUnavailable, match="python3.11-doc: apt-get is not available here.*--skip-debian"):
         build_samples(tmp_path / "samples")
     assert not (tmp_path / "samples").exists()
+
+
+@pytest.mark.skipif(shutil.which("apt-get") is None, reason="reference pages come from Debian packages")
+def test_both_extractors_recover_the_reference_text_of_real_pages(tmp_path):
+    from chatforge.data.web.quality import extraction_quality, page_pairs
+
+    build_samples(tmp_path / "samples")
+    pairs = page_pairs(tmp_path / "samples/web/python-docs/tutorial", tmp_path / "samples/reference/python-docs/tutorial")
+    assert len(pairs) >= 10
+    scores = extraction_quality(pairs)
+    for engine in ("trafilatura", "resiliparse"):
+        assert scores[engine]["precision"] > 0.85 and scores[engine]["recall"] > 0.8, (engine, scores[engine])
+
+
+def test_token_scores_on_a_known_case():
+    from chatforge.data.web.quality import rest_to_text, token_scores
+
+    reference = rest_to_text(".. _intro:\n\nIntro\n=====\n\nThe :func:`len` function counts items.\n")
+    assert reference.split() == ["Intro", "The", "`len`", "function", "counts", "items."]
+    scores = token_scores("Home | Intro The len function counts", reference)
+    assert scores["precision"] == pytest.approx(5 / 6) and scores["recall"] == pytest.approx(5 / 6)
