@@ -21,7 +21,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from reference_gpt import ReferenceGPT  # noqa: E402
 
-from chatforge.modeling import ChatForgeConfig, ChatForgeForCausalLM, estimate_mfu, num_parameters  # noqa: E402
+from chatforge.modeling import (  # noqa: E402
+    ChatForgeConfig,
+    ChatForgeForCausalLM,
+    estimate_mfu,
+    num_parameters,
+)
 
 # Dense bf16 peak FLOP/s of common accelerators, for the MFU column.
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}

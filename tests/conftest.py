@@ -3,7 +3,12 @@ import torch
 
 import chatforge  # noqa: F401  (registers the Auto classes)
 from chatforge.data import EMBEDDED_WIKIPEDIA, iter_documents
-from chatforge.modeling import ChatForgeConfig, ChatForgeForCausalLM, config_for_tokenizer, set_generation_defaults
+from chatforge.modeling import (
+    ChatForgeConfig,
+    ChatForgeForCausalLM,
+    config_for_tokenizer,
+    set_generation_defaults,
+)
 from chatforge.tokenization import train_tokenizer
 
 

@@ -1,10 +1,14 @@
 import pytest
 import torch
-from transformers import Trainer, TrainingArguments
-
-from chatforge.data import IGNORE_INDEX, DataCollatorForChat, DataCollatorForPackedPretraining, DataCollatorForPreference
-from chatforge.modeling import ChatForgeForCausalLM, ChatForgeForSequenceClassification
 from conftest import small_config
+
+from chatforge.data import (
+    IGNORE_INDEX,
+    DataCollatorForChat,
+    DataCollatorForPackedPretraining,
+    DataCollatorForPreference,
+)
+from chatforge.modeling import ChatForgeForCausalLM, ChatForgeForSequenceClassification
 
 EOS, PAD = 0, 4
 

@@ -63,7 +63,8 @@ def test_config_round_trips_through_json(tmp_path):
     config = ChatForgeConfig(qk_norm=True, gated_mlp=False, hidden_act="relu2", num_key_value_heads=1)
     config.save_pretrained(tmp_path)
     loaded = ChatForgeConfig.from_pretrained(tmp_path)
-    assert (loaded.qk_norm, loaded.gated_mlp, loaded.hidden_act, loaded.num_key_value_heads) == (True, False, "relu2", 1)
+    fields = (loaded.qk_norm, loaded.gated_mlp, loaded.hidden_act, loaded.num_key_value_heads)
+    assert fields == (True, False, "relu2", 1)
 
 
 def test_flops_per_token_is_six_n_plus_attention():

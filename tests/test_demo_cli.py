@@ -17,7 +17,8 @@ def test_core_demo_command_learns_english(tmp_path):
     assert f"model in {tmp_path / 'model'}" in run.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["val_loss_after"] < summary["unigram_val_loss"] - 0.8
-    corpus_words = {w.lower() for doc in iter_documents([str(EMBEDDED_WIKIPEDIA)]) for w in re.findall(r"[A-Za-z]+", doc)}
+    documents = iter_documents([str(EMBEDDED_WIKIPEDIA)])
+    corpus_words = {word.lower() for doc in documents for word in re.findall(r"[A-Za-z]+", doc)}
     sampled = [w.lower() for text in summary["samples"].values() for w in re.findall(r"[A-Za-z]+", text)]
     assert len(sampled) >= 10
     assert sum(word in corpus_words for word in sampled) / len(sampled) >= 0.8

@@ -5,11 +5,21 @@ import textwrap
 
 import pytest
 import torch
-from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, pipeline
+from conftest import small_config
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    pipeline,
+)
 
 from chatforge.data import DataCollatorForPackedPretraining
-from chatforge.modeling import ChatForgeForCausalLM, ChatForgeForSequenceClassification, ChatForgeModel
-from conftest import small_config
+from chatforge.modeling import (
+    ChatForgeForCausalLM,
+    ChatForgeForSequenceClassification,
+    ChatForgeModel,
+)
 
 PROMPTS = ["The city of", "In 1990, the first president of the republic was"]
 

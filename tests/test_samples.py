@@ -14,7 +14,8 @@ def test_samples_without_debian_hold_prose_and_ground_truth(tmp_path):
     assert len(list(iter_documents([str(tmp_path / "samples/prose/wikipedia.jsonl")]))) == 1000
     expected = (tmp_path / "samples/reference/ground_truth/expected.jsonl").read_text().splitlines()
     pages = (tmp_path / "samples/web/ground_truth/pages.jsonl").read_text().splitlines()
-    assert len(expected) == len(pages) and {"keep", "language", "minhash"} <= {json.loads(l)["expect"] for l in expected}
+    assert len(expected) == len(pages)
+    assert {"keep", "language", "minhash"} <= {json.loads(line)["expect"] for line in expected}
     assert "| `web/ground_truth` |" in (tmp_path / "samples/SOURCES.md").read_text()
 
 
@@ -50,7 +51,8 @@ def test_both_extractors_recover_the_reference_text_of_real_pages(tmp_path):
     from chatforge.data.web.quality import extraction_quality, page_pairs
 
     build_samples(tmp_path / "samples")
-    pairs = page_pairs(tmp_path / "samples/web/python-docs/tutorial", tmp_path / "samples/reference/python-docs/tutorial")
+    samples = tmp_path / "samples"
+    pairs = page_pairs(samples / "web/python-docs/tutorial", samples / "reference/python-docs/tutorial")
     assert len(pairs) >= 10
     scores = extraction_quality(pairs)
     for engine in ("trafilatura", "resiliparse"):

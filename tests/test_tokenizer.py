@@ -6,7 +6,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from chatforge.tokenization import SPECIAL_TOKENS, ChatForgeTokenizer, render_tokens, token_pieces, train_tokenizer
+from chatforge.tokenization import (
+    SPECIAL_TOKENS,
+    ChatForgeTokenizer,
+    render_tokens,
+    token_pieces,
+    train_tokenizer,
+)
 from chatforge.tokenization.training import GPT4_SPLIT_PATTERN, build_backend
 
 

@@ -9,7 +9,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from chatforge.data.web.config import WebPipelineConfig
-from chatforge.data.web.ground_truth import PLANTED_PII, build_ground_truth, write_ground_truth
+from chatforge.data.web.ground_truth import (
+    PLANTED_PII,
+    build_ground_truth,
+    write_ground_truth,
+)
 from chatforge.data.web.pipeline import run_web_pipeline
 
 
@@ -34,7 +38,8 @@ def output_texts(run_dir: Path) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def ground_truth(tmp_path_factory):
     folder = write_ground_truth(tmp_path_factory.mktemp("ground_truth"))
-    expected = {json.loads(line)["id"]: json.loads(line) for line in (folder / "expected.jsonl").read_text().splitlines()}
+    lines = (folder / "expected.jsonl").read_text().splitlines()
+    expected = {record["id"]: record for record in map(json.loads, lines)}
     return folder, expected
 
 
@@ -152,9 +157,10 @@ def _warc_gz(pages: list[tuple[str, str]]) -> bytes:
 
     buffer = io.BytesIO()
     writer = WARCWriter(buffer, gzip=True)
-    for url, html in pages:
+    for url, page_html in pages:
         headers = StatusAndHeaders("200 OK", [("Content-Type", "text/html; charset=utf-8")], protocol="HTTP/1.1")
-        record = writer.create_warc_record(url, "response", payload=io.BytesIO(html.encode()), http_headers=headers)
+        record = writer.create_warc_record(url, "response", payload=io.BytesIO(page_html.encode()),
+                                           http_headers=headers)
         writer.write_record(record)
     return buffer.getvalue()
 
@@ -163,7 +169,7 @@ def test_bad_inputs_are_counted_with_file_and_record_and_the_run_completes(tmp_p
     good = [r for r in build_ground_truth() if r["id"].startswith("good")][:4]
     inputs = tmp_path / "inputs"
     inputs.mkdir()
-    (inputs / "good.warc.gz").write_bytes(_warc_gz([(good[0]["url"], good[0]["html"]), (good[1]["url"], good[1]["html"])]))
+    (inputs / "good.warc.gz").write_bytes(_warc_gz([(page["url"], page["html"]) for page in good[:2]]))
     archive = _warc_gz([(good[2]["url"], good[2]["html"])] * 3)
     (inputs / "truncated.warc.gz").write_bytes(archive[: len(archive) // 2])
     (inputs / "good.html").write_text(good[3]["html"], encoding="utf-8")
@@ -192,3 +198,19 @@ def test_bad_inputs_are_counted_with_file_and_record_and_the_run_completes(tmp_p
         assert html.unescape(first_sentence) in kept
     report = (tmp_path / "run" / "report.md").read_text()
     assert "## Unreadable inputs" in report and "huge.html" in report
+
+
+def test_the_same_stages_go_to_slurm_and_ray_executors(ground_truth, tmp_path):
+    from datatrove.executor import RayPipelineExecutor, SlurmPipelineExecutor
+
+    from chatforge.data.web.pipeline import build_stages, make_executors
+
+    stages = build_stages(str(ground_truth[0] / "pages.jsonl"), tmp_path, WebPipelineConfig(), tasks=8)
+    slurm = make_executors(stages, tmp_path, "slurm", executor_options={"time": "2:00:00", "partition": "cpu"})
+    assert all(isinstance(e, SlurmPipelineExecutor) for e in slurm)
+    assert [e.world_size for e in slurm] == [8, 8, 14, 1, 8]  # MinHash buckets run one task per bucket
+    assert all(later.depends is earlier for earlier, later in zip(slurm, slurm[1:]))
+    ray = make_executors(stages, tmp_path, "ray", workers=4)
+    assert all(isinstance(e, RayPipelineExecutor) for e in ray)
+    with pytest.raises(ValueError, match="unknown executor 'spark'"):
+        make_executors(stages, tmp_path, "spark")

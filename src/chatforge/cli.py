@@ -35,7 +35,12 @@ def _tokenizer_show(args: argparse.Namespace) -> None:
 
 
 def _model_info(args: argparse.Namespace) -> None:
-    from .modeling import ChatForgeConfig, ChatForgeForCausalLM, flops_per_token, num_parameters
+    from .modeling import (
+        ChatForgeConfig,
+        ChatForgeForCausalLM,
+        flops_per_token,
+        num_parameters,
+    )
 
     config = ChatForgeConfig.from_preset(args.preset)
     model = ChatForgeForCausalLM(config)
@@ -139,7 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--tasks", type=int, default=None, help="input shards (default: --workers)")
     pipeline.add_argument("--executor", default="local", choices=["local", "slurm", "ray"])
     pipeline.add_argument("--executor-options", default=None,
-                          help='JSON keyword arguments of the executor, e.g. \'{"partition": "cpu", "time": "4:00:00"}\'')
+                          help="JSON keyword arguments of the executor, e.g. "
+                               '\'{"partition": "cpu", "time": "4:00:00"}\'')
     pipeline.add_argument("--limit", type=int, default=-1, help="read at most this many documents per task")
     pipeline.add_argument("--no-keep-dropped", action="store_true", help="do not write removed/<step>/")
     pipeline.set_defaults(func=_data_pipeline)

@@ -17,7 +17,12 @@ from transformers import Trainer, TrainingArguments, set_seed
 
 from .data import EMBEDDED_WIKIPEDIA, DataCollatorForPackedPretraining, iter_documents
 from .io import atomic_directory, atomic_write_text
-from .modeling import ChatForgeForCausalLM, config_for_tokenizer, num_parameters, set_generation_defaults
+from .modeling import (
+    ChatForgeForCausalLM,
+    config_for_tokenizer,
+    num_parameters,
+    set_generation_defaults,
+)
 from .tokenization import bytes_per_token, train_tokenizer
 
 DEMO_PROMPTS = ("The city of", "In 1990, the", "He was born in")

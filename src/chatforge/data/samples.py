@@ -46,7 +46,8 @@ SOURCES = {
         "license": "PSF License Agreement for Python 3.11 documentation",
     },
     "web/handbook": {
-        "what": f"The Debian Administrator's Handbook, {len(HANDBOOK_PAGES)} chapters in {len(HANDBOOK_LANGUAGES)} languages",
+        "what": f"The Debian Administrator's Handbook, up to {len(HANDBOOK_PAGES)} chapters in "
+                f"{len(HANDBOOK_LANGUAGES)} languages",
         "origin": "Debian package debian-handbook",
         "license": "GPL-2.0+ or CC BY-SA 3.0",
     },

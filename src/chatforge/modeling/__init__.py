@@ -1,14 +1,14 @@
 """The ChatForge Transformer, its configuration and size/compute helpers."""
 
+from .compute import estimate_mfu, flops_per_token, num_parameters
 from .configuration_chatforge import PRESETS, ChatForgeConfig
+from .factory import config_for_tokenizer, set_generation_defaults
 from .modeling_chatforge import (
     ChatForgeForCausalLM,
     ChatForgeForSequenceClassification,
     ChatForgeModel,
     ChatForgePreTrainedModel,
 )
-from .compute import estimate_mfu, flops_per_token, num_parameters
-from .factory import config_for_tokenizer, set_generation_defaults
 
 __all__ = [
     "PRESETS",

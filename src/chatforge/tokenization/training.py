@@ -9,7 +9,13 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 
 from ..data.text_sources import iter_documents
 from ..io import atomic_directory
-from .tokenization_chatforge import CHAT_TEMPLATE, ENDOFTEXT, PAD, SPECIAL_TOKENS, ChatForgeTokenizer
+from .tokenization_chatforge import (
+    CHAT_TEMPLATE,
+    ENDOFTEXT,
+    PAD,
+    SPECIAL_TOKENS,
+    ChatForgeTokenizer,
+)
 
 #: GPT-4 (cl100k) pre-tokenization: contractions, words with one leading non-letter, 1-3 digit
 #: numbers, punctuation runs, newlines and other whitespace are split before BPE merges.

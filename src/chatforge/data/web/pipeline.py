@@ -32,7 +32,13 @@ from datatrove.utils.hashing import HashConfig
 
 from .config import WebPipelineConfig
 from .readers import WebPageReader, split_input
-from .steps import HtmlToText, LocalLanguageFilter, NearDuplicateFilter, PIIRemover, UrlBlocklistFilter
+from .steps import (
+    HtmlToText,
+    LocalLanguageFilter,
+    NearDuplicateFilter,
+    PIIRemover,
+    UrlBlocklistFilter,
+)
 
 EXECUTORS = ("local", "slurm", "ray")
 

@@ -9,7 +9,6 @@ import gzip
 import json
 import os
 import zlib
-from pathlib import Path
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.readers.base import BaseDiskReader
@@ -22,14 +21,19 @@ WEB_SUFFIXES = HTML_SUFFIXES + WARC_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
 
 
 def split_input(path: str) -> tuple[str, str | None]:
-    """A data folder and glob pattern for datatrove readers from a folder, a file or a glob."""
-    if os.path.isdir(path):
+    """A data folder and glob pattern for datatrove readers from a folder, a file or a glob (local or fsspec URL)."""
+    protocol, separator, rest = path.partition("://") if "://" in path else ("", "", path)
+    segments = rest.split("/")
+    magic = [i for i, segment in enumerate(segments) if any(char in segment for char in "*?[")]
+    if magic:
+        folder, pattern = "/".join(segments[:magic[0]]), "/".join(segments[magic[0]:])
+    elif rest.lower().endswith(WEB_SUFFIXES) and not os.path.isdir(path):
+        folder, pattern = "/".join(segments[:-1]), segments[-1]
+    else:
         return path, None
-    if any(char in path for char in "*?["):
-        parts = Path(path).parts
-        base = next(i for i, part in enumerate(parts) if any(char in part for char in "*?["))
-        return str(Path(*parts[:base])) if base else ".", str(Path(*parts[base:]))
-    return str(Path(path).parent), Path(path).name
+    if not folder:
+        folder = "/" if rest.startswith("/") else "."
+    return protocol + separator + folder, pattern
 
 
 class WebPageReader(BaseDiskReader):
