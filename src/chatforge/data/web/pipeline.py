@@ -84,26 +84,25 @@ def _exclusion_writer(layout: RunLayout, config: WebPipelineConfig, step: str):
     return JsonlWriter(layout.removed(step), compression=None) if config.keep_dropped else None
 
 
+#: Blocks that drop documents, by step name; each can keep what it drops (``exclusion_writer``).
+DROPPING_BLOCKS = {
+    "url_filter": UrlBlocklistFilter,
+    "extract": HtmlToText,
+    "language": LocalLanguageFilter,
+    "gopher_repetition": GopherRepetitionFilter,
+    "gopher_quality": GopherQualityFilter,
+    "c4": C4QualityFilter,
+    "fineweb_quality": FineWebQualityFilter,
+}
+
+
 def build_step(name: str, params: dict, layout: RunLayout, config: WebPipelineConfig):
     """One configured pipeline block (``minhash`` excepted: it spans stages)."""
-    dropped = _exclusion_writer(layout, config, name)
-    if name == "url_filter":
-        return UrlBlocklistFilter(exclusion_writer=dropped, **params)
-    if name == "extract":
-        return HtmlToText(exclusion_writer=dropped, **params)
-    if name == "language":
-        return LocalLanguageFilter(exclusion_writer=dropped, **params)
-    if name == "gopher_repetition":
-        return GopherRepetitionFilter(exclusion_writer=dropped, **params)
-    if name == "gopher_quality":
-        return GopherQualityFilter(exclusion_writer=dropped, **params)
-    if name == "c4":
-        return C4QualityFilter(exclusion_writer=dropped, **params)
-    if name == "fineweb_quality":
-        return FineWebQualityFilter(exclusion_writer=dropped, **params)
     if name == "pii":
         return PIIRemover(**params)
-    raise ValueError(f"unknown pipeline step {name!r}")
+    if name not in DROPPING_BLOCKS:
+        raise ValueError(f"unknown pipeline step {name!r}")
+    return DROPPING_BLOCKS[name](exclusion_writer=_exclusion_writer(layout, config, name), **params)
 
 
 def build_stages(input_path: str, output_dir: str | Path, config: WebPipelineConfig, tasks: int = 1,
