@@ -214,3 +214,24 @@ def test_the_same_stages_go_to_slurm_and_ray_executors(ground_truth, tmp_path):
     assert all(isinstance(e, RayPipelineExecutor) for e in ray)
     with pytest.raises(ValueError, match="unknown executor 'spark'"):
         make_executors(stages, tmp_path, "spark")
+
+
+def test_a_killed_run_redoes_only_its_unfinished_tasks(ground_truth, tmp_path):
+    lines = (ground_truth[0] / "pages.jsonl").read_text().splitlines(keepends=True)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "a.jsonl").write_text("".join(lines[::2]))
+    (inputs / "b.jsonl").write_text("".join(lines[1::2]) + "{broken\n")
+    config = WebPipelineConfig(steps=[("extract", {"engine": "resiliparse"}), ("language", {})])
+    complete = run_web_pipeline(str(inputs), tmp_path / "run", config, tasks=2)
+    shards = sorted((tmp_path / "run" / "data").glob("*.parquet"))
+    assert len(shards) == 2
+    # As if killed while task 1 was writing: no completion marker, a half-written shard.
+    (tmp_path / "run" / "logs" / "filter" / "completions" / "00001").unlink()
+    shards[1].write_bytes(shards[1].read_bytes()[:100])
+    untouched = shards[0].stat().st_mtime_ns
+    resumed = run_web_pipeline(str(inputs), tmp_path / "run", config, tasks=2)
+    assert shards[0].stat().st_mtime_ns == untouched
+    assert resumed["output"] == complete["output"]
+    assert resumed["errors"] == complete["errors"] and len(complete["errors"]) == 1
+    assert len(output_texts(tmp_path / "run")) == complete["output"]["documents"]

@@ -60,6 +60,8 @@ class WebPageReader(BaseDiskReader):
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         self._rank = rank
+        if self.errors_folder is not None:  # a task that runs again starts its error list afresh
+            Path(self.errors_folder, f"{rank:05d}.jsonl").unlink(missing_ok=True)
         yield from super().run(data, rank, world_size)
 
     def read_file(self, filepath: str) -> DocumentsPipeline:
@@ -185,6 +187,6 @@ class WebPageReader(BaseDiskReader):
             return
         os.makedirs(self.errors_folder, exist_ok=True)
         entry = {"file": filepath, "record": record, "error": f"{type(error).__name__}: {error}"}
-        with open(os.path.join(self.errors_folder, f"{self._rank:05d}.jsonl"), "a", encoding="utf-8") as handle:
+        with open(Path(self.errors_folder, f"{self._rank:05d}.jsonl"), "a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry) + "\n")
 

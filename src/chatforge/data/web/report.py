@@ -7,8 +7,14 @@ from .config import WebPipelineConfig
 
 
 def _load_stage(output_dir: Path, stage: str) -> list[dict]:
-    path = output_dir / "logs" / stage / "stats.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
+    """The stage's statistics summed over all its tasks' files (a resumed run only reruns some tasks,
+    and datatrove's own ``stats.json`` covers the tasks of the last invocation)."""
+    from datatrove.utils.stats import PipelineStats
+
+    total = PipelineStats()
+    for path in sorted((output_dir / "logs" / stage / "stats").glob("*.json")):
+        total = total + PipelineStats.from_json(json.loads(path.read_text(encoding="utf-8")))
+    return [stat.to_dict() for stat in total.stats]
 
 
 def _total(value) -> float:
