@@ -2,13 +2,14 @@
 
 Every document gets ``metadata["format"]`` (``"html"`` or ``"text"``) and, where known, ``metadata["url"]``.
 A file or record that cannot be read is skipped, counted under ``input_errors`` and logged, with its file
-and record, to ``errors/<rank>.jsonl`` of the run folder.
+and record, to ``<errors_folder>/<rank>.jsonl`` (``logs/input_errors/`` of a pipeline run).
 """
 
 import gzip
 import json
 import os
 import zlib
+from pathlib import Path
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.readers.base import BaseDiskReader
