@@ -92,7 +92,7 @@ def plot_funnel(stats: dict, path: str | Path) -> None:
     ax.set_ylabel("% of input kept")
     ax.set_ylim(0, 110)
     ax.set_title("What each step keeps")
-    ax.legend(loc="lower left")
+    ax.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
