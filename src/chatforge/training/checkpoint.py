@@ -1,0 +1,99 @@
+"""Checkpoints: a ``save_pretrained`` folder plus the training state, written atomically and checksummed.
+
+    <output_dir>/checkpoint-<step>/
+        model.safetensors, config.json, tokenizer files ...   loadable with from_pretrained
+        training_state.pt     optimizer, scheduler, RNG states, step
+        checksums.json        SHA-256 of every file above, written last
+"""
+
+import hashlib
+import json
+import random
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..io import atomic_directory
+
+STATE_FILE = "training_state.pt"
+CHECKSUMS_FILE = "checksums.json"
+PREFIX = "checkpoint-"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimizer, scheduler,
+                    keep: int) -> Path:
+    """Write ``checkpoint-<step>`` atomically, then delete all but the newest ``keep`` checkpoints."""
+    path = Path(output_dir) / f"{PREFIX}{step}"
+    with atomic_directory(path) as tmp_dir:
+        model.save_pretrained(tmp_dir)
+        tokenizer.save_pretrained(tmp_dir)
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": rng_state()}, tmp_dir / STATE_FILE)
+        sums = {p.name: _sha256(p) for p in sorted(tmp_dir.iterdir()) if p.is_file()}
+        (tmp_dir / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=1))
+    for old in list_checkpoints(output_dir)[:-keep]:
+        shutil.rmtree(old)
+    return path
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Checkpoint folders, oldest first."""
+    folders = [p for p in Path(output_dir).glob(f"{PREFIX}*") if p.is_dir() and p.name[len(PREFIX):].isdigit()]
+    return sorted(folders, key=lambda p: int(p.name[len(PREFIX):]))
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """What is wrong with a checkpoint folder, or None when every file matches its checksum."""
+    sums_path = path / CHECKSUMS_FILE
+    if not sums_path.exists():
+        return "no checksums.json (half-written)"
+    try:
+        sums = json.loads(sums_path.read_text())
+    except json.JSONDecodeError:
+        return "checksums.json is corrupt"
+    for name, digest in sums.items():
+        if not (path / name).exists():
+            return f"{name} is missing"
+        if _sha256(path / name) != digest:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def resolve_checkpoint(output_dir: str | Path, requested: str | None) -> Path | None:
+    """The checkpoint to resume from: ``"latest"`` gives the newest intact one (damaged ones are skipped with
+    a warning); a path must be intact."""
+    if requested is None:
+        return None
+    if requested != "latest":
+        path = Path(requested)
+        problem = verify_checkpoint(path) if path.is_dir() else "no such folder"
+        if problem:
+            raise ValueError(f"resume_from_checkpoint={requested}: {problem}")
+        return path
+    for path in reversed(list_checkpoints(output_dir)):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path
+        warnings.warn(f"skipping damaged checkpoint {path}: {problem}", stacklevel=2)
+    return None

@@ -1,0 +1,84 @@
+"""Configuration of pretraining; field names follow transformers' TrainingArguments where one exists."""
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+
+@dataclass
+class PretrainConfig:
+    """Settings of :func:`chatforge.training.pretrain`, readable from YAML and ``--key value`` (``TrlParser``)."""
+
+    output_dir: str = field(default="runs/pretrain", metadata={"help": "checkpoints, metrics.jsonl, samples"})
+    dataset_dir: str = field(default="runs/tiny/shards", metadata={"help": "token shards (chatforge data tokenize)"})
+    tokenizer_name_or_path: str = field(default="runs/tiny/tokenizer", metadata={"help": "tokenizer folder or Hub id"})
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "start from this model (any AutoModelForCausalLM); else a new ChatForge model"})
+    model_preset: str = field(default="tiny", metadata={"help": "ChatForge preset of a new model"})
+    build_missing_inputs: bool = field(
+        default=False, metadata={"help": "build a missing tokenizer and shards from the embedded samples first"})
+    tokenizer_vocab_size: int = field(default=4096, metadata={"help": "vocabulary of a tokenizer built here"})
+    max_seq_length: int = field(default=256, metadata={"help": "tokens per training row"})
+    per_device_train_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    max_steps: int = 1000
+    learning_rate: float = 3e-3
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "final learning rate as a share of the peak"})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "cosine or wsd (warmup-stable-decay)"})
+    warmup_steps: int = 50
+    decay_steps_ratio: float = field(default=0.2, metadata={"help": "wsd: share of steps spent decaying"})
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    max_grad_norm: float = 1.0
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast"})
+    torch_compile: bool = False
+    logging_steps: int = 10
+    eval_steps: int = 100
+    eval_batches: int = 8
+    sample_steps: int = 200
+    sample_prompts: list[str] = field(default_factory=lambda: ["The city of", "In 1990, the", "He was born in"])
+    sample_max_new_tokens: int = 32
+    save_steps: int = 200
+    save_total_limit: int = 2
+    seed: int = 42
+    resume_from_checkpoint: str | None = field(
+        default=None, metadata={"help": "'latest' or a checkpoint folder to continue from"})
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            expected = typing.get_type_hints(type(self))[f.name]
+            if not _matches(value, expected):
+                raise ValueError(f"PretrainConfig.{f.name}={value!r}: expected {_type_name(expected)}")
+        positive = ("max_seq_length", "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
+                    "logging_steps", "eval_steps", "eval_batches", "sample_steps", "save_steps", "save_total_limit")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"PretrainConfig.{name}={getattr(self, name)!r}: must be positive")
+        if self.learning_rate <= 0:
+            raise ValueError(f"PretrainConfig.learning_rate={self.learning_rate!r}: must be positive")
+        if self.lr_scheduler_type not in ("cosine", "wsd"):
+            raise ValueError(f"PretrainConfig.lr_scheduler_type={self.lr_scheduler_type!r}: use 'cosine' or 'wsd'")
+        if not 0 <= self.warmup_steps < self.max_steps:
+            raise ValueError(f"PretrainConfig.warmup_steps={self.warmup_steps}: must be in [0, max_steps)")
+
+
+def _matches(value, expected) -> bool:
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        return any(_matches(value, option) for option in typing.get_args(expected))
+    if expected is type(None):
+        return value is None
+    if origin is list:
+        (item,) = typing.get_args(expected)
+        return isinstance(value, list) and all(_matches(v, item) for v in value)
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def _type_name(expected) -> str:
+    return getattr(expected, "__name__", None) or str(expected).replace("typing.", "")

@@ -1,0 +1,209 @@
+"""The pretraining loop on Accelerate: next-token prediction over token shards, with live observation,
+checkpoints and exact resume."""
+
+import contextlib
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from ..data.shards import TokenShards
+from ..modeling import ChatForgeForCausalLM, config_for_tokenizer, set_generation_defaults
+from .checkpoint import resolve_checkpoint, save_checkpoint, set_rng_state
+from .config import PretrainConfig
+from .data import WindowSampler, validation_batches
+from .inputs import build_missing_inputs
+
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.jsonl"
+
+
+def lr_factor(step: int, config: PretrainConfig) -> float:
+    """Multiplier of the peak learning rate: linear warmup, then cosine (or warmup-stable-decay) to ``min_lr_ratio``."""
+    if step < config.warmup_steps:
+        return (step + 1) / (config.warmup_steps + 1)
+    floor = config.min_lr_ratio
+    if config.lr_scheduler_type == "wsd":
+        decay_start = config.max_steps - int(config.decay_steps_ratio * config.max_steps)
+        if step < decay_start:
+            return 1.0
+        progress = (step - decay_start) / max(config.max_steps - decay_start, 1)
+        return 1.0 - (1.0 - floor) * progress
+    progress = (step - config.warmup_steps) / max(config.max_steps - config.warmup_steps, 1)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def build_optimizer(model, config: PretrainConfig, fused: bool) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on norms or biases)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                             fused=fused)
+
+
+def unigram_loss(train: TokenShards, val: TokenShards, vocab_size: int) -> float:
+    """Validation cross-entropy (nats/token) of the add-one unigram model of the training tokens."""
+    counts = sum(np.bincount(array, minlength=vocab_size) for array in train.arrays).astype(np.float64) + 1.0
+    log_probs = np.log(counts / counts.sum())
+    val_counts = sum(np.bincount(array, minlength=vocab_size) for array in val.arrays)
+    return float(-(val_counts * log_probs).sum() / val_counts.sum())
+
+
+def next_token_loss_sum(model, batch: dict) -> torch.Tensor:
+    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+    return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), reduction="sum")
+
+
+@torch.no_grad()
+def evaluate(model, batches: list[dict], accelerator: Accelerator) -> dict:
+    """Validation loss (nats/token) and bits per byte over fixed batches."""
+    model.eval()
+    nats = tokens = n_bytes = 0.0
+    for batch in batches:
+        inputs = {key: value.to(accelerator.device) for key, value in batch.items() if key != "bytes"}
+        with accelerator.autocast():
+            nats += next_token_loss_sum(model, inputs).item()
+        tokens += batch["labels"].numel()
+        n_bytes += batch["bytes"]
+    model.train()
+    return {"val_loss": nats / tokens, "val_bpb": nats / math.log(2) / max(n_bytes, 1)}
+
+
+@torch.no_grad()
+def sample(model, tokenizer, config: PretrainConfig, device) -> dict[str, str]:
+    """Seeded top-k continuations of the fixed prompts; the training RNG streams are left untouched."""
+    model.eval()
+    out = {}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(config.seed)
+        for prompt in config.sample_prompts:
+            inputs = tokenizer(prompt, return_tensors="pt").to(device)
+            ids = model.generate(**inputs, max_new_tokens=config.sample_max_new_tokens, do_sample=True, top_k=40,
+                                 temperature=0.8)
+            out[prompt] = tokenizer.decode(ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    model.train()
+    return out
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def _truncate_jsonl(path: Path, last_step: int) -> None:
+    """Drop records after ``last_step`` (a resumed run writes them again)."""
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= last_step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+def build_model(config: PretrainConfig, tokenizer, checkpoint: Path | None):
+    if checkpoint is not None:
+        return AutoModelForCausalLM.from_pretrained(checkpoint)
+    if config.model_name_or_path:
+        return AutoModelForCausalLM.from_pretrained(config.model_name_or_path)
+    return ChatForgeForCausalLM(config_for_tokenizer(tokenizer, config.model_preset,
+                                                     max_position_embeddings=config.max_seq_length))
+
+
+def pretrain(config: PretrainConfig) -> dict:
+    """Train a causal LM on ``config.dataset_dir``; returns the final figures (also in ``metrics.jsonl``)."""
+    accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else "no")
+    output_dir = Path(config.output_dir)
+    if config.build_missing_inputs:
+        if accelerator.is_main_process:
+            build_missing_inputs(config)
+        accelerator.wait_for_everyone()
+    if not Path(config.dataset_dir).exists():
+        raise FileNotFoundError(f"PretrainConfig.dataset_dir={config.dataset_dir}: no such folder (build it with "
+                                "chatforge data tokenize, or set build_missing_inputs: true)")
+    set_seed(config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path)
+    checkpoint = resolve_checkpoint(output_dir, config.resume_from_checkpoint)
+    model = build_model(config, tokenizer, checkpoint)
+    set_generation_defaults(model, tokenizer)
+    optimizer = build_optimizer(model, config, fused=accelerator.device.type == "cuda")
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    start_step = 0
+    if checkpoint is not None:
+        state = torch.load(checkpoint / "training_state.pt", weights_only=False)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        set_rng_state(state["rng"])
+        start_step = state["step"]
+    train_shards = TokenShards(config.dataset_dir, "train")
+    val_shards = TokenShards(config.dataset_dir, "val")
+    sampler = WindowSampler(train_shards, config.max_seq_length, config.per_device_train_batch_size, config.seed,
+                            accelerator.process_index, accelerator.num_processes)
+    val_batches = validation_batches(val_shards, config.max_seq_length, config.per_device_train_batch_size,
+                                     config.eval_batches, tokenizer)
+    baseline = unigram_loss(train_shards, val_shards, len(tokenizer))
+    metrics_path, samples_path = output_dir / METRICS_FILE, output_dir / SAMPLES_FILE
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for path in (metrics_path, samples_path):
+            _truncate_jsonl(path, start_step)
+
+    unwrapped = accelerator.unwrap_model(model)
+    tokens_per_micro = config.per_device_train_batch_size * config.max_seq_length
+    tokens_per_step = tokens_per_micro * config.gradient_accumulation_steps * accelerator.num_processes
+    stepper = torch.compile(model) if config.torch_compile else model
+    progress = tqdm(range(start_step, config.max_steps), initial=start_step, total=config.max_steps,
+                    desc="pretraining", disable=not accelerator.is_main_process)
+    last_eval, started = {}, time.perf_counter()
+    for step in progress:
+        step_start = time.perf_counter()
+        loss_sum = torch.zeros((), device=accelerator.device)
+        for micro in range(config.gradient_accumulation_steps):
+            batch = {k: v.to(accelerator.device) for k, v in
+                     sampler.batch(step * config.gradient_accumulation_steps + micro).items()}
+            last_micro = micro == config.gradient_accumulation_steps - 1
+            with contextlib.nullcontext() if last_micro else accelerator.no_sync(model), accelerator.autocast():
+                micro_sum = next_token_loss_sum(stepper, batch)
+            # Mean over every token of the step on every rank (DDP averages the ranks' gradients).
+            accelerator.backward(micro_sum / (tokens_per_micro * config.gradient_accumulation_steps))
+            loss_sum += micro_sum.detach()
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        loss = (accelerator.reduce(loss_sum, reduction="sum") / tokens_per_step).item()
+        done = step + 1
+        record = {"step": done, "loss": loss, "lr": scheduler.get_last_lr()[0],
+                  "tokens_per_s": tokens_per_step / (time.perf_counter() - step_start),
+                  "grad_norm": float(grad_norm), "tokens": done * tokens_per_step}
+        if done % config.eval_steps == 0 or done == config.max_steps:
+            last_eval = evaluate(stepper, val_batches, accelerator)
+            record.update(last_eval)
+        if accelerator.is_main_process:
+            _append_jsonl(metrics_path, record)
+            if done % config.logging_steps == 0 or "val_loss" in record:
+                progress.set_postfix(loss=f"{loss:.3f}", lr=f"{record['lr']:.2e}",
+                                     tok_s=f"{record['tokens_per_s']:,.0f}",
+                                     **({"val": f"{last_eval['val_loss']:.3f}"} if last_eval else {}))
+            if done % config.sample_steps == 0 or done == config.max_steps:
+                samples = sample(unwrapped, tokenizer, config, accelerator.device)
+                _append_jsonl(samples_path, {"step": done, "samples": samples})
+                progress.write("\n".join([f"step {done} samples:"] + [f"  {p!r} -> {c!r}" for p, c in samples.items()]))
+        if done % config.save_steps == 0 or done == config.max_steps:
+            if accelerator.is_main_process:
+                save_checkpoint(output_dir, done, unwrapped, tokenizer, optimizer, scheduler, config.save_total_limit)
+            accelerator.wait_for_everyone()
+    summary = {"steps": config.max_steps, "tokens": config.max_steps * tokens_per_step,
+               "unigram_val_loss": baseline, **last_eval, "seconds": round(time.perf_counter() - started, 1),
+               "output_dir": str(output_dir)}
+    if accelerator.is_main_process:
+        print(f"pretraining: {summary['steps']} steps, {summary['tokens']:,} tokens, validation loss "
+              f"{last_eval.get('val_loss', float('nan')):.3f} (unigram baseline {baseline:.3f}), "
+              f"{last_eval.get('val_bpb', float('nan')):.3f} bits/byte -> {output_dir}")
+    return summary
