@@ -48,7 +48,7 @@ def _init_worker(tokenizer_dir: str) -> None:
 
 
 def _encode_batch(batch: list[tuple[int, str]]) -> list[tuple[int, list[int]]]:
-    ids = _worker_tokenizer([text for _, text in batch], add_special_tokens=False)["input_ids"]
+    ids = _worker_tokenizer([text for _, text in batch], add_special_tokens=False, verbose=False)["input_ids"]
     return [(index, tokens + [_worker_tokenizer.eos_token_id]) for (index, _), tokens in zip(batch, ids)]
 
 

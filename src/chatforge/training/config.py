@@ -81,4 +81,6 @@ def _matches(value, expected) -> bool:
 
 
 def _type_name(expected) -> str:
-    return getattr(expected, "__name__", None) or str(expected).replace("typing.", "")
+    if typing.get_origin(expected) is not None:
+        return str(expected).replace("typing.", "")
+    return getattr(expected, "__name__", str(expected))

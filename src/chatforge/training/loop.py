@@ -174,12 +174,13 @@ def pretrain(config: PretrainConfig) -> dict:
             accelerator.backward(micro_sum / (tokens_per_micro * config.gradient_accumulation_steps))
             loss_sum += micro_sum.detach()
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         loss = (accelerator.reduce(loss_sum, reduction="sum") / tokens_per_step).item()
         done = step + 1
-        record = {"step": done, "loss": loss, "lr": scheduler.get_last_lr()[0],
+        record = {"step": done, "loss": loss, "lr": lr,
                   "tokens_per_s": tokens_per_step / (time.perf_counter() - step_start),
                   "grad_norm": float(grad_norm), "tokens": done * tokens_per_step}
         if done % config.eval_steps == 0 or done == config.max_steps:

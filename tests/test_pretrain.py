@@ -1,0 +1,143 @@
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chatforge.training import PretrainConfig, pretrain
+from chatforge.training.checkpoint import list_checkpoints, resolve_checkpoint
+from chatforge.training.loop import lr_factor
+
+RECIPE = Path(__file__).parents[1] / "recipes" / "pretrain.py"
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Tokenizer and shards built from the embedded corpus, as the tiny recipe does."""
+    from chatforge.training.inputs import build_missing_inputs
+
+    root = tmp_path_factory.mktemp("pretrain_inputs")
+    config = PretrainConfig(dataset_dir=str(root / "shards"), tokenizer_name_or_path=str(root / "tokenizer"),
+                            tokenizer_vocab_size=1024)
+    build_missing_inputs(config)
+    return root
+
+
+def small(inputs: Path, output_dir: Path, **overrides) -> dict:
+    fields = dict(output_dir=str(output_dir), dataset_dir=str(inputs / "shards"),
+                  tokenizer_name_or_path=str(inputs / "tokenizer"), max_seq_length=64,
+                  per_device_train_batch_size=8, max_steps=12, warmup_steps=2, learning_rate=3e-3,
+                  logging_steps=1, eval_steps=6, eval_batches=2, sample_steps=6, sample_max_new_tokens=8,
+                  save_steps=4, save_total_limit=3, seed=7)
+    return {**fields, **overrides}
+
+
+def losses(output_dir: Path) -> dict[int, float]:
+    lines = (output_dir / "metrics.jsonl").read_text().splitlines()
+    return {record["step"]: record["loss"] for record in map(json.loads, lines)}
+
+
+def test_training_lowers_validation_loss_below_the_unigram_baseline(inputs, tmp_path):
+    summary = pretrain(PretrainConfig(**small(inputs, tmp_path, max_steps=150, eval_steps=75, sample_steps=150,
+                                              save_steps=150, warmup_steps=10, per_device_train_batch_size=16)))
+    first = losses(tmp_path)[1]
+    assert first > 6.0  # ~ln(1024) = 6.9 at initialisation
+    assert summary["val_loss"] < summary["unigram_val_loss"] - 0.3
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    evals = [record for record in records if "val_bpb" in record]
+    assert [record["step"] for record in evals] == [75, 150] and evals[1]["val_bpb"] < evals[0]["val_bpb"]
+    assert len(records) == 150 and {"step", "loss", "lr", "tokens_per_s"} <= set(records[0])
+    assert "val_loss" in records[-1] and "val_bpb" in records[-1]
+    samples = json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[-1])["samples"]
+    assert set(samples) == set(PretrainConfig().sample_prompts)
+
+
+def test_killed_run_resumes_with_bitwise_identical_losses(inputs, tmp_path):
+    reference = tmp_path / "uninterrupted"
+    pretrain(PretrainConfig(**small(inputs, reference)))
+    config = small(inputs, tmp_path / "killed", resume_from_checkpoint="latest")
+    config_file = tmp_path / "config.yaml"
+    config_file.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    process = subprocess.Popen([sys.executable, str(RECIPE), "--config", str(config_file)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 6):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    killed_at = len(metrics.read_text().splitlines())
+    assert 6 <= killed_at < 12, "the run must be killed in the middle"
+    assert [p.name for p in list_checkpoints(tmp_path / "killed")][-1] == "checkpoint-4"
+    resumed = subprocess.run([sys.executable, str(RECIPE), "--config", str(config_file)], env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert losses(tmp_path / "killed") == losses(reference)  # floats compared exactly, step by step
+
+
+def test_a_damaged_checkpoint_is_skipped_for_the_previous_one(inputs, tmp_path):
+    pretrain(PretrainConfig(**small(inputs, tmp_path, max_steps=8)))
+    newest = list_checkpoints(tmp_path)[-1]
+    weights = newest / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="skipping damaged checkpoint .*checkpoint-8: model.safetensors does not"):
+        assert resolve_checkpoint(tmp_path, "latest").name == "checkpoint-4"
+    with pytest.raises(ValueError, match="checkpoint-8: model.safetensors does not match its checksum"):
+        resolve_checkpoint(tmp_path, str(newest))
+    (list_checkpoints(tmp_path)[0] / "checksums.json").unlink()  # as if the process died while writing it
+    with pytest.warns(UserWarning):
+        assert resolve_checkpoint(tmp_path, "latest") is None
+
+
+def test_schedules_warm_up_then_decay_to_the_floor():
+    cosine = PretrainConfig(max_steps=100, warmup_steps=10, min_lr_ratio=0.1)
+    values = [lr_factor(step, cosine) for step in range(100)]
+    assert values[0] < values[9] < values[10] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(values[10:], values[11:])) and values[-1] == pytest.approx(0.1, abs=0.01)
+    wsd = PretrainConfig(max_steps=100, warmup_steps=10, lr_scheduler_type="wsd", decay_steps_ratio=0.2)
+    assert [lr_factor(s, wsd) for s in (20, 79)] == [1.0, 1.0] and lr_factor(99, wsd) < 0.2
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("max_stepz: 10\n", "Unknown arguments from config file: ['--max_stepz', '10']"),
+    ("per_device_train_batch_size: 0\n", "PretrainConfig.per_device_train_batch_size=0: must be positive"),
+    ("lr_scheduler_type: linear\n", "PretrainConfig.lr_scheduler_type='linear': use 'cosine' or 'wsd'"),
+])
+def test_bad_configs_are_refused_with_one_clear_error(tmp_path, yaml_text, message):
+    from trl import TrlParser
+
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text(yaml_text)
+    with pytest.raises(ValueError) as error:
+        TrlParser(dataclass_types=[PretrainConfig]).parse_args_and_config(["--config", str(config_file)])
+    assert message in str(error.value)
+
+
+def test_wrong_types_are_refused(tmp_path, capsys):
+    from trl import TrlParser
+
+    config_file = tmp_path / "bad.yaml"
+    config_file.write_text("max_steps: ten\n")
+    with pytest.raises(SystemExit):
+        TrlParser(dataclass_types=[PretrainConfig]).parse_args_and_config(["--config", str(config_file)])
+    assert "--max_steps/--max-steps: invalid int value: 'ten'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"PretrainConfig.sample_prompts='hi': expected list\[str\]"):
+        PretrainConfig(sample_prompts="hi")
+
+
+def test_missing_data_folder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=f"PretrainConfig.dataset_dir={tmp_path / 'nope'}: no such folder"):
+        pretrain(PretrainConfig(output_dir=str(tmp_path / "out"), dataset_dir=str(tmp_path / "nope")))
+
+
+def test_lr_logged_is_the_one_used():
+    assert math.isclose(lr_factor(0, PretrainConfig(max_steps=10, warmup_steps=1)), 0.5)
