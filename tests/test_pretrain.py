@@ -141,3 +141,23 @@ def test_missing_data_folder_is_named(tmp_path):
 
 def test_lr_logged_is_the_one_used():
     assert math.isclose(lr_factor(0, PretrainConfig(max_steps=10, warmup_steps=1)), 0.5)
+
+
+def test_two_data_parallel_processes_match_one_with_double_accumulation(inputs, tmp_path):
+    common = ["--dataset_dir", str(inputs / "shards"), "--tokenizer_name_or_path", str(inputs / "tokenizer"),
+              "--max_steps", "5", "--warmup_steps", "1", "--per_device_train_batch_size", "4",
+              "--max_seq_length", "64", "--eval_steps", "5", "--eval_batches", "1", "--sample_steps", "100",
+              "--save_steps", "100", "--no_bf16"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(RECIPE)]
+    two = subprocess.run([*torchrun, *common, "--output_dir", str(tmp_path / "two"),
+                          "--gradient_accumulation_steps", "1"], env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "on 2 process(es)" in two.stdout
+    one = subprocess.run([sys.executable, str(RECIPE), *common, "--output_dir", str(tmp_path / "one"),
+                          "--gradient_accumulation_steps", "2"], env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two_losses, one_losses = losses(tmp_path / "two"), losses(tmp_path / "one")
+    assert two_losses.keys() == one_losses.keys() == set(range(1, 6))
+    assert all(math.isclose(two_losses[s], one_losses[s], rel_tol=1e-5) for s in two_losses)
+    assert one_losses[5] < one_losses[1]

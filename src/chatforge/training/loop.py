@@ -201,10 +201,12 @@ def pretrain(config: PretrainConfig) -> dict:
                 save_checkpoint(output_dir, done, unwrapped, tokenizer, optimizer, scheduler, config.save_total_limit)
             accelerator.wait_for_everyone()
     summary = {"steps": config.max_steps, "tokens": config.max_steps * tokens_per_step,
+               "processes": accelerator.num_processes,
                "unigram_val_loss": baseline, **last_eval, "seconds": round(time.perf_counter() - started, 1),
                "output_dir": str(output_dir)}
     if accelerator.is_main_process:
-        print(f"pretraining: {summary['steps']} steps, {summary['tokens']:,} tokens, validation loss "
+        print(f"pretraining: {summary['steps']} steps, {summary['tokens']:,} tokens on {summary['processes']} "
+              f"process(es), validation loss "
               f"{last_eval.get('val_loss', float('nan')):.3f} (unigram baseline {baseline:.3f}), "
               f"{last_eval.get('val_bpb', float('nan')):.3f} bits/byte -> {output_dir}")
     return summary
