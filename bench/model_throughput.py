@@ -26,10 +26,8 @@ from chatforge.modeling import (  # noqa: E402
     ChatForgeForCausalLM,
     estimate_mfu,
     num_parameters,
+    peak_bf16_flops,
 )
-
-# Dense bf16 peak FLOP/s of common accelerators, for the MFU column.
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
 def parse_args() -> argparse.Namespace:
@@ -110,7 +108,7 @@ def main() -> None:
     ratio = statistics.median(ratios)
 
     device_name = torch.cuda.get_device_name() if on_gpu else f"CPU ({torch.get_num_threads()} threads)"
-    peak = next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in device_name), None)
+    peak = peak_bf16_flops(device_name)
     result = {
         "preset": args.preset,
         "device": device_name,

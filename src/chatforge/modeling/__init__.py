@@ -1,6 +1,6 @@
 """The ChatForge Transformer, its configuration and size/compute helpers."""
 
-from .compute import estimate_mfu, flops_per_token, num_parameters
+from .compute import estimate_mfu, flops_per_token, num_parameters, peak_bf16_flops
 from .configuration_chatforge import PRESETS, ChatForgeConfig
 from .factory import config_for_tokenizer, set_generation_defaults
 from .modeling_chatforge import (
@@ -21,5 +21,6 @@ __all__ = [
     "estimate_mfu",
     "flops_per_token",
     "num_parameters",
+    "peak_bf16_flops",
     "set_generation_defaults",
 ]

@@ -32,6 +32,15 @@ def flops_per_token(config: ChatForgeConfig, seq_len: int) -> float:
     return 6.0 * matmul_params + 12.0 * layers * d * seq_len
 
 
+#: Dense bf16 peak FLOP/s of common accelerators, by a substring of their device name.
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 125e12}
+
+
+def peak_bf16_flops(device_name: str) -> float | None:
+    """The dense bf16 peak of a known accelerator, or None."""
+    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in device_name), None)
+
+
 def estimate_mfu(config: ChatForgeConfig, seq_len: int, tokens_per_second: float, peak_flops: float) -> float:
     """Model FLOPs utilisation: achieved training FLOP/s over the hardware's peak FLOP/s."""
     if peak_flops <= 0:

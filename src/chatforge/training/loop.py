@@ -16,7 +16,13 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..data.shards import TokenShards
-from ..modeling import ChatForgeForCausalLM, config_for_tokenizer, set_generation_defaults
+from ..modeling import (
+    ChatForgeForCausalLM,
+    config_for_tokenizer,
+    estimate_mfu,
+    peak_bf16_flops,
+    set_generation_defaults,
+)
 from .checkpoint import resolve_checkpoint, save_checkpoint, set_rng_state
 from .config import PretrainConfig
 from .data import WindowSampler, validation_batches
@@ -158,6 +164,8 @@ def pretrain(config: PretrainConfig) -> dict:
     tokens_per_micro = config.per_device_train_batch_size * config.max_seq_length
     tokens_per_step = tokens_per_micro * config.gradient_accumulation_steps * accelerator.num_processes
     stepper = torch.compile(model) if config.torch_compile else model
+    on_gpu = accelerator.device.type == "cuda"
+    peak = peak_bf16_flops(torch.cuda.get_device_name()) if on_gpu and config.bf16 else None
     progress = tqdm(range(start_step, config.max_steps), initial=start_step, total=config.max_steps,
                     desc="pretraining", disable=not accelerator.is_main_process)
     last_eval, started = {}, time.perf_counter()
@@ -182,7 +190,11 @@ def pretrain(config: PretrainConfig) -> dict:
         done = step + 1
         record = {"step": done, "loss": loss, "lr": lr,
                   "tokens_per_s": tokens_per_step / (time.perf_counter() - step_start),
-                  "grad_norm": float(grad_norm), "tokens": done * tokens_per_step}
+                  "grad_norm": float(grad_norm), "tokens": done * tokens_per_step,
+                  "elapsed_s": time.perf_counter() - started}
+        if peak and isinstance(unwrapped, ChatForgeForCausalLM):
+            record["mfu"] = estimate_mfu(unwrapped.config, config.max_seq_length,
+                                         record["tokens_per_s"] / accelerator.num_processes, peak)
         if done % config.eval_steps == 0 or done == config.max_steps:
             last_eval = evaluate(stepper, val_batches, accelerator)
             record.update(last_eval)
@@ -191,6 +203,7 @@ def pretrain(config: PretrainConfig) -> dict:
             if done % config.logging_steps == 0 or "val_loss" in record:
                 progress.set_postfix(loss=f"{loss:.3f}", lr=f"{record['lr']:.2e}",
                                      tok_s=f"{record['tokens_per_s']:,.0f}",
+                                     **({"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}),
                                      **({"val": f"{last_eval['val_loss']:.3f}"} if last_eval else {}))
             if done % config.sample_steps == 0 or done == config.max_steps:
                 samples = sample(unwrapped, tokenizer, config, accelerator.device)
