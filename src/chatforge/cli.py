@@ -93,7 +93,7 @@ def _data_tokenize(args: argparse.Namespace) -> None:
 
     meta = tokenize_to_shards(args.tokenizer, args.input, args.output, text_field=args.text_field,
                               val_fraction=args.val_fraction, seed=args.seed, workers=args.workers,
-                              shard_tokens=args.shard_tokens)
+                              shard_tokens=args.shard_tokens, max_documents=args.max_documents)
     train, val = meta["splits"]["train"], meta["splits"]["val"]
     print(f"token shards: train {train['tokens']:,} tokens ({train['documents']:,} documents), val "
           f"{val['tokens']:,} tokens ({val['documents']:,} documents), {meta['dtype']} -> {args.output}")
@@ -165,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("--seed", type=int, default=0)
     tokenize.add_argument("--workers", type=int, default=1, help="tokenizing processes")
     tokenize.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard file")
+    tokenize.add_argument("--max-documents", type=int, default=None, help="stop after this many documents")
     tokenize.set_defaults(func=_data_tokenize)
 
     demo = stages.add_parser("demo", help="core demo: tokenizer + tiny model on embedded text, then samples")

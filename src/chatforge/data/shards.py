@@ -11,6 +11,7 @@ Documents go to ``val`` by a seeded hash of their position, so the split is stab
 """
 
 import hashlib
+import itertools
 import json
 import multiprocessing
 import time
@@ -96,7 +97,8 @@ class _ShardWriter:
 
 def tokenize_to_shards(tokenizer_dir: str, sources: list[str], output_dir: str | Path, text_field: str = "text",
                        val_fraction: float = 0.005, seed: int = 0, workers: int = 1,
-                       shard_tokens: int = 100_000_000, batch_size: int = 256) -> dict:
+                       shard_tokens: int = 100_000_000, batch_size: int = 256,
+                       max_documents: int | None = None) -> dict:
     """Tokenize every document of ``sources`` into train/val shards; a finished folder is left as is."""
     from transformers import AutoTokenizer
 
@@ -112,7 +114,8 @@ def tokenize_to_shards(tokenizer_dir: str, sources: list[str], output_dir: str |
     start = time.perf_counter()
     with atomic_directory(output_dir) as tmp_dir:
         writers = {split: _ShardWriter(tmp_dir, split, dtype, shard_tokens) for split in SPLITS}
-        batches = _batches(iter_documents(sources, text_field), batch_size)
+        documents = itertools.islice(iter_documents(sources, text_field), max_documents)
+        batches = _batches(documents, batch_size)
         with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (str(tokenizer_dir),)) as pool, \
                 tqdm(desc="tokenizing", unit=" tok", unit_scale=True) as progress:
             for encoded in pool.imap(_encode_batch, batches):
