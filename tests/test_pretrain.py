@@ -1,6 +1,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,3 +162,31 @@ def test_two_data_parallel_processes_match_one_with_double_accumulation(inputs, 
     assert two_losses.keys() == one_losses.keys() == set(range(1, 6))
     assert all(math.isclose(two_losses[s], one_losses[s], rel_tol=1e-5) for s in two_losses)
     assert one_losses[5] < one_losses[1]
+
+
+def test_streamed_text_dataset_trains_and_resumes_exactly(inputs, tmp_path):
+    from chatforge.data import EMBEDDED_WIKIPEDIA
+
+    settings = small(inputs, tmp_path / "a", dataset_name=str(EMBEDDED_WIKIPEDIA), max_steps=8, report_to=[])
+    pretrain(PretrainConfig(**settings))
+    interrupted = {**settings, "output_dir": str(tmp_path / "b")}
+    pretrain(PretrainConfig(**interrupted))
+    shutil.rmtree(tmp_path / "b" / "checkpoint-8")  # back to the state of a run stopped after step 4
+    pretrain(PretrainConfig(**interrupted, resume_from_checkpoint="latest"))
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")
+    assert losses(tmp_path / "a")[8] < losses(tmp_path / "a")[1]
+
+
+def test_streamed_windows_are_split_between_ranks_and_validation(inputs):
+    from transformers import AutoTokenizer
+
+    from chatforge.data import EMBEDDED_WIKIPEDIA
+    from chatforge.training.data import StreamingWindows
+
+    tokenizer = AutoTokenizer.from_pretrained(inputs / "tokenizer")
+    ranks = [StreamingWindows([str(EMBEDDED_WIKIPEDIA)], tokenizer, 32, 4, holdout_batches=2, rank=r, world_size=2)
+             for r in range(2)]
+    held_out = {tuple(row) for batch in ranks[0].validation_batches() for row in batch["input_ids"].tolist()}
+    seen = [{tuple(row) for k in range(3) for row in stream.batch(k)["input_ids"].tolist()} for stream in ranks]
+    assert len(seen[0]) == len(seen[1]) == 12
+    assert not seen[0] & seen[1] and not held_out & (seen[0] | seen[1])

@@ -11,6 +11,10 @@ class PretrainConfig:
 
     output_dir: str = field(default="runs/pretrain", metadata={"help": "checkpoints, metrics.jsonl, samples"})
     dataset_dir: str = field(default="runs/tiny/shards", metadata={"help": "token shards (chatforge data tokenize)"})
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "instead of dataset_dir: a Hub dataset (streamed) or text/JSONL/parquet "
+                                        "files, tokenized on the fly"})
+    dataset_text_field: str = field(default="text", metadata={"help": "text field of dataset_name records"})
     tokenizer_name_or_path: str = field(default="runs/tiny/tokenizer", metadata={"help": "tokenizer folder or Hub id"})
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "start from this model (any AutoModelForCausalLM); else a new ChatForge model"})
@@ -41,6 +45,9 @@ class PretrainConfig:
     sample_max_new_tokens: int = 32
     save_steps: int = 200
     save_total_limit: int = 2
+    report_to: list[str] = field(
+        default_factory=lambda: ["tensorboard"],
+        metadata={"help": "trackers: tensorboard, trackio, wandb, ... (accelerate's names); [] or none for none"})
     seed: int = 42
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "'latest' or a checkpoint folder to continue from"})

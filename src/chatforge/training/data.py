@@ -25,6 +25,21 @@ def windows(shards: TokenShards, seq_len: int) -> list[tuple[int, int]]:
             for start in range(0, len(array) - seq_len - 1, seq_len)]
 
 
+def rows_to_batch(rows: list[np.ndarray], eos_token_id: int) -> dict[str, torch.Tensor]:
+    """Windows of ``seq_len + 1`` tokens -> ``input_ids``, document-aware ``position_ids``, next-token ``labels``."""
+    tokens = torch.from_numpy(np.stack(rows).astype(np.int64))
+    inputs = tokens[:, :-1]
+    return {"input_ids": inputs, "position_ids": document_positions(inputs, eos_token_id), "labels": tokens[:, 1:]}
+
+
+def with_byte_counts(batches: list[dict], tokenizer) -> list[dict]:
+    """Add to each batch the UTF-8 bytes its targets stand for (for bits per byte)."""
+    for batch in batches:
+        batch["bytes"] = sum(len(tokenizer.decode(row, skip_special_tokens=True).encode("utf-8"))
+                             for row in batch["labels"].tolist())
+    return batches
+
+
 class WindowSampler:
     """Non-overlapping windows of ``seq_len + 1`` tokens over every shard, shuffled per epoch.
 
@@ -50,15 +65,12 @@ class WindowSampler:
         return self._order
 
     def batch(self, index: int) -> dict[str, torch.Tensor]:
-        """The ``index``-th batch of this rank: ``input_ids``, ``position_ids`` and next-token ``labels``."""
+        """The ``index``-th batch of this rank."""
         epoch, within = divmod(index, self.batches_per_epoch)
         order = self._epoch_order(epoch)
         first = (within * self.world_size + self.rank) * self.batch_size
         rows = [self._window(order[i]) for i in range(first, first + self.batch_size)]
-        tokens = torch.from_numpy(np.stack(rows).astype(np.int64))
-        inputs = tokens[:, :-1]
-        return {"input_ids": inputs, "position_ids": document_positions(inputs, self.shards.meta["eos_token_id"]),
-                "labels": tokens[:, 1:]}
+        return rows_to_batch(rows, self.shards.meta["eos_token_id"])
 
     def _window(self, window: int) -> np.ndarray:
         shard, start = self.windows[window]
@@ -66,20 +78,62 @@ class WindowSampler:
 
 
 def validation_batches(shards: TokenShards, seq_len: int, batch_size: int, max_batches: int, tokenizer):
-    """The first windows of the validation split as fixed batches, each with the UTF-8 byte count of its
-    targets (for bits per byte)."""
+    """The first windows of the validation split as fixed batches, with byte counts for bits per byte."""
     starts = windows(shards, seq_len)
     n_batches = min(max_batches, math.floor(len(starts) / batch_size))
     if n_batches == 0:
         raise ValueError(f"{shards.folder} (val): too few tokens for one batch of {batch_size} x {seq_len + 1}")
-    batches = []
     eos = shards.meta["eos_token_id"]
-    for b in range(n_batches):
-        rows = np.stack([shards.arrays[s][start:start + seq_len + 1]
-                         for s, start in starts[b * batch_size:(b + 1) * batch_size]]).astype(np.int64)
-        tokens = torch.from_numpy(rows)
-        targets = tokens[:, 1:]
-        n_bytes = sum(len(tokenizer.decode(row, skip_special_tokens=True).encode("utf-8")) for row in targets.tolist())
-        batches.append({"input_ids": tokens[:, :-1], "position_ids": document_positions(tokens[:, :-1], eos),
-                        "labels": targets, "bytes": n_bytes})
-    return batches
+    batches = [rows_to_batch([shards.arrays[s][start:start + seq_len + 1]
+                              for s, start in starts[b * batch_size:(b + 1) * batch_size]], eos)
+               for b in range(n_batches)]
+    return with_byte_counts(batches, tokenizer)
+
+
+class StreamingWindows:
+    """Windows packed on the fly from a text dataset (a Hub dataset streamed, or local files): documents are
+    tokenized in order with EOS after each and cut into windows of ``seq_len + 1`` tokens.
+
+    The first ``holdout_batches`` batches of windows are held out for validation; training batch ``k`` of rank
+    ``r`` is the ``k * world_size + r``-th batch after them. The stream is read in order, so a resumed run
+    re-reads (and skips) what was consumed; every rank reads the whole stream and keeps its own windows.
+    """
+
+    def __init__(self, sources: list[str], tokenizer, seq_len: int, batch_size: int, holdout_batches: int,
+                 text_field: str = "text", rank: int = 0, world_size: int = 1):
+        if tokenizer.eos_token_id is None:
+            raise ValueError("the tokenizer has no EOS token to separate streamed documents")
+        self.sources, self.tokenizer, self.text_field = sources, tokenizer, text_field
+        self.seq_len, self.batch_size, self.holdout = seq_len, batch_size, holdout_batches
+        self.rank, self.world_size = rank, world_size
+        self._stream, self._next_batch = None, 0
+
+    def _window_stream(self):
+        from ..data.text_sources import iter_documents
+
+        buffer: list[int] = []
+        for text in iter_documents(self.sources, self.text_field):
+            buffer.extend(self.tokenizer.encode(text, add_special_tokens=False, verbose=False))
+            buffer.append(self.tokenizer.eos_token_id)
+            while len(buffer) >= self.seq_len + 1:
+                yield np.asarray(buffer[:self.seq_len + 1])
+                del buffer[:self.seq_len]
+
+    def _stream_batch(self, global_index: int) -> dict[str, torch.Tensor]:
+        if self._stream is None or global_index < self._next_batch:
+            self._stream, self._next_batch = self._window_stream(), 0
+        while True:
+            rows = [next(self._stream, None) for _ in range(self.batch_size)]
+            if rows[-1] is None:
+                raise ValueError(f"{self.sources}: the stream ended after {self._next_batch} batches")
+            self._next_batch += 1
+            if self._next_batch - 1 == global_index:
+                return rows_to_batch(rows, self.tokenizer.eos_token_id)
+
+    def batch(self, index: int) -> dict[str, torch.Tensor]:
+        return self._stream_batch(self.holdout + index * self.world_size + self.rank)
+
+    def validation_batches(self) -> list[dict]:
+        batches = [self._stream_batch(index) for index in range(self.holdout)]
+        self._stream = None  # training starts its own pass after the held-out windows
+        return with_byte_counts(batches, self.tokenizer)

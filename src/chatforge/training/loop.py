@@ -25,7 +25,7 @@ from ..modeling import (
 )
 from .checkpoint import resolve_checkpoint, save_checkpoint, set_rng_state
 from .config import PretrainConfig
-from .data import WindowSampler, validation_batches
+from .data import StreamingWindows, WindowSampler, validation_batches
 from .inputs import build_missing_inputs
 
 METRICS_FILE = "metrics.jsonl"
@@ -112,6 +112,20 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
         path.write_text("".join(line + "\n" for line in kept))
 
 
+def training_data(config: PretrainConfig, tokenizer, accelerator: Accelerator):
+    """The batch source, the validation batches and the unigram baseline (shards only; None when streaming)."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    batch_size, seq_len = config.per_device_train_batch_size, config.max_seq_length
+    if config.dataset_name is not None:
+        stream = StreamingWindows([config.dataset_name], tokenizer, seq_len, batch_size, config.eval_batches,
+                                  config.dataset_text_field, rank, world)
+        return stream, stream.validation_batches(), None
+    train, val = TokenShards(config.dataset_dir, "train"), TokenShards(config.dataset_dir, "val")
+    sampler = WindowSampler(train, seq_len, batch_size, config.seed, rank, world)
+    val_batches = validation_batches(val, seq_len, batch_size, config.eval_batches, tokenizer)
+    return sampler, val_batches, unigram_loss(train, val, len(tokenizer))
+
+
 def build_model(config: PretrainConfig, tokenizer, checkpoint: Path | None):
     if checkpoint is not None:
         return AutoModelForCausalLM.from_pretrained(checkpoint)
@@ -123,13 +137,15 @@ def build_model(config: PretrainConfig, tokenizer, checkpoint: Path | None):
 
 def pretrain(config: PretrainConfig) -> dict:
     """Train a causal LM on ``config.dataset_dir``; returns the final figures (also in ``metrics.jsonl``)."""
-    accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else "no")
+    trackers = [name for name in config.report_to if name != "none"]
+    accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else "no", log_with=trackers or None,
+                              project_dir=config.output_dir)
     output_dir = Path(config.output_dir)
     if config.build_missing_inputs:
         if accelerator.is_main_process:
             build_missing_inputs(config)
         accelerator.wait_for_everyone()
-    if not Path(config.dataset_dir).exists():
+    if config.dataset_name is None and not Path(config.dataset_dir).exists():
         raise FileNotFoundError(f"PretrainConfig.dataset_dir={config.dataset_dir}: no such folder (build it with "
                                 "chatforge data tokenize, or set build_missing_inputs: true)")
     set_seed(config.seed)
@@ -147,19 +163,16 @@ def pretrain(config: PretrainConfig) -> dict:
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start_step = state["step"]
-    train_shards = TokenShards(config.dataset_dir, "train")
-    val_shards = TokenShards(config.dataset_dir, "val")
-    sampler = WindowSampler(train_shards, config.max_seq_length, config.per_device_train_batch_size, config.seed,
-                            accelerator.process_index, accelerator.num_processes)
-    val_batches = validation_batches(val_shards, config.max_seq_length, config.per_device_train_batch_size,
-                                     config.eval_batches, tokenizer)
-    baseline = unigram_loss(train_shards, val_shards, len(tokenizer))
+    sampler, val_batches, baseline = training_data(config, tokenizer, accelerator)
     metrics_path, samples_path = output_dir / METRICS_FILE, output_dir / SAMPLES_FILE
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
         for path in (metrics_path, samples_path):
             _truncate_jsonl(path, start_step)
 
+    if trackers:
+        tracked = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(config).items()}
+        accelerator.init_trackers("pretrain", config=tracked)
     unwrapped = accelerator.unwrap_model(model)
     tokens_per_micro = config.per_device_train_batch_size * config.max_seq_length
     tokens_per_step = tokens_per_micro * config.gradient_accumulation_steps * accelerator.num_processes
@@ -198,6 +211,9 @@ def pretrain(config: PretrainConfig) -> dict:
         if done % config.eval_steps == 0 or done == config.max_steps:
             last_eval = evaluate(stepper, val_batches, accelerator)
             record.update(last_eval)
+        if trackers:
+            accelerator.log({f"train/{k}" if not k.startswith("val_") else f"eval/{k}": v
+                             for k, v in record.items() if k != "step"}, step=done)
         if accelerator.is_main_process:
             _append_jsonl(metrics_path, record)
             if done % config.logging_steps == 0 or "val_loss" in record:
@@ -213,13 +229,15 @@ def pretrain(config: PretrainConfig) -> dict:
             if accelerator.is_main_process:
                 save_checkpoint(output_dir, done, unwrapped, tokenizer, optimizer, scheduler, config.save_total_limit)
             accelerator.wait_for_everyone()
+    accelerator.end_training()
     summary = {"steps": config.max_steps, "tokens": config.max_steps * tokens_per_step,
                "processes": accelerator.num_processes,
                "unigram_val_loss": baseline, **last_eval, "seconds": round(time.perf_counter() - started, 1),
                "output_dir": str(output_dir)}
     if accelerator.is_main_process:
+        reference = f" (unigram baseline {baseline:.3f})" if baseline is not None else ""
         print(f"pretraining: {summary['steps']} steps, {summary['tokens']:,} tokens on {summary['processes']} "
               f"process(es), validation loss "
-              f"{last_eval.get('val_loss', float('nan')):.3f} (unigram baseline {baseline:.3f}), "
+              f"{last_eval.get('val_loss', float('nan')):.3f}{reference}, "
               f"{last_eval.get('val_bpb', float('nan')):.3f} bits/byte -> {output_dir}")
     return summary
