@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -138,6 +139,9 @@ def build_model(config: PretrainConfig, tokenizer, checkpoint: Path | None):
 def pretrain(config: PretrainConfig) -> dict:
     """Train a causal LM on ``config.dataset_dir``; returns the final figures (also in ``metrics.jsonl``)."""
     trackers = [name for name in config.report_to if name != "none"]
+    # An earlier Accelerator/Trainer in this process fixed the mixed precision; this run sets its own
+    # (the distributed setup, PartialState, is kept).
+    AcceleratorState._reset_state()
     accelerator = Accelerator(mixed_precision="bf16" if config.bf16 else "no", log_with=trackers or None,
                               project_dir=config.output_dir)
     output_dir = Path(config.output_dir)
