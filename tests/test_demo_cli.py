@@ -2,6 +2,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,3 +23,24 @@ def test_core_demo_command_learns_english(tmp_path):
     sampled = [w.lower() for text in summary["samples"].values() for w in re.findall(r"[A-Za-z]+", text)]
     assert len(sampled) >= 10
     assert sum(word in corpus_words for word in sampled) / len(sampled) >= 0.8
+
+
+@pytest.mark.slow
+def test_tiny_pretrain_recipe_from_a_fresh_checkout(tmp_path):
+    """The tiny recipe builds its tokenizer and shards, then beats the unigram baseline and writes English words."""
+    recipe = Path(__file__).parents[1] / "recipes"
+    run = subprocess.run(
+        [sys.executable, str(recipe / "pretrain.py"), "--config", str(recipe / "tiny/pretrain.yaml"),
+         "--output_dir", str(tmp_path / "pretrain"), "--dataset_dir", str(tmp_path / "shards"),
+         "--tokenizer_name_or_path", str(tmp_path / "tokenizer"), "--report_to", "none"],
+        capture_output=True, text=True, timeout=3600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "pretrain/metrics.jsonl").read_text().splitlines()]
+    final = records[-1]
+    baseline = float(re.search(r"unigram baseline ([\d.]+)", run.stdout).group(1))
+    assert final["val_loss"] < baseline - 1.0
+    samples = json.loads((tmp_path / "pretrain/samples.jsonl").read_text().splitlines()[-1])["samples"]
+    documents = iter_documents([str(EMBEDDED_WIKIPEDIA)])
+    corpus_words = {word.lower() for doc in documents for word in re.findall(r"[A-Za-z]+", doc)}
+    sampled = [w.lower() for text in samples.values() for w in re.findall(r"[A-Za-z]+", text)]
+    assert sum(word in corpus_words for word in sampled) / len(sampled) >= 0.7
