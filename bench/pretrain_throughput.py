@@ -23,7 +23,8 @@ from chatforge.modeling import ChatForgeForCausalLM, config_for_tokenizer
 from chatforge.training import PretrainConfig, pretrain
 from chatforge.training.data import WindowSampler
 from chatforge.training.inputs import build_missing_inputs
-from chatforge.training.loop import build_optimizer, lr_factor
+from chatforge.training.loop import lr_factor
+from chatforge.training.optim import build_optimizer
 
 
 def bare_loop(config: PretrainConfig, warmup: int) -> float:

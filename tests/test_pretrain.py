@@ -190,3 +190,17 @@ def test_streamed_windows_are_split_between_ranks_and_validation(inputs):
     seen = [{tuple(row) for k in range(3) for row in stream.batch(k)["input_ids"].tolist()} for stream in ranks]
     assert len(seen[0]) == len(seen[1]) == 12
     assert not seen[0] & seen[1] and not held_out & (seen[0] | seen[1])
+
+
+def test_muon_option_follows_the_schedule_and_resumes_exactly(inputs, tmp_path):
+    settings = small(inputs, tmp_path / "a", optim="muon", muon_learning_rate=0.02, report_to=[])
+    pretrain(PretrainConfig(**settings))
+    interrupted = {**settings, "output_dir": str(tmp_path / "b")}
+    pretrain(PretrainConfig(**interrupted))
+    shutil.rmtree(tmp_path / "b" / "checkpoint-12")
+    pretrain(PretrainConfig(**interrupted, resume_from_checkpoint="latest"))
+    assert losses(tmp_path / "b") == losses(tmp_path / "a")
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    peak = max(record["lr"] for record in records)
+    assert peak == pytest.approx(0.02) and records[-1]["lr"] < peak  # Muon's group follows warmup and decay
+    assert records[-1]["loss"] < records[0]["loss"]

@@ -26,7 +26,9 @@ class PretrainConfig:
     per_device_train_batch_size: int = 16
     gradient_accumulation_steps: int = 1
     max_steps: int = 1000
+    optim: str = field(default="adamw", metadata={"help": "adamw, or muon (hidden matrices) + adamw (the rest)"})
     learning_rate: float = 3e-3
+    muon_learning_rate: float = field(default=0.02, metadata={"help": "peak learning rate of Muon"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "final learning rate as a share of the peak"})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "cosine or wsd (warmup-stable-decay)"})
     warmup_steps: int = 50
@@ -65,6 +67,8 @@ class PretrainConfig:
                 raise ValueError(f"PretrainConfig.{name}={getattr(self, name)!r}: must be positive")
         if self.learning_rate <= 0:
             raise ValueError(f"PretrainConfig.learning_rate={self.learning_rate!r}: must be positive")
+        if self.optim not in ("adamw", "muon"):
+            raise ValueError(f"PretrainConfig.optim={self.optim!r}: use 'adamw' or 'muon'")
         if self.lr_scheduler_type not in ("cosine", "wsd"):
             raise ValueError(f"PretrainConfig.lr_scheduler_type={self.lr_scheduler_type!r}: use 'cosine' or 'wsd'")
         if not 0 <= self.warmup_steps < self.max_steps:

@@ -28,6 +28,7 @@ from .checkpoint import resolve_checkpoint, save_checkpoint, set_rng_state
 from .config import PretrainConfig
 from .data import StreamingWindows, WindowSampler, validation_batches
 from .inputs import build_missing_inputs
+from .optim import build_optimizer
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
@@ -46,15 +47,6 @@ def lr_factor(step: int, config: PretrainConfig) -> float:
         return 1.0 - (1.0 - floor) * progress
     progress = (step - config.warmup_steps) / max(config.max_steps - config.warmup_steps, 1)
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def build_optimizer(model, config: PretrainConfig, fused: bool) -> torch.optim.AdamW:
-    """AdamW with weight decay on matrices only (not on norms or biases)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-                             fused=fused)
 
 
 def unigram_loss(train: TokenShards, val: TokenShards, vocab_size: int) -> float:
