@@ -226,3 +226,26 @@ def test_torch_compile_matches_eager(tokenizer):
     compiled_loss.backward()
     torch.testing.assert_close(compiled_loss, eager_loss, atol=1e-4, rtol=1e-4)
     assert model.model.embed_tokens.weight.grad is not None
+
+
+def test_compiled_plain_causal_forward_lets_sdpa_use_its_causal_kernel(tokenizer, monkeypatch):
+    """No padding, packing or cache: SDPA gets no explicit mask (is_causal), eager and compiled alike."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    import chatforge.modeling.modeling_chatforge as modeling
+
+    masks = []
+
+    def observed_sdpa(module, query, key, value, attention_mask, **kwargs):
+        masks.append(attention_mask)
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+    monkeypatch.setattr(modeling.ALL_ATTENTION_FUNCTIONS, "get_interface", lambda impl, default: observed_sdpa)
+    model = ChatForgeForCausalLM(small_config(tokenizer, num_hidden_layers=1))
+    ids = torch.randint(0, len(tokenizer), (2, 16))
+    eager = model(ids, labels=ids).loss
+    compiled = torch.compile(model)(ids, labels=ids).loss
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+    assert masks == [None, None]
+    padded = model(ids, attention_mask=torch.ones_like(ids).index_fill_(1, torch.tensor([0]), 0))
+    assert masks[-1] is not None and padded.logits.shape == (2, 16, len(tokenizer))

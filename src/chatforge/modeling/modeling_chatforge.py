@@ -43,6 +43,10 @@ AUTO_MAP = {
 }
 
 
+#: Attention implementations that apply causal masking themselves when given no mask.
+IS_CAUSAL_ATTENTION = ("sdpa", "flash_attention_2", "flash_attention_3")
+
+
 class ChatForgeRMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float):
         super().__init__()
@@ -281,18 +285,24 @@ class ChatForgeModel(ChatForgePreTrainedModel):
         new_cache = bool(use_cache) and cache is None and not self.training
         if new_cache:
             cache = DynamicCache(config=self.config)
+        plain_causal = attention_mask is None and position_ids is None and (cache is None or new_cache)
         if position_ids is None:
             past_seen_tokens = cache.get_seq_length() if cache is not None else 0
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
             position_ids = position_ids.unsqueeze(0)
 
-        causal_mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            cache=None if new_cache else cache,
-            position_ids=position_ids,
-        )
+        if plain_causal and self.config._attn_implementation in IS_CAUSAL_ATTENTION:
+            # No padding, no packing, no past: the kernel's own causal mode. (Under torch.compile the mask
+            # builder cannot always tell, and would hand SDPA an explicit mask: slower.)
+            causal_mask = None
+        else:
+            causal_mask = create_causal_mask(
+                config=self.config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                cache=None if new_cache else cache,
+                position_ids=position_ids,
+            )
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
         for decoder_layer in self.layers:
