@@ -37,7 +37,8 @@ def output_texts(run_dir: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def ground_truth(tmp_path_factory):
-    folder = write_ground_truth(tmp_path_factory.mktemp("ground_truth"))
+    folder = tmp_path_factory.mktemp("ground_truth")
+    write_ground_truth(folder)
     lines = (folder / "expected.jsonl").read_text().splitlines()
     expected = {record["id"]: record for record in map(json.loads, lines)}
     return folder, expected

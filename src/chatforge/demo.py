@@ -5,17 +5,18 @@ tokenizer and collator working with the stock Hugging Face machinery.
 """
 
 import json
-import math
 import random
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import Trainer, TrainingArguments, set_seed
 
 from .data import EMBEDDED_WIKIPEDIA, DataCollatorForPackedPretraining, iter_documents
+from .eval import unigram_cross_entropy
+from .inference import sample_continuations
 from .io import atomic_directory, atomic_write_text
 from .modeling import (
     ChatForgeForCausalLM,
@@ -53,25 +54,8 @@ def split_documents(documents: list[str], validation_fraction: float, seed: int)
     return shuffled[:-n_val], shuffled[-n_val:]
 
 
-def unigram_loss(train_ids: list[list[int]], val_ids: list[list[int]], vocab_size: int) -> float:
-    """Cross-entropy (nats/token) on validation of the add-one-smoothed unigram model of the training tokens."""
-    counts = Counter(token for doc in train_ids for token in doc)
-    total = sum(counts.values()) + vocab_size
-    val_tokens = [token for doc in val_ids for token in doc]
-    return -sum(math.log((counts[token] + 1) / total) for token in val_tokens) / len(val_tokens)
-
-
-@torch.no_grad()
-def sample_continuations(model, tokenizer, prompts, max_new_tokens: int = 30, seed: int = 0) -> dict[str, str]:
-    """Seeded top-k samples of ``max_new_tokens`` after each prompt."""
-    model.eval()
-    samples = {}
-    for prompt in prompts:
-        torch.manual_seed(seed)
-        inputs = tokenizer(prompt, return_tensors="pt")
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=True, top_k=40, temperature=0.8)
-        samples[prompt] = tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-    return samples
+def _token_counts(documents: list[list[int]], vocab_size: int) -> np.ndarray:
+    return np.bincount([token for doc in documents for token in doc], minlength=vocab_size)
 
 
 def run_core_demo(config: DemoConfig) -> dict:
@@ -127,8 +111,9 @@ def run_core_demo(config: DemoConfig) -> dict:
         "bytes_per_token": round(bytes_per_token(tokenizer, val_docs), 3),
         "val_loss_before": val_loss_before,
         "val_loss_after": val_loss_after,
-        "unigram_val_loss": unigram_loss(train_ids, val_ids, len(tokenizer)),
-        "samples": sample_continuations(model, tokenizer, DEMO_PROMPTS, seed=config.seed),
+        "unigram_val_loss": unigram_cross_entropy(_token_counts(train_ids, len(tokenizer)),
+                                                  _token_counts(val_ids, len(tokenizer))),
+        "samples": sample_continuations(model, tokenizer, DEMO_PROMPTS, max_new_tokens=30, seed=config.seed),
         "seconds": round(time.perf_counter() - start, 1),
         "model_dir": str(output / "model"),
         "config": asdict(config),

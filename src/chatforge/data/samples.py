@@ -125,9 +125,8 @@ def build_samples(output_dir: str | Path, skip_debian: bool = False) -> dict:
     with atomic_directory(output_dir) as tmp_dir:
         (tmp_dir / "prose").mkdir()
         shutil.copyfile(EMBEDDED_WIKIPEDIA, tmp_dir / "prose/wikipedia.jsonl")
-        write_ground_truth(tmp_dir / "web/ground_truth", expected_dir=tmp_dir / "reference/ground_truth")
-        counts = {"prose/wikipedia.jsonl": 1000, "web/ground_truth": sum(1 for _ in open(
-            tmp_dir / "web/ground_truth/pages.jsonl", encoding="utf-8"))}
+        pages = write_ground_truth(tmp_dir / "web/ground_truth", expected_dir=tmp_dir / "reference/ground_truth")
+        counts = {"prose/wikipedia.jsonl": 1000, "web/ground_truth": pages}
         if not skip_debian:
             counts["web/python-docs"] = _copy_python_docs(tmp_dir)
             counts["web/handbook"] = _copy_handbook(tmp_dir)

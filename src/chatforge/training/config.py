@@ -1,6 +1,7 @@
 """Configuration of pretraining; field names follow transformers' TrainingArguments where one exists."""
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
 
@@ -77,7 +78,7 @@ class PretrainConfig:
 
 def _matches(value, expected) -> bool:
     origin = typing.get_origin(expected)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         return any(_matches(value, option) for option in typing.get_args(expected))
     if expected is type(None):
         return value is None

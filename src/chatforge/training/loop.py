@@ -17,6 +17,8 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..data.shards import TokenShards
+from ..eval import unigram_cross_entropy
+from ..inference import sample_continuations
 from ..modeling import (
     ChatForgeForCausalLM,
     config_for_tokenizer,
@@ -51,10 +53,10 @@ def lr_factor(step: int, config: PretrainConfig) -> float:
 
 def unigram_loss(train: TokenShards, val: TokenShards, vocab_size: int) -> float:
     """Validation cross-entropy (nats/token) of the add-one unigram model of the training tokens."""
-    counts = sum(np.bincount(array, minlength=vocab_size) for array in train.arrays).astype(np.float64) + 1.0
-    log_probs = np.log(counts / counts.sum())
-    val_counts = sum(np.bincount(array, minlength=vocab_size) for array in val.arrays)
-    return float(-(val_counts * log_probs).sum() / val_counts.sum())
+    def counts(shards: TokenShards) -> np.ndarray:
+        return sum(np.bincount(array, minlength=vocab_size) for array in shards.arrays)
+
+    return unigram_cross_entropy(counts(train), counts(val))
 
 
 def next_token_loss_sum(model, batch: dict) -> torch.Tensor:
@@ -75,22 +77,6 @@ def evaluate(model, batches: list[dict], accelerator: Accelerator) -> dict:
         n_bytes += batch["bytes"]
     model.train()
     return {"val_loss": nats / tokens, "val_bpb": nats / math.log(2) / max(n_bytes, 1)}
-
-
-@torch.no_grad()
-def sample(model, tokenizer, config: PretrainConfig, device) -> dict[str, str]:
-    """Seeded top-k continuations of the fixed prompts; the training RNG streams are left untouched."""
-    model.eval()
-    out = {}
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(config.seed)
-        for prompt in config.sample_prompts:
-            inputs = tokenizer(prompt, return_tensors="pt").to(device)
-            ids = model.generate(**inputs, max_new_tokens=config.sample_max_new_tokens, do_sample=True, top_k=40,
-                                 temperature=0.8)
-            out[prompt] = tokenizer.decode(ids[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-    model.train()
-    return out
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
@@ -218,7 +204,8 @@ def pretrain(config: PretrainConfig) -> dict:
                                      **({"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}),
                                      **({"val": f"{last_eval['val_loss']:.3f}"} if last_eval else {}))
             if done % config.sample_steps == 0 or done == config.max_steps:
-                samples = sample(unwrapped, tokenizer, config, accelerator.device)
+                samples = sample_continuations(unwrapped, tokenizer, config.sample_prompts,
+                                               config.sample_max_new_tokens, config.seed)
                 _append_jsonl(samples_path, {"step": done, "samples": samples})
                 progress.write("\n".join([f"step {done} samples:"] + [f"  {p!r} -> {c!r}" for p, c in samples.items()]))
         if done % config.save_steps == 0 or done == config.max_steps:

@@ -140,9 +140,9 @@ def build_ground_truth(seed: int = 0) -> list[dict]:
     return records
 
 
-def write_ground_truth(output_dir: str | Path, seed: int = 0, expected_dir: str | Path | None = None) -> Path:
+def write_ground_truth(output_dir: str | Path, seed: int = 0, expected_dir: str | Path | None = None) -> int:
     """Write the records as ``pages.jsonl`` (fields ``id``, ``url``, ``html``) and, in ``expected_dir``
-    (default: the same folder), ``expected.jsonl`` with each page's expected fate."""
+    (default: the same folder), ``expected.jsonl`` with each page's expected fate; the number of pages."""
     output_dir = Path(output_dir)
     expected_dir = Path(expected_dir or output_dir)
     for folder in (output_dir, expected_dir):
@@ -153,4 +153,4 @@ def write_ground_truth(output_dir: str | Path, seed: int = 0, expected_dir: str 
         for record in records:
             pages.write(json.dumps({key: record[key] for key in ("id", "url", "html")}) + "\n")
             expected.write(json.dumps({key: value for key, value in record.items() if key != "html"}) + "\n")
-    return output_dir
+    return len(records)

@@ -1,0 +1,5 @@
+"""Inference: sampling from causal language models."""
+
+from .sampling import sample_continuations
+
+__all__ = ["sample_continuations"]
