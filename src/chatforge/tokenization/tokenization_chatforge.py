@@ -32,7 +32,8 @@ SPECIAL_TOKENS = [
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 
-#: Jinja chat template; ``{% generation %}`` marks the tokens an assistant-only loss trains on.
+#: Jinja chat template; ``{% generation %}`` marks the tokens an assistant-only loss trains on: the
+#: assistant's text and tool calls, not the tool output segments the engine inserts.
 CHAT_TEMPLATE = (
     "{%- for message in messages -%}"
     "{%- if message['role'] not in ['system', 'user', 'assistant', 'tool'] -%}"
@@ -44,7 +45,18 @@ CHAT_TEMPLATE = (
     "{%- endif -%}"
     "{{- '" + IM_START + "' + message['role'] + '" + IM_SEP + "' -}}"
     "{%- if message['role'] == 'assistant' -%}"
-    "{%- generation -%}{{- message['content'] + '" + IM_END + "' -}}{%- endgeneration -%}"
+    "{%- set message_index = loop.index0 -%}"
+    "{%- set segments = message['content'].split('" + TOOL_OUTPUT_START + "') -%}"
+    "{%- generation -%}{{- segments[0] -}}{%- endgeneration -%}"
+    "{%- for segment in segments[1:] -%}"
+    "{%- set parts = segment.split('" + TOOL_OUTPUT_END + "', 1) -%}"
+    "{%- if parts | length < 2 -%}"
+    "{{- raise_exception('Message ' ~ message_index ~ ' has " + TOOL_OUTPUT_START + " without " + TOOL_OUTPUT_END + "') -}}"
+    "{%- endif -%}"
+    "{{- '" + TOOL_OUTPUT_START + "' + parts[0] + '" + TOOL_OUTPUT_END + "' -}}"
+    "{%- generation -%}{{- parts[1] -}}{%- endgeneration -%}"
+    "{%- endfor -%}"
+    "{%- generation -%}{{- '" + IM_END + "' -}}{%- endgeneration -%}"
     "{%- else -%}"
     "{{- message['content'] + '" + IM_END + "' -}}"
     "{%- endif -%}"

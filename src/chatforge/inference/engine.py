@@ -1,0 +1,242 @@
+"""The sampling engine: seeded, batched, streaming generation on ``model.generate`` (KV cache), and
+tool-aware chat that pauses at a tool call, runs the tool and continues on the same cache."""
+
+import contextlib
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from queue import Queue
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers.generation.streamers import BaseStreamer
+
+from ..tokenization.tokenization_chatforge import ENDOFTEXT, IM_END, TOOL_CALL_END, TOOL_CALL_START
+from ..tools import Toolbox, format_tool_output, parse_tool_call
+
+
+@dataclass
+class SamplingParams:
+    """How to sample. ``temperature=0`` is greedy decoding; ``seed`` makes sampling reproducible."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.8
+    top_k: int | None = 50
+    top_p: float | None = 1.0
+    repetition_penalty: float = 1.0
+    stop: Sequence[str] = ()
+    seed: int | None = None
+
+    def __post_init__(self):
+        for name, bad in (("max_new_tokens", self.max_new_tokens < 1), ("temperature", self.temperature < 0),
+                          ("top_k", self.top_k is not None and self.top_k < 0),
+                          ("top_p", self.top_p is not None and not 0 < self.top_p <= 1),
+                          ("repetition_penalty", self.repetition_penalty <= 0)):
+            if bad:
+                raise ValueError(f"SamplingParams.{name}={getattr(self, name)!r} is out of range")
+
+
+@dataclass
+class ChatEvent:
+    """One step of a chat reply: ``text`` (a streamed piece), ``tool_call``, ``tool_output`` or ``done``."""
+
+    kind: str
+    text: str = ""
+    tool: str | None = None
+    finish_reason: str | None = None
+
+
+class _TokenQueue(BaseStreamer):
+    """Receives generated token ids from ``generate`` (in another thread) and hands them over one by one."""
+
+    def __init__(self):
+        self.queue: Queue = Queue()
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for token in value.reshape(-1).tolist():
+            self.queue.put(token)
+
+    def end(self) -> None:
+        self.queue.put(None)
+
+
+@dataclass
+class _Segment:
+    ids: list[int] = field(default_factory=list)
+    text: str = ""
+
+
+class Engine:
+    """Generation for a causal LM and its tokenizer, with optional tools for chat."""
+
+    def __init__(self, model, tokenizer, toolbox: Toolbox | None = None, max_tool_calls: int = 4):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.toolbox = toolbox
+        self.max_tool_calls = max_tool_calls
+        vocab = tokenizer.get_vocab()
+        self.tool_call_end_id = vocab.get(TOOL_CALL_END)
+        self.tools_supported = self.tool_call_end_id is not None and TOOL_CALL_START in vocab
+        configured = model.generation_config.eos_token_id
+        configured = [configured] if isinstance(configured, int) else list(configured or [])
+        named = [vocab[token] for token in (ENDOFTEXT, IM_END) if token in vocab]
+        self.stop_ids = sorted({*configured, *named, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None
+                                                       else [])})
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+
+    @classmethod
+    def from_pretrained(cls, path: str, toolbox: Toolbox | None = None, device: str | None = None,
+                        dtype: str | torch.dtype = "auto", **kwargs) -> "Engine":
+        """Load a model folder or Hub id (ChatForge or any AutoModelForCausalLM)."""
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        return cls(model.to(device), tokenizer, toolbox=toolbox)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _generation_config(self, params: SamplingParams, max_new_tokens: int, stop_ids: list[int],
+                           num_return_sequences: int = 1) -> GenerationConfig:
+        sampling = params.temperature > 0
+        return GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=sampling, num_return_sequences=num_return_sequences,
+            temperature=params.temperature if sampling else None, top_k=params.top_k if sampling else None,
+            top_p=params.top_p if sampling else None, repetition_penalty=params.repetition_penalty,
+            eos_token_id=stop_ids, pad_token_id=self.pad_id, stop_strings=list(params.stop) or None,
+            return_dict_in_generate=True,
+        )
+
+    def _generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, config: GenerationConfig,
+                  cache=None, streamer: BaseStreamer | None = None):
+        extra = {"tokenizer": self.tokenizer} if config.stop_strings else {}
+        with torch.inference_mode():
+            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
+                                       cache=cache, streamer=streamer, **extra)
+
+    @contextlib.contextmanager
+    def _seeded(self, seed: int | None):
+        """Seed sampling inside, leaving the caller's random number streams as they were."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            if seed is not None:
+                torch.manual_seed(seed)
+            yield
+
+    def complete(self, prompts: Sequence[str], params: SamplingParams = SamplingParams(), n: int = 1,
+                 add_special_tokens: bool = False) -> list[list[str]]:
+        """``n`` sampled completions of each prompt (batched, left-padded), without the prompt."""
+        padding_side, self.tokenizer.padding_side = self.tokenizer.padding_side, "left"
+        try:
+            batch = self.tokenizer(list(prompts), return_tensors="pt", padding=True,
+                                   add_special_tokens=add_special_tokens).to(self.device)
+        finally:
+            self.tokenizer.padding_side = padding_side
+        config = self._generation_config(params, params.max_new_tokens, self.stop_ids, n)
+        with self._seeded(params.seed):
+            output = self._generate(batch["input_ids"], batch["attention_mask"], config)
+        new = output.sequences[:, batch["input_ids"].shape[1]:]
+        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    def _stream_ids(self, ids: list[int], config: GenerationConfig, cache, outcome: dict) -> Iterator[int]:
+        """Yield generated token ids as they come; at the end ``outcome`` holds ``sequence`` and ``cache``."""
+        streamer, result, failure = _TokenQueue(), {}, []
+        input_ids = torch.tensor([ids], device=self.device)
+
+        def work():
+            try:
+                result["output"] = self._generate(input_ids, torch.ones_like(input_ids), config, cache, streamer)
+            except BaseException as error:  # handed to the consuming thread
+                failure.append(error)
+                streamer.end()
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        while (token := streamer.queue.get()) is not None:
+            yield token
+        thread.join()
+        if failure:
+            raise failure[0]
+        outcome["sequence"] = result["output"].sequences[0].tolist()
+        outcome["cache"] = result["output"].cache
+
+    def stream(self, prompt: str, params: SamplingParams = SamplingParams()) -> Iterator[str]:
+        """Text pieces of one sampled completion of ``prompt``, as they are generated."""
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        config = self._generation_config(params, params.max_new_tokens, self.stop_ids)
+        with self._seeded(params.seed):
+            segment = _Segment()
+            for token in self._stream_ids(ids, config, cache=None, outcome={}):
+                if token not in self.stop_ids and (piece := self._advance(segment, token, skip_special_tokens=True)):
+                    yield piece
+            if piece := self._flush(segment, skip_special_tokens=True):
+                yield piece
+
+    def _advance(self, segment: _Segment, token: int, skip_special_tokens: bool = False) -> str:
+        """Append a token; the newly complete text (held back while a multi-byte character is unfinished)."""
+        segment.ids.append(token)
+        text = self.tokenizer.decode(segment.ids, skip_special_tokens=skip_special_tokens)
+        if text.endswith("\ufffd") or not text.startswith(segment.text):
+            return ""
+        piece, segment.text = text[len(segment.text):], text
+        return piece
+
+    def _flush(self, segment: _Segment, skip_special_tokens: bool = False) -> str:
+        """Text held back by :meth:`_advance` once the segment is over."""
+        text = self.tokenizer.decode(segment.ids, skip_special_tokens=skip_special_tokens)
+        piece, segment.text = text[len(segment.text):], text
+        return piece
+
+    def chat(self, messages: list[dict], params: SamplingParams = SamplingParams(),
+             use_tools: bool = True) -> Iterator[ChatEvent]:
+        """Stream the assistant's reply to ``messages``; with tools, each call is run and its output appended.
+
+        Ends with a ``done`` event whose text is the whole reply (tool exchanges included, ``<|im_end|>``
+        excluded) and whose ``finish_reason`` is ``stop``, ``length`` or ``tool_calls`` (too many calls).
+        """
+        tools = use_tools and bool(self.toolbox) and self.tools_supported
+        ids = list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                      return_dict=False))
+        stop_ids = self.stop_ids + ([self.tool_call_end_id] if tools else [])
+        budget, reply, outcome, finish = params.max_new_tokens, "", {"cache": None}, "length"
+        with self._seeded(params.seed):
+            for calls in range(self.max_tool_calls + 1):
+                segment, last = _Segment(), None
+                config = self._generation_config(params, budget, stop_ids)
+                for token in self._stream_ids(ids, config, outcome["cache"], outcome):
+                    last = token
+                    if token not in self.stop_ids and (piece := self._advance(segment, token)):
+                        yield ChatEvent("text", piece)
+                if piece := self._flush(segment):
+                    yield ChatEvent("text", piece)
+                ids = outcome["sequence"]
+                reply += segment.text
+                budget -= len(segment.ids)
+                if last in self.stop_ids:
+                    finish = "stop"
+                    break
+                if not (tools and last == self.tool_call_end_id) or budget <= 0:
+                    break
+                if calls == self.max_tool_calls:
+                    finish = "tool_calls"
+                    break
+                name, argument = parse_tool_call(segment.text)
+                yield ChatEvent("tool_call", argument, tool=name)
+                output = self.toolbox.run(name, argument)
+                yield ChatEvent("tool_output", output, tool=name)
+                appended = format_tool_output(output)
+                reply += appended
+                ids = ids + self.tokenizer(appended, add_special_tokens=False)["input_ids"]
+        yield ChatEvent("done", reply, finish_reason=finish)
+
+    def reply(self, messages: list[dict], params: SamplingParams = SamplingParams(), use_tools: bool = True) -> str:
+        """The whole assistant reply to ``messages`` (tool exchanges included)."""
+        return [event for event in self.chat(messages, params, use_tools)][-1].text
+
+
+__all__ = ["ChatEvent", "Engine", "SamplingParams"]
