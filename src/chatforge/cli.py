@@ -107,6 +107,71 @@ def _data_samples(args: argparse.Namespace) -> None:
     print(f"samples: {parts} -> {args.output} (sources and licenses in {args.output}/SOURCES.md)")
 
 
+def _sft_data_build(args: argparse.Namespace) -> None:
+    from .posttrain.sft_data import SFTDataConfig, build_sft_data
+
+    summary = build_sft_data(args.output, SFTDataConfig(seed=args.seed))
+    parts = ", ".join(f"{name} {info['train']}+{info['test']}" for name, info in summary["sources"].items())
+    print(f"sft data (train+test conversations): {parts} -> {args.output}")
+
+
+def _sampling_params(args: argparse.Namespace, stop=()):
+    from .inference.engine import SamplingParams
+
+    return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
+                          stop=tuple(args.stop or ()) + tuple(stop))
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from .inference.engine import Engine
+    from .inference.prompts import ASSISTANT_STOP, assistant_prompt, few_shot_prompt
+
+    prompt, stop = args.prompt, ()
+    if args.few_shot:
+        with open(args.few_shot, encoding="utf-8") as handle:
+            examples = [tuple(json.loads(line).values())[:2] for line in handle if line.strip()]
+        prompt, stop = few_shot_prompt(examples, args.prompt), ("\n",)
+    elif args.as_assistant:
+        prompt, stop = assistant_prompt(args.prompt), ASSISTANT_STOP
+    engine = Engine.from_pretrained(args.model)
+    completions = engine.complete([prompt], _sampling_params(args, stop), n=args.n)[0]
+    for number, completion in enumerate(completions, 1):
+        for marker in stop:
+            completion = completion.split(marker)[0]
+        print(f"--- sample {number}/{args.n}\n{args.prompt if not (args.few_shot or args.as_assistant) else ''}"
+              f"{completion}")
+
+
+def _chat(args: argparse.Namespace) -> None:
+    from .inference.chat_cli import chat_loop
+    from .inference.engine import Engine
+    from .tools import default_toolbox
+
+    toolbox = None if args.no_tools else default_toolbox(args.search_index)
+    engine = Engine.from_pretrained(args.model, toolbox=toolbox)
+    chat_loop(engine, _sampling_params(args), system=args.system, use_tools=not args.no_tools)
+
+
+def _tools_index(args: argparse.Namespace) -> None:
+    from .data import iter_documents
+    from .tools import SearchIndex
+
+    index = SearchIndex.build(iter_documents(args.input, text_field=args.text_field))
+    index.save(args.output)
+    print(f"search index: {len(index.documents):,} documents -> {args.output}")
+
+
+def _add_sampling_args(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
+    parser.add_argument("--top-k", type=int, default=50)
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--repetition-penalty", type=float, default=1.0)
+    parser.add_argument("--stop", nargs="*", help="extra stop strings")
+    parser.add_argument("--seed", type=int, default=None, help="make sampling reproducible")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="chatforge", description=__doc__)
     stages = parser.add_subparsers(dest="stage", required=True)
@@ -167,6 +232,40 @@ def build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard file")
     tokenize.add_argument("--max-documents", type=int, default=None, help="stop after this many documents")
     tokenize.set_defaults(func=_data_tokenize)
+
+    sft_data = stages.add_parser("sft-data", help="the embedded SFT conversation mixture")
+    sft_data_commands = sft_data.add_subparsers(dest="command", required=True)
+    sft_build = sft_data_commands.add_parser("build", help="build train/test conversations and tool-use examples")
+    sft_build.add_argument("--output", required=True)
+    sft_build.add_argument("--seed", type=int, default=0)
+    sft_build.set_defaults(func=_sft_data_build)
+
+    generate = stages.add_parser("generate", help="sample completions of a prompt from a (base) model")
+    generate.add_argument("model", help="model folder or Hub id")
+    generate.add_argument("--prompt", required=True)
+    generate.add_argument("--n", type=int, default=3, help="number of samples (shows the stochasticity)")
+    generate.add_argument("--few-shot", default=None,
+                          help="JSONL of {input, output} examples to put before the prompt")
+    generate.add_argument("--as-assistant", action="store_true",
+                          help="wrap the prompt in a conversation transcript (assistant by prompting)")
+    _add_sampling_args(generate, max_new_tokens=64)
+    generate.set_defaults(func=_generate)
+
+    chat = stages.add_parser("chat", help="chat with a model in the terminal (streaming, tools)")
+    chat.add_argument("model", help="model folder or Hub id")
+    chat.add_argument("--system", default=None, help="system prompt")
+    chat.add_argument("--no-tools", action="store_true", help="do not run tool calls")
+    chat.add_argument("--search-index", default=None, help="folder of a search index (chatforge tools index)")
+    _add_sampling_args(chat, max_new_tokens=256)
+    chat.set_defaults(func=_chat)
+
+    tools = stages.add_parser("tools", help="tool resources")
+    tools_commands = tools.add_subparsers(dest="command", required=True)
+    index = tools_commands.add_parser("index", help="build the BM25 index of the search tool")
+    index.add_argument("--input", nargs="+", required=True, help="text/JSONL/parquet files, folders, a dataset")
+    index.add_argument("--output", required=True)
+    index.add_argument("--text-field", default="text")
+    index.set_defaults(func=_tools_index)
 
     demo = stages.add_parser("demo", help="core demo: tokenizer + tiny model on embedded text, then samples")
     demo.add_argument("--output", default="runs/core-demo")

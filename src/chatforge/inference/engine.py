@@ -44,6 +44,7 @@ class ChatEvent:
     text: str = ""
     tool: str | None = None
     finish_reason: str | None = None
+    stop_token: str | None = None
 
 
 class _TokenQueue(BaseStreamer):
@@ -196,23 +197,33 @@ class Engine:
              use_tools: bool = True) -> Iterator[ChatEvent]:
         """Stream the assistant's reply to ``messages``; with tools, each call is run and its output appended.
 
-        Ends with a ``done`` event whose text is the whole reply (tool exchanges included, ``<|im_end|>``
-        excluded) and whose ``finish_reason`` is ``stop``, ``length`` or ``tool_calls`` (too many calls).
+        Ends with a ``done`` event whose text is the whole reply (tool exchanges included, the stop token
+        excluded), ``finish_reason`` ``stop``, ``length`` or ``tool_calls`` (too many calls), and the
+        ``stop_token`` that ended it.
         """
         tools = use_tools and bool(self.toolbox) and self.tools_supported
         ids = list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                       return_dict=False))
         stop_ids = self.stop_ids + ([self.tool_call_end_id] if tools else [])
-        budget, reply, outcome, finish = params.max_new_tokens, "", {"cache": None}, "length"
+        budget, reply, outcome, finish, last = params.max_new_tokens, "", {"cache": None}, "length", None
         with self._seeded(params.seed):
             for calls in range(self.max_tool_calls + 1):
-                segment, last = _Segment(), None
+                segment, last, calling = _Segment(), None, False
                 config = self._generation_config(params, budget, stop_ids)
                 for token in self._stream_ids(ids, config, outcome["cache"], outcome):
                     last = token
-                    if token not in self.stop_ids and (piece := self._advance(segment, token)):
+                    if token in self.stop_ids:
+                        continue
+                    piece = self._advance(segment, token)
+                    if calling or not piece:
+                        continue
+                    # The call itself is reported by the tool_call event, not as text.
+                    piece, start, _ = piece.partition(TOOL_CALL_START)
+                    calling = bool(start)
+                    if piece:
                         yield ChatEvent("text", piece)
-                if piece := self._flush(segment):
+                piece = self._flush(segment)
+                if not calling and piece:
                     yield ChatEvent("text", piece)
                 ids = outcome["sequence"]
                 reply += segment.text
@@ -232,7 +243,8 @@ class Engine:
                 appended = format_tool_output(output)
                 reply += appended
                 ids = ids + self.tokenizer(appended, add_special_tokens=False)["input_ids"]
-        yield ChatEvent("done", reply, finish_reason=finish)
+        stop_token = self.tokenizer.convert_ids_to_tokens(last) if finish == "stop" else None
+        yield ChatEvent("done", reply, finish_reason=finish, stop_token=stop_token)
 
     def reply(self, messages: list[dict], params: SamplingParams = SamplingParams(), use_tools: bool = True) -> str:
         """The whole assistant reply to ``messages`` (tool exchanges included)."""

@@ -17,7 +17,6 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass
 from functools import cache
-from pathlib import Path
 
 from .errors import ToolError
 

@@ -40,7 +40,7 @@ class SearchIndex:
         path = Path(path)
         if not (path / DOCUMENTS_FILE).exists():
             raise FileNotFoundError(f"{path}: not a search index (no {DOCUMENTS_FILE}); build one with "
-                                    "`chatforge tools build-index`")
+                                    "`chatforge tools index`")
         with open(path / DOCUMENTS_FILE, encoding="utf-8") as handle:
             documents = [json.loads(line)["text"] for line in handle]
         return cls(documents, bm25s.BM25.load(path / "bm25"))

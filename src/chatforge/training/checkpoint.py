@@ -8,8 +8,10 @@
 
 import hashlib
 import json
+import os
 import random
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -55,6 +57,18 @@ def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimiz
     for old in list_checkpoints(output_dir)[:-keep]:
         shutil.rmtree(old)
     return path
+
+
+def export_final_model(output_dir: str | Path, model, tokenizer) -> None:
+    """Save the final model and tokenizer into ``output_dir`` itself (as ``Trainer.save_model`` does), so
+    ``from_pretrained(output_dir)`` loads it; ``config.json`` is moved in last, once the weights are complete."""
+    output_dir = Path(output_dir)
+    with tempfile.TemporaryDirectory(prefix=".final-", dir=output_dir) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        files = sorted(Path(tmp).iterdir(), key=lambda p: p.name == "config.json")
+        for path in files:
+            os.replace(path, output_dir / path.name)
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:

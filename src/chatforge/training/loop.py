@@ -26,7 +26,7 @@ from ..modeling import (
     peak_bf16_flops,
     set_generation_defaults,
 )
-from .checkpoint import resolve_checkpoint, save_checkpoint, set_rng_state
+from .checkpoint import export_final_model, resolve_checkpoint, save_checkpoint, set_rng_state
 from .config import PretrainConfig
 from .data import StreamingWindows, WindowSampler, validation_batches
 from .inputs import build_missing_inputs
@@ -110,8 +110,7 @@ def build_model(config: PretrainConfig, tokenizer, checkpoint: Path | None):
         return AutoModelForCausalLM.from_pretrained(checkpoint)
     if config.model_name_or_path:
         return AutoModelForCausalLM.from_pretrained(config.model_name_or_path)
-    return ChatForgeForCausalLM(config_for_tokenizer(tokenizer, config.model_preset,
-                                                     max_position_embeddings=config.max_seq_length))
+    return ChatForgeForCausalLM(config_for_tokenizer(tokenizer, config.model_preset))
 
 
 def pretrain(config: PretrainConfig) -> dict:
@@ -212,6 +211,8 @@ def pretrain(config: PretrainConfig) -> dict:
             if accelerator.is_main_process:
                 save_checkpoint(output_dir, done, unwrapped, tokenizer, optimizer, scheduler, config.save_total_limit)
             accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        export_final_model(output_dir, unwrapped, tokenizer)
     accelerator.end_training()
     summary = {"steps": config.max_steps, "tokens": config.max_steps * tokens_per_step,
                "processes": accelerator.num_processes,

@@ -1,0 +1,167 @@
+"""Supervised fine-tuning into an assistant, on TRL's SFTTrainer.
+
+Conversations (a ``messages`` column) are checked (:mod:`.conversations`), rendered with the model's
+chat template and trained on the assistant's tokens only: through ``{% generation %}`` markers where the
+template has them (ChatForge's, which also leave tool outputs out), else on the final assistant reply as
+a prompt/completion pair (any other template, e.g. Llama's). Held-out figures go to ``eval.json``.
+"""
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
+from trl import DatasetMixtureConfig, ModelConfig, SFTConfig, SFTTrainer, get_dataset, get_peft_config
+
+from ..eval.chat import format_adherence, word_problem_accuracy
+from ..inference.engine import Engine
+from ..io import atomic_write_text
+from ..modeling.factory import set_generation_defaults
+from ..tools import default_toolbox
+from ..training import PretrainConfig, pretrain
+from .conversations import ON_INVALID, ConversationError, check_conversation
+from .sft_data import SFTDataConfig, build_sft_data
+
+
+@dataclass
+class SFTScriptArguments:
+    """What :func:`run_sft` needs beside TRL's ``SFTConfig``, ``ModelConfig`` and ``DatasetMixtureConfig``."""
+
+    sft_data_dir: str = field(default="runs/tiny/sft-data",
+                              metadata={"help": "embedded SFT mixture (chatforge sft-data build); its test split "
+                                                "and word problems are the held-out evaluation"})
+    build_missing_inputs: bool = field(
+        default=False, metadata={"help": "build missing SFT data, and a missing base model with base_config"})
+    base_config: str | None = field(
+        default=None, metadata={"help": "pretraining YAML that builds model_name_or_path when it is missing"})
+    on_invalid: str = field(default="skip", metadata={"help": "bad conversations: skip (counted) or error"})
+    eval_prompts: int = field(default=200, metadata={"help": "held-out prompts for format adherence"})
+    eval_word_problems: int = field(default=200, metadata={"help": "held-out multi-digit word problems"})
+    eval_base_model: bool = field(default=True, metadata={"help": "also measure the model before SFT"})
+
+
+def _build_missing_inputs(script: SFTScriptArguments, model_args: ModelConfig) -> None:
+    if not (Path(script.sft_data_dir) / "train.jsonl").exists():
+        print(f"building the embedded SFT data -> {script.sft_data_dir}")
+        build_sft_data(script.sft_data_dir, SFTDataConfig())
+    if not Path(model_args.model_name_or_path).exists():
+        if script.base_config is None:
+            raise FileNotFoundError(f"model_name_or_path={model_args.model_name_or_path}: no such folder, and no "
+                                    "base_config to build it with")
+        (config,) = HfArgumentParser([PretrainConfig]).parse_yaml_file(script.base_config)
+        if Path(config.output_dir).resolve() != Path(model_args.model_name_or_path).resolve():
+            raise ValueError(f"base_config {script.base_config} writes {config.output_dir}, not "
+                             f"model_name_or_path={model_args.model_name_or_path}")
+        print(f"pretraining the base model first ({script.base_config}) -> {config.output_dir}")
+        pretrain(config)
+
+
+def checked_split(dataset: datasets.Dataset, name: str, on_invalid: str, tokenizer,
+                  max_length: int | None) -> tuple[datasets.Dataset, dict]:
+    """Keep conversations that are well formed and fit ``max_length`` tokens; the others raise
+    (``on_invalid="error"``) or are counted by reason."""
+    if on_invalid not in ON_INVALID:
+        raise ValueError(f"on_invalid={on_invalid!r}; choose one of {ON_INVALID}")
+    skipped: Counter = Counter()
+
+    def keep(record, index):
+        try:
+            check_conversation(record.get("messages"), f"{name} record {index}", tokenizer, max_length)
+        except ConversationError as error:
+            if on_invalid == "error":
+                raise
+            skipped[error.reason] += 1
+            return False
+        return True
+
+    kept = dataset.filter(keep, with_indices=True, load_from_cache_file=False, desc=f"checking {name}")
+    return kept, dict(skipped)
+
+
+def _as_prompt_completion(record: dict) -> dict:
+    """The conversation up to its last assistant reply as prompt, that reply as completion."""
+    return {"prompt": record["messages"][:-1], "completion": record["messages"][-1:]}
+
+
+def held_out_evaluation(model, tokenizer, script: SFTScriptArguments) -> dict:
+    """Format adherence on held-out prompts; word-problem accuracy with and without tools."""
+    data_dir = Path(script.sft_data_dir)
+    engine = Engine(model, tokenizer, toolbox=default_toolbox())
+    figures: dict = {}
+    test = data_dir / "test.jsonl"
+    if test.exists():
+        with open(test, encoding="utf-8") as handle:
+            records = [json.loads(line) for line in handle][: script.eval_prompts]
+        prompts = [record["messages"][:1] for record in records]
+        figures["format"] = format_adherence(engine, prompts)
+    problems_path = data_dir / "word_problems_test.jsonl"
+    if problems_path.exists() and engine.tools_supported:
+        with open(problems_path, encoding="utf-8") as handle:
+            problems = [json.loads(line) for line in handle][: script.eval_word_problems]
+        figures["word_problems_with_tools"] = word_problem_accuracy(engine, problems, use_tools=True)
+        figures["word_problems_without_tools"] = word_problem_accuracy(engine, problems, use_tools=False)
+    return figures
+
+
+def _load_model(model_args: ModelConfig):
+    dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
+    return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, dtype=dtype,
+                                                attn_implementation=model_args.attn_implementation)
+
+
+def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig,
+            mixture: DatasetMixtureConfig) -> dict:
+    """Fine-tune ``model_args.model_name_or_path`` on the mixture; save it to ``output_dir`` with
+    ``eval.json`` (held-out loss, format adherence, word problems with/without tools, skipped records)."""
+    started = time.perf_counter()
+    if script.build_missing_inputs:
+        _build_missing_inputs(script, model_args)
+    if not mixture.datasets:
+        raise ValueError("no datasets: give a `datasets:` list (TRL DatasetMixtureConfig) in the recipe")
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+    if tokenizer.chat_template is None:
+        raise ValueError(f"{model_args.model_name_or_path}: the tokenizer has no chat template")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    splits = dict(get_dataset(mixture))
+    held_out = Path(script.sft_data_dir) / "test.jsonl"
+    if "test" not in splits and held_out.exists():
+        splits["test"] = datasets.load_dataset("json", data_files=str(held_out), split="train").select_columns(
+            ["messages"])
+    checked, skipped = {}, {}
+    for split_name, split in splits.items():
+        checked[split_name], skipped[split_name] = checked_split(split, split_name, script.on_invalid, tokenizer,
+                                                                 training_args.max_length)
+    marks_assistant = "generation" in tokenizer.chat_template
+    if not marks_assistant:
+        checked = {name: split.map(_as_prompt_completion, remove_columns=split.column_names)
+                   for name, split in checked.items()}
+    training_args.assistant_only_loss = marks_assistant
+    training_args.completion_only_loss = None if marks_assistant else True
+    model = _load_model(model_args)
+    base_figures = held_out_evaluation(model, tokenizer, script) if script.eval_base_model else None
+    if model_args.use_peft and not model_args.lora_target_modules:
+        model_args.lora_target_modules = "all-linear"
+    trainer = SFTTrainer(model=model, args=training_args, train_dataset=checked["train"],
+                         eval_dataset=checked.get("test"), processing_class=tokenizer,
+                         peft_config=get_peft_config(model_args))
+    held_out_loss = (lambda: trainer.evaluate()["eval_loss"]) if "test" in checked else (lambda: None)
+    eval_loss_before = held_out_loss()
+    trainer.train()
+    eval_loss = held_out_loss()
+    model = trainer.model.merge_and_unload() if model_args.use_peft else trainer.model
+    set_generation_defaults(model, tokenizer)
+    figures = {"eval_loss_before": eval_loss_before, "eval_loss": eval_loss, "skipped": skipped,
+               "train_conversations": len(checked["train"]),
+               "sft": held_out_evaluation(model, tokenizer, script), "base": base_figures,
+               "assistant_loss": "generation markers" if marks_assistant else "final reply (prompt/completion)",
+               "seconds": round(time.perf_counter() - started, 1)}
+    if trainer.accelerator.is_main_process:
+        model.save_pretrained(training_args.output_dir)
+        tokenizer.save_pretrained(training_args.output_dir)
+        atomic_write_text(Path(training_args.output_dir) / "eval.json", json.dumps(figures, indent=2))
+    return figures

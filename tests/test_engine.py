@@ -1,0 +1,107 @@
+import io
+
+import pytest
+import torch
+
+from chatforge.data import DataCollatorForChat
+from chatforge.inference.chat_cli import chat_loop
+from chatforge.inference.engine import Engine, SamplingParams
+from chatforge.inference.prompts import assistant_prompt, few_shot_prompt
+from chatforge.tools import default_toolbox, tool_exchange
+
+QUESTION = "What is 123 * 456?"
+# The recorded output is wrong on purpose: only an engine that really runs the tool can show 56088.
+TRAINED_REPLY = "Let me compute. " + tool_exchange("calculator", "123 * 456", "11111") + "Done."
+GREEDY = SamplingParams(temperature=0, max_new_tokens=40)
+
+
+@pytest.fixture
+def tool_model(model, tokenizer):
+    """The tiny model after memorising one conversation that calls the calculator."""
+    batch = DataCollatorForChat(tokenizer)([{"messages": [{"role": "user", "content": QUESTION},
+                                                          {"role": "assistant", "content": TRAINED_REPLY}]}])
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(150):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert loss.item() < 0.05
+    return model.eval()
+
+
+def test_seeded_sampling_is_reproducible_and_samples_differ(model, tokenizer):
+    engine = Engine(model, tokenizer)
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, seed=3)
+    first = engine.complete(["The river", "In 1990 the"], params, n=3)
+    assert first == engine.complete(["The river", "In 1990 the"], params, n=3)
+    assert len(first) == 2 and all(len(samples) == 3 for samples in first)
+    assert len(set(first[0])) > 1  # stochastic across the n samples
+
+
+def test_streamed_pieces_add_up_to_the_batched_greedy_completion(model, tokenizer):
+    engine = Engine(model, tokenizer)
+    params = SamplingParams(max_new_tokens=15, temperature=0)
+    pieces = list(engine.stream("The history of", params))
+    assert len(pieces) > 1
+    assert "".join(pieces) == engine.complete(["The history of"], params)[0][0]
+    # Left padding in a batch does not change a greedy completion.
+    assert engine.complete(["A", "The history of"], params)[1][0] == "".join(pieces)
+
+
+def test_stop_strings_and_parameter_checks(model, tokenizer):
+    engine = Engine(model, tokenizer)
+    full = engine.complete(["The"], SamplingParams(max_new_tokens=20, temperature=0))[0][0]
+    stop = full.strip().split()[1]
+    stopped = engine.complete(["The"], SamplingParams(max_new_tokens=20, temperature=0, stop=[stop]))[0][0]
+    assert stopped.endswith(stop) and len(stopped) < len(full)
+    with pytest.raises(ValueError, match="top_p"):
+        SamplingParams(top_p=1.5)
+
+
+def test_chat_pauses_at_a_tool_call_runs_the_tool_and_continues(tool_model, tokenizer):
+    engine = Engine(tool_model, tokenizer, toolbox=default_toolbox())
+    events = list(engine.chat([{"role": "user", "content": QUESTION}], GREEDY))
+    kinds = [event.kind for event in events]
+    call, output, done = events[kinds.index("tool_call")], events[kinds.index("tool_output")], events[-1]
+    assert (call.tool, call.text) == ("calculator", "123 * 456")
+    assert output.text == "56088"
+    assert done.finish_reason == "stop" and done.stop_token == "<|im_end|>"
+    assert done.text == "Let me compute. " + tool_exchange("calculator", "123 * 456", "56088") + "Done."
+    # Streamed text shows the prose, not the raw call tokens.
+    assert "".join(e.text for e in events if e.kind == "text") == "Let me compute. Done."
+
+
+def test_continuing_on_the_cache_matches_a_fresh_forward_pass(tool_model, tokenizer):
+    engine = Engine(tool_model, tokenizer, toolbox=default_toolbox())
+    messages = [{"role": "user", "content": QUESTION}]
+    reply = engine.reply(messages, GREEDY)
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    replay = tokenizer(reply.split("<|tool_output_end|>")[0] + "<|tool_output_end|>",
+                       add_special_tokens=False)["input_ids"]
+    fresh = tool_model.generate(torch.tensor([prompt + replay]), max_new_tokens=10, do_sample=False)
+    assert tokenizer.decode(fresh[0, len(prompt) + len(replay):], skip_special_tokens=True) == "Done."
+
+
+def test_without_tools_the_model_writes_its_own_tool_output(tool_model, tokenizer):
+    engine = Engine(tool_model, tokenizer, toolbox=default_toolbox())
+    reply = engine.reply([{"role": "user", "content": QUESTION}], GREEDY, use_tools=False)
+    assert "11111" in reply and "56088" not in reply
+
+
+def test_chat_cli_streams_turns_and_resets(tool_model, tokenizer):
+    engine = Engine(tool_model, tokenizer, toolbox=default_toolbox())
+    out = io.StringIO()
+    messages = chat_loop(engine, GREEDY, system=None, lines=[QUESTION, "/reset", QUESTION, "/quit", "ignored"],
+                         out=out)
+    shown = out.getvalue()
+    assert shown.count("[calculator] 123 * 456") == 2 and shown.count("[calculator ->] 56088") == 2
+    assert "(conversation reset)" in shown and "ignored" not in shown
+    assert [m["role"] for m in messages] == ["user", "assistant"]
+
+
+def test_prompt_helpers_build_documents_a_base_model_continues():
+    prompt = few_shot_prompt([("cat", "chat"), ("dog", "chien")], "bird", "English", "French")
+    assert prompt.endswith("English: bird\nFrench:") and prompt.count("French:") == 3
+    assert assistant_prompt("Why is the sky blue?").endswith("Human: Why is the sky blue?\nAssistant:")

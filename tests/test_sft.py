@@ -1,0 +1,94 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+from trl import DatasetMixtureConfig, ModelConfig, SFTConfig
+
+from chatforge.posttrain.sft import SFTScriptArguments, run_sft
+from chatforge.posttrain.sft_data import SFTDataConfig, build_sft_data
+
+ROOT = Path(__file__).resolve().parents[1]
+# A Llama-3-style template: no {% generation %} markers, so SFT trains on the final reply.
+LLAMA_TEMPLATE = (
+    "{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' "
+    "+ message['content'] + '<|im_end|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def sft_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("sft") / "data"
+    build_sft_data(path, SFTDataConfig(identity=40, smalltalk=60, refusals=40, word_problems_small=150,
+                                       word_problems_tool=150, python_tool=10, word_problems_test=10))
+    return path
+
+
+def _args(tmp_path, model_dir, data_dir, **overrides):
+    script = SFTScriptArguments(sft_data_dir=str(data_dir), eval_prompts=10, eval_word_problems=5,
+                                eval_base_model=False)
+    training = SFTConfig(output_dir=str(tmp_path / "out"), max_steps=overrides.pop("max_steps", 40),
+                         learning_rate=overrides.pop("learning_rate", 3e-3), per_device_train_batch_size=8,
+                         max_length=256, packing=True, bf16=False, use_cpu=True, report_to="none",
+                         save_strategy="no", logging_steps=50, activation_checkpointing=False, seed=0)
+    model = ModelConfig(model_name_or_path=str(model_dir), **overrides)
+    mixture = DatasetMixtureConfig(datasets=[{"path": "json", "data_files": str(data_dir / "train.jsonl"),
+                                              "split": "train", "columns": ["messages"]}])
+    return script, training, model, mixture
+
+
+def test_sft_of_a_chatforge_model_lowers_the_held_out_loss_on_assistant_tokens(tmp_path, saved_model_dir,
+                                                                               sft_data):
+    figures = run_sft(*_args(tmp_path, saved_model_dir, sft_data))
+    assert figures["assistant_loss"] == "generation markers"
+    assert figures["eval_loss"] < figures["eval_loss_before"] - 1.0
+    saved = json.loads((tmp_path / "out/eval.json").read_text())
+    assert saved["eval_loss"] == figures["eval_loss"] and 0 <= saved["sft"]["format"]["format_adherence"] <= 1
+    assert "word_problems_with_tools" in saved["sft"]
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert AutoTokenizer.from_pretrained(tmp_path / "out").convert_ids_to_tokens(
+        model.generation_config.eos_token_id) == ["<|endoftext|>", "<|im_end|>"]
+
+
+def test_lora_sft_trains_adapters_and_saves_a_merged_model(tmp_path, saved_model_dir, sft_data):
+    figures = run_sft(*_args(tmp_path, saved_model_dir, sft_data, use_peft=True, lora_r=8, learning_rate=1e-2))
+    assert figures["eval_loss"] < figures["eval_loss_before"] - 0.5
+    state = AutoModelForCausalLM.from_pretrained(tmp_path / "out").state_dict()
+    assert not any("lora" in name for name in state)
+
+
+def test_sft_of_a_llama_with_its_own_template_trains_on_the_final_reply(tmp_path, tokenizer, sft_data):
+    tokenizer = AutoTokenizer.from_pretrained(_save_tokenizer(tokenizer, tmp_path))
+    tokenizer.chat_template = LLAMA_TEMPLATE
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
+                                         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>")))
+    llama.save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    figures = run_sft(*_args(tmp_path, tmp_path / "llama", sft_data))
+    assert figures["assistant_loss"] == "final reply (prompt/completion)"
+    assert figures["eval_loss"] < figures["eval_loss_before"] - 1.0
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").config.model_type == "llama"
+
+
+def _save_tokenizer(tokenizer, tmp_path):
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    return tmp_path / "tokenizer"
+
+
+def test_sft_recipe_runs_from_yaml_with_overrides(tmp_path, saved_model_dir, sft_data):
+    config = tmp_path / "sft.yaml"
+    config.write_text((ROOT / "recipes/tiny/sft.yaml").read_text().replace("runs/tiny/sft-data", str(sft_data)))
+    subprocess.run([sys.executable, str(ROOT / "recipes/sft.py"), "--config", str(config),
+                    "--model_name_or_path", str(saved_model_dir), "--output_dir", str(tmp_path / "recipe"),
+                    "--max_steps", "20", "--eval_prompts", "5", "--eval_word_problems", "3",
+                    "--eval_base_model", "false"], check=True, cwd=tmp_path)
+    figures = json.loads((tmp_path / "recipe/eval.json").read_text())
+    assert figures["eval_loss"] < figures["eval_loss_before"]
+    assert figures["sft"]["format"]["prompts"] == 5 and figures["base"] is None

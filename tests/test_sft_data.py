@@ -1,0 +1,86 @@
+import json
+
+import datasets
+import pytest
+
+from chatforge.posttrain.conversations import ConversationError, check_conversation, check_messages
+from chatforge.posttrain.sft import checked_split
+from chatforge.posttrain.sft_data import SFTDataConfig, build_sft_data, chatterbot_conversations
+from chatforge.posttrain.word_problems import extract_answer, word_problem
+from chatforge.tools import calculate
+
+USER = {"role": "user", "content": "Hi"}
+ASSISTANT = {"role": "assistant", "content": "Hello!"}
+
+
+@pytest.mark.parametrize("messages, reason", [
+    ([], "no messages"),
+    ([{"role": "user"}, ASSISTANT], "missing role or content"),
+    ([{"role": "narrator", "content": "x"}, ASSISTANT], "unknown role"),
+    ([USER, {"role": "assistant", "content": "  "}], "empty content"),
+    ([ASSISTANT, USER, ASSISTANT], "wrong role order"),
+    ([USER, USER, ASSISTANT], "wrong role order"),
+    ([USER, ASSISTANT, {"role": "system", "content": "late"}, USER, ASSISTANT], "wrong role order"),
+    ([USER, ASSISTANT, USER], "no final assistant reply"),
+])
+def test_bad_conversations_are_named_with_their_fault(messages, reason):
+    with pytest.raises(ConversationError, match=f"chats.jsonl record 7: {reason}") as error:
+        check_messages(messages, "chats.jsonl record 7")
+    assert error.value.reason == reason
+
+
+def test_well_formed_conversations_pass_including_tool_turns():
+    check_messages([{"role": "system", "content": "Be brief."}, USER, ASSISTANT,
+                    {"role": "tool", "content": "42"}, ASSISTANT], "ok")
+
+
+def test_over_length_conversations_are_skipped_and_counted_or_raise(tokenizer):
+    long = [USER, {"role": "assistant", "content": "word " * 300}]
+    with pytest.raises(ConversationError, match="too long"):
+        check_conversation(long, "record 0", tokenizer, max_length=64)
+    dataset = datasets.Dataset.from_list([{"messages": [USER, ASSISTANT]}, {"messages": long},
+                                          {"messages": [USER, {"role": "assistant", "content": ""}]}])
+    kept, skipped = checked_split(dataset, "train", "skip", tokenizer, max_length=64)
+    assert kept["messages"] == [[USER, ASSISTANT]]
+    assert skipped == {"too long": 1, "empty content": 1}
+    with pytest.raises(ConversationError, match="train record 1: too long"):
+        checked_split(dataset, "train", "error", tokenizer, max_length=64)
+
+
+def test_word_problems_have_exact_answers_and_checkable_replies():
+    import random
+
+    rng = random.Random(0)
+    for multi_digit in (False, True):
+        for _ in range(50):
+            problem = word_problem(rng, multi_digit)
+            assert calculate(problem.expression) == problem.answer
+            reply = problem.solution(use_calculator=multi_digit)
+            assert extract_answer(reply) == problem.answer
+            assert ("<|tool_call_start|>calculator" in reply) == multi_digit
+    assert extract_answer("So it is 1,204. The answer is 1,204.") == "1204"
+    assert extract_answer("no number here") is None
+
+
+def test_chatterbot_corpus_gives_real_alternating_conversations():
+    conversations = chatterbot_conversations()
+    assert len(conversations) > 1500
+    for messages in conversations:
+        check_messages(messages, "chatterbot")
+
+
+def test_sft_data_build_writes_held_out_splits_once(tmp_path):
+    config = SFTDataConfig(identity=10, smalltalk=10, refusals=10, word_problems_small=20, word_problems_tool=20,
+                           python_tool=5, word_problems_test=15)
+    summary = build_sft_data(tmp_path / "sft", config)
+    train = [json.loads(line) for line in open(tmp_path / "sft/train.jsonl")]
+    test = [json.loads(line) for line in open(tmp_path / "sft/test.jsonl")]
+    assert {r["source"] for r in train} == {r["source"] for r in test} == set(summary["sources"])
+    assert len(train) == sum(s["train"] for s in summary["sources"].values())
+    assert not {json.dumps(r["messages"]) for r in train} & {json.dumps(r["messages"]) for r in test}
+    python = next(r for r in train if r["source"] == "python_tool")["messages"][1]["content"]
+    assert "<|tool_output_start|>" in python and "error" not in python
+    problems = [json.loads(line) for line in open(tmp_path / "sft/word_problems_test.jsonl")]
+    assert len(problems) == 15 and all(calculate(p["expression"]) == p["answer"] for p in problems)
+    (tmp_path / "sft/train.jsonl").write_text("")
+    assert build_sft_data(tmp_path / "sft", config) == summary  # finished folders are reused as they are
