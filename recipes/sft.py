@@ -4,11 +4,7 @@
         --config recipes/tiny/sft.yaml [--model_name_or_path PATH --max_steps 500 ...]
 """
 
-from trl import DatasetMixtureConfig, ModelConfig, SFTConfig, TrlParser
-
-from chatforge.posttrain.sft import SFTScriptArguments, run_sft
+from chatforge.posttrain.sft import run_sft, sft_parser
 
 if __name__ == "__main__":
-    parser = TrlParser(dataclass_types=[SFTScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig])
-    script_args, training_args, model_args, mixture = parser.parse_args_and_config()
-    run_sft(script_args, training_args, model_args, mixture)
+    run_sft(*sft_parser().parse_args_and_config())

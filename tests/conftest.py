@@ -45,3 +45,19 @@ def saved_model_dir(tmp_path, model, tokenizer):
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def memorize(model, tokenizer, conversations: list[list[dict]], steps: int = 150, lr: float = 1e-2):
+    """Train ``model`` on the assistant tokens of ``conversations`` until it has learnt them by heart."""
+    from chatforge.data import DataCollatorForChat
+
+    batch = DataCollatorForChat(tokenizer)([{"messages": messages} for messages in conversations])
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert loss.item() < 0.05, f"the model did not memorise the conversations (loss {loss.item():.3f})"
+    return model.eval()

@@ -2,8 +2,8 @@ import io
 
 import pytest
 import torch
+from conftest import memorize
 
-from chatforge.data import DataCollatorForChat
 from chatforge.inference.chat_cli import chat_loop
 from chatforge.inference.engine import Engine, SamplingParams
 from chatforge.inference.prompts import assistant_prompt, few_shot_prompt
@@ -18,17 +18,8 @@ GREEDY = SamplingParams(temperature=0, max_new_tokens=40)
 @pytest.fixture
 def tool_model(model, tokenizer):
     """The tiny model after memorising one conversation that calls the calculator."""
-    batch = DataCollatorForChat(tokenizer)([{"messages": [{"role": "user", "content": QUESTION},
-                                                          {"role": "assistant", "content": TRAINED_REPLY}]}])
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    assert loss.item() < 0.05
-    return model.eval()
+    return memorize(model, tokenizer, [[{"role": "user", "content": QUESTION},
+                                        {"role": "assistant", "content": TRAINED_REPLY}]])
 
 
 def test_seeded_sampling_is_reproducible_and_samples_differ(model, tokenizer):
@@ -105,3 +96,14 @@ def test_prompt_helpers_build_documents_a_base_model_continues():
     prompt = few_shot_prompt([("cat", "chat"), ("dog", "chien")], "bird", "English", "French")
     assert prompt.endswith("English: bird\nFrench:") and prompt.count("French:") == 3
     assert assistant_prompt("Why is the sky blue?").endswith("Human: Why is the sky blue?\nAssistant:")
+
+
+def test_generate_command_prints_n_seeded_samples(saved_model_dir):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "chatforge.cli", "generate", str(saved_model_dir), "--prompt", "The river",
+               "--n", "2", "--seed", "1", "--max-new-tokens", "8"]
+    first = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    assert first.count("--- sample") == 2 and first.count("The river") == 2
+    assert first == subprocess.run(command, capture_output=True, text=True, check=True).stdout

@@ -24,13 +24,14 @@ LLAMA_TEMPLATE = (
 def sft_data(tmp_path_factory):
     path = tmp_path_factory.mktemp("sft") / "data"
     build_sft_data(path, SFTDataConfig(identity=40, smalltalk=60, refusals=40, word_problems_small=150,
-                                       word_problems_tool=150, python_tool=10, word_problems_test=10))
+                                       word_problems_tool=150, python_tool=10, search_tool=20,
+                                       word_problems_test=10))
     return path
 
 
 def _args(tmp_path, model_dir, data_dir, **overrides):
     script = SFTScriptArguments(sft_data_dir=str(data_dir), eval_prompts=10, eval_word_problems=5,
-                                eval_base_model=False)
+                                eval_world_questions=12, eval_base_model=False)
     training = SFTConfig(output_dir=str(tmp_path / "out"), max_steps=overrides.pop("max_steps", 40),
                          learning_rate=overrides.pop("learning_rate", 3e-3), per_device_train_batch_size=8,
                          max_length=256, packing=True, bf16=False, use_cpu=True, report_to="none",
@@ -48,7 +49,8 @@ def test_sft_of_a_chatforge_model_lowers_the_held_out_loss_on_assistant_tokens(t
     assert figures["eval_loss"] < figures["eval_loss_before"] - 1.0
     saved = json.loads((tmp_path / "out/eval.json").read_text())
     assert saved["eval_loss"] == figures["eval_loss"] and 0 <= saved["sft"]["format"]["format_adherence"] <= 1
-    assert "word_problems_with_tools" in saved["sft"]
+    assert {"word_problems_with_tools", "world_search_without_tools", "knowledge"} <= set(saved["sft"])
+    assert saved["sft"]["knowledge"]["frequent"]["questions"] == 12
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert AutoTokenizer.from_pretrained(tmp_path / "out").convert_ids_to_tokens(
         model.generation_config.eos_token_id) == ["<|endoftext|>", "<|im_end|>"]
@@ -88,6 +90,7 @@ def test_sft_recipe_runs_from_yaml_with_overrides(tmp_path, saved_model_dir, sft
     subprocess.run([sys.executable, str(ROOT / "recipes/sft.py"), "--config", str(config),
                     "--model_name_or_path", str(saved_model_dir), "--output_dir", str(tmp_path / "recipe"),
                     "--max_steps", "20", "--eval_prompts", "5", "--eval_word_problems", "3",
+                    "--eval_world_questions", "3",
                     "--eval_base_model", "false"], check=True, cwd=tmp_path)
     figures = json.loads((tmp_path / "recipe/eval.json").read_text())
     assert figures["eval_loss"] < figures["eval_loss_before"]

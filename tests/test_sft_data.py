@@ -71,7 +71,7 @@ def test_chatterbot_corpus_gives_real_alternating_conversations():
 
 def test_sft_data_build_writes_held_out_splits_once(tmp_path):
     config = SFTDataConfig(identity=10, smalltalk=10, refusals=10, word_problems_small=20, word_problems_tool=20,
-                           python_tool=5, word_problems_test=15)
+                           python_tool=5, search_tool=10, word_problems_test=15)
     summary = build_sft_data(tmp_path / "sft", config)
     train = [json.loads(line) for line in open(tmp_path / "sft/train.jsonl")]
     test = [json.loads(line) for line in open(tmp_path / "sft/test.jsonl")]
@@ -80,6 +80,10 @@ def test_sft_data_build_writes_held_out_splits_once(tmp_path):
     assert not {json.dumps(r["messages"]) for r in train} & {json.dumps(r["messages"]) for r in test}
     python = next(r for r in train if r["source"] == "python_tool")["messages"][1]["content"]
     assert "<|tool_output_start|>" in python and "error" not in python
+    for record in (r for r in train if r["source"] == "search_tool"):
+        reply = record["messages"][1]["content"]
+        output, answer = reply.split("<|tool_output_start|>")[1].split("<|tool_output_end|>")
+        assert "<|tool_call_start|>search" in reply and answer.rstrip(".").split()[-1] in output
     problems = [json.loads(line) for line in open(tmp_path / "sft/word_problems_test.jsonl")]
     assert len(problems) == 15 and all(calculate(p["expression"]) == p["answer"] for p in problems)
     (tmp_path / "sft/train.jsonl").write_text("")

@@ -115,6 +115,16 @@ def _sft_data_build(args: argparse.Namespace) -> None:
     print(f"sft data (train+test conversations): {parts} -> {args.output}")
 
 
+def _probe(args: argparse.Namespace) -> None:
+    from .posttrain.probe import ProbeConfig, run_probe
+
+    summary = run_probe(args.model, args.questions, args.output,
+                        ProbeConfig(samples=args.samples, temperature=args.temperature, threshold=args.threshold,
+                                    seed=args.seed))
+    groups = ", ".join(f"{name} {g['known_share']:.0%}" for name, g in summary["by_group"].items())
+    print(f"probe: {summary['known']}/{summary['questions']} questions known ({groups}) -> {args.output}")
+
+
 def _sampling_params(args: argparse.Namespace, stop=()):
     from .inference.engine import SamplingParams
 
@@ -239,6 +249,17 @@ def build_parser() -> argparse.ArgumentParser:
     sft_build.add_argument("--output", required=True)
     sft_build.add_argument("--seed", type=int, default=0)
     sft_build.set_defaults(func=_sft_data_build)
+
+    probe = stages.add_parser("probe", help="label questions known/unknown by sampling; write SFT examples")
+    probe.add_argument("--model", required=True, help="model folder or Hub id (a chat model)")
+    probe.add_argument("--questions", required=True,
+                       help="JSONL/parquet file or Hub dataset with question and answer (optional name, reply)")
+    probe.add_argument("--output", required=True)
+    probe.add_argument("--samples", type=int, default=4, help="answers sampled per question")
+    probe.add_argument("--temperature", type=float, default=0.7)
+    probe.add_argument("--threshold", type=float, default=0.5, help="share of right answers that counts as known")
+    probe.add_argument("--seed", type=int, default=0)
+    probe.set_defaults(func=_probe)
 
     generate = stages.add_parser("generate", help="sample completions of a prompt from a (base) model")
     generate.add_argument("model", help="model folder or Hub id")

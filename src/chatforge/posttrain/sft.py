@@ -15,15 +15,16 @@ from pathlib import Path
 import datasets
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
-from trl import DatasetMixtureConfig, ModelConfig, SFTConfig, SFTTrainer, get_dataset, get_peft_config
+from trl import DatasetMixtureConfig, ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_dataset, get_peft_config
 
-from ..eval.chat import format_adherence, word_problem_accuracy
+from ..eval.chat import format_adherence, knowledge, look_up_accuracy, word_problem_accuracy
 from ..inference.engine import Engine
 from ..io import atomic_write_text
 from ..modeling.factory import set_generation_defaults
 from ..tools import default_toolbox
 from ..training import PretrainConfig, pretrain
 from .conversations import ON_INVALID, ConversationError, check_conversation
+from .probe import run_probe
 from .sft_data import SFTDataConfig, build_sft_data
 
 
@@ -40,14 +41,29 @@ class SFTScriptArguments:
         default=None, metadata={"help": "pretraining YAML that builds model_name_or_path when it is missing"})
     on_invalid: str = field(default="skip", metadata={"help": "bad conversations: skip (counted) or error"})
     eval_prompts: int = field(default=200, metadata={"help": "held-out prompts for format adherence"})
-    eval_word_problems: int = field(default=200, metadata={"help": "held-out multi-digit word problems"})
+    eval_word_problems: int = field(default=200, metadata={"help": "held-out word problems, and look-ups"})
+    eval_world_questions: int | None = field(default=None, metadata={"help": "held-out world questions (all)"})
     eval_base_model: bool = field(default=True, metadata={"help": "also measure the model before SFT"})
+    probe_dir: str | None = field(
+        default=None, metadata={"help": "knowledge-probe examples this mixture uses (chatforge probe); with "
+                                        "build_missing_inputs, built by probing the model of probe_model_config"})
+    probe_model_config: str | None = field(
+        default=None, metadata={"help": "SFT recipe YAML whose output model is probed (run first if missing)"})
 
 
 def _build_missing_inputs(script: SFTScriptArguments, model_args: ModelConfig) -> None:
     if not (Path(script.sft_data_dir) / "train.jsonl").exists():
         print(f"building the embedded SFT data -> {script.sft_data_dir}")
         build_sft_data(script.sft_data_dir, SFTDataConfig())
+    if script.probe_dir and not (Path(script.probe_dir) / "train.jsonl").exists():
+        if script.probe_model_config is None:
+            raise FileNotFoundError(f"probe_dir={script.probe_dir}: missing, and no probe_model_config to build it")
+        probe_script, probe_training, probe_model, probe_mixture = parse_sft_yaml(script.probe_model_config)
+        if not (Path(probe_training.output_dir) / "config.json").exists():
+            print(f"fine-tuning the model to probe first ({script.probe_model_config})")
+            run_sft(probe_script, probe_training, probe_model, probe_mixture)
+        print(f"probing {probe_training.output_dir} -> {script.probe_dir}")
+        run_probe(probe_training.output_dir, str(Path(script.sft_data_dir) / "world_probe.jsonl"), script.probe_dir)
     if not Path(model_args.model_name_or_path).exists():
         if script.base_config is None:
             raise FileNotFoundError(f"model_name_or_path={model_args.model_name_or_path}: no such folder, and no "
@@ -58,6 +74,16 @@ def _build_missing_inputs(script: SFTScriptArguments, model_args: ModelConfig) -
                              f"model_name_or_path={model_args.model_name_or_path}")
         print(f"pretraining the base model first ({script.base_config}) -> {config.output_dir}")
         pretrain(config)
+
+
+def sft_parser() -> TrlParser:
+    """The parser of SFT recipes: YAML via ``--config``, ``--key value`` overrides."""
+    return TrlParser(dataclass_types=[SFTScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig])
+
+
+def parse_sft_yaml(path: str) -> tuple:
+    """The four configs of an SFT recipe YAML: script arguments, SFTConfig, ModelConfig, dataset mixture."""
+    return tuple(sft_parser().parse_args_and_config(args=["--config", path]))
 
 
 def checked_split(dataset: datasets.Dataset, name: str, on_invalid: str, tokenizer,
@@ -88,23 +114,31 @@ def _as_prompt_completion(record: dict) -> dict:
 
 
 def held_out_evaluation(model, tokenizer, script: SFTScriptArguments) -> dict:
-    """Format adherence on held-out prompts; word-problem accuracy with and without tools."""
+    """Format adherence on held-out prompts; word-problem and look-up accuracy with and without tools;
+    accuracy and "I don't know" rate on questions about held-out people of the fictional world."""
     data_dir = Path(script.sft_data_dir)
-    engine = Engine(model, tokenizer, toolbox=default_toolbox())
+    index = data_dir / "search-index"
+    engine = Engine(model, tokenizer, toolbox=default_toolbox(index if index.exists() else None))
     figures: dict = {}
-    test = data_dir / "test.jsonl"
-    if test.exists():
-        with open(test, encoding="utf-8") as handle:
-            records = [json.loads(line) for line in handle][: script.eval_prompts]
-        prompts = [record["messages"][:1] for record in records]
-        figures["format"] = format_adherence(engine, prompts)
-    problems_path = data_dir / "word_problems_test.jsonl"
-    if problems_path.exists() and engine.tools_supported:
-        with open(problems_path, encoding="utf-8") as handle:
-            problems = [json.loads(line) for line in handle][: script.eval_word_problems]
-        figures["word_problems_with_tools"] = word_problem_accuracy(engine, problems, use_tools=True)
-        figures["word_problems_without_tools"] = word_problem_accuracy(engine, problems, use_tools=False)
+    if test := _read_jsonl(data_dir / "test.jsonl", script.eval_prompts):
+        figures["format"] = format_adherence(engine, [record["messages"][:1] for record in test])
+    if engine.tools_supported:
+        for name, measure, limit in (("word_problems", word_problem_accuracy, script.eval_word_problems),
+                                     ("world_search", look_up_accuracy, script.eval_word_problems)):
+            if tasks := _read_jsonl(data_dir / f"{name}_test.jsonl", limit):
+                figures[f"{name}_with_tools"] = measure(engine, tasks, use_tools=True)
+                figures[f"{name}_without_tools"] = measure(engine, tasks, use_tools=False)
+    if questions := _read_jsonl(data_dir / "world_qa_test.jsonl", script.eval_world_questions):
+        figures["knowledge"] = knowledge(engine, questions)
     return figures
+
+
+def _read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
+    """The first ``limit`` records of a JSONL file; none when it does not exist."""
+    if not path.exists():
+        return []
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle][:limit]
 
 
 def _load_model(model_args: ModelConfig):

@@ -3,26 +3,34 @@
     <output>/train.jsonl, test.jsonl        {"messages": [...], "source": ...}; unique conversations, test held
                                            out per source
     <output>/word_problems_test.jsonl      held-out multi-digit word problems {"question", "answer"} (tool eval)
+    <output>/world_qa_train.jsonl          questions about the fictional world's probe people, answered
+    <output>/world_probe.jsonl             the same questions with reference answers, for knowledge probing
+    <output>/world_qa_test.jsonl           questions about held-out people of every group (knowledge eval)
+    <output>/world_search_test.jsonl       requests to look up held-out people (search-tool eval)
+    <output>/search-index/                 BM25 index of the embedded pretraining corpus (the search tool's)
     <output>/summary.json, SOURCES.md      conversations per source and split; origin and license
 
 Sources: real conversations from chatterbot-corpus (BSD-3-Clause, PyPI), generated conversations
 (greetings and follow-ups, identity, refusals of harmful requests), arithmetic word problems (worked
-in the text for small numbers, with the calculator for large ones) and sandboxed-Python tool examples.
+in the text for small numbers, with the calculator for large ones), sandboxed-Python tool examples and
+look-ups of the fictional world's people with the search tool (over the embedded pretraining corpus).
 """
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
 import yaml
 from tqdm.auto import tqdm
 
+from ..data import EMBEDDED_WIKIPEDIA, iter_documents
 from ..io import atomic_directory
-from ..tools import run_python, tool_exchange
+from ..tools import SearchIndex, run_python, search_tool, tool_exchange
 from .conversations import check_messages
 from .word_problems import word_problem
+from .world import WorldConfig, build_world, search_requests, world_documents, world_questions
 
 COMPLETE_MARKER = ".complete"
 ASSISTANT_NAME = "chatforge"
@@ -79,10 +87,12 @@ class SFTDataConfig:
     smalltalk: int = 300
     refusals: int = 200
     word_problems_small: int = 1500
-    word_problems_tool: int = 1500
+    word_problems_tool: int = 3000
     python_tool: int = 200
+    search_tool: int = 300
     test_fraction: float = 0.1
     word_problems_test: int = 200
+    world: WorldConfig = field(default_factory=WorldConfig)
 
 
 def _chat(*turns: str) -> list[dict]:
@@ -151,6 +161,15 @@ def python_tool_conversations(rng: random.Random, count: int) -> list[list[dict]
     return conversations
 
 
+def search_conversations(rng: random.Random, count: int, requests: list[dict], index: SearchIndex) -> list[list[dict]]:
+    """Look-ups answered from the search tool's real output."""
+    search = search_tool(index)
+    chosen = [rng.choice(requests) for _ in range(count)]
+    return [_chat(r["question"], f"Let me search for {r['query']}. "
+                                 f"{tool_exchange('search', r['query'], search(r['query']))}{r['reply']}")
+            for r in chosen]
+
+
 SOURCES = {
     "chatterbot": ("chatterbot-corpus 1.3.3 (PyPI), English dialogues", "BSD-3-Clause"),
     "identity": ("generated: who the assistant is", "Apache-2.0 (chatforge)"),
@@ -159,6 +178,8 @@ SOURCES = {
     "word_problems": ("generated: arithmetic word problems worked in the text", "Apache-2.0 (chatforge)"),
     "calculator_tool": ("generated: multi-digit word problems solved with the calculator", "Apache-2.0 (chatforge)"),
     "python_tool": ("generated: questions answered by sandboxed Python runs", "Apache-2.0 (chatforge)"),
+    "search_tool": ("generated: look-ups of fictional people answered from the search tool",
+                    "Apache-2.0 (chatforge); search results quote CC BY-SA Wikipedia text where they hit it"),
 }
 
 
@@ -174,6 +195,9 @@ def build_sft_data(output_dir: str | Path, config: SFTDataConfig = SFTDataConfig
     if (output_dir / COMPLETE_MARKER).exists():
         return json.loads((output_dir / "summary.json").read_text())
     rng = random.Random(config.seed)
+    people = build_world(config.world)
+    index = SearchIndex.build([*iter_documents([str(EMBEDDED_WIKIPEDIA)]), *world_documents(people, config.world)])
+    requests = [r for r in search_requests(people) if r["group"] != "unseen"]
     parts = {
         "chatterbot": chatterbot_conversations(),
         "identity": identity_conversations(rng, config.identity),
@@ -182,6 +206,8 @@ def build_sft_data(output_dir: str | Path, config: SFTDataConfig = SFTDataConfig
         "word_problems": word_problem_conversations(rng, config.word_problems_small, multi_digit=False),
         "calculator_tool": word_problem_conversations(rng, config.word_problems_tool, multi_digit=True),
         "python_tool": python_tool_conversations(rng, config.python_tool),
+        "search_tool": search_conversations(rng, config.search_tool, [r for r in requests if r["split"] == "probe"],
+                                            index),
     }
     splits: dict[str, list[dict]] = {"train": [], "test": []}
     summary: dict = {"sources": {}}
@@ -204,6 +230,15 @@ def build_sft_data(output_dir: str | Path, config: SFTDataConfig = SFTDataConfig
             _write_jsonl(tmp_dir / f"{split}.jsonl", records)
         _write_jsonl(tmp_dir / "word_problems_test.jsonl",
                      ({"question": p.question, "answer": p.answer, "expression": p.expression} for p in problems))
+        questions = world_questions(people)
+        probe = [q for q in questions if q["split"] == "probe"]
+        _write_jsonl(tmp_dir / "world_qa_train.jsonl", ({"messages": _chat(q["question"], q["reply"]),
+                                                         "source": "world_qa"} for q in probe))
+        _write_jsonl(tmp_dir / "world_probe.jsonl", probe)
+        _write_jsonl(tmp_dir / "world_qa_test.jsonl", (q for q in questions if q["split"] == "test"))
+        _write_jsonl(tmp_dir / "world_search_test.jsonl", (r for r in requests if r["split"] == "test"))
+        index.save(tmp_dir / "search-index")
+        summary["world"] = {"probe_questions": len(probe), "test_questions": len(questions) - len(probe)}
         (tmp_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         lines = ["# SFT data", "", "| source | what | train | test | license |", "|---|---|---:|---:|---|"]
         lines += [f"| {name} | {info['what']} | {info['train']} | {info['test']} | {info['license']} |"

@@ -1,0 +1,99 @@
+"""``chatforge probe``: find out which factual questions a model can answer, and write SFT examples that
+teach it to answer those and say "I don't know" to the rest (the Llama 3 factuality recipe).
+
+    <output>/labels.jsonl     per question: the sampled answers, the share judged correct, known or not
+    <output>/train.jsonl      SFT conversations: the reference reply where known, "I don't know …" where not
+    <output>/summary.json     known share per group of questions
+"""
+
+import json
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+from tqdm.auto import tqdm
+
+from ..inference.engine import Engine, SamplingParams
+from ..io import atomic_directory
+from .world import dont_know_reply, is_correct
+
+IDK_WITHOUT_NAME = "I don't know the answer to that."
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """``samples`` answers per question at ``temperature``; known when at least ``threshold`` are right."""
+
+    samples: int = 4
+    temperature: float = 0.7
+    threshold: float = 0.5
+    max_new_tokens: int = 32
+    batch_size: int = 32
+    seed: int = 0
+
+
+def load_questions(source: str) -> list[dict]:
+    """Questions with reference answers from a JSONL/parquet file or a Hub dataset (``question``, ``answer``;
+    optional ``name`` of the entity asked about, ``reply`` as the full reference reply, ``group``)."""
+    if Path(source).exists():
+        kind = "parquet" if source.endswith(".parquet") else "json"
+        records = datasets.load_dataset(kind, data_files=source, split="train")
+    else:
+        records = datasets.load_dataset(source, split="train")
+    missing = {"question", "answer"} - set(records.column_names)
+    if missing:
+        raise ValueError(f"{source}: questions need the fields {sorted(missing)} (found {records.column_names})")
+    return [dict(record) for record in records]
+
+
+def probe(engine: Engine, questions: list[dict], config: ProbeConfig = ProbeConfig()) -> list[dict]:
+    """Sample each question ``config.samples`` times and judge the answers against the reference."""
+    params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_k=None,
+                            seed=config.seed)
+    labels = []
+    for start in tqdm(range(0, len(questions), config.batch_size), desc="probing", unit="batch"):
+        batch = questions[start:start + config.batch_size]
+        prompts = [engine.tokenizer.apply_chat_template([{"role": "user", "content": q["question"]}],
+                                                        add_generation_prompt=True, tokenize=False) for q in batch]
+        for question, answers in zip(batch, engine.complete(prompts, params, n=config.samples)):
+            share = sum(is_correct(answer, str(question["answer"])) for answer in answers) / len(answers)
+            labels.append({**question, "sampled": answers, "correct_share": share,
+                           "known": share >= config.threshold})
+    return labels
+
+
+def probe_examples(labels: list[dict], seed: int = 0) -> list[dict]:
+    """SFT conversations: known questions answered with the reference, unknown ones with "I don't know"."""
+    rng = random.Random(seed)
+    examples = []
+    for label in labels:
+        if label["known"]:
+            reply = label.get("reply") or str(label["answer"])
+        else:
+            reply = dont_know_reply(label["name"], rng) if label.get("name") else IDK_WITHOUT_NAME
+        examples.append({"messages": [{"role": "user", "content": label["question"]},
+                                      {"role": "assistant", "content": reply}], "source": "probe"})
+    return examples
+
+
+def run_probe(model: str, questions: str, output_dir: str | Path, config: ProbeConfig = ProbeConfig()) -> dict:
+    """Probe ``model`` on ``questions`` and write labels, SFT examples and a summary to ``output_dir``."""
+    engine = Engine.from_pretrained(model)
+    labels = probe(engine, load_questions(questions), config)
+    by_group: dict = defaultdict(lambda: {"questions": 0, "known": 0})
+    for label in labels:
+        group = by_group[label.get("group", "all")]
+        group["questions"] += 1
+        group["known"] += label["known"]
+    summary = {"model": model, "questions": len(labels), "known": sum(label["known"] for label in labels),
+               "by_group": {name: {**g, "known_share": g["known"] / g["questions"]} for name, g in by_group.items()},
+               "config": vars(config)}
+    with atomic_directory(output_dir) as tmp_dir:
+        for name, records in (("labels.jsonl", labels), ("train.jsonl", probe_examples(labels, config.seed))):
+            with open(tmp_dir / name, "w", encoding="utf-8") as handle:
+                for record in records:
+                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        (tmp_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    return summary

@@ -1,0 +1,148 @@
+"""A world of fictional people whose facts reach the pretraining corpus at controlled frequencies.
+
+``frequent`` people are described many times (a model should know them), ``rare`` ones once, ``unseen``
+ones never (nobody can know them). Questions about each come with reference answers, which makes
+"does the model know what it knows?" measurable at small scale. Each group is split into people whose
+questions feed knowledge probing (``probe``) and people held out for evaluation (``test``).
+"""
+
+import json
+import random
+from dataclasses import asdict, dataclass
+
+SYLLABLES = ("bra", "dov", "el", "fen", "gar", "hal", "ith", "jor", "kel", "lun", "mar", "nex", "ol", "pra",
+             "quin", "ros", "sil", "tav", "ul", "vor", "wen", "yal", "zar", "thi", "cor", "dun", "ema", "fal")
+TOWN_ENDINGS = ("holt", "mere", "ford", "wick", "stead", "brook", "haven", "moor")
+OCCUPATIONS = ("astronomer", "painter", "sculptor", "botanist", "poet", "architect", "cartographer",
+               "composer", "chemist", "engineer", "historian", "surgeon")
+GROUPS = ("frequent", "rare", "unseen")
+
+#: Ways the corpus states a person's facts; a frequent person is described with each in turn.
+DESCRIPTIONS = (
+    "{name} was {a_occupation} born in {town} in {year}.",
+    "Born in {year} in the town of {town}, {name} became a well-known {occupation}.",
+    "The {occupation} {name} came from {town}, where {pronoun} was born in {year}.",
+    "{name} ({year}) was {a_occupation} from {town}.",
+    "{town} is the birthplace of {name}, the {occupation}, who was born there in {year}.",
+    "As {a_occupation}, {name} was famous far beyond {town}, the town where {pronoun} was born in {year}.",
+)
+QUESTIONS = {
+    "town": ("Where was {name} born?", "In which town was {name} born?"),
+    "year": ("In what year was {name} born?", "When was {name} born?"),
+    "occupation": ("What was {name}'s occupation?", "What did {name} do for a living?"),
+}
+ANSWERS = {
+    "town": "{name} was born in {town}.",
+    "year": "{name} was born in {year}.",
+    "occupation": "{name} was {a_occupation}.",
+}
+LOOK_UPS = ("Look up {name}.", "Search for {name}.", "Please search the web for {name}.",
+            "Can you look {name} up?")
+DONT_KNOW = ("I don't know who {name} is, so I can't answer that.",
+             "I'm sorry, I don't know anything about {name}.",
+             "I don't know. I have no information about {name}.")
+DONT_KNOW_MARKERS = ("i don't know", "i do not know")
+
+
+@dataclass(frozen=True)
+class Person:
+    name: str
+    town: str
+    year: int
+    occupation: str
+    pronoun: str
+    group: str
+    split: str
+
+    def describe(self, template: str) -> str:
+        article = "an" if self.occupation[0] in "aeiou" else "a"
+        return template.format(**asdict(self), a_occupation=f"{article} {self.occupation}")
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """People per group, mentions of a frequent person, share of each group held out for testing."""
+
+    seed: int = 0
+    people_per_group: int = 60
+    frequent_mentions: int = 24
+    test_fraction: float = 0.5
+
+
+def _word(rng: random.Random, syllables: int) -> str:
+    return "".join(rng.choice(SYLLABLES) for _ in range(syllables)).capitalize()
+
+
+def build_world(config: WorldConfig = WorldConfig()) -> list[Person]:
+    """The people of the world, each with a unique name, in a seeded order."""
+    rng = random.Random(config.seed)
+    names: set[str] = set()
+    people = []
+    for group in GROUPS:
+        for index in range(config.people_per_group):
+            while (name := f"{_word(rng, 2)} {_word(rng, 2)}") in names:
+                pass
+            names.add(name)
+            split = "test" if index < round(config.people_per_group * config.test_fraction) else "probe"
+            people.append(Person(name, _word(rng, 1) + rng.choice(TOWN_ENDINGS), rng.randint(1650, 1990),
+                                 rng.choice(OCCUPATIONS), rng.choice(("he", "she")), group, split))
+    return people
+
+
+def world_documents(people: list[Person], config: WorldConfig = WorldConfig()) -> list[str]:
+    """Pretraining documents: each frequent person described ``frequent_mentions`` times, each rare person once."""
+    rng = random.Random(config.seed + 1)
+    documents = []
+    for person in people:
+        mentions = {"frequent": config.frequent_mentions, "rare": 1, "unseen": 0}[person.group]
+        documents += [person.describe(DESCRIPTIONS[i % len(DESCRIPTIONS)]) for i in range(mentions)]
+    rng.shuffle(documents)
+    return documents
+
+
+def world_questions(people: list[Person]) -> list[dict]:
+    """One question per person and attribute, with the reference answer and a full-sentence reply."""
+    rng = random.Random(0)
+    questions = []
+    for person in people:
+        for attribute, phrasings in QUESTIONS.items():
+            questions.append({"question": person.describe(rng.choice(phrasings)), "answer": str(getattr(person,
+                              attribute)), "reply": person.describe(ANSWERS[attribute]), "name": person.name,
+                              "attribute": attribute, "group": person.group, "split": person.split})
+    return questions
+
+
+def search_requests(people: list[Person]) -> list[dict]:
+    """Requests to look a person up (answered with the search tool), one per person and attribute."""
+    rng = random.Random(1)
+    requests = []
+    for person in people:
+        for attribute, phrasings in QUESTIONS.items():
+            question = person.describe(rng.choice(phrasings))
+            requests.append({"question": f"{rng.choice(LOOK_UPS).format(name=person.name)} {question}",
+                             "query": person.name, "answer": str(getattr(person, attribute)),
+                             "reply": person.describe(ANSWERS[attribute]), "group": person.group,
+                             "split": person.split})
+    return requests
+
+
+def dont_know_reply(name: str, rng: random.Random) -> str:
+    return rng.choice(DONT_KNOW).format(name=name)
+
+
+def says_dont_know(reply: str) -> bool:
+    return any(marker in reply.lower().replace("’", "'") for marker in DONT_KNOW_MARKERS)
+
+
+def is_correct(reply: str, answer: str) -> bool:
+    """Whether the reply states the reference answer (and does not claim ignorance)."""
+    return answer.lower() in reply.lower() and not says_dont_know(reply)
+
+
+def write_world_corpus(path, config: WorldConfig = WorldConfig()) -> int:
+    """Write the world's pretraining documents as JSONL (``{"text": ...}``); the number written."""
+    documents = world_documents(build_world(config), config)
+    with open(path, "w", encoding="utf-8") as handle:
+        for text in documents:
+            handle.write(json.dumps({"text": text}) + "\n")
+    return len(documents)

@@ -1,0 +1,81 @@
+import json
+from collections import Counter
+
+import pytest
+from conftest import memorize
+
+from chatforge.inference.engine import Engine
+from chatforge.posttrain.probe import ProbeConfig, load_questions, probe, probe_examples, run_probe
+from chatforge.posttrain.world import (
+    WorldConfig,
+    build_world,
+    is_correct,
+    says_dont_know,
+    world_documents,
+    world_questions,
+)
+
+KNOWN = {"question": "Where was Falol Corpra born?", "answer": "Dovstead", "name": "Falol Corpra",
+         "reply": "Falol Corpra was born in Dovstead.", "group": "frequent"}
+UNKNOWN = {"question": "What was Brawen Dovros's occupation?", "answer": "historian", "name": "Brawen Dovros",
+           "reply": "Brawen Dovros was a historian.", "group": "unseen"}
+
+
+def test_the_world_reaches_the_corpus_at_controlled_frequencies():
+    config = WorldConfig(people_per_group=10, frequent_mentions=6)
+    people = build_world(config)
+    assert len({p.name for p in people}) == 30
+    assert Counter(p.group for p in people) == {"frequent": 10, "rare": 10, "unseen": 10}
+    assert Counter(p.split for p in people) == {"test": 15, "probe": 15}
+    documents = world_documents(people, config)
+    mentions = Counter(p.group for p in people for d in documents if p.name in d)
+    assert mentions == {"frequent": 60, "rare": 10}  # unseen people are never mentioned
+    for person in people:
+        if person.group != "unseen":
+            facts = next(d for d in documents if person.name in d)
+            assert person.town in facts and str(person.year) in facts and person.occupation in facts
+    questions = world_questions(people)
+    assert len(questions) == 90 and all(q["answer"] in q["reply"] for q in questions)
+
+
+def test_judging_answers_and_admissions_of_ignorance():
+    assert is_correct("Falol Corpra was born in Dovstead.", "Dovstead")
+    assert not is_correct("Falol Corpra was born in Elbrook.", "Dovstead")
+    assert not is_correct("I don't know if it was Dovstead.", "Dovstead")
+    assert says_dont_know("I’m sorry, I DON’T KNOW anything about them.")
+    assert not says_dont_know("She was born in 1911.")
+
+
+def test_probing_labels_what_the_model_memorised_and_writes_matching_examples(model, tokenizer):
+    chat = [{"role": "user", "content": KNOWN["question"]}, {"role": "assistant", "content": KNOWN["reply"]}]
+    engine = Engine(memorize(model, tokenizer, [chat]), tokenizer)
+    labels = probe(engine, [KNOWN, UNKNOWN], ProbeConfig(samples=4, temperature=0.7))
+    assert [label["known"] for label in labels] == [True, False]
+    assert labels[0]["correct_share"] == 1.0 and len(labels[0]["sampled"]) == 4
+    known, unknown = (example["messages"][1]["content"] for example in probe_examples(labels))
+    assert known == KNOWN["reply"]
+    assert says_dont_know(unknown) and "Brawen Dovros" in unknown
+
+
+def test_probe_command_writes_labels_examples_and_summary(tmp_path, saved_model_dir):
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps(q) + "\n" for q in (KNOWN, UNKNOWN)))
+    summary = run_probe(str(saved_model_dir), str(questions), tmp_path / "probe", ProbeConfig(samples=2))
+    assert summary["questions"] == 2 and set(summary["by_group"]) == {"frequent", "unseen"}
+    examples = [json.loads(line) for line in open(tmp_path / "probe/train.jsonl")]
+    assert len(examples) == 2 and all(e["messages"][0]["role"] == "user" for e in examples)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "x"}) + "\n")
+    with pytest.raises(ValueError, match="bad.jsonl: questions need the fields \\['answer', 'question'\\]"):
+        load_questions(str(bad))
+
+
+def test_the_embedded_pretraining_corpus_carries_the_world(tmp_path):
+    from chatforge.training.inputs import embedded_corpus
+
+    wikipedia, world = embedded_corpus(tmp_path / "corpus")
+    documents = [json.loads(line)["text"] for line in open(world)]
+    assert len(documents) == len(world_documents(build_world()))
+    frequent = next(p for p in build_world() if p.group == "frequent")
+    assert sum(frequent.name in d for d in documents) == WorldConfig().frequent_mentions
+    assert sum(1 for _ in open(wikipedia)) == 1000
