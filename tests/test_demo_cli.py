@@ -1,5 +1,6 @@
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,24 @@ def test_tiny_pretrain_recipe_from_a_fresh_checkout(tmp_path):
     baseline = float(re.search(r"unigram baseline ([\d.]+)", run.stdout).group(1))
     assert final["val_loss"] < baseline - 1.0
     samples = json.loads((tmp_path / "pretrain/samples.jsonl").read_text().splitlines()[-1])["samples"]
-    documents = iter_documents([str(EMBEDDED_WIKIPEDIA)])
+    documents = iter_documents([str(tmp_path / "corpus")])  # Wikipedia and the fictional world
     corpus_words = {word.lower() for doc in documents for word in re.findall(r"[A-Za-z]+", doc)}
     sampled = [w.lower() for text in samples.values() for w in re.findall(r"[A-Za-z]+", text)]
     assert sum(word in corpus_words for word in sampled) / len(sampled) >= 0.7
+
+
+@pytest.mark.slow
+def test_tiny_sft_recipe_from_a_fresh_checkout(tmp_path):
+    """recipes/tiny/sft.yaml pretrains its base model and builds its data, then answers in the chat format
+    where the base model does not, and solves more word problems with its tools than without."""
+    shutil.copytree(Path(__file__).parents[1] / "recipes", tmp_path / "recipes")
+    run = subprocess.run([sys.executable, "recipes/sft.py", "--config", "recipes/tiny/sft.yaml"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=3600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    figures = json.loads((tmp_path / "runs/tiny/sft/eval.json").read_text())
+    assert figures["eval_loss"] < figures["eval_loss_before"] - 2.0
+    assert figures["sft"]["format"]["format_adherence"] >= 0.95 > 0.5 >= figures["base"]["format"]["format_adherence"]
+    with_tools, without = figures["sft"]["word_problems_with_tools"], figures["sft"]["word_problems_without_tools"]
+    assert with_tools["accuracy"] >= without["accuracy"] + 0.2
+    search, no_search = figures["sft"]["world_search_with_tools"], figures["sft"]["world_search_without_tools"]
+    assert search["accuracy"] > no_search["accuracy"]

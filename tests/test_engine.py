@@ -1,3 +1,4 @@
+import copy
 import io
 
 import pytest
@@ -5,7 +6,7 @@ import torch
 from conftest import memorize
 
 from chatforge.inference.chat_cli import chat_loop
-from chatforge.inference.engine import Engine, SamplingParams
+from chatforge.inference.engine import Engine, SamplingParams, end_of_turn_token
 from chatforge.inference.prompts import assistant_prompt, few_shot_prompt
 from chatforge.tools import default_toolbox, tool_exchange
 
@@ -75,10 +76,10 @@ def test_continuing_on_the_cache_matches_a_fresh_forward_pass(tool_model, tokeni
     assert tokenizer.decode(fresh[0, len(prompt) + len(replay):], skip_special_tokens=True) == "Done."
 
 
-def test_without_tools_the_model_writes_its_own_tool_output(tool_model, tokenizer):
+def test_without_tools_the_model_cannot_open_a_call(tool_model, tokenizer):
     engine = Engine(tool_model, tokenizer, toolbox=default_toolbox())
     reply = engine.reply([{"role": "user", "content": QUESTION}], GREEDY, use_tools=False)
-    assert "11111" in reply and "56088" not in reply
+    assert reply.startswith("Let me compute.") and "<|tool_call_start|>" not in reply and "56088" not in reply
 
 
 def test_chat_cli_streams_turns_and_resets(tool_model, tokenizer):
@@ -107,3 +108,10 @@ def test_generate_command_prints_n_seeded_samples(saved_model_dir):
     first = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     assert first.count("--- sample") == 2 and first.count("The river") == 2
     assert first == subprocess.run(command, capture_output=True, text=True, check=True).stdout
+
+
+def test_the_end_of_turn_token_comes_from_the_chat_template(tokenizer):
+    assert end_of_turn_token(tokenizer) == "<|im_end|>"
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    assert end_of_turn_token(tokenizer) is None

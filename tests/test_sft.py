@@ -7,19 +7,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from trl import DatasetMixtureConfig, ModelConfig, SFTConfig
+from trl.chat_template_utils import llama3_chat_template
 
-from chatforge.posttrain.sft import SFTScriptArguments, run_sft
+from chatforge.inference.engine import Engine
+from chatforge.posttrain.sft import SFTScriptArguments, run_sft, sft_parser
 from chatforge.posttrain.sft_data import SFTDataConfig, build_sft_data
 
 ROOT = Path(__file__).resolve().parents[1]
-# A Llama-3-style template: no {% generation %} markers, so SFT trains on the final reply.
-LLAMA_TEMPLATE = (
-    "{% for message in messages %}{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n' "
-    "+ message['content'] + '<|im_end|>' }}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
-)
-
-
 @pytest.fixture(scope="module")
 def sft_data(tmp_path_factory):
     path = tmp_path_factory.mktemp("sft") / "data"
@@ -45,7 +39,6 @@ def _args(tmp_path, model_dir, data_dir, **overrides):
 def test_sft_of_a_chatforge_model_lowers_the_held_out_loss_on_assistant_tokens(tmp_path, saved_model_dir,
                                                                                sft_data):
     figures = run_sft(*_args(tmp_path, saved_model_dir, sft_data))
-    assert figures["assistant_loss"] == "generation markers"
     assert figures["eval_loss"] < figures["eval_loss_before"] - 1.0
     saved = json.loads((tmp_path / "out/eval.json").read_text())
     assert saved["eval_loss"] == figures["eval_loss"] and 0 <= saved["sft"]["format"]["format_adherence"] <= 1
@@ -63,25 +56,23 @@ def test_lora_sft_trains_adapters_and_saves_a_merged_model(tmp_path, saved_model
     assert not any("lora" in name for name in state)
 
 
-def test_sft_of_a_llama_with_its_own_template_trains_on_the_final_reply(tmp_path, tokenizer, sft_data):
-    tokenizer = AutoTokenizer.from_pretrained(_save_tokenizer(tokenizer, tmp_path))
-    tokenizer.chat_template = LLAMA_TEMPLATE
+def test_sft_of_a_llama_with_llama_3s_own_chat_template(tmp_path, tokenizer, sft_data):
+    tokenizer.save_pretrained(tmp_path / "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
+    tokenizer.add_special_tokens({"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+                                  "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>"]})
+    tokenizer.chat_template = llama3_chat_template  # no {% generation %} markers: TRL patches it
     torch.manual_seed(0)
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
                                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                                          max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
-                                         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>")))
+                                         eos_token_id=tokenizer.eos_token_id))
     llama.save_pretrained(tmp_path / "llama")
     tokenizer.save_pretrained(tmp_path / "llama")
     figures = run_sft(*_args(tmp_path, tmp_path / "llama", sft_data))
-    assert figures["assistant_loss"] == "final reply (prompt/completion)"
     assert figures["eval_loss"] < figures["eval_loss_before"] - 1.0
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").config.model_type == "llama"
-
-
-def _save_tokenizer(tokenizer, tmp_path):
-    tokenizer.save_pretrained(tmp_path / "tokenizer")
-    return tmp_path / "tokenizer"
+    assert Engine(llama, tokenizer).end_of_turn == "<|eot_id|>"
 
 
 def test_sft_recipe_runs_from_yaml_with_overrides(tmp_path, saved_model_dir, sft_data):
@@ -95,3 +86,10 @@ def test_sft_recipe_runs_from_yaml_with_overrides(tmp_path, saved_model_dir, sft
     figures = json.loads((tmp_path / "recipe/eval.json").read_text())
     assert figures["eval_loss"] < figures["eval_loss_before"]
     assert figures["sft"]["format"]["prompts"] == 5 and figures["base"] is None
+
+
+@pytest.mark.parametrize("recipe", sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("recipes/*/sft*.yaml")))
+def test_every_sft_recipe_parses(recipe):
+    script, training, model, mixture = sft_parser().parse_args_and_config(
+        args=["--config", str(ROOT / recipe), "--use_cpu", "true"])
+    assert model.model_name_or_path and training.output_dir and mixture.datasets

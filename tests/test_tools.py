@@ -130,3 +130,14 @@ def test_search_finds_the_passage_about_the_query(documents, tmp_path):
     assert search.run("search", "zzzqqq").startswith("error: search: nothing found")
     with pytest.raises(FileNotFoundError, match="not a search index"):
         SearchIndex.load(tmp_path)
+
+
+def test_tools_index_command_builds_a_loadable_index(tmp_path):
+    import subprocess
+    import sys
+
+    from chatforge.data import EMBEDDED_WIKIPEDIA
+
+    subprocess.run([sys.executable, "-m", "chatforge.cli", "tools", "index", "--input", str(EMBEDDED_WIKIPEDIA),
+                    "--output", str(tmp_path / "index")], check=True, capture_output=True)
+    assert len(SearchIndex.load(tmp_path / "index").documents) == 1000

@@ -8,21 +8,19 @@ from tqdm.auto import tqdm
 from ..inference.engine import Engine, SamplingParams
 from ..posttrain.word_problems import extract_answer
 from ..posttrain.world import is_correct, says_dont_know
-from ..tokenization.tokenization_chatforge import IM_END, IM_START
+from ..tokenization.tokenization_chatforge import IM_START
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=96)
 
 
 def format_adherence(engine: Engine, prompts: Sequence[list[dict]], params: SamplingParams = GREEDY,
                      examples: int = 3) -> dict:
-    """Share of replies that are non-empty, start no new turn and end the turn within the token budget
-    (with ``<|im_end|>`` where the vocabulary has it, else with any stop token); a few (prompt, reply)
-    pairs for the report."""
-    end_of_turn = IM_END if IM_END in engine.tokenizer.get_vocab() else None
+    """Share of replies that are non-empty, start no new turn and end with the template's end-of-turn token
+    (``<|im_end|>`` for ChatForge) within the token budget; a few (prompt, reply) pairs for the report."""
     adherent, shown = 0, []
     for messages in tqdm(prompts, desc="format adherence", leave=False):
         *_, last = engine.chat(messages, params, use_tools=False)
-        ended = last.finish_reason == "stop" and end_of_turn in (None, last.stop_token)
+        ended = last.finish_reason == "stop" and engine.end_of_turn in (None, last.stop_token)
         ok = ended and bool(last.text.strip()) and IM_START not in last.text
         adherent += ok
         if len(shown) < examples:

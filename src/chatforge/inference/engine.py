@@ -71,6 +71,18 @@ class _Segment:
     text: str = ""
 
 
+def end_of_turn_token(tokenizer) -> str | None:
+    """The special token the chat template puts right after an assistant message (``<|im_end|>`` for
+    ChatForge, ``<|eot_id|>`` for Llama 3), or None when there is no template or no such token."""
+    if tokenizer.chat_template is None:
+        return None
+    marker = "§reply§"
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": "hi"},
+                                              {"role": "assistant", "content": marker}], tokenize=False)
+    following = rendered.split(marker, 1)[-1]
+    return next((token for token in tokenizer.all_special_tokens if following.startswith(token)), None)
+
+
 class Engine:
     """Generation for a causal LM and its tokenizer, with optional tools for chat."""
 
@@ -84,7 +96,8 @@ class Engine:
         self.tools_supported = self.tool_call_end_id is not None and TOOL_CALL_START in vocab
         configured = model.generation_config.eos_token_id
         configured = [configured] if isinstance(configured, int) else list(configured or [])
-        named = [vocab[token] for token in (ENDOFTEXT, IM_END) if token in vocab]
+        self.end_of_turn = end_of_turn_token(tokenizer)
+        named = [vocab[token] for token in (ENDOFTEXT, IM_END, self.end_of_turn) if token in vocab]
         self.stop_ids = sorted({*configured, *named, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None
                                                        else [])})
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
@@ -103,9 +116,10 @@ class Engine:
         return next(self.model.parameters()).device
 
     def _generation_config(self, params: SamplingParams, max_new_tokens: int, stop_ids: list[int],
-                           num_return_sequences: int = 1) -> GenerationConfig:
+                           num_return_sequences: int = 1, suppress: list[int] | None = None) -> GenerationConfig:
         sampling = params.temperature > 0
         return GenerationConfig(
+            suppress_tokens=suppress or None,
             max_new_tokens=max_new_tokens, do_sample=sampling, num_return_sequences=num_return_sequences,
             temperature=params.temperature if sampling else None, top_k=params.top_k if sampling else None,
             top_p=params.top_p if sampling else None, repetition_penalty=params.repetition_penalty,
@@ -195,13 +209,16 @@ class Engine:
 
     def chat(self, messages: list[dict], params: SamplingParams = SamplingParams(),
              use_tools: bool = True) -> Iterator[ChatEvent]:
-        """Stream the assistant's reply to ``messages``; with tools, each call is run and its output appended.
+        """Stream the assistant's reply to ``messages``; with tools, each call is run and its output appended;
+        without (``use_tools=False``, or no toolbox), ``<|tool_call_start|>`` cannot be generated.
 
         Ends with a ``done`` event whose text is the whole reply (tool exchanges included, the stop token
         excluded), ``finish_reason`` ``stop``, ``length`` or ``tool_calls`` (too many calls), and the
         ``stop_token`` that ended it.
         """
         tools = use_tools and bool(self.toolbox) and self.tools_supported
+        # Without tools the model cannot open a call, so it has to answer in its own words.
+        suppress = [self.tokenizer.convert_tokens_to_ids(TOOL_CALL_START)] if self.tools_supported and not tools else []
         ids = list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                       return_dict=False))
         stop_ids = self.stop_ids + ([self.tool_call_end_id] if tools else [])
@@ -209,7 +226,7 @@ class Engine:
         with self._seeded(params.seed):
             for calls in range(self.max_tool_calls + 1):
                 segment, last, calling = _Segment(), None, False
-                config = self._generation_config(params, budget, stop_ids)
+                config = self._generation_config(params, budget, stop_ids, suppress=suppress)
                 for token in self._stream_ids(ids, config, outcome["cache"], outcome):
                     last = token
                     if token in self.stop_ids:

@@ -1,9 +1,9 @@
 """Supervised fine-tuning into an assistant, on TRL's SFTTrainer.
 
 Conversations (a ``messages`` column) are checked (:mod:`.conversations`), rendered with the model's
-chat template and trained on the assistant's tokens only: through ``{% generation %}`` markers where the
-template has them (ChatForge's, which also leave tool outputs out), else on the final assistant reply as
-a prompt/completion pair (any other template, e.g. Llama's). Held-out figures go to ``eval.json``.
+chat template and trained on the assistant's tokens only, through the template's ``{% generation %}``
+markers: ChatForge's template has them (and leaves tool outputs out); TRL patches the templates of the
+common families (Llama 3, Qwen, Gemma, Phi-3, ...) to add them. Held-out figures go to ``eval.json``.
 """
 
 import json
@@ -108,11 +108,6 @@ def checked_split(dataset: datasets.Dataset, name: str, on_invalid: str, tokeniz
     return kept, dict(skipped)
 
 
-def _as_prompt_completion(record: dict) -> dict:
-    """The conversation up to its last assistant reply as prompt, that reply as completion."""
-    return {"prompt": record["messages"][:-1], "completion": record["messages"][-1:]}
-
-
 def held_out_evaluation(model, tokenizer, script: SFTScriptArguments) -> dict:
     """Format adherence on held-out prompts; word-problem and look-up accuracy with and without tools;
     accuracy and "I don't know" rate on questions about held-out people of the fictional world."""
@@ -170,12 +165,7 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
     for split_name, split in splits.items():
         checked[split_name], skipped[split_name] = checked_split(split, split_name, script.on_invalid, tokenizer,
                                                                  training_args.max_length)
-    marks_assistant = "generation" in tokenizer.chat_template
-    if not marks_assistant:
-        checked = {name: split.map(_as_prompt_completion, remove_columns=split.column_names)
-                   for name, split in checked.items()}
-    training_args.assistant_only_loss = marks_assistant
-    training_args.completion_only_loss = None if marks_assistant else True
+    training_args.assistant_only_loss = True
     model = _load_model(model_args)
     base_figures = held_out_evaluation(model, tokenizer, script) if script.eval_base_model else None
     if model_args.use_peft and not model_args.lora_target_modules:
@@ -192,7 +182,6 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
     figures = {"eval_loss_before": eval_loss_before, "eval_loss": eval_loss, "skipped": skipped,
                "train_conversations": len(checked["train"]),
                "sft": held_out_evaluation(model, tokenizer, script), "base": base_figures,
-               "assistant_loss": "generation markers" if marks_assistant else "final reply (prompt/completion)",
                "seconds": round(time.perf_counter() - started, 1)}
     if trainer.accelerator.is_main_process:
         model.save_pretrained(training_args.output_dir)

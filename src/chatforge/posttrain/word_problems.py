@@ -39,8 +39,7 @@ def _two_purchases(rng: random.Random, low: int, high: int) -> WordProblem:
     a, b, p, q = (rng.randint(low, high) for _ in range(4))
     expression = f"{a}*{p} + {b}*{q}"
     return WordProblem(
-        f"{name} buys {a} {ones} and {b} {twos}. Each {one} costs ${p} and each {two} costs ${q}. "
-        f"How much does {name} spend in total?",
+        f"{name} buys {a} {ones} at ${p} each and {b} {twos} at ${q} each. How much does {name} spend in total?",
         expression, calculate(expression),
         f"{a} {ones} cost {a} × {p} = ${a * p}. {b} {twos} cost {b} × {q} = ${b * q}. "
         f"Together that is {a * p} + {b * q} = ${a * p + b * q}.")
@@ -84,8 +83,9 @@ KINDS = (_two_purchases, _groups, _give_away, _share)
 
 
 def word_problem(rng: random.Random, multi_digit: bool) -> WordProblem:
-    """One problem; ``multi_digit`` draws operands of 2-3 digits (calculator territory), else 1-9."""
-    low, high = (12, 999) if multi_digit else (1, 9)
+    """One problem; ``multi_digit`` draws two-digit operands (calculator territory), else 1-9. The numbers
+    appear in the question in the order the calculation uses them."""
+    low, high = (12, 99) if multi_digit else (1, 9)
     return rng.choice(KINDS)(rng, low, high)
 
 

@@ -17,7 +17,8 @@ OCCUPATIONS = ("astronomer", "painter", "sculptor", "botanist", "poet", "archite
                "composer", "chemist", "engineer", "historian", "surgeon")
 GROUPS = ("frequent", "rare", "unseen")
 
-#: Ways the corpus states a person's facts; a frequent person is described with each in turn.
+#: Ways the corpus states a person's facts (prose, and question-and-answer pages as the web has them); a
+#: frequent person is described with each in turn.
 DESCRIPTIONS = (
     "{name} was {a_occupation} born in {town} in {year}.",
     "Born in {year} in the town of {town}, {name} became a well-known {occupation}.",
@@ -25,6 +26,8 @@ DESCRIPTIONS = (
     "{name} ({year}) was {a_occupation} from {town}.",
     "{town} is the birthplace of {name}, the {occupation}, who was born there in {year}.",
     "As {a_occupation}, {name} was famous far beyond {town}, the town where {pronoun} was born in {year}.",
+    "Where was {name} born? {name} was born in {town}, in {year}, and worked as {a_occupation}.",
+    "What did {name} do? {name} was {a_occupation} from {town}, born in {year}.",
 )
 QUESTIONS = {
     "town": ("Where was {name} born?", "In which town was {name} born?"),
@@ -113,17 +116,11 @@ def world_questions(people: list[Person]) -> list[dict]:
 
 
 def search_requests(people: list[Person]) -> list[dict]:
-    """Requests to look a person up (answered with the search tool), one per person and attribute."""
+    """Requests to look a person up (answered with the search tool): the world's questions, each after a
+    "Look up <name>." and with the name as ``query``."""
     rng = random.Random(1)
-    requests = []
-    for person in people:
-        for attribute, phrasings in QUESTIONS.items():
-            question = person.describe(rng.choice(phrasings))
-            requests.append({"question": f"{rng.choice(LOOK_UPS).format(name=person.name)} {question}",
-                             "query": person.name, "answer": str(getattr(person, attribute)),
-                             "reply": person.describe(ANSWERS[attribute]), "group": person.group,
-                             "split": person.split})
-    return requests
+    return [{**q, "question": f"{rng.choice(LOOK_UPS).format(name=q['name'])} {q['question']}", "query": q["name"]}
+            for q in world_questions(people)]
 
 
 def dont_know_reply(name: str, rng: random.Random) -> str:
