@@ -54,7 +54,7 @@ def test_probing_labels_what_the_model_memorised_and_writes_matching_examples(mo
     assert labels[0]["correct_share"] == 1.0 and len(labels[0]["sampled"]) == 4
     known, unknown = (example["messages"][1]["content"] for example in probe_examples(labels))
     assert known == KNOWN["reply"]
-    assert says_dont_know(unknown) and "Brawen Dovros" in unknown
+    assert says_dont_know(unknown)
 
 
 def test_probe_command_writes_labels_examples_and_summary(tmp_path, saved_model_dir):

@@ -19,8 +19,6 @@ from ..inference.engine import Engine, SamplingParams
 from ..io import atomic_directory
 from .world import dont_know_reply, is_correct
 
-IDK_WITHOUT_NAME = "I don't know the answer to that."
-
 
 @dataclass(frozen=True)
 class ProbeConfig:
@@ -36,7 +34,7 @@ class ProbeConfig:
 
 def load_questions(source: str) -> list[dict]:
     """Questions with reference answers from a JSONL/parquet file or a Hub dataset (``question``, ``answer``;
-    optional ``name`` of the entity asked about, ``reply`` as the full reference reply, ``group``)."""
+    optional ``reply`` as the full reference reply, ``group``)."""
     if Path(source).exists():
         kind = "parquet" if source.endswith(".parquet") else "json"
         records = datasets.load_dataset(kind, data_files=source, split="train")
@@ -69,10 +67,7 @@ def probe_examples(labels: list[dict], seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     examples = []
     for label in labels:
-        if label["known"]:
-            reply = label.get("reply") or str(label["answer"])
-        else:
-            reply = dont_know_reply(label["name"], rng) if label.get("name") else IDK_WITHOUT_NAME
+        reply = (label.get("reply") or str(label["answer"])) if label["known"] else dont_know_reply(rng)
         examples.append({"messages": [{"role": "user", "content": label["question"]},
                                       {"role": "assistant", "content": reply}], "source": "probe"})
     return examples

@@ -89,7 +89,7 @@ class SFTDataConfig:
     word_problems_small: int = 1500
     word_problems_tool: int = 3000
     python_tool: int = 200
-    search_tool: int = 300
+    search_tool: int = 800
     test_fraction: float = 0.1
     word_problems_test: int = 200
     world: WorldConfig = field(default_factory=WorldConfig)

@@ -35,15 +35,15 @@ QUESTIONS = {
     "occupation": ("What was {name}'s occupation?", "What did {name} do for a living?"),
 }
 ANSWERS = {
-    "town": "{name} was born in {town}.",
-    "year": "{name} was born in {year}.",
-    "occupation": "{name} was {a_occupation}.",
+    "town": "In {town}.",
+    "year": "In {year}.",
+    "occupation": "{pronoun_cap} was {a_occupation}.",
 }
 LOOK_UPS = ("Look up {name}.", "Search for {name}.", "Please search the web for {name}.",
             "Can you look {name} up?")
-DONT_KNOW = ("I don't know who {name} is, so I can't answer that.",
-             "I'm sorry, I don't know anything about {name}.",
-             "I don't know. I have no information about {name}.")
+DONT_KNOW = ("I don't know who that is, so I can't answer that.",
+             "I'm sorry, I don't know anything about that person.",
+             "I don't know. I have no information about them.")
 DONT_KNOW_MARKERS = ("i don't know", "i do not know")
 
 
@@ -59,7 +59,8 @@ class Person:
 
     def describe(self, template: str) -> str:
         article = "an" if self.occupation[0] in "aeiou" else "a"
-        return template.format(**asdict(self), a_occupation=f"{article} {self.occupation}")
+        return template.format(**asdict(self), a_occupation=f"{article} {self.occupation}",
+                               pronoun_cap=self.pronoun.capitalize())
 
 
 @dataclass(frozen=True)
@@ -67,8 +68,8 @@ class WorldConfig:
     """People per group, mentions of a frequent person, share of each group held out for testing."""
 
     seed: int = 0
-    people_per_group: int = 60
-    frequent_mentions: int = 24
+    people_per_group: int = 40
+    frequent_mentions: int = 48
     test_fraction: float = 0.5
 
 
@@ -104,7 +105,8 @@ def world_documents(people: list[Person], config: WorldConfig = WorldConfig()) -
 
 
 def world_questions(people: list[Person]) -> list[dict]:
-    """One question per person and attribute, with the reference answer and a full-sentence reply."""
+    """One question per person and attribute, with the reference answer and a short reply (one that does
+    not repeat the person's name)."""
     rng = random.Random(0)
     questions = []
     for person in people:
@@ -123,8 +125,8 @@ def search_requests(people: list[Person]) -> list[dict]:
             for q in world_questions(people)]
 
 
-def dont_know_reply(name: str, rng: random.Random) -> str:
-    return rng.choice(DONT_KNOW).format(name=name)
+def dont_know_reply(rng: random.Random) -> str:
+    return rng.choice(DONT_KNOW)
 
 
 def says_dont_know(reply: str) -> bool:
