@@ -55,8 +55,7 @@ def look_up_accuracy(engine: Engine, requests: Sequence[dict], use_tools: bool) 
 def knowledge(engine: Engine, questions: Sequence[dict], params: SamplingParams = GREEDY) -> dict:
     """Per group of the fictional world (frequent / rare / unseen people): the share of questions answered
     correctly and the share answered "I don't know"."""
-    prompts = [engine.tokenizer.apply_chat_template([{"role": "user", "content": q["question"]}],
-                                                    add_generation_prompt=True, tokenize=False) for q in questions]
+    prompts = [engine.chat_prompt(q["question"]) for q in questions]
     replies = [batch[0] for start in tqdm(range(0, len(prompts), 32), desc="knowledge", leave=False)
                for batch in engine.complete(prompts[start:start + 32], params)]
     figures: dict = {}

@@ -158,6 +158,12 @@ class Engine:
         texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
         return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
 
+    def chat_prompt(self, question: str) -> str:
+        """The chat-template text of a one-question conversation, ready for the assistant's reply (for
+        batched :meth:`complete` over many questions)."""
+        return self.tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                                  tokenize=False)
+
     def _stream_ids(self, ids: list[int], config: GenerationConfig, cache, outcome: dict) -> Iterator[int]:
         """Yield generated token ids as they come; at the end ``outcome`` holds ``sequence`` and ``cache``."""
         streamer, result, failure = _TokenQueue(), {}, []
@@ -265,7 +271,8 @@ class Engine:
 
     def reply(self, messages: list[dict], params: SamplingParams = SamplingParams(), use_tools: bool = True) -> str:
         """The whole assistant reply to ``messages`` (tool exchanges included)."""
-        return [event for event in self.chat(messages, params, use_tools)][-1].text
+        *_, done = self.chat(messages, params, use_tools)
+        return done.text
 
 
 __all__ = ["ChatEvent", "Engine", "SamplingParams"]

@@ -53,8 +53,7 @@ def probe(engine: Engine, questions: list[dict], config: ProbeConfig = ProbeConf
     labels = []
     for start in tqdm(range(0, len(questions), config.batch_size), desc="probing", unit="batch"):
         batch = questions[start:start + config.batch_size]
-        prompts = [engine.tokenizer.apply_chat_template([{"role": "user", "content": q["question"]}],
-                                                        add_generation_prompt=True, tokenize=False) for q in batch]
+        prompts = [engine.chat_prompt(q["question"]) for q in batch]
         for question, answers in zip(batch, engine.complete(prompts, params, n=config.samples)):
             share = sum(is_correct(answer, str(question["answer"])) for answer in answers) / len(answers)
             labels.append({**question, "sampled": answers, "correct_share": share,
