@@ -1,10 +1,11 @@
 """Crash-safe writes: a folder or file appears complete under its final name, or not at all."""
 
 import contextlib
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 
@@ -43,3 +44,32 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
+    """Write one JSON object per line (UTF-8, not ASCII-escaped); the number written."""
+    count = 0
+    with open(path, "w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            count += 1
+    return count
+
+
+def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:
+    """The first ``limit`` records of a JSONL file (all by default); none when the file does not exist.
+    A line that is not JSON raises a ``ValueError`` naming the file and line."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if limit is not None and len(records) >= limit:
+                break
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}:{number}: not a JSON object ({error})") from None
+    return records

@@ -19,7 +19,7 @@ from trl import DatasetMixtureConfig, ModelConfig, SFTConfig, SFTTrainer, TrlPar
 
 from ..eval.chat import format_adherence, knowledge, look_up_accuracy, word_problem_accuracy
 from ..inference.engine import Engine
-from ..io import atomic_write_text
+from ..io import atomic_write_text, read_jsonl
 from ..modeling.factory import set_generation_defaults
 from ..tools import default_toolbox
 from ..training import PretrainConfig, pretrain
@@ -115,25 +115,17 @@ def held_out_evaluation(model, tokenizer, script: SFTScriptArguments) -> dict:
     index = data_dir / "search-index"
     engine = Engine(model, tokenizer, toolbox=default_toolbox(index if index.exists() else None))
     figures: dict = {}
-    if test := _read_jsonl(data_dir / "test.jsonl", script.eval_prompts):
+    if test := read_jsonl(data_dir / "test.jsonl", script.eval_prompts):
         figures["format"] = format_adherence(engine, [record["messages"][:1] for record in test])
     if engine.tools_supported:
         for name, measure, limit in (("word_problems", word_problem_accuracy, script.eval_word_problems),
                                      ("world_search", look_up_accuracy, script.eval_word_problems)):
-            if tasks := _read_jsonl(data_dir / f"{name}_test.jsonl", limit):
+            if tasks := read_jsonl(data_dir / f"{name}_test.jsonl", limit):
                 figures[f"{name}_with_tools"] = measure(engine, tasks, use_tools=True)
                 figures[f"{name}_without_tools"] = measure(engine, tasks, use_tools=False)
-    if questions := _read_jsonl(data_dir / "world_qa_test.jsonl", script.eval_world_questions):
+    if questions := read_jsonl(data_dir / "world_qa_test.jsonl", script.eval_world_questions):
         figures["knowledge"] = knowledge(engine, questions)
     return figures
-
-
-def _read_jsonl(path: Path, limit: int | None = None) -> list[dict]:
-    """The first ``limit`` records of a JSONL file; none when it does not exist."""
-    if not path.exists():
-        return []
-    with open(path, encoding="utf-8") as handle:
-        return [json.loads(line) for line in handle][:limit]
 
 
 def _load_model(model_args: ModelConfig):

@@ -26,7 +26,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from ..data import EMBEDDED_WIKIPEDIA, iter_documents
-from ..io import atomic_directory
+from ..io import atomic_directory, write_jsonl
 from ..tools import SearchIndex, run_python, search_tool, tool_exchange
 from .conversations import check_messages
 from .word_problems import word_problem
@@ -183,12 +183,6 @@ SOURCES = {
 }
 
 
-def _write_jsonl(path: Path, records) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-
-
 def build_sft_data(output_dir: str | Path, config: SFTDataConfig = SFTDataConfig()) -> dict:
     """Build the embedded SFT mixture (or return the summary of a finished one)."""
     output_dir = Path(output_dir)
@@ -227,16 +221,16 @@ def build_sft_data(output_dir: str | Path, config: SFTDataConfig = SFTDataConfig
     with atomic_directory(output_dir) as tmp_dir:
         for split, records in splits.items():
             rng.shuffle(records)
-            _write_jsonl(tmp_dir / f"{split}.jsonl", records)
-        _write_jsonl(tmp_dir / "word_problems_test.jsonl",
+            write_jsonl(tmp_dir / f"{split}.jsonl", records)
+        write_jsonl(tmp_dir / "word_problems_test.jsonl",
                      ({"question": p.question, "answer": p.answer, "expression": p.expression} for p in problems))
         questions = world_questions(people)
         probe = [q for q in questions if q["split"] == "probe"]
-        _write_jsonl(tmp_dir / "world_qa_train.jsonl", ({"messages": _chat(q["question"], q["reply"]),
+        write_jsonl(tmp_dir / "world_qa_train.jsonl", ({"messages": _chat(q["question"], q["reply"]),
                                                          "source": "world_qa"} for q in probe))
-        _write_jsonl(tmp_dir / "world_probe.jsonl", probe)
-        _write_jsonl(tmp_dir / "world_qa_test.jsonl", (q for q in questions if q["split"] == "test"))
-        _write_jsonl(tmp_dir / "world_search_test.jsonl", (r for r in requests if r["split"] == "test"))
+        write_jsonl(tmp_dir / "world_probe.jsonl", probe)
+        write_jsonl(tmp_dir / "world_qa_test.jsonl", (q for q in questions if q["split"] == "test"))
+        write_jsonl(tmp_dir / "world_search_test.jsonl", (r for r in requests if r["split"] == "test"))
         index.save(tmp_dir / "search-index")
         summary["world"] = {"probe_questions": len(probe), "test_questions": len(questions) - len(probe)}
         (tmp_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

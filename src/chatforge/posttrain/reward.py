@@ -1,0 +1,132 @@
+"""Reward modelling from preferences, on TRL's RewardTrainer.
+
+Any sequence-classification model with one label (ChatForge's, or a Llama-family one from a path)
+learns to score the chosen conversation above the rejected one (Bradley-Terry loss). Records may be
+pairs or K-way rankings in several formats (:mod:`.preferences`). Held-out pairwise accuracy and Kendall's
+tau on held-out rankings go to ``eval.json``.
+"""
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import datasets
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from trl import DatasetMixtureConfig, ModelConfig, RewardConfig, RewardTrainer, TrlParser, get_dataset, get_peft_config
+
+from ..eval.reward import pairwise_accuracy, ranking_agreement
+from ..io import atomic_write_text, read_jsonl
+from .preferences import PreferenceDataConfig, build_preference_data, to_pairs
+from .sft import parse_sft_yaml, run_sft
+
+
+@dataclass
+class RewardScriptArguments:
+    """What :func:`run_reward` needs beside TRL's ``RewardConfig``, ``ModelConfig`` and ``DatasetMixtureConfig``."""
+
+    preference_data_dir: str = field(default="runs/tiny/preference-data",
+                                     metadata={"help": "embedded preference set (chatforge preference-data build); "
+                                                       "its held-out pairs and rankings are the evaluation"})
+    build_missing_inputs: bool = field(
+        default=False, metadata={"help": "build missing preference data, and a missing model with sft_config"})
+    sft_config: str | None = field(
+        default=None, metadata={"help": "SFT recipe YAML that builds model_name_or_path when it is missing"})
+    eval_pairs: int | None = field(default=None, metadata={"help": "held-out pairs to score (all by default)"})
+    eval_rankings: int | None = field(default=None, metadata={"help": "held-out rankings to score (all)"})
+
+
+def reward_parser() -> TrlParser:
+    """The parser of reward recipes: YAML via ``--config``, ``--key value`` overrides."""
+    return TrlParser(dataclass_types=[RewardScriptArguments, RewardConfig, ModelConfig, DatasetMixtureConfig])
+
+
+def parse_reward_yaml(path: str) -> tuple:
+    """The four configs of a reward recipe YAML."""
+    return tuple(reward_parser().parse_args_and_config(args=["--config", path]))
+
+
+def build_model_with(recipe: str, parse, run, model_path: str, what: str) -> None:
+    """Run the recipe YAML ``recipe`` (parsed by ``parse``, run by ``run``) that writes ``model_path``."""
+    configs = parse(recipe)
+    output_dir = configs[1].output_dir
+    if Path(output_dir).resolve() != Path(model_path).resolve():
+        raise ValueError(f"{recipe} writes {output_dir}, not model_name_or_path={model_path}")
+    print(f"building the {what} first ({recipe}) -> {output_dir}")
+    run(*configs)
+
+
+def _build_missing_inputs(script: RewardScriptArguments, model_args: ModelConfig) -> None:
+    if not (Path(script.preference_data_dir) / "pairs_train.jsonl").exists():
+        print(f"building the embedded preference data -> {script.preference_data_dir}")
+        build_preference_data(script.preference_data_dir, PreferenceDataConfig())
+    if not (Path(model_args.model_name_or_path) / "config.json").exists():
+        if script.sft_config is None:
+            raise FileNotFoundError(f"model_name_or_path={model_args.model_name_or_path}: no model there, and no "
+                                    "sft_config to build it with")
+        build_model_with(script.sft_config, parse_sft_yaml, run_sft, model_args.model_name_or_path, "SFT model")
+
+
+def pair_split(dataset: datasets.Dataset, name: str) -> datasets.Dataset:
+    """Any supported preference format as ``chosen``/``rejected`` conversations; a bad record raises
+    :class:`~chatforge.posttrain.preferences.PreferenceError` naming it."""
+    return dataset.map(to_pairs, batched=True, with_indices=True, fn_kwargs={"name": name},
+                       remove_columns=dataset.column_names, load_from_cache_file=False, desc=f"pairs of {name}")
+
+
+def held_out_evaluation(model, tokenizer, script: RewardScriptArguments, test_pairs) -> dict:
+    """Pairwise accuracy on the held-out pairs and agreement with the held-out embedded rankings."""
+    figures = {}
+    if test_pairs is not None:
+        limit = len(test_pairs) if script.eval_pairs is None else min(script.eval_pairs, len(test_pairs))
+        figures["pairs"] = pairwise_accuracy(model, tokenizer, test_pairs.select(range(limit)).to_list())
+    if rankings := read_jsonl(Path(script.preference_data_dir) / "rankings_test.jsonl", script.eval_rankings):
+        figures["rankings"] = ranking_agreement(model, tokenizer, rankings)
+    return figures
+
+
+def load_reward_model(model_args: ModelConfig, tokenizer):
+    """``model_name_or_path`` as a one-label sequence classifier (a causal-LM checkpoint gets a new head)."""
+    dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_args.model_name_or_path, num_labels=1, dtype=dtype, attn_implementation=model_args.attn_implementation)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    return model
+
+
+def run_reward(script: RewardScriptArguments, training_args: RewardConfig, model_args: ModelConfig,
+               mixture: DatasetMixtureConfig) -> dict:
+    """Train a reward model on the mixture; save it to ``output_dir`` with ``eval.json``."""
+    started = time.perf_counter()
+    if script.build_missing_inputs:
+        _build_missing_inputs(script, model_args)
+    if not mixture.datasets:
+        raise ValueError("no datasets: give a `datasets:` list (TRL DatasetMixtureConfig) in the recipe")
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    splits = {name: pair_split(split, name) for name, split in get_dataset(mixture).items()}
+    held_out = Path(script.preference_data_dir) / "pairs_test.jsonl"
+    if "test" not in splits and held_out.exists():
+        splits["test"] = pair_split(datasets.load_dataset("json", data_files=str(held_out), split="train"),
+                                    str(held_out))
+    model = load_reward_model(model_args, tokenizer)
+    untrained = held_out_evaluation(model, tokenizer, script, splits.get("test"))
+    trainer = RewardTrainer(model=model, args=training_args, train_dataset=splits["train"],
+                            eval_dataset=splits.get("test"), processing_class=tokenizer,
+                            peft_config=get_peft_config(model_args))
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    model = trainer.model.merge_and_unload() if model_args.use_peft else trainer.model
+    figures = {"reward_model": held_out_evaluation(model, tokenizer, script, splits.get("test")),
+               "untrained": untrained, "train_pairs": len(splits["train"]),
+               "seconds": round(time.perf_counter() - started, 1)}
+    if trainer.accelerator.is_main_process:
+        model.save_pretrained(training_args.output_dir)
+        tokenizer.save_pretrained(training_args.output_dir)
+        atomic_write_text(Path(training_args.output_dir) / "eval.json", json.dumps(figures, indent=2))
+    summary = figures["reward_model"]
+    print(f"reward model -> {training_args.output_dir}: held-out pairwise accuracy "
+          f"{summary.get('pairs', {}).get('accuracy', float('nan')):.3f}, Kendall tau "
+          f"{summary.get('rankings', {}).get('kendall_tau', float('nan')):.3f}")
+    return figures
