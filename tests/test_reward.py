@@ -1,0 +1,145 @@
+import json
+import random
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM
+from trl import DatasetMixtureConfig, ModelConfig, RewardConfig
+
+from chatforge.posttrain.gold import judge
+from chatforge.posttrain.preferences import (
+    PreferenceDataConfig,
+    PreferenceError,
+    build_preference_data,
+    ranked_record,
+    record_pairs,
+)
+from chatforge.posttrain.reward import RewardScriptArguments, pair_split, reward_parser, run_reward
+from chatforge.posttrain.word_problems import word_problem
+
+ROOT = Path(__file__).resolve().parents[1]
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def test_gold_reward_finds_each_fault():
+    problem = {"answer": "12", "max_words": 40}
+    good = "4 boxes of 3 is 4 × 3 = 12. The answer is 12."
+    assert judge(good, problem).reward == 1.0
+    assert judge(good.replace("is 12.", "is 13."), problem).wrong_answer
+    assert judge("I can't help with that.", {}).refusal
+    assert judge("Paris.\nUser: and Spain?", {}).off_format
+    assert judge("Paris.", {}, finished=False).off_format and judge("  ", {}).off_format
+    assert judge("Paris is the the the the the the the the the the the capital.", {}).repetition > 0.5
+    assert 0 < judge(" ".join(["word"] + [f"w{i}" for i in range(70)]), {"max_words": 40}).rambling <= 1
+    assert judge("Paris is the capital of France, and it has been for centuries.", {}).reward == 1.0
+
+
+def test_embedded_rankings_follow_the_gold_reward_and_put_the_reference_first():
+    rng = random.Random(0)
+    problem = word_problem(rng, multi_digit=False)
+    reference = problem.solution(use_calculator=False)
+    record = ranked_record(rng, [{"role": "user", "content": problem.question}], reference,
+                           {"kind": "word_problem", "answer": problem.answer, "max_words": 60}, "Hello?")
+    ordered = [record["kinds"][i] for i in record["ranking"]]
+    assert ordered[0] == "reference" and set(ordered) == {"reference", "rambling", "wrong_answer", "refusal",
+                                                          "off_format", "repetitive"}
+    golds = [record["gold"][i] for i in record["ranking"]]
+    assert golds == sorted(golds, reverse=True) and len(set(golds)) == len(golds)
+    pairs = record_pairs(record, "r")
+    assert len(pairs) == 15 and pairs[0][0][-1]["content"] == reference
+
+
+def test_preference_formats_become_conversation_pairs():
+    hh = record_pairs({"chosen": "\n\nHuman: Hi\n\nAssistant: Hello!", "rejected": "\n\nHuman: Hi\n\nAssistant: Go."},
+                      "hh")
+    assert hh == [([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+                   [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Go."}])]
+    explicit = record_pairs({"prompt": QUESTION, "chosen": [{"role": "assistant", "content": "Paris."}],
+                             "rejected": [{"role": "assistant", "content": "Rome."}]}, "uf")
+    assert explicit[0][0] == QUESTION + [{"role": "assistant", "content": "Paris."}]
+    text = record_pairs({"prompt": "Capital of France?", "chosen": "Paris.", "rejected": "Rome."}, "text")
+    assert text[0][1][-1]["content"] == "Rome."
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"prompt": QUESTION, "completions": ["Paris.", "Rome.", "Oslo."], "ranking": [[0, 1], 2]}, "ties"),
+    ({"prompt": QUESTION, "completions": ["Paris.", "Rome."], "ranking": [0, 0]}, "each index"),
+    ({"prompt": QUESTION, "completions": ["Paris.", ""], "ranking": [0, 1]}, "empty completion"),
+    ({"prompt": QUESTION, "completions": ["Paris."], "ranking": [0]}, "at least two"),
+    ({"completions": ["Paris.", "Rome."], "ranking": [0, 1]}, "missing or empty prompt"),
+    ({"prompt": QUESTION, "chosen": "Paris."}, "expected 'chosen' and 'rejected'"),
+])
+def test_bad_preference_records_are_refused(record, message):
+    with pytest.raises(PreferenceError, match=message):
+        record_pairs(record, "set record 7")
+
+
+def test_a_bad_record_in_a_dataset_is_named_by_its_index():
+    good = {"prompt": QUESTION, "completions": ["Paris.", "Rome."], "ranking": [0, 1]}
+    bad = {**good, "ranking": [1, 1]}
+    with pytest.raises(PreferenceError, match=r"prefs record 5: .*each index"):
+        pair_split(datasets.Dataset.from_list([good] * 5 + [bad]), "prefs")
+    assert len(pair_split(datasets.Dataset.from_list([good] * 5), "prefs")) == 5
+
+
+def test_embedded_preference_set_splits_prompts_and_resumes(tmp_path):
+    summary = build_preference_data(tmp_path / "prefs", PreferenceDataConfig(word_problems=60, chat=60,
+                                                                            test_fraction=0.2))
+    prompts = {split: {json.dumps(json.loads(line)["prompt"]) for line in open(tmp_path / f"prefs/rankings_{split}.jsonl")}
+               for split in ("train", "test")}
+    assert prompts["train"] and prompts["test"] and not prompts["train"] & prompts["test"]
+    assert summary["splits"]["test"]["pairs"] == sum(1 for _ in open(tmp_path / "prefs/pairs_test.jsonl"))
+    task = json.loads(open(tmp_path / "prefs/tasks_train.jsonl").readline())
+    assert {"messages", "kind", "max_words"} <= set(task)
+    assert build_preference_data(tmp_path / "prefs", PreferenceDataConfig(seed=1)) == summary
+
+
+@pytest.fixture(scope="module")
+def preference_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prefs") / "data"
+    build_preference_data(path, PreferenceDataConfig(word_problems=150, chat=150))
+    return path
+
+
+def _reward_args(tmp_path, model_dir, data_dir, **training):
+    script = RewardScriptArguments(preference_data_dir=str(data_dir), eval_rankings=20)
+    config = RewardConfig(output_dir=str(tmp_path / "rm"), per_device_train_batch_size=16, max_length=192,
+                          learning_rate=training.pop("learning_rate", 2e-3), bf16=False, use_cpu=True,
+                          report_to="none", save_strategy="no", logging_steps=1000, activation_checkpointing=False,
+                          seed=0, **training)
+    mixture = DatasetMixtureConfig(datasets=[{"path": "json", "data_files": str(data_dir / "rankings_train.jsonl"),
+                                              "split": "train"}])
+    return script, config, ModelConfig(model_name_or_path=str(model_dir)), mixture
+
+
+def test_reward_model_learns_the_held_out_rankings(tmp_path, saved_model_dir, preference_data):
+    figures = run_reward(*_reward_args(tmp_path, saved_model_dir, preference_data, max_steps=120))
+    trained, untrained = figures["reward_model"], figures["untrained"]
+    assert trained["pairs"]["accuracy"] >= 0.75 > untrained["pairs"]["accuracy"]
+    assert trained["rankings"]["kendall_tau"] > untrained["rankings"]["kendall_tau"] + 0.3
+    assert trained["rankings"]["pairwise_accuracy_by_kind"]["reference > repetitive"] > 0.8
+    saved = json.loads((tmp_path / "rm/eval.json").read_text())
+    assert saved["reward_model"]["pairs"]["accuracy"] == trained["pairs"]["accuracy"]
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
+    assert model.config.num_labels == 1 and model.config.pad_token_id is not None
+
+
+def test_reward_model_from_a_llama(tmp_path, tokenizer, preference_data):
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id))
+    llama.save_pretrained(tmp_path / "llama")
+    tokenizer.save_pretrained(tmp_path / "llama")
+    figures = run_reward(*_reward_args(tmp_path, tmp_path / "llama", preference_data, max_steps=40))
+    assert figures["reward_model"]["pairs"]["accuracy"] > figures["untrained"]["pairs"]["accuracy"]
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").config.model_type == "llama"
+
+
+@pytest.mark.parametrize("recipe", sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("recipes/*/reward*.yaml")))
+def test_every_reward_recipe_parses(recipe):
+    script, training, model, mixture = reward_parser().parse_args_and_config(
+        args=["--config", str(ROOT / recipe), "--use_cpu", "true"])
+    assert model.model_name_or_path and training.output_dir and mixture.datasets
