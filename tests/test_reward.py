@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM
 from trl import DatasetMixtureConfig, ModelConfig, RewardConfig
 
+from chatforge.io import read_jsonl
 from chatforge.posttrain.gold import judge
 from chatforge.posttrain.preferences import (
     PreferenceDataConfig,
@@ -87,7 +88,7 @@ def test_a_bad_record_in_a_dataset_is_named_by_its_index():
 def test_embedded_preference_set_splits_prompts_and_resumes(tmp_path):
     summary = build_preference_data(tmp_path / "prefs", PreferenceDataConfig(word_problems=60, chat=60,
                                                                             test_fraction=0.2))
-    prompts = {split: {json.dumps(json.loads(line)["prompt"]) for line in open(tmp_path / f"prefs/rankings_{split}.jsonl")}
+    prompts = {split: {json.dumps(r["prompt"]) for r in read_jsonl(tmp_path / f"prefs/rankings_{split}.jsonl")}
                for split in ("train", "test")}
     assert prompts["train"] and prompts["test"] and not prompts["train"] & prompts["test"]
     assert summary["splits"]["test"]["pairs"] == sum(1 for _ in open(tmp_path / "prefs/pairs_test.jsonl"))

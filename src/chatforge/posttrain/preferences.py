@@ -26,8 +26,16 @@ from pathlib import Path
 from ..io import atomic_directory, write_jsonl
 from .conversations import ConversationError, check_messages
 from .gold import gold_reward, word_count
-from .sft_data import (GREETING_REPLIES, GREETINGS, IDENTITY_ANSWERS, IDENTITY_QUESTIONS, REFUSALS, THANKS,
-                       THANKS_REPLIES, chatterbot_conversations)
+from .sft_data import (
+    GREETING_REPLIES,
+    GREETINGS,
+    IDENTITY_ANSWERS,
+    IDENTITY_QUESTIONS,
+    REFUSALS,
+    THANKS,
+    THANKS_REPLIES,
+    chatterbot_conversations,
+)
 from .word_problems import word_problem
 
 COMPLETE_MARKER = ".complete"
