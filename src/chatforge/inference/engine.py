@@ -142,20 +142,33 @@ class Engine:
                 torch.manual_seed(seed)
             yield
 
+    def generate_ids(self, prompts: Sequence[Sequence[int]], params: SamplingParams = SamplingParams(),
+                     n: int = 1) -> list[list[int]]:
+        """``n`` sampled continuations of each tokenized prompt (batched, left-padded), as token ids up to and
+        including the first stop token (prompt i's samples are items ``i*n`` to ``i*n+n-1``)."""
+        width = max(len(ids) for ids in prompts)
+        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        for row, ids in enumerate(prompts):
+            input_ids[row, width - len(ids):] = torch.as_tensor(ids, dtype=torch.long)
+            attention_mask[row, width - len(ids):] = 1
+        config = self._generation_config(params, params.max_new_tokens, self.stop_ids, n)
+        with self._seeded(params.seed):
+            output = self._generate(input_ids.to(self.device), attention_mask.to(self.device), config)
+        stops = set(self.stop_ids)
+        continuations = []
+        for row in output.sequences[:, width:].tolist():
+            end = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
+            while end and row[end - 1] == self.pad_id and row[end - 1] not in stops:
+                end -= 1
+            continuations.append(row[:end])
+        return continuations
+
     def complete(self, prompts: Sequence[str], params: SamplingParams = SamplingParams(), n: int = 1,
                  add_special_tokens: bool = False) -> list[list[str]]:
         """``n`` sampled completions of each prompt (batched, left-padded), without the prompt."""
-        padding_side, self.tokenizer.padding_side = self.tokenizer.padding_side, "left"
-        try:
-            batch = self.tokenizer(list(prompts), return_tensors="pt", padding=True,
-                                   add_special_tokens=add_special_tokens).to(self.device)
-        finally:
-            self.tokenizer.padding_side = padding_side
-        config = self._generation_config(params, params.max_new_tokens, self.stop_ids, n)
-        with self._seeded(params.seed):
-            output = self._generate(batch["input_ids"], batch["attention_mask"], config)
-        new = output.sequences[:, batch["input_ids"].shape[1]:]
-        texts = self.tokenizer.batch_decode(new, skip_special_tokens=True)
+        ids = self.tokenizer(list(prompts), add_special_tokens=add_special_tokens)["input_ids"]
+        texts = self.tokenizer.batch_decode(self.generate_ids(ids, params, n), skip_special_tokens=True)
         return [texts[i * n:(i + 1) * n] for i in range(len(prompts))]
 
     def chat_prompt(self, question: str) -> str:

@@ -13,6 +13,7 @@ import random
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,20 +44,30 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimizer, scheduler,
-                    keep: int) -> Path:
-    """Write ``checkpoint-<step>`` atomically, then delete all but the newest ``keep`` checkpoints."""
+def write_checkpoint(output_dir: str | Path, step: int, write: Callable[[Path], None], keep: int) -> Path:
+    """Write ``checkpoint-<step>`` atomically with ``write(folder)`` and checksums of every file in it, then
+    delete all but the newest ``keep`` checkpoints."""
     path = Path(output_dir) / f"{PREFIX}{step}"
     with atomic_directory(path) as tmp_dir:
-        model.save_pretrained(tmp_dir)
-        tokenizer.save_pretrained(tmp_dir)
-        torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": rng_state()}, tmp_dir / STATE_FILE)
-        sums = {p.name: _sha256(p) for p in sorted(tmp_dir.iterdir()) if p.is_file()}
+        write(tmp_dir)
+        sums = {str(p.relative_to(tmp_dir)): _sha256(p) for p in sorted(tmp_dir.rglob("*")) if p.is_file()}
         (tmp_dir / CHECKSUMS_FILE).write_text(json.dumps(sums, indent=1))
     for old in list_checkpoints(output_dir)[:-keep]:
         shutil.rmtree(old)
     return path
+
+
+def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimizer, scheduler,
+                    keep: int) -> Path:
+    """A checkpoint of pretraining: the model, its tokenizer, optimizer, scheduler and RNG states."""
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "rng": rng_state()}, folder / STATE_FILE)
+
+    return write_checkpoint(output_dir, step, write, keep)
 
 
 def export_final_model(output_dir: str | Path, model, tokenizer) -> None:

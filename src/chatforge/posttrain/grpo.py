@@ -1,0 +1,136 @@
+"""GRPO on problems with checkable answers, on TRL's GRPOTrainer with chatforge's reward functions.
+
+Rewards: the right final answer (numeric match, else math-verify), the answer format, and optionally
+DAPO's soft over-length penalty. Held-out greedy pass@1, sampled pass@1 and pass@k before and after go
+to ``eval.json``; the training reward and completion length per step to ``grpo.png``.
+"""
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import DatasetMixtureConfig, GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_dataset, get_peft_config
+from trl.rewards import get_soft_overlong_punishment
+
+from ..eval.math import problem_accuracy
+from ..eval.plots import history_series, plot_panels
+from ..inference.engine import Engine
+from ..io import atomic_write_text, read_jsonl, write_jsonl
+from ..modeling.factory import set_generation_defaults
+from .reward import build_model_with
+from .sft import parse_sft_yaml, run_sft
+from .verifiable import REWARD_FUNCTIONS, ProblemConfig, build_problems, to_problems
+
+CURVES = {"answer reward (train)": "rewards/answer_reward/mean", "format reward (train)": "rewards/format_reward/mean",
+          "completion length": "completions/mean_length"}
+
+
+@dataclass
+class GRPOScriptArguments:
+    """What :func:`run_grpo` needs beside TRL's ``GRPOConfig``, ``ModelConfig`` and ``DatasetMixtureConfig``."""
+
+    problems_dir: str = field(default="runs/tiny/problems",
+                              metadata={"help": "generated word problems (train.jsonl, test.jsonl); test.jsonl and "
+                                                "gsm_symbolic_test.jsonl there are the held-out evaluation"})
+    operand_low: int = field(default=1, metadata={"help": "smallest operand of generated word problems"})
+    operand_high: int = field(default=9, metadata={"help": "largest operand of generated word problems"})
+    build_missing_inputs: bool = field(
+        default=False, metadata={"help": "build missing problems, and a missing model with sft_config"})
+    sft_config: str | None = field(
+        default=None, metadata={"help": "SFT recipe YAML that builds model_name_or_path when it is missing"})
+    rewards: list[str] = field(default_factory=lambda: ["answer", "format"],
+                               metadata={"help": f"reward functions, of {sorted(REWARD_FUNCTIONS)}; weights are "
+                                                 "GRPOConfig's reward_weights"})
+    overlong_penalty_tokens: int = field(
+        default=0, metadata={"help": "DAPO soft over-length penalty over the last N tokens of max_completion_length "
+                                     "(0: off)"})
+    eval_problems: int = field(default=200, metadata={"help": "held-out problems"})
+    eval_k: int = field(default=8, metadata={"help": "samples per problem for pass@k"})
+    eval_temperature: float = field(default=1.0, metadata={"help": "sampling temperature of pass@k"})
+
+
+def grpo_parser() -> TrlParser:
+    """The parser of GRPO recipes: YAML via ``--config``, ``--key value`` overrides."""
+    return TrlParser(dataclass_types=[GRPOScriptArguments, GRPOConfig, ModelConfig, DatasetMixtureConfig])
+
+
+def parse_grpo_yaml(path: str) -> tuple:
+    return tuple(grpo_parser().parse_args_and_config(args=["--config", path]))
+
+
+def _build_missing_inputs(script: GRPOScriptArguments, model_args: ModelConfig) -> None:
+    if not (Path(script.problems_dir) / "train.jsonl").exists():
+        print(f"building word problems -> {script.problems_dir}")
+        build_problems(script.problems_dir, ProblemConfig(low=script.operand_low, high=script.operand_high))
+    if not (Path(model_args.model_name_or_path) / "config.json").exists():
+        if script.sft_config is None:
+            raise FileNotFoundError(f"model_name_or_path={model_args.model_name_or_path}: no model there, and no "
+                                    "sft_config to build it with")
+        build_model_with(script.sft_config, parse_sft_yaml, run_sft, model_args.model_name_or_path, "SFT model")
+
+
+def reward_functions(script: GRPOScriptArguments, training_args: GRPOConfig) -> list:
+    unknown = set(script.rewards) - set(REWARD_FUNCTIONS)
+    if unknown:
+        raise ValueError(f"rewards={script.rewards}: unknown {sorted(unknown)}; choose from {sorted(REWARD_FUNCTIONS)}")
+    functions = [REWARD_FUNCTIONS[name] for name in script.rewards]
+    if script.overlong_penalty_tokens:
+        functions.append(get_soft_overlong_punishment(training_args.max_completion_length,
+                                                      script.overlong_penalty_tokens))
+    return functions
+
+
+def held_out_evaluation(model, tokenizer, script: GRPOScriptArguments, max_new_tokens: int) -> dict:
+    """pass@1 (greedy and sampled) and pass@k on the held-out word problems (and GSM-symbolic ones if built)."""
+    engine = Engine(model, tokenizer)
+    figures = {}
+    for name in ("test", "gsm_symbolic_test"):
+        if problems := read_jsonl(Path(script.problems_dir) / f"{name}.jsonl", script.eval_problems):
+            figures[name] = problem_accuracy(engine, problems, k=script.eval_k, temperature=script.eval_temperature,
+                                             max_new_tokens=max_new_tokens)
+    return figures
+
+
+def run_grpo(script: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig,
+             mixture: DatasetMixtureConfig) -> dict:
+    """GRPO of ``model_name_or_path`` on the mixture's problems; the model, ``eval.json``, ``metrics.jsonl``
+    (the trainer's log per step) and ``grpo.png`` go to ``output_dir``."""
+    started = time.perf_counter()
+    if script.build_missing_inputs:
+        _build_missing_inputs(script, model_args)
+    if not mixture.datasets:
+        raise ValueError("no datasets: give a `datasets:` list (TRL DatasetMixtureConfig) in the recipe")
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train = get_dataset(mixture)["train"]
+    train = train.map(to_problems, batched=True, with_indices=True, fn_kwargs={"name": "train"},
+                      remove_columns=train.column_names, load_from_cache_file=False, desc="problems")
+    model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, dtype=model_args.dtype,
+                                                 attn_implementation=model_args.attn_implementation)
+    set_generation_defaults(model, tokenizer)
+    before = held_out_evaluation(model, tokenizer, script, training_args.max_completion_length)
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(script, training_args), args=training_args,
+                          train_dataset=train, processing_class=tokenizer, peft_config=get_peft_config(model_args))
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    model = trainer.model.merge_and_unload() if model_args.use_peft else trainer.model
+    after = held_out_evaluation(model, tokenizer, script, training_args.max_completion_length)
+    figures = {"grpo": after, "before": before, "train_problems": len(train),
+               "seconds": round(time.perf_counter() - started, 1)}
+    if trainer.accelerator.is_main_process:
+        output = Path(training_args.output_dir)
+        model.save_pretrained(output)
+        tokenizer.save_pretrained(output)
+        write_jsonl(output / "metrics.jsonl", trainer.state.log_history)
+        curves = history_series(trainer.state.log_history, CURVES)
+        panels = {"reward": {k: v for k, v in curves.items() if "reward" in k},
+                  "completion length (tokens)": {k: v for k, v in curves.items() if "length" in k}}
+        plot_panels(panels, output / "grpo.png", "GRPO on word problems")
+        atomic_write_text(output / "eval.json", json.dumps(figures, indent=2))
+    print(f"GRPO -> {training_args.output_dir}: held-out greedy pass@1 "
+          f"{before.get('test', {}).get('pass@1_greedy', float('nan')):.3f} -> "
+          f"{after.get('test', {}).get('pass@1_greedy', float('nan')):.3f}")
+    return figures
+

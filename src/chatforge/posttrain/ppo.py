@@ -1,0 +1,453 @@
+"""RLHF with PPO against a learned reward model, on Accelerate.
+
+Four models: the policy being trained, a frozen copy of it (the reference), a value model (a
+sequence-classification backbone whose one-output head is applied at every token; by default a copy of
+the reward model) and the frozen reward model. Each step samples replies to a batch of prompts with the
+sampling engine, scores them with the reward model, turns the score into per-token rewards with a KL
+penalty to the reference (fixed or adaptive coefficient), estimates advantages with GAE and takes clipped
+policy and value steps over minibatch epochs.
+
+"Crop it": every ``eval_steps`` the held-out prompts are answered and judged by both the reward model and
+the rule-based gold reward. The best policy by gold reward is kept; training stops when the KL to the
+reference passes ``kl_budget``, or when the gold reward has not improved for ``stop_patience`` evaluations
+while the reward-model score kept rising (the reward model is being gamed). The kept policy is the result.
+"""
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from ..eval.plots import plot_panels
+from ..eval.reward import score_token_ids
+from ..inference.engine import Engine, SamplingParams
+from ..io import atomic_directory, atomic_write_text, write_jsonl
+from ..training.checkpoint import (
+    STATE_FILE,
+    export_final_model,
+    resolve_checkpoint,
+    rng_state,
+    set_rng_state,
+    write_checkpoint,
+)
+from .gold import gold_reward
+
+BEST_DIR = "best"
+VALUE_DIR = "value"
+
+
+@dataclass
+class PPOConfig:
+    """PPO hyper-parameters, with transformers' names where one exists."""
+
+    output_dir: str = field(default="runs/tiny/ppo", metadata={"help": "checkpoints, the best policy, logs"})
+    seed: int = 42
+    max_steps: int = 200  # PPO iterations: one rollout batch and its updates each
+    per_device_train_batch_size: int = 16  # prompts per rollout
+    num_ppo_epochs: int = 4
+    num_mini_batches: int = 2
+    learning_rate: float = 1e-5
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    max_completion_length: int = 64
+    temperature: float = 1.0
+    kl_coef: float = 0.05  # per-token KL penalty coefficient (the initial one when adaptive)
+    adaptive_kl: bool = False
+    target_kl: float = 6.0  # adaptive: the per-sequence KL the coefficient steers towards
+    kl_horizon: int = 10000
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    whiten_rewards: bool = False
+    missing_eos_penalty: float = 1.0  # subtracted from the score of a reply cut off before its end-of-turn
+    logging_steps: int = 5
+    eval_steps: int = 20
+    eval_prompts: int = 64
+    kl_budget: float | None = 20.0  # stop when the rollouts' mean KL to the reference (nats/sequence) passes it
+    stop_patience: int | None = 3  # evaluations without a better gold reward, while the RM score rises
+    min_gold_improvement: float = 0.01
+    save_steps: int = 50
+    save_total_limit: int = 1
+    resume_from_checkpoint: str | None = None  # a checkpoint folder or "latest"
+    bf16: bool = False
+    use_cpu: bool = False
+
+    def __post_init__(self):
+        if self.per_device_train_batch_size % self.num_mini_batches:
+            raise ValueError(f"per_device_train_batch_size={self.per_device_train_batch_size} must be a multiple of "
+                             f"num_mini_batches={self.num_mini_batches}")
+        for name in ("max_steps", "num_ppo_epochs", "max_completion_length", "eval_steps", "save_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PPOConfig.{name} must be at least 1")
+
+
+class PolicyAndValue(torch.nn.Module):
+    """The two trained models as one module, so one optimizer and ``accelerator.prepare`` cover both."""
+
+    def __init__(self, policy, value_model):
+        super().__init__()
+        self.policy = policy
+        self.value_model = value_model
+
+    def forward(self, rollout: "Rollout", temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Reply-token log-probabilities, entropies and values."""
+        logprobs, entropy = token_logprobs(self.policy, rollout, temperature)
+        return logprobs, entropy, token_values(self.value_model, rollout)
+
+
+@dataclass
+class Rollout:
+    """A batch of prompts and sampled replies, right-padded into ``input_ids``; per-token tensors are
+    (batch, longest reply), aligned to the reply tokens and masked by ``mask``."""
+
+    tasks: list[dict]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    positions: torch.Tensor  # index into input_ids of the logit that predicts each reply token
+    mask: torch.Tensor
+    replies: list[str]
+    finished: list[bool]
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    mean = masked_mean(values, mask)
+    variance = masked_mean((values - mean) ** 2, mask)
+    whitened = (values - mean) * torch.rsqrt(variance + 1e-8)
+    return whitened if shift_mean else whitened + mean
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """Advantages and returns by generalised advantage estimation over the reply tokens."""
+    rewards, values = rewards * mask, values * mask
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(running)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        running = delta + gamma * lam * running
+        advantages[:, t] = running
+    return advantages * mask, (advantages + values) * mask
+
+
+def token_logprobs(model, rollout: Rollout, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities of the reply tokens under ``model`` (sampling temperature applied) and the entropy
+    of each predicting distribution."""
+    logits = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask).logits
+    index = rollout.positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
+    logits = logits.gather(1, index).float() / temperature
+    targets = rollout.input_ids.gather(1, rollout.positions + 1)
+    logprobs = F.log_softmax(logits, dim=-1)
+    entropy = -(logprobs.exp() * logprobs).sum(-1)
+    return logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1), entropy
+
+
+def token_values(value_model, rollout: Rollout) -> torch.Tensor:
+    """The value head applied to the hidden state before each reply token."""
+    backbone = getattr(value_model, value_model.base_model_prefix)
+    hidden = backbone(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask).last_hidden_state
+    index = rollout.positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+    return value_model.score(hidden.gather(1, index)).squeeze(-1).float()
+
+
+class PPOTrainer:
+    """PPO with a KL penalty to a reference policy, GAE, clipped losses and the gold-reward stop rule.
+
+    ``gold`` judges a reply to a task (``gold(reply, task, finished) -> float``); tasks are
+    ``{"messages": [...], ...}`` records whose other fields the gold judge reads.
+    """
+
+    def __init__(self, config: PPOConfig, policy, ref_policy, value_model, reward_model, tokenizer,
+                 train_tasks: Sequence[dict], eval_tasks: Sequence[dict],
+                 gold: Callable[[str, dict, bool], float] = gold_reward):
+        if not train_tasks:
+            raise ValueError("PPO needs training prompts; train_tasks is empty")
+        self.config = config
+        self.accelerator = Accelerator(cpu=config.use_cpu, mixed_precision="bf16" if config.bf16 else "no")
+        self.tokenizer = tokenizer
+        self.train_tasks, self.eval_tasks = list(train_tasks), list(eval_tasks)[:config.eval_prompts]
+        self.gold = gold
+        device = self.accelerator.device
+        self.ref_policy = ref_policy.to(device).eval().requires_grad_(False)
+        self.reward_model = reward_model.to(device).eval().requires_grad_(False)
+        modules = PolicyAndValue(policy, value_model)
+        optimizer = torch.optim.AdamW(modules.parameters(), lr=config.learning_rate, eps=1e-5,
+                                      weight_decay=config.weight_decay)
+        self.modules, self.optimizer = self.accelerator.prepare(modules, optimizer)
+        self.engine = Engine(self.accelerator.unwrap_model(self.modules).policy, tokenizer)
+        self.kl_coef = config.kl_coef
+        self.step = 0
+        self.evaluations: list[dict] = []
+        self.best: dict | None = None
+        self.stop_reason: str | None = None
+        self.history: list[dict] = []
+
+    # --- rollouts --------------------------------------------------------------------------------------
+
+    def _prompt_ids(self, task: dict) -> list[int]:
+        return self.tokenizer.apply_chat_template(task["messages"], add_generation_prompt=True, tokenize=True,
+                                                  return_dict=False)
+
+    def _batch_tasks(self, step: int) -> list[dict]:
+        """The prompts of a step: epochs over a seeded shuffle of the training tasks (so a resumed run draws
+        the same ones)."""
+        size = self.config.per_device_train_batch_size
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        start = (step * world + rank) * size
+        tasks = []
+        for position in range(start, start + size):
+            epoch, offset = divmod(position, len(self.train_tasks))
+            order = torch.randperm(len(self.train_tasks), generator=torch.Generator().manual_seed(self.config.seed
+                                                                                                   + epoch))
+            tasks.append(self.train_tasks[order[offset]])
+        return tasks
+
+    def rollout(self, tasks: list[dict], params: SamplingParams) -> Rollout:
+        """Sample one reply per task and lay the batch out for scoring and training."""
+        prompts = [self._prompt_ids(task) for task in tasks]
+        self.engine.model.eval()
+        replies = self.engine.generate_ids(prompts, params)
+        stops = set(self.engine.stop_ids)
+        replies = [reply or [self.engine.pad_id] for reply in replies]
+        width = max(len(p) + len(r) for p, r in zip(prompts, replies))
+        longest = max(len(r) for r in replies)
+        input_ids = torch.full((len(tasks), width), self.engine.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros_like(input_ids)
+        positions = torch.zeros((len(tasks), longest), dtype=torch.long)
+        mask = torch.zeros((len(tasks), longest))
+        for row, (prompt, reply) in enumerate(zip(prompts, replies)):
+            sequence = prompt + reply
+            input_ids[row, :len(sequence)] = torch.as_tensor(sequence)
+            attention_mask[row, :len(sequence)] = 1
+            positions[row] = (len(prompt) - 1 + torch.arange(longest)).clamp(max=width - 2)
+            mask[row, :len(reply)] = 1
+        device = self.accelerator.device
+        return Rollout(tasks, input_ids.to(device), attention_mask.to(device), positions.to(device), mask.to(device),
+                       self.tokenizer.batch_decode(replies, skip_special_tokens=True),
+                       [reply[-1] in stops for reply in replies])
+
+    def _scores(self, rollout: Rollout) -> torch.Tensor:
+        """Reward-model scores of the rollout's conversations; replies cut off before their end are penalised."""
+        lengths = rollout.attention_mask.sum(1).tolist()
+        sequences = [ids[:length] for ids, length in zip(rollout.input_ids.tolist(), lengths)]
+        scores = torch.tensor(score_token_ids(self.reward_model, sequences, self.engine.pad_id),
+                              device=self.accelerator.device)
+        unfinished = torch.tensor([not f for f in rollout.finished], device=scores.device, dtype=scores.dtype)
+        return scores - self.config.missing_eos_penalty * unfinished
+
+    def _golds(self, rollout: Rollout) -> list[float]:
+        return [self.gold(reply, task, finished)
+                for reply, task, finished in zip(rollout.replies, rollout.tasks, rollout.finished)]
+
+    # --- one PPO iteration -----------------------------------------------------------------------------
+
+    def train_step(self) -> dict:
+        config, modules = self.config, self.accelerator.unwrap_model(self.modules)
+        params = SamplingParams(temperature=config.temperature, top_k=None, top_p=1.0,
+                                max_new_tokens=config.max_completion_length, seed=config.seed * 100_003 + self.step)
+        rollout = self.rollout(self._batch_tasks(self.step), params)
+        with torch.no_grad(), self.accelerator.autocast():
+            old_logprobs, _ = token_logprobs(modules.policy, rollout, config.temperature)
+            ref_logprobs, _ = token_logprobs(self.ref_policy, rollout, config.temperature)
+            old_values = token_values(modules.value_model, rollout)
+        scores = self._scores(rollout)
+        mask = rollout.mask
+        kl = (old_logprobs - ref_logprobs) * mask
+        rewards = -self.kl_coef * kl
+        last = (mask.sum(1).long() - 1).clamp(min=0)
+        rewards[torch.arange(len(last)), last] += scores
+        if config.whiten_rewards:
+            rewards = masked_whiten(rewards, mask, shift_mean=False) * mask
+        advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)
+        advantages = masked_whiten(advantages, mask) * mask
+
+        stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clipfrac": [], "approx_kl": [],
+                                         "entropy": []}
+        modules.train()
+        size = config.per_device_train_batch_size // config.num_mini_batches
+        generator = torch.Generator().manual_seed(config.seed + self.step)
+        for _ in range(config.num_ppo_epochs):
+            for chunk in torch.randperm(len(rollout.tasks), generator=generator).split(size):
+                chunk = chunk.to(mask.device)
+                part = Rollout([rollout.tasks[i] for i in chunk.tolist()], rollout.input_ids[chunk],
+                               rollout.attention_mask[chunk], rollout.positions[chunk], mask[chunk], [], [])
+                with self.accelerator.autocast():
+                    logprobs, entropy, values = self.modules(part, config.temperature)
+                clipped_values = old_values[chunk] + (values - old_values[chunk]).clamp(-config.cliprange_value,
+                                                                                        config.cliprange_value)
+                value_loss = 0.5 * masked_mean(torch.max((values - returns[chunk]) ** 2,
+                                                         (clipped_values - returns[chunk]) ** 2), part.mask)
+                ratio = torch.exp(logprobs - old_logprobs[chunk])
+                policy_loss = masked_mean(torch.max(-advantages[chunk] * ratio, -advantages[chunk] * ratio.clamp(
+                    1 - config.cliprange, 1 + config.cliprange)), part.mask)
+                self.accelerator.backward(policy_loss + config.vf_coef * value_loss)
+                self.accelerator.clip_grad_norm_(self.modules.parameters(), config.max_grad_norm)
+                self.optimizer.step()
+                self.optimizer.zero_grad()
+                with torch.no_grad():
+                    stats["policy_loss"].append(policy_loss.item())
+                    stats["value_loss"].append(value_loss.item())
+                    stats["clipfrac"].append(masked_mean(((ratio - 1).abs() > config.cliprange).float(),
+                                                         part.mask).item())
+                    stats["approx_kl"].append(0.5 * masked_mean((logprobs - old_logprobs[chunk]) ** 2,
+                                                                part.mask).item())
+                    stats["entropy"].append(masked_mean(entropy, part.mask).item())
+        sequence_kl = kl.sum(1)
+        metrics = {"step": self.step + 1, "rm_score": self._mean(scores), "kl": self._mean(sequence_kl),
+                   "gold": self._mean(torch.tensor(self._golds(rollout), device=scores.device)),
+                   "response_length": self._mean(mask.sum(1)), "kl_coef": self.kl_coef,
+                   **{name: sum(values) / len(values) for name, values in stats.items()}}
+        if config.adaptive_kl:
+            error = max(-0.2, min(0.2, metrics["kl"] / config.target_kl - 1))
+            self.kl_coef *= 1 + error * config.per_device_train_batch_size * self.accelerator.num_processes / \
+                config.kl_horizon
+        self.step += 1
+        return metrics
+
+    def _mean(self, values: torch.Tensor) -> float:
+        return self.accelerator.gather(values.detach().float().reshape(-1)).mean().item()
+
+    # --- evaluation and the stop rule ------------------------------------------------------------------
+
+    def evaluate(self) -> dict:
+        """Greedy replies to the held-out prompts, scored by the reward model and the gold reward."""
+        params = SamplingParams(temperature=0.0, max_new_tokens=self.config.max_completion_length)
+        scores, golds, lengths, examples = [], [], [], []
+        for start in range(0, len(self.eval_tasks), 32):
+            rollout = self.rollout(self.eval_tasks[start:start + 32], params)
+            scores += self._scores(rollout).tolist()
+            golds += self._golds(rollout)
+            lengths += rollout.mask.sum(1).tolist()
+            examples += [{"prompt": t["messages"][-1]["content"], "reply": r}
+                         for t, r in zip(rollout.tasks[:2], rollout.replies[:2])]
+        count = max(1, len(scores))
+        return {"step": self.step, "eval_rm_score": sum(scores) / count, "eval_gold": sum(golds) / count,
+                "eval_response_length": sum(lengths) / count, "examples": examples[:3]}
+
+    def _update_stop_rule(self, evaluation: dict, recent_kl: float) -> None:
+        config = self.config
+        if self.best is None or evaluation["eval_gold"] > self.best["eval_gold"] + config.min_gold_improvement:
+            self.best = evaluation
+            if self.accelerator.is_main_process:
+                with atomic_directory(Path(config.output_dir) / BEST_DIR) as folder:
+                    self.accelerator.unwrap_model(self.modules).policy.save_pretrained(folder)
+                    self.tokenizer.save_pretrained(folder)
+        stale = sum(e["step"] > self.best["step"] for e in self.evaluations)
+        if config.stop_patience is not None and stale >= config.stop_patience \
+                and evaluation["eval_rm_score"] > self.best["eval_rm_score"]:
+            self.stop_reason = (f"reward model over-optimised: held-out RM score {self.best['eval_rm_score']:.3f} -> "
+                                f"{evaluation['eval_rm_score']:.3f} while the gold reward has not improved on "
+                                f"{self.best['eval_gold']:.3f} (step {self.best['step']}) for {stale} evaluations")
+        elif config.kl_budget is not None and recent_kl > config.kl_budget:
+            self.stop_reason = f"KL budget: {recent_kl:.2f} nats per reply > kl_budget={config.kl_budget}"
+
+    # --- checkpoints -----------------------------------------------------------------------------------
+
+    def _state(self) -> dict:
+        return {"step": self.step, "kl_coef": self.kl_coef, "evaluations": self.evaluations, "best": self.best,
+                "history": self.history, "optimizer": self.optimizer.state_dict(), "rng": rng_state()}
+
+    def save(self) -> None:
+        modules = self.accelerator.unwrap_model(self.modules)
+
+        def write(folder: Path) -> None:
+            modules.policy.save_pretrained(folder)
+            self.tokenizer.save_pretrained(folder)
+            modules.value_model.save_pretrained(folder / VALUE_DIR)
+            torch.save(self._state(), folder / STATE_FILE)
+
+        if self.accelerator.is_main_process:
+            write_checkpoint(self.config.output_dir, self.step, write, self.config.save_total_limit)
+        self.accelerator.wait_for_everyone()
+
+    def _resume(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        modules = self.accelerator.unwrap_model(self.modules)
+        for module, folder in ((modules.policy, path), (modules.value_model, path / VALUE_DIR)):
+            weights = {}
+            for shard in sorted(folder.glob("*.safetensors")):
+                weights.update(load_file(shard))
+            module.load_state_dict(weights, strict=False)
+        state = torch.load(path / STATE_FILE, weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.kl_coef = state["step"], state["kl_coef"]
+        self.evaluations, self.best, self.history = state["evaluations"], state["best"], state["history"]
+        set_rng_state(state["rng"])
+        print(f"resumed from {path} at step {self.step}")
+
+    # --- the loop --------------------------------------------------------------------------------------
+
+    def train(self) -> dict:
+        """Run PPO until ``max_steps`` or the stop rule; the best policy ends in ``output_dir``."""
+        config = self.config
+        output = Path(config.output_dir)
+        output.mkdir(parents=True, exist_ok=True)
+        if checkpoint := resolve_checkpoint(output, config.resume_from_checkpoint):
+            self._resume(checkpoint)
+        torch.manual_seed(config.seed + self.step)
+        if not self.evaluations:
+            self.evaluations.append(self.evaluate())
+            self._update_stop_rule(self.evaluations[-1], 0.0)
+        progress = tqdm(total=config.max_steps, initial=self.step, desc="PPO",
+                        disable=not self.accelerator.is_main_process)
+        while self.step < config.max_steps and self.stop_reason is None:
+            metrics = self.train_step()
+            self.history.append(metrics)
+            progress.update(1)
+            progress.set_postfix(rm=f"{metrics['rm_score']:.3f}", gold=f"{metrics['gold']:.3f}",
+                                 kl=f"{metrics['kl']:.2f}")
+            if self.step % config.logging_steps == 0:
+                progress.write(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+            if self.step % config.eval_steps == 0 or self.step == config.max_steps:
+                self.evaluations.append(self.evaluate())
+                recent = self.history[-config.eval_steps:]
+                self._update_stop_rule(self.evaluations[-1], sum(m["kl"] for m in recent) / len(recent))
+            if self.step % config.save_steps == 0:
+                self.save()
+        progress.close()
+        return self._finish(output)
+
+    def _finish(self, output: Path) -> dict:
+        """Put the best policy (kept in ``output_dir/best``) in ``output_dir``; write ``metrics.jsonl``,
+        ``eval.json`` and ``ppo.png``."""
+        first, best, last = self.evaluations[0], self.best, self.evaluations[-1]
+        summary = {"stop_reason": self.stop_reason or f"max_steps={self.config.max_steps}", "steps": self.step,
+                   "crop_step": best["step"], "initial": first, "best": best, "last": last,
+                   "evaluations": self.evaluations, "config": asdict(self.config)}
+        if self.accelerator.is_main_process:
+            from transformers import AutoModelForCausalLM
+
+            best_policy = AutoModelForCausalLM.from_pretrained(output / BEST_DIR)
+            export_final_model(output, best_policy, self.tokenizer)
+            write_jsonl(output / "metrics.jsonl", self.history)
+            atomic_write_text(output / "eval.json", json.dumps(summary, indent=2))
+            self.plot(output / "ppo.png")
+        print(f"PPO stopped at step {self.step} ({summary['stop_reason']}); kept step {best['step']}: held-out RM "
+              f"score {first['eval_rm_score']:.3f} -> {best['eval_rm_score']:.3f}, gold {first['eval_gold']:.3f} -> "
+              f"{best['eval_gold']:.3f}")
+        return summary
+
+    def plot(self, path: Path) -> Path:
+        def series(rows: list[dict], key: str) -> tuple[list, list]:
+            return [r["step"] for r in rows], [r[key] for r in rows]
+
+        panels = {
+            "reward (held-out, greedy)": {"reward model": series(self.evaluations, "eval_rm_score"),
+                                          "gold": series(self.evaluations, "eval_gold")},
+            "reward (rollouts)": {"reward model": series(self.history, "rm_score"),
+                                  "gold": series(self.history, "gold")},
+            "KL to reference (nats/reply)": {"kl": series(self.history, "kl")},
+            "reply length (tokens)": {"rollouts": series(self.history, "response_length")},
+        }
+        return plot_panels(panels, path, "PPO against the reward model", marks={"kept": self.best["step"]})

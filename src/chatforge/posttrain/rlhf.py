@@ -1,0 +1,73 @@
+"""The PPO recipe: build what is missing, load the four models, run :class:`~.ppo.PPOTrainer`."""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from trl import ModelConfig, TrlParser
+
+from ..io import read_jsonl
+from ..modeling.factory import set_generation_defaults
+from .ppo import PPOConfig, PPOTrainer
+from .preferences import PreferenceDataConfig, build_preference_data
+from .reward import build_model_with, parse_reward_yaml, run_reward
+from .sft import parse_sft_yaml, run_sft
+
+
+@dataclass
+class PPOScriptArguments:
+    """The models and prompts of a PPO run (the policy is ``model_name_or_path`` of ``ModelConfig``)."""
+
+    reward_model_path: str = field(default="runs/tiny/reward", metadata={"help": "the reward model"})
+    value_model_path: str | None = field(default=None, metadata={"help": "initial value model (the reward model)"})
+    prompts_dir: str = field(default="runs/tiny/preference-data",
+                             metadata={"help": "tasks_train.jsonl / tasks_test.jsonl: prompts with the gold "
+                                               "reward's fields (chatforge preference-data build)"})
+    build_missing_inputs: bool = field(
+        default=False, metadata={"help": "build missing prompts, and missing models with sft_config/reward_config"})
+    sft_config: str | None = field(default=None, metadata={"help": "SFT recipe YAML that builds the policy"})
+    reward_config: str | None = field(default=None, metadata={"help": "reward recipe YAML that builds the RM"})
+
+
+def ppo_parser() -> TrlParser:
+    """The parser of PPO recipes: YAML via ``--config``, ``--key value`` overrides."""
+    return TrlParser(dataclass_types=[PPOScriptArguments, PPOConfig, ModelConfig])
+
+
+def _build_missing_inputs(script: PPOScriptArguments, model_args: ModelConfig) -> None:
+    if not (Path(script.prompts_dir) / "tasks_train.jsonl").exists():
+        print(f"building the embedded preference data and prompts -> {script.prompts_dir}")
+        build_preference_data(script.prompts_dir, PreferenceDataConfig())
+    for path, recipe, parse, run, what in ((model_args.model_name_or_path, script.sft_config, parse_sft_yaml, run_sft,
+                                            "SFT model"),
+                                           (script.reward_model_path, script.reward_config, parse_reward_yaml,
+                                            run_reward, "reward model")):
+        if not (Path(path) / "config.json").exists():
+            if recipe is None:
+                raise FileNotFoundError(f"{path}: no model there, and no recipe to build the {what} with")
+            build_model_with(recipe, parse, run, path, what)
+
+
+def run_ppo(script: PPOScriptArguments, config: PPOConfig, model_args: ModelConfig) -> dict:
+    """PPO of the policy against the reward model; the kept policy, ``eval.json`` and ``ppo.png`` go to
+    ``output_dir``."""
+    if script.build_missing_inputs:
+        _build_missing_inputs(script, model_args)
+    dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
+    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    torch.manual_seed(config.seed)
+    policy, ref_policy = (AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, dtype=dtype)
+                          for _ in range(2))
+    set_generation_defaults(policy, tokenizer)
+    reward_model, value_model = (AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
+                                 for path in (script.reward_model_path,
+                                              script.value_model_path or script.reward_model_path))
+    for model in (reward_model, value_model):
+        model.config.pad_token_id = tokenizer.pad_token_id
+    prompts = Path(script.prompts_dir)
+    trainer = PPOTrainer(config, policy, ref_policy, value_model, reward_model, tokenizer,
+                         read_jsonl(prompts / "tasks_train.jsonl"), read_jsonl(prompts / "tasks_test.jsonl"))
+    return trainer.train()

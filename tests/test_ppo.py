@@ -1,0 +1,157 @@
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import small_config
+from transformers import AutoModelForCausalLM
+
+from chatforge.data import DataCollatorForChat
+from chatforge.inference.engine import SamplingParams
+from chatforge.modeling import ChatForgeForCausalLM, ChatForgeForSequenceClassification, set_generation_defaults
+from chatforge.posttrain.ppo import PPOConfig, PPOTrainer, gae, token_logprobs
+from chatforge.posttrain.rlhf import ppo_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPTS = [f"Do you like the number {n}?" for n in range(16)]
+
+
+def test_gae_matches_discounted_returns_and_ignores_padding():
+    rewards = torch.tensor([[0.0, 0.0, 1.0, 9.0], [0.5, 2.0, 7.0, 7.0]])
+    values = torch.tensor([[0.2, 0.4, 0.6, 5.0], [0.1, 0.3, 5.0, 5.0]])
+    mask = torch.tensor([[1.0, 1, 1, 0], [1, 1, 0, 0]])
+    advantages, returns = gae(rewards, values, mask, gamma=1.0, lam=1.0)
+    assert torch.allclose(returns, torch.tensor([[1.0, 1.0, 1.0, 0], [2.5, 2.0, 0, 0]]))
+    assert torch.allclose(advantages, (returns - values) * mask)
+    one_step, _ = gae(rewards, values, mask, gamma=0.9, lam=0.0)
+    assert one_step[0, 0].item() == pytest.approx(0.0 + 0.9 * 0.4 - 0.2)
+
+
+def _two_minded_policy(tokenizer):
+    """A small policy that answers every prompt "Yes." or "No.", about half and half."""
+    torch.manual_seed(0)
+    policy = ChatForgeForCausalLM(small_config(tokenizer))
+    set_generation_defaults(policy, tokenizer)
+    conversations = [[{"role": "user", "content": p}, {"role": "assistant", "content": a}]
+                     for p in PROMPTS for a in ("Yes.", "No.")]
+    batch = DataCollatorForChat(tokenizer)([{"messages": m} for m in conversations])
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-2)
+    for _ in range(80):
+        policy(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return policy.eval()
+
+
+def _yes_reward_model(tokenizer):
+    """A small reward model trained (Bradley-Terry) to prefer "Yes." over "No."."""
+    torch.manual_seed(1)
+    model = ChatForgeForSequenceClassification(small_config(tokenizer, num_labels=1,
+                                                            pad_token_id=tokenizer.pad_token_id))
+
+    def encode(reply):
+        return [tokenizer.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": reply}],
+                                              tokenize=True, return_dict=False) for p in PROMPTS]
+
+    chosen, rejected = (torch.tensor(encode(reply)) for reply in ("Yes.", "No."))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        loss = -F.logsigmoid(model(input_ids=chosen).logits - model(input_ids=rejected).logits).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def models(tokenizer):
+    return _two_minded_policy(tokenizer), _yes_reward_model(tokenizer)
+
+
+def _trainer(tmp_path, tokenizer, models, **overrides):
+    policy, reward_model = models
+    fields = dict(output_dir=str(tmp_path / "ppo"), max_steps=12, per_device_train_batch_size=8, num_mini_batches=2,
+                  num_ppo_epochs=2, learning_rate=5e-4, max_completion_length=6, kl_coef=0.05, eval_steps=4,
+                  eval_prompts=16, save_steps=4, logging_steps=100, stop_patience=None, kl_budget=None, use_cpu=True)
+    config = PPOConfig(**{**fields, **overrides})
+    tasks = [{"messages": [{"role": "user", "content": p}]} for p in PROMPTS]
+    return PPOTrainer(config, _copy(policy), _copy(policy), _copy(reward_model), reward_model, tokenizer,
+                      tasks, tasks, gold=lambda reply, task, finished: float(reply.strip() == "Yes."))
+
+
+def _copy(model):
+    copy = type(model)(model.config)
+    copy.load_state_dict(model.state_dict())
+    if hasattr(model, "generation_config"):
+        copy.generation_config = model.generation_config
+    return copy.eval()
+
+
+def test_reply_logprobs_match_the_sampling_distribution(tmp_path, tokenizer, models):
+    trainer = _trainer(tmp_path, tokenizer, models)
+    rollout = trainer.rollout(trainer._batch_tasks(0), SamplingParams(temperature=1.0, top_k=None, max_new_tokens=6,
+                                                                      seed=0))
+    logprobs, _ = token_logprobs(trainer.engine.model, rollout, temperature=1.0)
+    row = 0
+    length = int(rollout.mask[row].sum())
+    start = int(rollout.positions[row, 0]) + 1
+    ids = rollout.input_ids[row, :start + length]
+    with torch.no_grad():
+        manual = F.log_softmax(trainer.engine.model(input_ids=ids[None]).logits[0, start - 1:-1], -1)
+    expected = manual.gather(-1, ids[start:, None]).squeeze(-1)
+    assert torch.allclose(logprobs[row, :length], expected, atol=1e-5)
+    assert rollout.finished[row] and rollout.replies[row] in ("Yes.", "No.")
+
+
+def test_ppo_raises_the_reward_model_score_with_bounded_kl(tmp_path, tokenizer, models):
+    summary = _trainer(tmp_path, tokenizer, models).train()
+    first, best = summary["initial"], summary["best"]
+    assert 0.2 < first["eval_gold"] < 0.8 or first["eval_gold"] in (0.0, 1.0)
+    history = [json.loads(line) for line in open(tmp_path / "ppo/metrics.jsonl")]
+    early = sum(m["rm_score"] for m in history[:3]) / 3
+    late = sum(m["rm_score"] for m in history[-3:]) / 3
+    assert late > early + 0.5, (early, late)
+    assert sum(m["gold"] for m in history[-3:]) / 3 > 0.8
+    assert all(m["kl"] < 5 for m in history)
+    assert best["eval_rm_score"] >= first["eval_rm_score"]
+    assert (tmp_path / "ppo/ppo.png").stat().st_size > 0
+    kept = AutoModelForCausalLM.from_pretrained(tmp_path / "ppo")
+    assert kept.config.model_type == "chatforge"
+
+
+def test_ppo_resumes_exactly_from_a_checkpoint(tmp_path, tokenizer, models):
+    straight = _trainer(tmp_path / "a", tokenizer, models, max_steps=8, eval_steps=100)
+    straight.train()
+    _trainer(tmp_path / "b", tokenizer, models, max_steps=4, eval_steps=100).train()
+    shutil.rmtree(tmp_path / "b/ppo/checkpoint-4/value")  # damaged: resuming must skip it...
+    with pytest.raises(ValueError, match="missing"):
+        _trainer(tmp_path / "b", tokenizer, models, max_steps=8, eval_steps=100,
+                 resume_from_checkpoint=str(tmp_path / "b/ppo/checkpoint-4")).train()
+    _trainer(tmp_path / "c", tokenizer, models, max_steps=4, eval_steps=100, save_total_limit=2).train()
+    resumed = _trainer(tmp_path / "c", tokenizer, models, max_steps=8, eval_steps=100, resume_from_checkpoint="latest")
+    resumed.train()
+    assert [m["rm_score"] for m in resumed.history] == [m["rm_score"] for m in straight.history]
+    assert [m["policy_loss"] for m in resumed.history] == [m["policy_loss"] for m in straight.history]
+
+
+def test_stop_rule_keeps_the_checkpoint_before_the_reward_model_is_gamed(tmp_path, tokenizer, models):
+    trainer = _trainer(tmp_path, tokenizer, models, stop_patience=2)
+    for step, rm, gold in ((0, 0.0, 0.5), (4, 1.0, 0.9), (8, 2.0, 0.7), (12, 3.0, 0.4)):
+        evaluation = {"step": step, "eval_rm_score": rm, "eval_gold": gold}
+        trainer.evaluations.append(evaluation)
+        trainer._update_stop_rule(evaluation, recent_kl=1.0)
+        if trainer.stop_reason:
+            break
+    assert trainer.best["step"] == 4 and "over-optimised" in trainer.stop_reason and step == 12
+    budget = _trainer(tmp_path / "kl", tokenizer, models, kl_budget=3.0)
+    budget.evaluations.append({"step": 0, "eval_rm_score": 0.0, "eval_gold": 0.5})
+    budget._update_stop_rule(budget.evaluations[-1], recent_kl=4.0)
+    assert "KL budget" in budget.stop_reason
+
+
+@pytest.mark.parametrize("recipe", sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("recipes/*/ppo*.yaml")))
+def test_every_ppo_recipe_parses(recipe):
+    script, config, model = ppo_parser().parse_args_and_config(args=["--config", str(ROOT / recipe)])
+    assert model.model_name_or_path and config.output_dir and script.reward_model_path
