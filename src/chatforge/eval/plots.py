@@ -27,8 +27,8 @@ def plot_panels(panels: Mapping[str, Mapping[str, tuple[Sequence, Sequence]]], p
     for axis, (name, lines) in zip(axes[0], panels.items()):
         for label, (steps, values) in lines.items():
             axis.plot(steps, values, label=label)
-        for label, step in (marks or {}).items():
-            axis.axvline(step, color="grey", linestyle="--", linewidth=1, label=label)
+        for (label, step), style in zip((marks or {}).items(), ("--", ":", "-.")):
+            axis.axvline(step, color="grey", linestyle=style, linewidth=1, label=label)
         axis.set_title(name)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)

@@ -72,6 +72,7 @@ class PPOConfig:
     eval_prompts: int = 64
     kl_budget: float | None = 20.0  # stop when the rollouts' mean KL to the reference (nats/sequence) passes it
     stop_patience: int | None = 3  # evaluations without a better gold reward, while the RM score rises
+    early_stop: bool = True  # False: note when the stop rule fires but train on (to watch what comes after)
     min_gold_improvement: float = 0.01
     save_steps: int = 50
     save_total_limit: int = 1
@@ -190,6 +191,7 @@ class PPOTrainer:
         self.evaluations: list[dict] = []
         self.best: dict | None = None
         self.stop_reason: str | None = None
+        self.stop_rule: dict | None = None  # when and why the stop rule first fired
         self.history: list[dict] = []
 
     # --- rollouts --------------------------------------------------------------------------------------
@@ -343,19 +345,25 @@ class PPOTrainer:
                     self.accelerator.unwrap_model(self.modules).policy.save_pretrained(folder)
                     self.tokenizer.save_pretrained(folder)
         stale = sum(e["step"] > self.best["step"] for e in self.evaluations)
+        reason = None
         if config.stop_patience is not None and stale >= config.stop_patience \
                 and evaluation["eval_rm_score"] > self.best["eval_rm_score"]:
-            self.stop_reason = (f"reward model over-optimised: held-out RM score {self.best['eval_rm_score']:.3f} -> "
-                                f"{evaluation['eval_rm_score']:.3f} while the gold reward has not improved on "
-                                f"{self.best['eval_gold']:.3f} (step {self.best['step']}) for {stale} evaluations")
+            reason = (f"reward model over-optimised: held-out RM score {self.best['eval_rm_score']:.3f} -> "
+                      f"{evaluation['eval_rm_score']:.3f} while the gold reward has not improved on "
+                      f"{self.best['eval_gold']:.3f} (step {self.best['step']}) for {stale} evaluations")
         elif config.kl_budget is not None and recent_kl > config.kl_budget:
-            self.stop_reason = f"KL budget: {recent_kl:.2f} nats per reply > kl_budget={config.kl_budget}"
+            reason = f"KL budget: {recent_kl:.2f} nats per reply > kl_budget={config.kl_budget}"
+        if reason and self.stop_rule is None:
+            self.stop_rule = {"step": self.step, "reason": reason}
+        if reason and config.early_stop:
+            self.stop_reason = reason
 
     # --- checkpoints -----------------------------------------------------------------------------------
 
     def _state(self) -> dict:
         return {"step": self.step, "kl_coef": self.kl_coef, "evaluations": self.evaluations, "best": self.best,
-                "history": self.history, "optimizer": self.optimizer.state_dict(), "rng": rng_state()}
+                "stop_rule": self.stop_rule, "history": self.history, "optimizer": self.optimizer.state_dict(),
+                "rng": rng_state()}
 
     def save(self) -> None:
         modules = self.accelerator.unwrap_model(self.modules)
@@ -383,6 +391,7 @@ class PPOTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.kl_coef = state["step"], state["kl_coef"]
         self.evaluations, self.best, self.history = state["evaluations"], state["best"], state["history"]
+        self.stop_rule = state["stop_rule"]
         set_rng_state(state["rng"])
         print(f"resumed from {path} at step {self.step}")
 
@@ -411,6 +420,8 @@ class PPOTrainer:
                 progress.write(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
             if self.step % config.eval_steps == 0 or self.step == config.max_steps:
                 self.evaluations.append(self.evaluate())
+                progress.write(json.dumps({k: round(v, 4) for k, v in self.evaluations[-1].items()
+                                           if isinstance(v, float)} | {"step": self.step}))
                 recent = self.history[-config.eval_steps:]
                 self._update_stop_rule(self.evaluations[-1], sum(m["kl"] for m in recent) / len(recent))
             if self.step % config.save_steps == 0:
@@ -423,8 +434,8 @@ class PPOTrainer:
         ``eval.json`` and ``ppo.png``."""
         first, best, last = self.evaluations[0], self.best, self.evaluations[-1]
         summary = {"stop_reason": self.stop_reason or f"max_steps={self.config.max_steps}", "steps": self.step,
-                   "crop_step": best["step"], "initial": first, "best": best, "last": last,
-                   "evaluations": self.evaluations, "config": asdict(self.config)}
+                   "crop_step": best["step"], "stop_rule": self.stop_rule, "initial": first, "best": best,
+                   "last": last, "evaluations": self.evaluations, "config": asdict(self.config)}
         if self.accelerator.is_main_process:
             from transformers import AutoModelForCausalLM
 
@@ -450,4 +461,7 @@ class PPOTrainer:
             "KL to reference (nats/reply)": {"kl": series(self.history, "kl")},
             "reply length (tokens)": {"rollouts": series(self.history, "response_length")},
         }
-        return plot_panels(panels, path, "PPO against the reward model", marks={"kept": self.best["step"]})
+        marks = {"kept": self.best["step"]}
+        if self.stop_rule is not None:
+            marks["stop rule fired"] = self.stop_rule["step"]
+        return plot_panels(panels, path, "PPO against the reward model", marks=marks)
