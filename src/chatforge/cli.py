@@ -115,6 +115,24 @@ def _sft_data_build(args: argparse.Namespace) -> None:
     print(f"sft data (train+test conversations): {parts} -> {args.output}")
 
 
+def _preference_data_build(args: argparse.Namespace) -> None:
+    from .posttrain.preferences import PreferenceDataConfig, build_preference_data
+
+    summary = build_preference_data(args.output, PreferenceDataConfig(seed=args.seed))
+    splits = ", ".join(f"{name} {info['rankings']} rankings / {info['pairs']} pairs"
+                       for name, info in summary["splits"].items())
+    print(f"preference data (ranked by construction): {splits} -> {args.output}")
+
+
+def _problems_build(args: argparse.Namespace) -> None:
+    from .posttrain.verifiable import ProblemConfig, build_problems
+
+    summary = build_problems(args.output, ProblemConfig(seed=args.seed, train=args.train, test=args.test,
+                                                        low=args.low, high=args.high,
+                                                        gsm_symbolic_test=args.gsm_symbolic_test))
+    print(f"problems: {summary['train']} train, {summary['test']} test -> {args.output}")
+
+
 def _probe(args: argparse.Namespace) -> None:
     from .posttrain.probe import ProbeConfig, run_probe
 
@@ -249,6 +267,27 @@ def build_parser() -> argparse.ArgumentParser:
     sft_build.add_argument("--output", required=True)
     sft_build.add_argument("--seed", type=int, default=0)
     sft_build.set_defaults(func=_sft_data_build)
+
+    preference_data = stages.add_parser("preference-data", help="the embedded preference set for reward modelling")
+    preference_commands = preference_data.add_subparsers(dest="command", required=True)
+    preference_build = preference_commands.add_parser(
+        "build", help="K-way rankings and pairs ranked by construction, and prompts for RL")
+    preference_build.add_argument("--output", required=True)
+    preference_build.add_argument("--seed", type=int, default=0)
+    preference_build.set_defaults(func=_preference_data_build)
+
+    problems = stages.add_parser("problems", help="problems with checkable answers for GRPO")
+    problems_commands = problems.add_subparsers(dest="command", required=True)
+    problems_build = problems_commands.add_parser("build", help="generated word problems, split by question")
+    problems_build.add_argument("--output", required=True)
+    problems_build.add_argument("--train", type=int, default=4000)
+    problems_build.add_argument("--test", type=int, default=200)
+    problems_build.add_argument("--low", type=int, default=1, help="smallest operand")
+    problems_build.add_argument("--high", type=int, default=9, help="largest operand")
+    problems_build.add_argument("--gsm-symbolic-test", type=int, default=0,
+                                help="also write held-out reasoning-gym gsm_symbolic problems")
+    problems_build.add_argument("--seed", type=int, default=0)
+    problems_build.set_defaults(func=_problems_build)
 
     probe = stages.add_parser("probe", help="label questions known/unknown by sampling; write SFT examples")
     probe.add_argument("--model", required=True, help="model folder or Hub id (a chat model)")

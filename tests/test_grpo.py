@@ -1,0 +1,117 @@
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+from conftest import small_config
+from trl import DatasetMixtureConfig, GRPOConfig, ModelConfig
+
+from chatforge.data import DataCollatorForChat
+from chatforge.eval.math import pass_at_k
+from chatforge.io import read_jsonl, write_jsonl
+from chatforge.modeling import ChatForgeForCausalLM, set_generation_defaults
+from chatforge.posttrain.grpo import GRPOScriptArguments, grpo_parser, run_grpo
+from chatforge.posttrain.verifiable import (
+    ProblemConfig,
+    ProblemError,
+    answer_reward,
+    build_problems,
+    format_reward,
+    problem_record,
+    to_problems,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_answer_reward_reads_the_stated_answer_or_falls_back_to_math_verify():
+    completions = [[{"role": "assistant", "content": "3 × 4 = 12. The answer is 12."}],
+                   [{"role": "assistant", "content": "3 × 4 = 12. The answer is 13."}],
+                   "So the total is \\boxed{1200}", "It is 1,200.", "I am not sure."]
+    assert answer_reward(completions, ["12", "12", "1200", "1200", "7"]) == [1.0, 0.0, 1.0, 1.0, 0.0]
+    assert answer_reward(["The answer is 0.5."], ["1/2"]) == [1.0]
+    assert format_reward(["So 12. The answer is 12.", "The answer is 12. Anything else?", "12"]) == [1.0, 0.0, 0.0]
+
+
+def test_problem_layouts_and_bad_records():
+    gsm8k = problem_record({"question": "Tom has 3 apples...", "answer": "3 + 4 = 7\n#### 1,007"}, "r")
+    assert gsm8k == {"prompt": [{"role": "user", "content": "Tom has 3 apples..."}], "answer": "1007"}
+    with pytest.raises(ProblemError, match="problems record 2: no answer"):
+        datasets.Dataset.from_list([{"prompt": "1+1?", "answer": "2"}] * 2 + [{"prompt": "2+2?", "answer": ""}]).map(
+            to_problems, batched=True, with_indices=True, fn_kwargs={"name": "problems"})
+    with pytest.raises(ProblemError, match="no prompt"):
+        problem_record({"answer": "2"}, "r")
+
+
+def test_pass_at_k_is_the_unbiased_estimate():
+    assert pass_at_k(8, 2, 1) == pytest.approx(0.25)
+    assert pass_at_k(8, 2, 8) == 1.0 and pass_at_k(8, 0, 8) == 0.0
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)
+
+
+def test_generated_problems_split_by_question_and_resume(tmp_path):
+    summary = build_problems(tmp_path / "p", ProblemConfig(train=300, test=40))
+    train, test = (read_jsonl(tmp_path / f"p/{split}.jsonl") for split in ("train", "test"))
+    assert (len(train), len(test)) == (300, 40) == (summary["train"], summary["test"])
+    assert not {r["prompt"][0]["content"] for r in train} & {r["prompt"][0]["content"] for r in test}
+    assert build_problems(tmp_path / "p", ProblemConfig(seed=5)) == summary
+
+
+SUMS = {f"What is {a} + {b}?": a + b for a, b in ((1, 2), (2, 2), (3, 1), (4, 2), (2, 5), (3, 3), (1, 6), (4, 4))}
+
+
+@pytest.fixture
+def unsure_model_dir(tmp_path, tokenizer):
+    """A small model that answers each question with the right sum or one more, about half and half."""
+    torch.manual_seed(0)
+    model = ChatForgeForCausalLM(small_config(tokenizer))
+    set_generation_defaults(model, tokenizer)
+    conversations = [[{"role": "user", "content": q}, {"role": "assistant", "content": f"The answer is {s + d}."}]
+                     for q, s in SUMS.items() for d in (0, 1)]
+    batch = DataCollatorForChat(tokenizer)([{"messages": m} for m in conversations])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(100):
+        model(**batch).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(tmp_path / "unsure")
+    tokenizer.save_pretrained(tmp_path / "unsure")
+    return tmp_path / "unsure"
+
+
+def test_grpo_raises_accuracy_and_writes_its_curves(tmp_path, unsure_model_dir):
+    problems = [{"prompt": [{"role": "user", "content": q}], "answer": str(s)} for q, s in SUMS.items()]
+    (tmp_path / "problems").mkdir()
+    for split in ("train", "test"):
+        write_jsonl(tmp_path / f"problems/{split}.jsonl", problems)
+    script = GRPOScriptArguments(problems_dir=str(tmp_path / "problems"), eval_k=4)
+    training = GRPOConfig(output_dir=str(tmp_path / "grpo"), max_steps=12, per_device_train_batch_size=16,
+                          num_generations=4, max_completion_length=12, learning_rate=1e-3, logging_steps=2,
+                          bf16=False, use_cpu=True, report_to="none", save_strategy="no", seed=0,
+                          activation_checkpointing=False, reward_weights=[1.0, 0.2])
+    mixture = DatasetMixtureConfig(datasets=[{"path": "json", "data_files": str(tmp_path / "problems/train.jsonl"),
+                                              "split": "train"}])
+    figures = run_grpo(script, training, ModelConfig(model_name_or_path=str(unsure_model_dir)), mixture)
+    before, after = figures["before"]["test"], figures["grpo"]["test"]
+    assert 0.2 < before["pass@1"] < 0.8 and before["pass@4"] > before["pass@1"]
+    assert after["pass@1"] > before["pass@1"] + 0.2
+    logged = [json.loads(line) for line in open(tmp_path / "grpo/metrics.jsonl")]
+    assert any("completions/mean_length" in entry for entry in logged)
+    assert (tmp_path / "grpo/grpo.png").stat().st_size > 0 and (tmp_path / "grpo/eval.json").exists()
+
+
+@pytest.mark.parametrize("recipe", sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("recipes/*/grpo*.yaml")))
+def test_every_grpo_recipe_parses(recipe):
+    script, training, model, mixture = grpo_parser().parse_args_and_config(
+        args=["--config", str(ROOT / recipe), "--use_cpu", "true"])
+    assert model.model_name_or_path and training.output_dir and mixture.datasets and script.rewards
+
+
+def test_gsm_symbolic_problems_have_checkable_answers(tmp_path):
+    pytest.importorskip("reasoning_gym")
+    build_problems(tmp_path / "p", ProblemConfig(train=10, test=5, gsm_symbolic_test=4))
+    problems = read_jsonl(tmp_path / "p/gsm_symbolic_test.jsonl")
+    assert len(problems) == 4 and all(p["answer"].lstrip("-").replace(".", "").isdigit() for p in problems)
+    answers = [p["answer"] for p in problems]
+    assert answer_reward([f"The answer is {a}." for a in answers], answers) == [1.0] * 4
