@@ -108,8 +108,8 @@ def _reward_args(tmp_path, model_dir, data_dir, **training):
     script = RewardScriptArguments(preference_data_dir=str(data_dir), eval_rankings=20)
     config = RewardConfig(output_dir=str(tmp_path / "rm"), per_device_train_batch_size=16, max_length=192,
                           learning_rate=training.pop("learning_rate", 2e-3), bf16=False, use_cpu=True,
-                          report_to="none", save_strategy="no", logging_steps=1000, activation_checkpointing=False,
-                          seed=0, **training)
+                          report_to="none", logging_steps=1000, activation_checkpointing=False,
+                          seed=0, **{"save_strategy": "no", **training})
     mixture = DatasetMixtureConfig(datasets=[{"path": "json", "data_files": str(data_dir / "rankings_train.jsonl"),
                                               "split": "train"}])
     return script, config, ModelConfig(model_name_or_path=str(model_dir)), mixture
@@ -144,3 +144,14 @@ def test_every_reward_recipe_parses(recipe):
     script, training, model, mixture = reward_parser().parse_args_and_config(
         args=["--config", str(ROOT / recipe), "--use_cpu", "true"])
     assert model.model_name_or_path and training.output_dir and mixture.datasets
+
+
+def test_reward_training_resumes_from_the_latest_checkpoint(tmp_path, saved_model_dir, preference_data):
+    args = _reward_args(tmp_path, saved_model_dir, preference_data, max_steps=6, save_strategy="steps",
+                        save_steps=3)
+    args[0].eval_rankings, args[0].eval_pairs = 2, 8
+    run_reward(*args)
+    args[1].max_steps, args[1].resume_from_checkpoint = 9, "latest"
+    run_reward(*args)
+    state = json.loads((tmp_path / "rm/checkpoint-9/trainer_state.json").read_text())
+    assert state["global_step"] == 9 and [e["step"] for e in state["log_history"] if "train_loss" in e] == [6, 9]

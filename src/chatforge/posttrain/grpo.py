@@ -19,9 +19,11 @@ from ..eval.plots import history_series, plot_panels
 from ..inference.engine import Engine
 from ..io import atomic_write_text, read_jsonl, write_jsonl
 from ..modeling.factory import set_generation_defaults
+from ..training.checkpoint import trainer_checkpoint
 from .reward import build_model_with
 from .sft import parse_sft_yaml, run_sft
 from .verifiable import REWARD_FUNCTIONS, ProblemConfig, build_problems, to_problems
+from .word_problems import KINDS
 
 CURVES = {"answer reward (train)": "rewards/answer_reward/mean", "format reward (train)": "rewards/format_reward/mean",
           "completion length": "completions/mean_length"}
@@ -36,6 +38,8 @@ class GRPOScriptArguments:
                                                 "gsm_symbolic_test.jsonl there are the held-out evaluation"})
     operand_low: int = field(default=1, metadata={"help": "smallest operand of generated word problems"})
     operand_high: int = field(default=9, metadata={"help": "largest operand of generated word problems"})
+    problem_kinds: list[str] = field(default_factory=lambda: list(KINDS),
+                                     metadata={"help": f"kinds of generated word problem, of {list(KINDS)}"})
     build_missing_inputs: bool = field(
         default=False, metadata={"help": "build missing problems, and a missing model with sft_config"})
     sft_config: str | None = field(
@@ -63,7 +67,8 @@ def parse_grpo_yaml(path: str) -> tuple:
 def _build_missing_inputs(script: GRPOScriptArguments, model_args: ModelConfig) -> None:
     if not (Path(script.problems_dir) / "train.jsonl").exists():
         print(f"building word problems -> {script.problems_dir}")
-        build_problems(script.problems_dir, ProblemConfig(low=script.operand_low, high=script.operand_high))
+        build_problems(script.problems_dir, ProblemConfig(low=script.operand_low, high=script.operand_high,
+                                                          kinds=tuple(script.problem_kinds)))
     if not (Path(model_args.model_name_or_path) / "config.json").exists():
         if script.sft_config is None:
             raise FileNotFoundError(f"model_name_or_path={model_args.model_name_or_path}: no model there, and no "
@@ -114,7 +119,8 @@ def run_grpo(script: GRPOScriptArguments, training_args: GRPOConfig, model_args:
     before = held_out_evaluation(model, tokenizer, script, training_args.max_completion_length)
     trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(script, training_args), args=training_args,
                           train_dataset=train, processing_class=tokenizer, peft_config=get_peft_config(model_args))
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=trainer_checkpoint(training_args.output_dir,
+                                                             training_args.resume_from_checkpoint))
     model = trainer.model.merge_and_unload() if model_args.use_peft else trainer.model
     after = held_out_evaluation(model, tokenizer, script, training_args.max_completion_length)
     figures = {"grpo": after, "before": before, "train_problems": len(train),

@@ -18,6 +18,7 @@ from trl import DatasetMixtureConfig, ModelConfig, RewardConfig, RewardTrainer, 
 
 from ..eval.reward import pairwise_accuracy, ranking_agreement
 from ..io import atomic_write_text, read_jsonl
+from ..training.checkpoint import trainer_checkpoint
 from .preferences import PreferenceDataConfig, build_preference_data, to_pairs
 from .sft import parse_sft_yaml, run_sft
 
@@ -116,7 +117,8 @@ def run_reward(script: RewardScriptArguments, training_args: RewardConfig, model
     trainer = RewardTrainer(model=model, args=training_args, train_dataset=splits["train"],
                             eval_dataset=splits.get("test"), processing_class=tokenizer,
                             peft_config=get_peft_config(model_args))
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.train(resume_from_checkpoint=trainer_checkpoint(training_args.output_dir,
+                                                             training_args.resume_from_checkpoint))
     model = trainer.model.merge_and_unload() if model_args.use_peft else trainer.model
     figures = {"reward_model": held_out_evaluation(model, tokenizer, script, splits.get("test")),
                "untrained": untrained, "train_pairs": len(splits["train"]),

@@ -39,7 +39,12 @@ class ProblemConfig:
     test: int = 200
     low: int = 1
     high: int = 9
+    kinds: tuple[str, ...] = tuple(KINDS)  # which kinds of word problem (chatforge.posttrain.word_problems.KINDS)
     gsm_symbolic_test: int = 0  # held-out reasoning-gym gsm_symbolic problems (needs reasoning-gym)
+
+    def __post_init__(self):
+        if unknown := set(self.kinds) - set(KINDS):
+            raise ValueError(f"ProblemConfig.kinds: unknown {sorted(unknown)}; choose from {sorted(KINDS)}")
 
 
 def _content(completion) -> str:
@@ -102,8 +107,9 @@ def to_problems(batch: dict, indices: list[int], name: str = "dataset") -> dict:
     return {"prompt": [r["prompt"] for r in records], "answer": [r["answer"] for r in records]}
 
 
-def word_problem_records(rng: random.Random, count: int, low: int, high: int) -> list[dict]:
-    problems = [rng.choice(KINDS)(rng, low, high) for _ in range(count)]
+def word_problem_records(rng: random.Random, count: int, low: int, high: int,
+                         kinds: tuple[str, ...] = tuple(KINDS)) -> list[dict]:
+    problems = [KINDS[rng.choice(kinds)](rng, low, high) for _ in range(count)]
     return [{"prompt": [{"role": "user", "content": p.question}], "answer": p.answer, "source": "word_problems"}
             for p in problems]
 
@@ -132,13 +138,15 @@ def build_problems(output_dir: str | Path, config: ProblemConfig = ProblemConfig
     rng = random.Random(config.seed)
     fraction = config.test / (config.train + config.test)
     unique = {r["prompt"][0]["content"]: r
-              for r in word_problem_records(rng, 3 * (config.train + config.test), config.low, config.high)}
+              for r in word_problem_records(rng, 3 * (config.train + config.test), config.low, config.high,
+                                           config.kinds)}
     splits, limits = {"train": [], "test": []}, {"train": config.train, "test": config.test}
     for question, record in unique.items():
         name = "test" if _is_test(question, fraction) else "train"
         if len(splits[name]) < limits[name]:
             splits[name].append(record)
-    summary = {"train": len(splits["train"]), "test": len(splits["test"]), "operands": [config.low, config.high]}
+    summary = {"train": len(splits["train"]), "test": len(splits["test"]), "operands": [config.low, config.high],
+               "kinds": list(config.kinds)}
     with atomic_directory(output_dir) as tmp_dir:
         for split, records in splits.items():
             write_jsonl(tmp_dir / f"{split}.jsonl", records)

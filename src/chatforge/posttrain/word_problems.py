@@ -79,14 +79,14 @@ def _share(rng: random.Random, low: int, high: int) -> WordProblem:
                        f"{total} shared by {friends} is {total} ÷ {friends} = {each}.")
 
 
-KINDS = (_two_purchases, _groups, _give_away, _share)
+KINDS = {"two_purchases": _two_purchases, "groups": _groups, "give_away": _give_away, "share": _share}
 
 
 def word_problem(rng: random.Random, multi_digit: bool) -> WordProblem:
     """One problem; ``multi_digit`` draws two-digit operands (calculator territory), else 1-9. The numbers
     appear in the question in the order the calculation uses them."""
     low, high = (12, 99) if multi_digit else (1, 9)
-    return rng.choice(KINDS)(rng, low, high)
+    return rng.choice(list(KINDS.values()))(rng, low, high)
 
 
 def extract_answer(text: str) -> str | None:

@@ -122,3 +122,13 @@ def resolve_checkpoint(output_dir: str | Path, requested: str | None) -> Path | 
             return path
         warnings.warn(f"skipping damaged checkpoint {path}: {problem}", stacklevel=2)
     return None
+
+
+def trainer_checkpoint(output_dir: str | Path, requested: str | None) -> str | None:
+    """``resume_from_checkpoint`` for a transformers/TRL Trainer: ``"latest"`` gives the newest
+    ``checkpoint-*`` in ``output_dir`` (None when there is none yet: a fresh start); a path is kept."""
+    if requested != "latest":
+        return requested
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
