@@ -105,7 +105,7 @@ def test_grpo_raises_accuracy_and_writes_its_curves(tmp_path, unsure_model_dir):
 def test_every_grpo_recipe_parses(recipe):
     script, training, model, mixture = grpo_parser().parse_args_and_config(
         args=["--config", str(ROOT / recipe), "--use_cpu", "true"])
-    assert model.model_name_or_path and training.output_dir and mixture.datasets and script.rewards
+    assert model.model_name_or_path and training.output_dir and script.problems_dir and script.rewards
 
 
 def test_gsm_symbolic_problems_have_checkable_answers(tmp_path):

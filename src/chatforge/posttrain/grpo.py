@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import datasets
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DatasetMixtureConfig, GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_dataset, get_peft_config
 from trl.rewards import get_soft_overlong_punishment
@@ -34,8 +35,9 @@ class GRPOScriptArguments:
     """What :func:`run_grpo` needs beside TRL's ``GRPOConfig``, ``ModelConfig`` and ``DatasetMixtureConfig``."""
 
     problems_dir: str = field(default="runs/tiny/problems",
-                              metadata={"help": "generated word problems (train.jsonl, test.jsonl); test.jsonl and "
-                                                "gsm_symbolic_test.jsonl there are the held-out evaluation"})
+                              metadata={"help": "generated word problems: train.jsonl is trained on unless the recipe "
+                                                "lists datasets; test.jsonl (and gsm_symbolic_test.jsonl) are the "
+                                                "held-out evaluation"})
     operand_low: int = field(default=1, metadata={"help": "smallest operand of generated word problems"})
     operand_high: int = field(default=9, metadata={"help": "largest operand of generated word problems"})
     problem_kinds: list[str] = field(default_factory=lambda: list(KINDS),
@@ -65,10 +67,16 @@ def parse_grpo_yaml(path: str) -> tuple:
 
 
 def _build_missing_inputs(script: GRPOScriptArguments, model_args: ModelConfig) -> None:
-    if not (Path(script.problems_dir) / "train.jsonl").exists():
+    wanted = ProblemConfig(low=script.operand_low, high=script.operand_high, kinds=tuple(script.problem_kinds))
+    summary_path = Path(script.problems_dir) / "summary.json"
+    if not summary_path.exists():
         print(f"building word problems -> {script.problems_dir}")
-        build_problems(script.problems_dir, ProblemConfig(low=script.operand_low, high=script.operand_high,
-                                                          kinds=tuple(script.problem_kinds)))
+        build_problems(script.problems_dir, wanted)
+    summary = json.loads(summary_path.read_text())
+    if (summary.get("operands"), summary.get("kinds")) != ([wanted.low, wanted.high], list(wanted.kinds)):
+        raise ValueError(f"problems_dir={script.problems_dir} holds {summary.get('kinds')} problems with operands "
+                         f"{summary.get('operands')}, but the recipe asks for {list(wanted.kinds)} with operands "
+                         f"{[wanted.low, wanted.high]}: remove the folder or choose another problems_dir")
     if not (Path(model_args.model_name_or_path) / "config.json").exists():
         if script.sft_config is None:
             raise FileNotFoundError(f"model_name_or_path={model_args.model_name_or_path}: no model there, and no "
@@ -105,12 +113,13 @@ def run_grpo(script: GRPOScriptArguments, training_args: GRPOConfig, model_args:
     started = time.perf_counter()
     if script.build_missing_inputs:
         _build_missing_inputs(script, model_args)
-    if not mixture.datasets:
-        raise ValueError("no datasets: give a `datasets:` list (TRL DatasetMixtureConfig) in the recipe")
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    train = get_dataset(mixture)["train"]
+    if mixture.datasets:
+        train = get_dataset(mixture)["train"]
+    else:
+        train = datasets.load_dataset("json", data_files=str(Path(script.problems_dir) / "train.jsonl"), split="train")
     train = train.map(to_problems, batched=True, with_indices=True, fn_kwargs={"name": "train"},
                       remove_columns=train.column_names, load_from_cache_file=False, desc="problems")
     model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, dtype=model_args.dtype,

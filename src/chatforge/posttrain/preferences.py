@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..io import atomic_directory, write_jsonl
 from .conversations import ConversationError, check_messages
-from .gold import gold_reward, word_count
+from .gold import gold_reward, real_word_count, word_count
 from .sft_data import (
     GREETING_REPLIES,
     GREETINGS,
@@ -158,8 +158,10 @@ def to_pairs(batch: dict, indices: list[int], name: str = "dataset") -> dict:
 # --- the embedded set ---------------------------------------------------------------------------------------
 
 
-def _budget(reference: str) -> int:
-    return max(40, 2 * word_count(reference))
+def _task(reference: str, **fields) -> dict:
+    """The gold reward's view of a prompt: a word budget of twice the reference (at least 40), and as many
+    real words as the reference has, up to two."""
+    return {**fields, "max_words": max(40, 2 * word_count(reference)), "min_words": min(2, real_word_count(reference))}
 
 
 def _ramble(rng: random.Random, reference: str, budget: int) -> str:
@@ -219,12 +221,12 @@ def _prompts(rng: random.Random, config: PreferenceDataConfig) -> list[tuple[lis
     chat += [([{"role": "user", "content": g}], r) for g in GREETINGS for r in GREETING_REPLIES]
     chat += [([{"role": "user", "content": t}], r) for t in THANKS for r in THANKS_REPLIES]
     rng.shuffle(chat)
-    triples = [(prompt, reply, {"kind": "chat", "max_words": _budget(reply)}) for prompt, reply in chat[:config.chat]]
+    triples = [(prompt, reply, _task(reply, kind="chat")) for prompt, reply in chat[:config.chat]]
     for _ in range(config.word_problems):
         problem = word_problem(rng, multi_digit=False)
         reply = problem.solution(use_calculator=False)
         triples.append(([{"role": "user", "content": problem.question}], reply,
-                        {"kind": "word_problem", "answer": problem.answer, "max_words": _budget(reply)}))
+                        _task(reply, kind="word_problem", answer=problem.answer)))
     return triples
 
 
