@@ -131,4 +131,6 @@ def trainer_checkpoint(output_dir: str | Path, requested: str | None) -> str | N
         return requested
     from transformers.trainer_utils import get_last_checkpoint
 
-    return get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+    latest = get_last_checkpoint(str(output_dir)) if Path(output_dir).is_dir() else None
+    print(f"resuming from {latest}" if latest else f"no checkpoint in {output_dir} yet: starting afresh")
+    return latest
