@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import small_config
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from chatforge.data import DataCollatorForChat
 from chatforge.inference.engine import SamplingParams
@@ -29,10 +29,17 @@ def test_gae_matches_discounted_returns_and_ignores_padding():
     assert one_step[0, 0].item() == pytest.approx(0.0 + 0.9 * 0.4 - 0.2)
 
 
-def _two_minded_policy(tokenizer):
+def _llama_config(tokenizer, **fields) -> LlamaConfig:
+    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                       pad_token_id=tokenizer.pad_token_id, **fields)
+
+
+def _two_minded_policy(tokenizer, family: str = "chatforge"):
     """A small policy that answers every prompt "Yes." or "No.", about half and half."""
     torch.manual_seed(0)
-    policy = ChatForgeForCausalLM(small_config(tokenizer))
+    policy = (ChatForgeForCausalLM(small_config(tokenizer)) if family == "chatforge"
+              else LlamaForCausalLM(_llama_config(tokenizer)))
     set_generation_defaults(policy, tokenizer)
     conversations = [[{"role": "user", "content": p}, {"role": "assistant", "content": a}]
                      for p in PROMPTS for a in ("Yes.", "No.")]
@@ -45,11 +52,12 @@ def _two_minded_policy(tokenizer):
     return policy.eval()
 
 
-def _yes_reward_model(tokenizer):
+def _yes_reward_model(tokenizer, family: str = "chatforge"):
     """A small reward model trained (Bradley-Terry) to prefer "Yes." over "No."."""
     torch.manual_seed(1)
-    model = ChatForgeForSequenceClassification(small_config(tokenizer, num_labels=1,
-                                                            pad_token_id=tokenizer.pad_token_id))
+    model = (ChatForgeForSequenceClassification(small_config(tokenizer, num_labels=1,
+                                                             pad_token_id=tokenizer.pad_token_id))
+             if family == "chatforge" else LlamaForSequenceClassification(_llama_config(tokenizer, num_labels=1)))
 
     def encode(reply):
         return [tokenizer.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": reply}],
@@ -119,6 +127,15 @@ def test_ppo_raises_the_reward_model_score_with_bounded_kl(tmp_path, tokenizer, 
     assert (tmp_path / "ppo/ppo.png").stat().st_size > 0
     kept = AutoModelForCausalLM.from_pretrained(tmp_path / "ppo")
     assert kept.config.model_type == "chatforge"
+
+
+def test_ppo_of_a_llama_policy_against_a_llama_reward_model(tmp_path, tokenizer):
+    models = _two_minded_policy(tokenizer, "llama"), _yes_reward_model(tokenizer, "llama")
+    trainer = _trainer(tmp_path, tokenizer, models)
+    trainer.train()
+    early = sum(m["rm_score"] for m in trainer.history[:3]) / 3
+    assert sum(m["rm_score"] for m in trainer.history[-3:]) / 3 > early + 0.5
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "ppo").config.model_type == "llama"
 
 
 def test_ppo_resumes_exactly_from_a_checkpoint(tmp_path, tokenizer, models):
