@@ -1,5 +1,8 @@
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -172,3 +175,37 @@ def test_stop_rule_keeps_the_checkpoint_before_the_reward_model_is_gamed(tmp_pat
 def test_every_ppo_recipe_parses(recipe):
     script, config, model = ppo_parser().parse_args_and_config(args=["--config", str(ROOT / recipe)])
     assert model.model_name_or_path and config.output_dir and script.reward_model_path
+
+
+DATA_PARALLEL_SCRIPT = """
+import json, sys
+sys.path.insert(0, {tests!r})
+from test_ppo import PROMPTS, _copy, _two_minded_policy, _yes_reward_model
+from chatforge.data import EMBEDDED_WIKIPEDIA, iter_documents
+from chatforge.posttrain.ppo import PPOConfig, PPOTrainer
+from chatforge.tokenization import train_tokenizer
+
+tokenizer = train_tokenizer(list(iter_documents([str(EMBEDDED_WIKIPEDIA)])), vocab_size=1024, show_progress=False)
+policy, reward_model = _two_minded_policy(tokenizer), _yes_reward_model(tokenizer)
+config = PPOConfig(output_dir={output!r}, max_steps=4, per_device_train_batch_size=8, num_ppo_epochs=2,
+                   learning_rate=5e-4, max_completion_length=6, eval_steps=2, eval_prompts=16, save_steps=2,
+                   stop_patience=None, kl_budget=None, use_cpu=True)
+tasks = [{{"messages": [{{"role": "user", "content": p}}]}} for p in PROMPTS]
+trainer = PPOTrainer(config, _copy(policy), _copy(policy), _copy(reward_model), reward_model, tokenizer, tasks, tasks,
+                     gold=lambda reply, task, finished: float(reply.strip() == "Yes."))
+trainer.train()
+print("RANK", trainer.accelerator.process_index, json.dumps([m["rm_score"] for m in trainer.history]))
+"""
+
+
+def test_ppo_runs_data_parallel_on_two_processes(tmp_path):
+    script = tmp_path / "ppo_ddp.py"
+    script.write_text(DATA_PARALLEL_SCRIPT.format(tests=str(Path(__file__).parent), output=str(tmp_path / "ppo")))
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = dict(line.split(" ", 2)[1:] for line in run.stdout.splitlines() if line.startswith("RANK"))
+    assert set(ranks) == {"0", "1"} and ranks["0"] == ranks["1"]  # metrics are gathered across ranks
+    assert json.loads(ranks["0"])[-1] > json.loads(ranks["0"])[0]
+    assert (tmp_path / "ppo/checkpoint-4/value/config.json").exists()
