@@ -21,8 +21,8 @@ from ..inference.engine import Engine
 from ..io import atomic_write_text, read_jsonl, write_jsonl
 from ..modeling.factory import set_generation_defaults
 from ..training.checkpoint import trainer_checkpoint
-from .reward import build_model_with
-from .sft import parse_sft_yaml, run_sft
+from .reward import build_model_if_missing
+from .sft import model_dtype, parse_sft_yaml, run_sft
 from .verifiable import REWARD_FUNCTIONS, ProblemConfig, build_problems, to_problems
 from .word_problems import KINDS
 
@@ -62,10 +62,6 @@ def grpo_parser() -> TrlParser:
     return TrlParser(dataclass_types=[GRPOScriptArguments, GRPOConfig, ModelConfig, DatasetMixtureConfig])
 
 
-def parse_grpo_yaml(path: str) -> tuple:
-    return tuple(grpo_parser().parse_args_and_config(args=["--config", path]))
-
-
 def _build_missing_inputs(script: GRPOScriptArguments, model_args: ModelConfig) -> None:
     wanted = ProblemConfig(low=script.operand_low, high=script.operand_high, kinds=tuple(script.problem_kinds))
     summary_path = Path(script.problems_dir) / "summary.json"
@@ -77,11 +73,7 @@ def _build_missing_inputs(script: GRPOScriptArguments, model_args: ModelConfig) 
         raise ValueError(f"problems_dir={script.problems_dir} holds {summary.get('kinds')} problems with operands "
                          f"{summary.get('operands')}, but the recipe asks for {list(wanted.kinds)} with operands "
                          f"{[wanted.low, wanted.high]}: remove the folder or choose another problems_dir")
-    if not (Path(model_args.model_name_or_path) / "config.json").exists():
-        if script.sft_config is None:
-            raise FileNotFoundError(f"model_name_or_path={model_args.model_name_or_path}: no model there, and no "
-                                    "sft_config to build it with")
-        build_model_with(script.sft_config, parse_sft_yaml, run_sft, model_args.model_name_or_path, "SFT model")
+    build_model_if_missing(model_args.model_name_or_path, script.sft_config, parse_sft_yaml, run_sft, "SFT model")
 
 
 def reward_functions(script: GRPOScriptArguments, training_args: GRPOConfig) -> list:
@@ -122,7 +114,7 @@ def run_grpo(script: GRPOScriptArguments, training_args: GRPOConfig, model_args:
         train = datasets.load_dataset("json", data_files=str(Path(script.problems_dir) / "train.jsonl"), split="train")
     train = train.map(to_problems, batched=True, with_indices=True, fn_kwargs={"name": "train"},
                       remove_columns=train.column_names, load_from_cache_file=False, desc="problems")
-    model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, dtype=model_args.dtype,
+    model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, dtype=model_dtype(model_args),
                                                  attn_implementation=model_args.attn_implementation)
     set_generation_defaults(model, tokenizer)
     before = held_out_evaluation(model, tokenizer, script, training_args.max_completion_length)

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from trl import DatasetMixtureConfig, ModelConfig, RewardConfig, RewardTrainer, TrlParser, get_dataset, get_peft_config
 
@@ -20,7 +19,7 @@ from ..eval.reward import pairwise_accuracy, ranking_agreement
 from ..io import atomic_write_text, read_jsonl
 from ..training.checkpoint import trainer_checkpoint
 from .preferences import PreferenceDataConfig, build_preference_data, to_pairs
-from .sft import parse_sft_yaml, run_sft
+from .sft import model_dtype, parse_sft_yaml, run_sft
 
 
 @dataclass
@@ -48,8 +47,13 @@ def parse_reward_yaml(path: str) -> tuple:
     return tuple(reward_parser().parse_args_and_config(args=["--config", path]))
 
 
-def build_model_with(recipe: str, parse, run, model_path: str, what: str) -> None:
-    """Run the recipe YAML ``recipe`` (parsed by ``parse``, run by ``run``) that writes ``model_path``."""
+def build_model_if_missing(model_path: str, recipe: str | None, parse, run, what: str) -> None:
+    """Unless ``model_path`` holds a model, run the recipe YAML ``recipe`` (parsed by ``parse``, run by ``run``)
+    that writes it."""
+    if (Path(model_path) / "config.json").exists():
+        return
+    if recipe is None:
+        raise FileNotFoundError(f"{model_path}: no model there, and no recipe to build the {what} with")
     configs = parse(recipe)
     output_dir = configs[1].output_dir
     if Path(output_dir).resolve() != Path(model_path).resolve():
@@ -62,11 +66,7 @@ def _build_missing_inputs(script: RewardScriptArguments, model_args: ModelConfig
     if not (Path(script.preference_data_dir) / "pairs_train.jsonl").exists():
         print(f"building the embedded preference data -> {script.preference_data_dir}")
         build_preference_data(script.preference_data_dir, PreferenceDataConfig())
-    if not (Path(model_args.model_name_or_path) / "config.json").exists():
-        if script.sft_config is None:
-            raise FileNotFoundError(f"model_name_or_path={model_args.model_name_or_path}: no model there, and no "
-                                    "sft_config to build it with")
-        build_model_with(script.sft_config, parse_sft_yaml, run_sft, model_args.model_name_or_path, "SFT model")
+    build_model_if_missing(model_args.model_name_or_path, script.sft_config, parse_sft_yaml, run_sft, "SFT model")
 
 
 def pair_split(dataset: datasets.Dataset, name: str) -> datasets.Dataset:
@@ -89,9 +89,9 @@ def held_out_evaluation(model, tokenizer, script: RewardScriptArguments, test_pa
 
 def load_reward_model(model_args: ModelConfig, tokenizer):
     """``model_name_or_path`` as a one-label sequence classifier (a causal-LM checkpoint gets a new head)."""
-    dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
     model = AutoModelForSequenceClassification.from_pretrained(
-        model_args.model_name_or_path, num_labels=1, dtype=dtype, attn_implementation=model_args.attn_implementation)
+        model_args.model_name_or_path, num_labels=1, dtype=model_dtype(model_args),
+        attn_implementation=model_args.attn_implementation)
     model.config.pad_token_id = tokenizer.pad_token_id
     return model
 

@@ -11,8 +11,8 @@ from ..io import read_jsonl
 from ..modeling.factory import set_generation_defaults
 from .ppo import PPOConfig, PPOTrainer
 from .preferences import PreferenceDataConfig, build_preference_data
-from .reward import build_model_with, parse_reward_yaml, run_reward
-from .sft import parse_sft_yaml, run_sft
+from .reward import build_model_if_missing, parse_reward_yaml, run_reward
+from .sft import model_dtype, parse_sft_yaml, run_sft
 
 
 @dataclass
@@ -39,14 +39,9 @@ def _build_missing_inputs(script: PPOScriptArguments, model_args: ModelConfig) -
     if not (Path(script.prompts_dir) / "tasks_train.jsonl").exists():
         print(f"building the embedded preference data and prompts -> {script.prompts_dir}")
         build_preference_data(script.prompts_dir, PreferenceDataConfig())
-    for path, recipe, parse, run, what in ((model_args.model_name_or_path, script.sft_config, parse_sft_yaml, run_sft,
-                                            "SFT model"),
-                                           (script.reward_model_path, script.reward_config, parse_reward_yaml,
-                                            run_reward, "reward model")):
-        if not (Path(path) / "config.json").exists():
-            if recipe is None:
-                raise FileNotFoundError(f"{path}: no model there, and no recipe to build the {what} with")
-            build_model_with(recipe, parse, run, path, what)
+    build_model_if_missing(model_args.model_name_or_path, script.sft_config, parse_sft_yaml, run_sft, "SFT model")
+    build_model_if_missing(script.reward_model_path, script.reward_config, parse_reward_yaml, run_reward,
+                           "reward model")
 
 
 def run_ppo(script: PPOScriptArguments, config: PPOConfig, model_args: ModelConfig) -> dict:
@@ -54,7 +49,7 @@ def run_ppo(script: PPOScriptArguments, config: PPOConfig, model_args: ModelConf
     ``output_dir``."""
     if script.build_missing_inputs:
         _build_missing_inputs(script, model_args)
-    dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
+    dtype = model_dtype(model_args)
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

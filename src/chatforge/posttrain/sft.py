@@ -128,9 +128,13 @@ def held_out_evaluation(model, tokenizer, script: SFTScriptArguments) -> dict:
     return figures
 
 
+def model_dtype(model_args: ModelConfig):
+    """``ModelConfig.dtype`` as ``from_pretrained`` takes it: ``"auto"``, None or a torch dtype."""
+    return model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
+
+
 def _load_model(model_args: ModelConfig):
-    dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
-    return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, dtype=dtype,
+    return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, dtype=model_dtype(model_args),
                                                 attn_implementation=model_args.attn_implementation)
 
 
