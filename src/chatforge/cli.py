@@ -3,9 +3,12 @@
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .data.samples import SourceUnavailable
 from .data.text_sources import InputError
+from .io import atomic_write_text
+from .speedrun.stages import StageError
 
 
 def _tokenizer_train(args: argparse.Namespace) -> None:
@@ -190,6 +193,48 @@ def _tools_index(args: argparse.Namespace) -> None:
     print(f"search index: {len(index.documents):,} documents -> {args.output}")
 
 
+def _speedrun(args: argparse.Namespace) -> None:
+    from .speedrun import speedrun
+
+    report = speedrun(args.recipe, args.output, start=args.start, until=args.until)
+    output = Path(args.output)
+    print(f"speedrun: {report['run']['stages_seconds'] / 60:.1f} minutes of stages -> {output}")
+    if (output / "report.md").exists():
+        print(f"  report card: {output / 'report.md'} (figures in {output / 'report.json'})")
+    if (output / "export/grpo").exists():
+        print(f"  chat model:  {output / 'export/grpo'}   (chatforge chat {output / 'export/grpo'})")
+
+
+def _eval(args: argparse.Namespace) -> None:
+    from .eval.suite import EvalConfig, EvalData, evaluate_model
+
+    data = EvalData.from_run(args.run) if args.run else EvalData()
+    for name in ("val_text", "prompts", "problems", "questions", "corpus", "pairs"):
+        if getattr(args, name) is not None:
+            setattr(data, name, getattr(args, name))
+    config = EvalConfig(limit=args.limit, k=args.k, seed=args.seed)
+    results = evaluate_model(args.model, args.tasks.split(","), data, config)
+    text = json.dumps(results, indent=2, ensure_ascii=False)
+    if args.output:
+        atomic_write_text(args.output, text)
+    print(text)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .hub import export_model
+
+    folder = export_model(args.model, args.output, args.kind, args.run, model_name=args.name, stage=args.stage,
+                          repo_id=args.repo_id)
+    print(f"exported {args.model} -> {folder} (model card: {folder / 'README.md'})")
+
+
+def _push(args: argparse.Namespace) -> None:
+    from .hub import push
+
+    url = push(args.folder, args.repo_id, private=args.private)
+    print(f"pushed {args.folder} -> {url}")
+
+
 def _add_sampling_args(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
     parser.add_argument("--temperature", type=float, default=0.8, help="0 for greedy decoding")
@@ -327,6 +372,47 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--text-field", default="text")
     index.set_defaults(func=_tools_index)
 
+    speedrun = stages.add_parser("speedrun", help="the whole pipeline in one command: data to exported models")
+    speedrun.add_argument("--recipe", default="tiny", help="a name under recipes/ (tiny, smoke) or a speedrun YAML")
+    speedrun.add_argument("--output", required=True, help="run folder (report.md, report.json, export/)")
+    speedrun.add_argument("--from", dest="start", default=None, help="rerun from this stage (earlier ones finished)")
+    speedrun.add_argument("--until", default=None, help="stop after this stage")
+    speedrun.set_defaults(func=_speedrun)
+
+    evaluate = stages.add_parser("eval", help="evaluate a model: bits per byte, chat format, arithmetic, ...")
+    evaluate.add_argument("model", help="model folder or Hub id")
+    evaluate.add_argument("--tasks", required=True,
+                          help="comma-separated: bpb, format, arithmetic, knowledge, regurgitation, reward, "
+                               "hellaswag, arc_easy, arc_challenge, gsm8k")
+    evaluate.add_argument("--run", default=None, help="take the held-out data of this speedrun folder")
+    evaluate.add_argument("--val-text", dest="val_text", default=None, help="held-out documents (bpb)")
+    evaluate.add_argument("--prompts", default=None, help="JSONL conversations (format)")
+    evaluate.add_argument("--problems", default=None, help="JSONL {prompt, answer} (arithmetic)")
+    evaluate.add_argument("--questions", default=None, help="JSONL {question, answer, group} (knowledge)")
+    evaluate.add_argument("--corpus", default=None, help="training documents (regurgitation)")
+    evaluate.add_argument("--pairs", default=None, help="JSONL {chosen, rejected} (reward)")
+    evaluate.add_argument("--limit", type=int, default=100, help="records per task")
+    evaluate.add_argument("--k", type=int, default=8, help="samples per problem for pass@k")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--output", default=None, help="also write the figures to this JSON file")
+    evaluate.set_defaults(func=_eval)
+
+    export = stages.add_parser("export", help="a Hub-ready copy of a model folder with its model card")
+    export.add_argument("model", help="trained model folder")
+    export.add_argument("--output", required=True)
+    export.add_argument("--kind", required=True, choices=["base", "chat", "reward"])
+    export.add_argument("--run", default=None, help="speedrun folder whose figures fill the model card")
+    export.add_argument("--name", default=None, help="the model's name in the run's eval.json (base, sft, ...)")
+    export.add_argument("--stage", default=None, help="the speedrun stage that trained it")
+    export.add_argument("--repo-id", default=None, help="Hub repo id shown in the card's code")
+    export.set_defaults(func=_export)
+
+    push = stages.add_parser("push", help="upload an exported folder to the Hugging Face Hub")
+    push.add_argument("folder")
+    push.add_argument("--repo-id", required=True, help="ORG/NAME")
+    push.add_argument("--private", action="store_true")
+    push.set_defaults(func=_push)
+
     demo = stages.add_parser("demo", help="core demo: tokenizer + tiny model on embedded text, then samples")
     demo.add_argument("--output", default="runs/core-demo")
     demo.add_argument("--max-steps", type=int, default=300)
@@ -339,7 +425,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (InputError, ValueError, FileNotFoundError, KeyError, SourceUnavailable) as error:
+    except (InputError, ValueError, FileNotFoundError, KeyError, SourceUnavailable, StageError) as error:
         sys.exit(f"chatforge {args.stage}: error: {error}")
 
 

@@ -48,15 +48,27 @@ def _init_worker(tokenizer_dir: str) -> None:
     _worker_tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
-def _encode_batch(batch: list[tuple[int, str]]) -> list[tuple[int, list[int]]]:
+def _encode_batch(batch: list[tuple[str, str]]) -> list[tuple[str, list[int]]]:
     ids = _worker_tokenizer([text for _, text in batch], add_special_tokens=False, verbose=False)["input_ids"]
-    return [(index, tokens + [_worker_tokenizer.eos_token_id]) for (index, _), tokens in zip(batch, ids)]
+    return [(split, tokens + [_worker_tokenizer.eos_token_id]) for (split, _), tokens in zip(batch, ids)]
 
 
-def _batches(documents: Iterable[str], size: int) -> Iterator[list[tuple[int, str]]]:
+def _split_documents(documents: Iterable[str], val_documents: Iterable[str] | None, val_fraction: float,
+                     seed: int) -> Iterator[tuple[str, str]]:
+    """(split, text): every document of ``val_documents`` is validation where given; else a seeded hash of
+    each document's position decides."""
+    if val_documents is None:
+        for index, text in enumerate(documents):
+            yield ("val" if is_validation(index, val_fraction, seed) else "train"), text
+    else:
+        yield from (("train", text) for text in documents)
+        yield from (("val", text) for text in val_documents)
+
+
+def _batches(documents: Iterable[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
     batch = []
-    for index, text in enumerate(documents):
-        batch.append((index, text))
+    for item in documents:
+        batch.append(item)
         if len(batch) == size:
             yield batch
             batch = []
@@ -98,8 +110,9 @@ class _ShardWriter:
 def tokenize_to_shards(tokenizer_dir: str, sources: list[str], output_dir: str | Path, text_field: str = "text",
                        val_fraction: float = 0.005, seed: int = 0, workers: int = 1,
                        shard_tokens: int = 100_000_000, batch_size: int = 256,
-                       max_documents: int | None = None) -> dict:
-    """Tokenize every document of ``sources`` into train/val shards; a finished folder is left as is."""
+                       max_documents: int | None = None, val_sources: list[str] | None = None) -> dict:
+    """Tokenize every document of ``sources`` into train/val shards; a finished folder is left as is.
+    With ``val_sources`` the split is given: ``sources`` are all train, ``val_sources`` all validation."""
     from transformers import AutoTokenizer
 
     output_dir = Path(output_dir)
@@ -115,12 +128,12 @@ def tokenize_to_shards(tokenizer_dir: str, sources: list[str], output_dir: str |
     with atomic_directory(output_dir) as tmp_dir:
         writers = {split: _ShardWriter(tmp_dir, split, dtype, shard_tokens) for split in SPLITS}
         documents = itertools.islice(iter_documents(sources, text_field), max_documents)
-        batches = _batches(documents, batch_size)
+        val_documents = iter_documents(val_sources, text_field) if val_sources is not None else None
+        batches = _batches(_split_documents(documents, val_documents, val_fraction, seed), batch_size)
         with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (str(tokenizer_dir),)) as pool, \
                 tqdm(desc="tokenizing", unit=" tok", unit_scale=True) as progress:
             for encoded in pool.imap(_encode_batch, batches):
-                for index, tokens in encoded:
-                    split = "val" if is_validation(index, val_fraction, seed) else "train"
+                for split, tokens in encoded:
                     writers[split].add(tokens)
                     progress.update(len(tokens))
                 elapsed = time.perf_counter() - start
@@ -136,6 +149,7 @@ def tokenize_to_shards(tokenizer_dir: str, sources: list[str], output_dir: str |
             "eos_token_id": tokenizer.eos_token_id,
             "tokenizer": str(tokenizer_dir),
             "sources": list(sources),
+            "val_sources": None if val_sources is None else list(val_sources),
             "val_fraction": val_fraction,
             "seed": seed,
             "splits": {split: {"documents": w.documents, "tokens": w.tokens, "shards": w.shards}

@@ -23,6 +23,7 @@ from ..io import atomic_write_text, read_jsonl
 from ..modeling.factory import set_generation_defaults
 from ..tools import default_toolbox
 from ..training import PretrainConfig, pretrain
+from ..training.checkpoint import trainer_checkpoint
 from .conversations import ON_INVALID, ConversationError, check_conversation
 from .probe import run_probe
 from .sft_data import SFTDataConfig, build_sft_data
@@ -171,7 +172,8 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
                          peft_config=get_peft_config(model_args))
     held_out_loss = (lambda: trainer.evaluate()["eval_loss"]) if "test" in checked else (lambda: None)
     eval_loss_before = held_out_loss()
-    trainer.train()
+    trainer.train(resume_from_checkpoint=trainer_checkpoint(training_args.output_dir,
+                                                             training_args.resume_from_checkpoint))
     eval_loss = held_out_loss()
     model = trainer.model.merge_and_unload() if model_args.use_peft else trainer.model
     set_generation_defaults(model, tokenizer)

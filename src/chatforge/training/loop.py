@@ -19,6 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from ..data.shards import TokenShards
 from ..eval import unigram_cross_entropy
 from ..inference import sample_continuations
+from ..io import atomic_write_text
 from ..modeling import (
     ChatForgeForCausalLM,
     config_for_tokenizer,
@@ -34,6 +35,7 @@ from .optim import build_optimizer
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
+SUMMARY_FILE = "summary.json"
 
 
 def lr_factor(step: int, config: PretrainConfig) -> float:
@@ -219,6 +221,7 @@ def pretrain(config: PretrainConfig) -> dict:
                "unigram_val_loss": baseline, **last_eval, "seconds": round(time.perf_counter() - started, 1),
                "output_dir": str(output_dir)}
     if accelerator.is_main_process:
+        atomic_write_text(output_dir / SUMMARY_FILE, json.dumps(summary, indent=2))
         reference = f" (unigram baseline {baseline:.3f})" if baseline is not None else ""
         print(f"pretraining: {summary['steps']} steps, {summary['tokens']:,} tokens on {summary['processes']} "
               f"process(es), validation loss "

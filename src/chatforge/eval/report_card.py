@@ -1,0 +1,220 @@
+"""The report card of a speedrun: ``runs/<name>/report.md`` with its plots in ``report_assets/``, readable on
+GitHub as is. Every figure comes from the run's own files (``report.json``, ``eval.json``, each stage's logs)."""
+
+import json
+import shutil
+from pathlib import Path
+
+from ..io import atomic_write_text, read_jsonl
+from .plots import plot_panels
+
+ASSETS = "report_assets"
+
+
+def _number(value) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    return f"{value:.3f}" if abs(value) < 100 else f"{value:,.1f}"
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_number(cell) for cell in row) + " |" for row in rows]
+    return lines + [""]
+
+
+def _quote(text: str, limit: int = 160) -> str:
+    text = " ".join(str(text).split())
+    text = text if len(text) <= limit else text[:limit] + "…"
+    return text.replace("|", "\\|")
+
+
+def _copy_plot(source: Path, run: Path, name: str) -> str | None:
+    if not source.exists():
+        return None
+    (run / ASSETS).mkdir(exist_ok=True)
+    shutil.copyfile(source, run / ASSETS / name)
+    return f"![{name}]({ASSETS}/{name})"
+
+
+def _summary(report: dict, stage_text: dict) -> list[str]:
+    run = report.get("run", {})
+    hardware = run.get("hardware", {})
+    device = ", ".join(hardware.get("gpus", [])) or f"{hardware.get('cpus')} CPU cores"
+    seconds = {name: figures.get("seconds", 0.0) for name, figures in report.items() if name != "run"}
+    rows = [[name, stage_text.get(name, ""), f"{value:.0f}"] for name, value in seconds.items()]
+    total = sum(seconds.values())
+    lines = [f"Recipe `{run.get('recipe')}`, on {device} ({hardware.get('platform')}, Python "
+             f"{hardware.get('python')}, torch {hardware.get('torch')}): **{total / 60:.1f} minutes** of stages.", ""]
+    return lines + _table(["stage", "what", "seconds"], rows)
+
+
+def _data(run: Path, report: dict) -> list[str]:
+    lines = ["## Data", ""]
+    stats_path = run / "data/stats.json"
+    if stats_path.exists():
+        stats = json.loads(stats_path.read_text())
+        rows = [[step["step"], step["documents"], step["dropped"],
+                 ", ".join(f"{k} {v}" for k, v in step["drop_reasons"].items())] for step in stats["funnel"]]
+        lines += ["The web pages through the cleaning pipeline (full report: `data/report.md`):", ""]
+        lines += _table(["step", "documents left", "dropped", "why"], rows)
+        if plot := _copy_plot(run / "data/funnel.png", run, "funnel.png"):
+            lines += [plot, ""]
+    corpus = report.get("corpus", {})
+    if corpus:
+        lines += [f"Pretraining corpus: {corpus['train_documents']:,} training documents "
+                  f"({corpus['train_characters']:,} characters) and {corpus['val_documents']:,} held out.", ""]
+    return lines
+
+
+def _tokenizer(run: Path, report: dict) -> list[str]:
+    figures = report.get("tokenizer")
+    if not figures:
+        return []
+    lines = ["## Tokenizer", "", f"Byte-level BPE with {figures['vocab_size']:,} tokens: "
+             f"**{figures['held_out_bytes_per_token']:.2f} bytes per token** on the held-out documents.", ""]
+    tokenizer_dir = run / "tokenizer"
+    if tokenizer_dir.exists():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        text = "The city of Paris has 2,165,423 inhabitants."
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        pieces = [tokenizer.decode([token]) for token in ids]
+        lines += [f"How `{text}` becomes {len(ids)} tokens (␣ is a space):", "",
+                  "| " + " | ".join(f"`{p.replace(' ', '␣')}`" for p in pieces) + " |", "|" + "---|" * len(ids),
+                  "| " + " | ".join(str(token) for token in ids) + " |", ""]
+    return lines
+
+
+def _pretraining(run: Path, report: dict) -> list[str]:
+    figures = report.get("pretrain")
+    if not figures:
+        return []
+    folder = run / "pretrain"
+    records = read_jsonl(folder / "metrics.jsonl")
+    lines = ["## Pretraining", "", f"{figures['steps']:,} steps, {figures['tokens']:,} tokens: held-out loss "
+             f"**{figures['val_loss']:.3f}** nats/token ({figures['val_bpb']:.3f} bits/byte) against "
+             f"{figures['unigram_val_loss']:.3f} for a unigram model of the training tokens.", ""]
+    if records:
+        train = ([r["step"] for r in records], [r["loss"] for r in records])
+        val = ([r["step"] for r in records if "val_loss" in r], [r["val_loss"] for r in records if "val_loss" in r])
+        plot_panels({"loss (nats/token)": {"train": train, "held-out": val}}, run / ASSETS / "pretrain_loss.png",
+                    "pretraining")
+        lines += [f"![pretraining loss]({ASSETS}/pretrain_loss.png)", ""]
+    samples = read_jsonl(folder / "samples.jsonl")
+    if samples:
+        prompts = list(samples[0]["samples"])
+        rows = [[record["step"], *(_quote(p + record["samples"][p], 90) for p in prompts)] for record in samples]
+        lines += ["Samples during training:", ""] + _table(["step", *[f"`{p}`" for p in prompts]], rows)
+    return lines
+
+
+def _sft(report: dict, evaluation: dict) -> list[str]:
+    lines = ["## Supervised fine-tuning", ""]
+    sft, probe = report.get("sft-probe", {}), report.get("probe", {})
+    if sft:
+        lines += [f"Held-out loss on conversations {sft['eval_loss_before']:.3f} → {sft['eval_loss']:.3f}; "
+                  f"chat-format adherence {sft['format_adherence']:.1%}.", ""]
+    if probe:
+        shares = ", ".join(f"{k.removeprefix('known_share.')} {v:.0%}" for k, v in probe.items()
+                           if k.startswith("known_share."))
+        lines += [f"Knowledge probe of the first SFT model: {probe['known']} of {probe['questions']} questions "
+                  f"known ({shares}); the rest were taught as \"I don't know\".", ""]
+    before = evaluation.get("base", {}).get("format", {}).get("examples", [])
+    after = evaluation.get("sft", {}).get("format", {}).get("examples", [])
+    if before and after:
+        rows = [[_quote(b["prompt"], 60), _quote(b["reply"], 100), _quote(a["reply"], 100)]
+                for b, a in zip(before, after)]
+        lines += ["Replies to held-out prompts before and after SFT:", ""]
+        lines += _table(["prompt", "base model", "after SFT"], rows)
+    return lines
+
+
+def _reward_model(report: dict) -> list[str]:
+    figures = report.get("reward")
+    if not figures:
+        return []
+    rows = [[metric, figures.get(f"untrained.{key}"), figures.get(f"reward_model.{key}")]
+            for metric, key in (("pairwise accuracy", "pairs.accuracy"), ("Kendall τ", "rankings.kendall_tau"),
+                                ("top-1 accuracy", "rankings.top1_accuracy"))]
+    return ["## Reward model", "", "On held-out preference pairs and rankings:", ""] + _table(
+        ["", "untrained", "trained"], rows)
+
+
+def _ppo(run: Path, report: dict) -> list[str]:
+    figures = report.get("ppo")
+    if not figures:
+        return []
+    rows = [[when, figures.get(f"{when}.step"), figures.get(f"{when}.rm_score"), figures.get(f"{when}.gold")]
+            for when in ("initial", "best", "last")]
+    lines = ["## RLHF (PPO)", "", f"Stopped at step {figures['steps']}: {figures['stop_reason']}. "
+             f"The policy kept is the one of step {figures['crop_step']} (the dashed line).", ""]
+    lines += _table(["policy", "step", "reward-model score", "gold reward"], rows)
+    if plot := _copy_plot(run / "ppo/ppo.png", run, "ppo.png"):
+        lines += [plot, ""]
+    return lines
+
+
+def _grpo(run: Path, report: dict) -> list[str]:
+    figures = report.get("grpo")
+    if not figures:
+        return []
+    keys = sorted({key.split(".", 2)[-1] for key in figures if key.startswith("before.test.")})
+    rows = [[key, figures.get(f"before.test.{key}"), figures.get(f"after.test.{key}")] for key in keys]
+    lines = ["## GRPO on problems with checkable answers", ""] + _table(["held-out", "before", "after"], rows)
+    if plot := _copy_plot(run / "grpo/grpo.png", run, "grpo.png"):
+        lines += [plot, ""]
+    return lines
+
+
+def _evaluation(evaluation: dict) -> list[str]:
+    if not evaluation:
+        return []
+    rows: dict[str, dict] = {}
+    for model, tasks in evaluation.items():
+        for task, figures in tasks.items():
+            for metric, value in figures.items():
+                if isinstance(value, dict) and task in ("knowledge", "reward"):
+                    for key, inner in value.items():
+                        if isinstance(inner, float):
+                            rows.setdefault(f"{task}: {metric} {key}", {})[model] = inner
+                elif isinstance(value, float):
+                    rows.setdefault(f"{task}: {metric}", {})[model] = value
+    models = list(evaluation)
+    table = [[name, *(values.get(model, "") for model in models)] for name, values in rows.items()]
+    lines = ["## Evaluation of every stage's model", ""] + _table(["task: metric", *models], table)
+    longest = evaluation.get("base", {}).get("regurgitation", {}).get("longest")
+    if longest:
+        lines += [f"Longest verbatim continuation of a training document by the base model "
+                  f"({longest['verbatim_tokens']} tokens): given “{_quote(longest['prompt'])}” it wrote "
+                  f"“{_quote(longest['continuation'])}”; the document goes on “{_quote(longest['truth'])}”.", ""]
+    return lines
+
+
+def _exports(report: dict) -> list[str]:
+    exported = {k: v for k, v in report.get("export", {}).items() if k != "seconds"}
+    if not exported:
+        return []
+    lines = ["## Exported models", "", "Each folder loads with `from_pretrained(path, trust_remote_code=True)` "
+             "without chatforge and carries its model card (`chatforge push DIR --repo-id ORG/NAME`):", ""]
+    return lines + [f"- `{name}`: `{folder}`" for name, folder in exported.items()] + [""]
+
+
+def write_report(run_dir: str | Path, stage_text: dict | None = None) -> Path:
+    """Write ``report.md`` (and its plots) for the speedrun folder ``run_dir``; its path."""
+    run = Path(run_dir)
+    report = json.loads((run / "report.json").read_text())
+    evaluation = json.loads((run / "eval.json").read_text()) if (run / "eval.json").exists() else {}
+    (run / ASSETS).mkdir(exist_ok=True)
+    lines = [f"# Speedrun report: {Path(report.get('run', {}).get('recipe', '')).parent.name}", ""]
+    lines += _summary(report, stage_text or {})
+    for section in (_data(run, report), _tokenizer(run, report), _pretraining(run, report),
+                    _sft(report, evaluation), _reward_model(report), _ppo(run, report), _grpo(run, report),
+                    _evaluation(evaluation), _exports(report)):
+        lines += section
+    path = run / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    return path

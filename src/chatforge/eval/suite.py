@@ -1,0 +1,199 @@
+"""``chatforge eval MODEL --tasks ...``: one call that measures a model on the tasks its kind supports.
+
+    bpb            bits per byte on held-out text (any tokenizer: comparable across models)
+    format         chat-format adherence on held-out prompts
+    arithmetic     word problems with checkable answers: greedy pass@1, sampled pass@1 and pass@k
+    knowledge      accuracy and "I don't know" rate per group of questions (known / unseen entities)
+    regurgitation  how many tokens of a training document the model continues verbatim from its opening
+    reward         pairwise accuracy of a reward model on held-out preference pairs
+    hellaswag, arc_easy, arc_challenge, gsm8k   Hub benchmarks (need a network)
+"""
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+from ..data.text_sources import iter_documents
+from ..inference.engine import Engine, SamplingParams
+from ..io import read_jsonl
+from . import benchmarks
+from .chat import format_adherence, knowledge
+from .math import problem_accuracy
+
+CHAT_TASKS = ("format", "arithmetic", "knowledge", "gsm8k")
+
+
+@dataclass
+class EvalData:
+    """Where each task's held-out records are (JSONL unless said otherwise)."""
+
+    val_text: str | None = None  # held-out documents: JSONL/parquet/text files with a `text` field
+    prompts: str | None = None  # conversations ({"messages"}); the first user turn is the prompt
+    problems: str | None = None  # {"prompt": messages, "answer"}
+    questions: str | None = None  # {"question", "answer", "group"}
+    corpus: str | None = None  # training documents (any iter_documents source)
+    pairs: str | None = None  # {"chosen", "rejected"} conversations
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path) -> "EvalData":
+        """The held-out files of a speedrun folder (``chatforge speedrun``)."""
+        run = Path(run_dir)
+        return cls(val_text=str(run / "corpus/val.jsonl"), prompts=str(run / "sft-data/test.jsonl"),
+                   problems=str(run / "problems/test.jsonl"), questions=str(run / "sft-data/world_qa_test.jsonl"),
+                   corpus=str(run / "corpus/train.jsonl"), pairs=str(run / "preference-data/pairs_test.jsonl"))
+
+
+@dataclass
+class EvalConfig:
+    """How much of each task to run."""
+
+    limit: int = 100  # records per task
+    k: int = 8  # samples per problem for pass@k
+    max_new_tokens: int = 96
+    max_length: int = 512  # tokens per document for bits per byte
+    prefix_tokens: int = 32  # regurgitation: the opening given ...
+    suffix_tokens: int = 32  # ... and the continuation compared
+    seed: int = 0
+
+
+def _required(value: str | None, task: str, what: str) -> str:
+    if value is None or ("://" not in value and not Path(value).exists()):
+        raise FileNotFoundError(f"task {task!r} needs {what}: {value or 'not given'}")
+    return value
+
+
+@torch.no_grad()
+def bits_per_byte(model, tokenizer, documents: Sequence[str], max_length: int = 512, batch_size: int = 8) -> dict:
+    """Next-token loss over each document (its first ``max_length`` tokens) in nats per token and bits per
+    UTF-8 byte of the predicted text."""
+    model.eval()
+    nats = tokens = n_bytes = 0.0
+    device = next(model.parameters()).device
+    for start in tqdm(range(0, len(documents), batch_size), desc="bits per byte", leave=False):
+        encoded = [tokenizer(text, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
+                   for text in documents[start:start + batch_size]]
+        encoded = [ids for ids in encoded if len(ids) > 1]
+        if not encoded:
+            continue
+        width = max(map(len, encoded))
+        input_ids = torch.zeros(len(encoded), width, dtype=torch.long)
+        labels = torch.full_like(input_ids, -100)
+        mask = torch.zeros_like(input_ids)
+        for row, ids in enumerate(encoded):
+            input_ids[row, :len(ids)] = labels[row, :len(ids)] = torch.tensor(ids)
+            mask[row, :len(ids)] = 1
+            n_bytes += len(tokenizer.decode(ids[1:], skip_special_tokens=True).encode("utf-8"))
+        logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits[:, :-1]
+        targets = labels[:, 1:].to(device)
+        nats += F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="sum").item()
+        tokens += (targets != -100).sum().item()
+    return {"loss": nats / max(tokens, 1), "bpb": nats / math.log(2) / max(n_bytes, 1), "documents": len(documents),
+            "tokens": int(tokens)}
+
+
+def regurgitation(engine: Engine, documents: Sequence[str], prefix_tokens: int = 32, suffix_tokens: int = 32,
+                  limit: int = 100, batch_size: int = 16) -> dict:
+    """Greedy continuations of the openings of training documents, compared token by token with the real
+    continuation: the mean and longest verbatim run from the start, the share reproduced in full, and the
+    longest example."""
+    tokenizer = engine.tokenizer
+    cases = []
+    for text in documents:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) >= prefix_tokens + suffix_tokens:
+            cases.append(ids[:prefix_tokens + suffix_tokens])
+        if len(cases) == limit:
+            break
+    if not cases:
+        raise ValueError(f"no training document has {prefix_tokens + suffix_tokens} tokens")
+    params = SamplingParams(temperature=0.0, max_new_tokens=suffix_tokens)
+    runs, longest = [], None
+    for start in tqdm(range(0, len(cases), batch_size), desc="regurgitation", leave=False):
+        batch = cases[start:start + batch_size]
+        for ids, generated in zip(batch, engine.generate_ids([ids[:prefix_tokens] for ids in batch], params)):
+            truth = ids[prefix_tokens:]
+            run = next((i for i, (a, b) in enumerate(zip(generated, truth)) if a != b), min(len(generated),
+                                                                                             len(truth)))
+            runs.append(run)
+            if longest is None or run > longest["verbatim_tokens"]:
+                longest = {"prompt": tokenizer.decode(ids[:prefix_tokens]), "verbatim_tokens": run,
+                           "continuation": tokenizer.decode(generated), "truth": tokenizer.decode(truth)}
+    return {"mean_verbatim_tokens": sum(runs) / len(runs), "max_verbatim_tokens": max(runs),
+            "full_share": sum(run == suffix_tokens for run in runs) / len(runs), "documents": len(runs),
+            "longest": longest}
+
+
+def _first_user_turns(path: str, limit: int) -> list[list[dict]]:
+    return [[next(m for m in record["messages"] if m["role"] == "user")] for record in read_jsonl(path, limit)]
+
+
+def _task_runners(data: EvalData, config: EvalConfig) -> dict[str, Callable[[Engine], dict]]:
+    def bpb(engine: Engine) -> dict:
+        documents = list(iter_documents([_required(data.val_text, "bpb", "held-out text")]))[:config.limit]
+        return bits_per_byte(engine.model, engine.tokenizer, documents, config.max_length)
+
+    def arithmetic(engine: Engine) -> dict:
+        problems = read_jsonl(_required(data.problems, "arithmetic", "problems"), config.limit)
+        return problem_accuracy(engine, problems, k=config.k, max_new_tokens=config.max_new_tokens,
+                                seed=config.seed)
+
+    def regurgitate(engine: Engine) -> dict:
+        documents = iter_documents([_required(data.corpus, "regurgitation", "training documents")])
+        return regurgitation(engine, documents, config.prefix_tokens, config.suffix_tokens, config.limit)
+
+    return {
+        "bpb": bpb,
+        "format": lambda engine: format_adherence(
+            engine, _first_user_turns(_required(data.prompts, "format", "conversations"), config.limit)),
+        "arithmetic": arithmetic,
+        "knowledge": lambda engine: knowledge(
+            engine, read_jsonl(_required(data.questions, "knowledge", "questions"), config.limit)),
+        "regurgitation": regurgitate,
+        **{name: (lambda engine, name=name: benchmarks.run(name, engine, config.limit, config.k,
+                                                          config.max_new_tokens, config.seed))
+           for name in benchmarks.BENCHMARKS},
+    }
+
+
+TASKS = ("bpb", "format", "arithmetic", "knowledge", "regurgitation", "reward", *benchmarks.BENCHMARKS)
+
+
+def is_reward_model(model_path: str) -> bool:
+    """Whether the checkpoint is a sequence classifier (a reward model) rather than a language model."""
+    architectures = AutoConfig.from_pretrained(model_path).architectures or []
+    return any(name.endswith("ForSequenceClassification") for name in architectures)
+
+
+def evaluate_reward_model(model_path: str, data: EvalData, config: EvalConfig = EvalConfig()) -> dict:
+    """Pairwise accuracy of the reward model at ``model_path`` on held-out preference pairs."""
+    from .reward import pairwise_accuracy
+
+    pairs = read_jsonl(_required(data.pairs, "reward", "preference pairs"), config.limit)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForSequenceClassification.from_pretrained(model_path)
+    return pairwise_accuracy(model, tokenizer, pairs)
+
+
+def evaluate_model(model_path: str, tasks: Sequence[str], data: EvalData, config: EvalConfig = EvalConfig()) -> dict:
+    """Run ``tasks`` on the model at ``model_path`` (a folder or Hub id); task name -> figures."""
+    unknown = [task for task in tasks if task not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown tasks {unknown}; choose from {list(TASKS)}")
+    reward_model = is_reward_model(model_path)
+    if [task for task in tasks if (task == "reward") != reward_model]:
+        kind = "a reward model: its task is 'reward'" if reward_model else "a language model"
+        raise ValueError(f"{model_path} is {kind}; tasks {list(tasks)} do not all apply")
+    if reward_model:
+        return {"reward": evaluate_reward_model(model_path, data, config)}
+    engine = Engine.from_pretrained(model_path)
+    for task in tasks:
+        if task in CHAT_TASKS and engine.tokenizer.chat_template is None:
+            raise ValueError(f"task {task!r} needs a chat model; {model_path} has no chat template")
+    runners = _task_runners(data, config)
+    return {task: runners[task](engine) for task in tasks}

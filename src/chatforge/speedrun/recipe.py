@@ -1,0 +1,134 @@
+"""A speedrun recipe: which stage recipes make up the pipeline, what the speedrun changes in them, and how
+training stages are launched.
+
+    recipes/<name>/speedrun.yaml
+
+    run_root: runs/tiny            # where the stage recipes write; the speedrun moves it under --output
+    launcher: [python]             # or [accelerate, launch, --config_file, accelerate_configs/multi_gpu.yaml]
+    data: {skip_debian: false, preset: fineweb, vocab_size: 4096, val_fraction: 0.05}
+    training:                      # every training stage: its recipe YAML and the speedrun's overrides
+      pretrain: {recipe: recipes/tiny/pretrain.yaml, overrides: {max_steps: 500}}
+      ...
+    eval: {prompts: 100, problems: 100, k: 8, ...}
+"""
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+import yaml
+
+from ..eval.suite import EvalConfig
+
+TRAINING_STAGES = ("pretrain", "sft", "sft-probe", "reward", "ppo", "grpo")
+#: Recipe keys that build a missing input with another recipe. The speedrun orders the stages itself, so it
+#: clears them: a missing input then stops the stage with an error instead of running a recipe elsewhere.
+BUILDER_KEYS = ("base_config", "sft_config", "reward_config", "probe_model_config")
+
+
+class RecipeError(ValueError):
+    """A speedrun recipe is malformed; the message names the file and field."""
+
+
+@dataclass
+class DataSettings:
+    """The data stages: the sample corpus, its cleaning, the tokenizer and the token shards."""
+
+    skip_debian: bool = False  # build the samples without the real HTML pages of Debian packages
+    preset: str = "fineweb"  # web pipeline preset
+    vocab_size: int = 4096
+    val_fraction: float = 0.05  # documents held out for validation loss and tokenizer compression
+    seed: int = 0
+
+
+@dataclass
+class StageRecipe:
+    """A training stage: its recipe YAML and the values the speedrun sets in it."""
+
+    recipe: Path
+    overrides: dict = field(default_factory=dict)
+
+
+@dataclass
+class SpeedrunRecipe:
+    path: Path
+    run_root: str
+    launcher: list[str]
+    data: DataSettings
+    training: dict[str, StageRecipe]
+    eval: EvalConfig
+
+    @property
+    def name(self) -> str:
+        return self.path.parent.name
+
+    @property
+    def scripts_dir(self) -> Path:
+        """The stage launchers (``pretrain.py``, ``sft.py``, ...): the folder above the recipe's own."""
+        return self.path.parent.parent
+
+
+def _section(raw: dict, key: str, cls, path: Path):
+    values = raw.get(key) or {}
+    known = {f.name for f in fields(cls)}
+    if not isinstance(values, dict) or set(values) - known:
+        raise RecipeError(f"{path}: `{key}` takes the fields {sorted(known)}; got {values!r}")
+    return cls(**values)
+
+
+def load_recipe(recipe: str) -> SpeedrunRecipe:
+    """A recipe name (``tiny`` reads ``recipes/tiny/speedrun.yaml``) or the path of a speedrun YAML."""
+    path = Path(recipe)
+    if path.suffix not in (".yaml", ".yml"):
+        path = Path("recipes") / recipe / "speedrun.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such speedrun recipe (give a name under recipes/ or a YAML path; "
+                                "run from the chatforge checkout)")
+    raw = yaml.safe_load(path.read_text()) or {}
+    unknown = set(raw) - {"run_root", "launcher", "data", "training", "eval"}
+    if unknown:
+        raise RecipeError(f"{path}: unknown fields {sorted(unknown)}")
+    if not isinstance(raw.get("run_root"), str):
+        raise RecipeError(f"{path}: `run_root` must name the folder the stage recipes write to")
+    launcher = raw.get("launcher", ["python"])
+    if not (isinstance(launcher, list) and launcher and all(isinstance(part, str) for part in launcher)):
+        raise RecipeError(f"{path}: `launcher` must be a non-empty list of strings, got {launcher!r}")
+    training_raw = raw.get("training") or {}
+    missing = [stage for stage in TRAINING_STAGES if stage not in training_raw]
+    if missing or set(training_raw) - set(TRAINING_STAGES):
+        raise RecipeError(f"{path}: `training` needs exactly the stages {list(TRAINING_STAGES)}; "
+                          f"missing {missing}, unknown {sorted(set(training_raw) - set(TRAINING_STAGES))}")
+    training = {}
+    for stage, entry in training_raw.items():
+        if not isinstance(entry, dict) or "recipe" not in entry or set(entry) - {"recipe", "overrides"}:
+            raise RecipeError(f"{path}: training.{stage} needs `recipe` (a YAML path) and optional `overrides`")
+        if not Path(entry["recipe"]).is_file():
+            raise RecipeError(f"{path}: training.{stage}.recipe={entry['recipe']}: no such file")
+        training[stage] = StageRecipe(Path(entry["recipe"]), dict(entry.get("overrides") or {}))
+    return SpeedrunRecipe(path=path, run_root=raw["run_root"].rstrip("/"), launcher=launcher,
+                          data=_section(raw, "data", DataSettings, path), training=training,
+                          eval=_section(raw, "eval", EvalConfig, path))
+
+
+def rebase(value, run_root: str, output: Path):
+    """``value`` with every path under ``run_root`` moved under ``output`` (in nested lists and dicts too)."""
+    if isinstance(value, str) and (value == run_root or value.startswith(run_root + "/")):
+        return str(output / value[len(run_root):].lstrip("/"))
+    if isinstance(value, list):
+        return [rebase(item, run_root, output) for item in value]
+    if isinstance(value, dict):
+        return {key: rebase(item, run_root, output) for key, item in value.items()}
+    return value
+
+
+def resolve_stage_config(recipe: SpeedrunRecipe, stage: str, output: Path) -> dict:
+    """The stage's recipe as the speedrun runs it: rebased onto ``output``, with the overrides, no builders of
+    missing models (missing data sets are still built), resuming from the newest checkpoint when one is there."""
+    entry = recipe.training[stage]
+    config = rebase(yaml.safe_load(entry.recipe.read_text()) or {}, recipe.run_root, output)
+    config.update(rebase(entry.overrides, recipe.run_root, output))
+    for key in BUILDER_KEYS:
+        config.pop(key, None)
+    if stage == "pretrain":
+        config["build_missing_inputs"] = False  # the speedrun's own data stages built the tokenizer and shards
+    config["resume_from_checkpoint"] = "latest"
+    return config

@@ -1,0 +1,103 @@
+"""``chatforge speedrun``: every stage in order, each skipped when it has finished and resumed when it was
+interrupted; ``report.json`` gathers every stage's figures and wall time as they come."""
+
+import json
+import os
+import platform
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from ..io import atomic_write_text
+from .recipe import load_recipe
+from .stages import STAGE_NAMES, STAGES, Run, Stage, StageError
+
+REPORT_FILE = "report.json"
+
+
+def hardware() -> dict:
+    info = {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+            "torch": torch.__version__}
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
+
+
+def _marker(run: Run, stage: Stage) -> Path:
+    return run.state_dir / f"{stage.name}.json"
+
+
+def _started(run: Run, stage: Stage) -> Path:
+    return run.state_dir / f"{stage.name}.started"
+
+
+def _reset(run: Run, stage: Stage) -> None:
+    """Forget a finished or started stage and remove what it wrote."""
+    for path in stage.outputs(run):
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+    for path in (_marker(run, stage), _started(run, stage)):
+        path.unlink(missing_ok=True)
+
+
+def _check_ours(run: Run, stage: Stage) -> None:
+    """Refuse to resume into outputs that another run (or a stage recipe run by hand) wrote."""
+    if _started(run, stage).exists():
+        return
+    foreign = [str(path) for path in stage.outputs(run) if path.exists()]
+    if foreign:
+        raise StageError(f"stage {stage.name}: {', '.join(foreign)} already exists but this speedrun did not "
+                         f"write it; remove it, or give another --output")
+
+
+def write_report_json(run: Run, started: float | None = None) -> dict:
+    """``report.json``: stage -> metric -> value for every finished stage, and ``run`` (recipe, hardware, time)."""
+    report: dict = {}
+    for stage in STAGES:
+        if _marker(run, stage).exists():
+            record = json.loads(_marker(run, stage).read_text())
+            report[stage.name] = {**record["figures"], "seconds": record["seconds"]}
+    report["run"] = {"recipe": str(run.recipe.path), "output": str(run.output), "hardware": hardware(),
+                     "stages_seconds": round(sum(v["seconds"] for k, v in report.items() if k != "run"), 1)}
+    atomic_write_text(run.output / REPORT_FILE, json.dumps(report, indent=2, ensure_ascii=False))
+    return report
+
+
+def speedrun(recipe: str, output: str | Path, start: str | None = None, until: str | None = None) -> dict:
+    """Run the stages of ``recipe`` from ``start`` (rerun even when finished; earlier stages must have
+    finished) through ``until``, into ``output``. Returns ``report.json``'s content."""
+    for name, value in (("--from", start), ("--until", until)):
+        if value is not None and value not in STAGE_NAMES:
+            raise ValueError(f"{name} {value}: no such stage; the stages are {', '.join(STAGE_NAMES)}")
+    first = STAGE_NAMES.index(start) if start else 0
+    last = STAGE_NAMES.index(until) if until else len(STAGES) - 1
+    if first > last:
+        raise ValueError(f"--from {start} comes after --until {until}")
+    run = Run(load_recipe(recipe), Path(output))
+    run.state_dir.mkdir(parents=True, exist_ok=True)
+    for stage in STAGES[:first]:
+        if not _marker(run, stage).exists():
+            raise StageError(f"--from {start}: the earlier stage {stage.name} has not finished in {output}")
+    if start:
+        for stage in STAGES[first:last + 1]:
+            _reset(run, stage)
+    for index, stage in enumerate(STAGES[first:last + 1], start=first + 1):
+        if _marker(run, stage).exists():
+            print(f"[{index}/{len(STAGES)}] {stage.name}: finished earlier, skipped", flush=True)
+            continue
+        _check_ours(run, stage)
+        resuming = _started(run, stage).exists()
+        print(f"[{index}/{len(STAGES)}] {stage.name}: {stage.what}{' (resuming)' if resuming else ''}", flush=True)
+        _started(run, stage).touch()
+        began = time.perf_counter()
+        figures = stage.run(run)
+        seconds = round(time.perf_counter() - began, 1)
+        record = {"stage": stage.name, "seconds": seconds, "figures": figures}
+        atomic_write_text(_marker(run, stage), json.dumps(record, indent=2, ensure_ascii=False))
+        print(f"[{index}/{len(STAGES)}] {stage.name}: done in {seconds:.0f} s", flush=True)
+        write_report_json(run)
+    return write_report_json(run)

@@ -1,0 +1,299 @@
+"""The stages of the speedrun, in order: each builds its outputs under the run folder and returns its
+figures (stage -> metric -> value in ``report.json``)."""
+
+import json
+import random
+import subprocess
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..io import atomic_directory, atomic_write_text, write_jsonl
+from .recipe import SpeedrunRecipe, resolve_stage_config
+
+#: The training stages each run a launcher of ``recipes/``; sft-probe is SFT with the probe's examples.
+SCRIPTS = {"pretrain": "pretrain", "sft": "sft", "sft-probe": "sft", "reward": "reward", "ppo": "ppo",
+           "grpo": "grpo"}
+
+
+class StageError(RuntimeError):
+    """A stage failed; the message names it and what to do."""
+
+
+@dataclass
+class Run:
+    """One speedrun: its recipe and output folder."""
+
+    recipe: SpeedrunRecipe
+    output: Path
+    _configs: dict = field(default_factory=dict)
+
+    def config(self, stage: str) -> dict:
+        """A training stage's recipe as this run resolves it."""
+        if stage not in self._configs:
+            self._configs[stage] = resolve_stage_config(self.recipe, stage, self.output)
+        return self._configs[stage]
+
+    def model_dir(self, stage: str) -> Path:
+        return Path(self.config(stage)["output_dir"])
+
+    @property
+    def state_dir(self) -> Path:
+        return self.output / "speedrun"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: Callable[[Run], dict]
+    outputs: Callable[[Run], list[Path]]
+    what: str
+
+
+def flatten(figures: dict, prefix: str = "") -> dict:
+    """Nested figures as ``{"a.b": value}``, numbers, strings and booleans only (lists and None dropped)."""
+    flat = {}
+    for key, value in figures.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        elif isinstance(value, (int, float, str, bool)):
+            flat[name] = value
+    return flat
+
+
+def _read_json(path: Path) -> dict:
+    if not path.exists():
+        raise StageError(f"{path}: missing; the stage that writes it did not finish")
+    return json.loads(path.read_text())
+
+
+# --- data ------------------------------------------------------------------------------------------------
+
+
+def run_samples(run: Run) -> dict:
+    from ..data.samples import SourceUnavailable, build_samples
+
+    try:
+        summary = build_samples(run.output / "samples", skip_debian=run.recipe.data.skip_debian)
+    except SourceUnavailable as error:
+        warnings.warn(f"{error}; building the samples without the Debian HTML pages", stacklevel=1)
+        summary = build_samples(run.output / "samples", skip_debian=True)
+    return {part: info["items"] for part, info in summary.items()}
+
+
+def run_data(run: Run) -> dict:
+    from ..data.web.config import WebPipelineConfig
+    from ..data.web.pipeline import run_web_pipeline
+
+    stats = run_web_pipeline(str(run.output / "samples/web"), run.output / "data",
+                             WebPipelineConfig.from_preset(run.recipe.data.preset))
+    figures = {f"documents.{step['step']}": step["documents"] for step in stats["funnel"]}
+    return {**figures, "kept_characters": stats["output"]["characters"], "input_errors": stats["input_errors"]}
+
+
+def run_corpus(run: Run) -> dict:
+    """The pretraining documents (embedded Wikipedia, the fictional world, the cleaned web pages), split into
+    train and held-out validation documents."""
+    from ..data import iter_documents
+    from ..data.shards import is_validation
+    from ..training.inputs import embedded_corpus
+
+    sources = embedded_corpus(run.output / "corpus/embedded") + [str(run.output / "data/data")]
+    settings = run.recipe.data
+    splits: dict[str, list[dict]] = {"train": [], "val": []}
+    for index, text in enumerate(iter_documents(sources)):
+        if text.strip():
+            splits["val" if is_validation(index, settings.val_fraction, settings.seed) else "train"].append(
+                {"text": text})
+    random.Random(settings.seed).shuffle(splits["train"])
+    for split, documents in splits.items():
+        write_jsonl(run.output / f"corpus/{split}.jsonl.tmp", documents)
+        (run.output / f"corpus/{split}.jsonl.tmp").replace(run.output / f"corpus/{split}.jsonl")
+    return {f"{split}_documents": len(documents) for split, documents in splits.items()} | {
+        f"{split}_characters": sum(len(d["text"]) for d in documents) for split, documents in splits.items()}
+
+
+def run_tokenizer(run: Run) -> dict:
+    from ..data import iter_documents
+    from ..tokenization import bytes_per_token, train_tokenizer
+
+    corpus = run.output / "corpus"
+    tokenizer = train_tokenizer(iter_documents([str(corpus / "train.jsonl")]), run.recipe.data.vocab_size)
+    with atomic_directory(run.output / "tokenizer") as tmp_dir:
+        tokenizer.save_pretrained(tmp_dir)
+    held_out = list(iter_documents([str(corpus / "val.jsonl")]))
+    return {"vocab_size": len(tokenizer), "held_out_bytes_per_token": bytes_per_token(tokenizer, held_out)}
+
+
+def run_shards(run: Run) -> dict:
+    from ..data.shards import tokenize_to_shards
+
+    corpus = run.output / "corpus"
+    pretrain = run.config("pretrain")
+    meta = tokenize_to_shards(pretrain["tokenizer_name_or_path"], [str(corpus / "train.jsonl")],
+                              pretrain["dataset_dir"], val_sources=[str(corpus / "val.jsonl")])
+    return {f"{split}_tokens": info["tokens"] for split, info in meta["splits"].items()}
+
+
+# --- training ----------------------------------------------------------------------------------------------
+
+
+def launcher_command(recipe: SpeedrunRecipe) -> list[str]:
+    """The recipe's launcher, its program taken from this Python's environment where it is installed there."""
+    program, *rest = recipe.launcher
+    local = Path(sys.executable).parent / program
+    if program in ("python", "python3"):
+        return [sys.executable, *rest]
+    return [str(local) if local.exists() else program, *rest]
+
+
+def train(run: Run, stage: str) -> None:
+    """Run the stage's recipe launcher on its resolved config (written to ``speedrun/configs/``)."""
+    config_path = run.state_dir / "configs" / f"{stage}.yaml"
+    atomic_write_text(config_path, yaml.safe_dump(run.config(stage), sort_keys=False))
+    script = run.recipe.scripts_dir / f"{SCRIPTS[stage]}.py"
+    command = [*launcher_command(run.recipe), str(script), "--config", str(config_path)]
+    print("$ " + " ".join(command), flush=True)
+    result = subprocess.run(command)
+    if result.returncode != 0:
+        raise StageError(f"stage {stage} failed (exit status {result.returncode}; its output is above). "
+                         "Rerunning the speedrun resumes it from its last checkpoint.")
+
+
+def _sft_figures(folder: Path) -> dict:
+    figures = _read_json(folder / "eval.json")
+    sft = figures["sft"]
+    out = {"eval_loss_before": figures["eval_loss_before"], "eval_loss": figures["eval_loss"],
+           "format_adherence": sft.get("format", {}).get("format_adherence")}
+    for name in ("word_problems_with_tools", "word_problems_without_tools", "world_search_with_tools"):
+        if name in sft:
+            out[f"{name}.accuracy"] = sft[name]["accuracy"]
+    for group, values in sft.get("knowledge", {}).items():
+        out[f"knowledge.{group}.accuracy"] = values["accuracy"]
+        out[f"knowledge.{group}.dont_know_rate"] = values["dont_know_rate"]
+    return out
+
+
+def run_pretrain(run: Run) -> dict:
+    from ..data.shards import TokenShards
+    from ..training.loop import unigram_loss
+
+    train(run, "pretrain")
+    summary = _read_json(run.model_dir("pretrain") / "summary.json")
+    shards = run.config("pretrain")["dataset_dir"]
+    vocab = TokenShards(shards).meta["vocab_size"]
+    return {"val_loss": summary["val_loss"], "val_bpb": summary["val_bpb"],
+            "unigram_val_loss": unigram_loss(TokenShards(shards), TokenShards(shards, "val"), vocab),
+            "steps": summary["steps"], "tokens": summary["tokens"]}
+
+
+def run_sft(run: Run) -> dict:
+    train(run, "sft")
+    return _sft_figures(run.model_dir("sft"))
+
+
+def run_probe(run: Run) -> dict:
+    from ..posttrain.probe import run_probe as probe
+
+    sft_probe = run.config("sft-probe")
+    questions = Path(run.config("sft")["sft_data_dir"]) / "world_probe.jsonl"
+    summary = probe(str(run.model_dir("sft")), str(questions), sft_probe["probe_dir"])
+    return {"questions": summary["questions"], "known": summary["known"],
+            **{f"known_share.{group}": g["known_share"] for group, g in summary["by_group"].items()}}
+
+
+def run_sft_probe(run: Run) -> dict:
+    train(run, "sft-probe")
+    return _sft_figures(run.model_dir("sft-probe"))
+
+
+def run_reward(run: Run) -> dict:
+    train(run, "reward")
+    figures = _read_json(run.model_dir("reward") / "eval.json")
+    return {f"{when}.{key}": value for when in ("untrained", "reward_model")
+            for key, value in flatten(figures[when]).items() if "by_kind" not in key}
+
+
+def run_ppo(run: Run) -> dict:
+    train(run, "ppo")
+    figures = _read_json(run.model_dir("ppo") / "eval.json")
+    out = {"steps": figures["steps"], "crop_step": figures["crop_step"], "stop_reason": figures["stop_reason"]}
+    for when in ("initial", "best", "last"):
+        out.update({f"{when}.{key.removeprefix('eval_')}": value for key, value in flatten(figures[when]).items()})
+    return out
+
+
+def run_grpo(run: Run) -> dict:
+    train(run, "grpo")
+    figures = _read_json(run.model_dir("grpo") / "eval.json")
+    return {f"{when}.{key}": value for when, name in (("before", "before"), ("after", "grpo"))
+            for key, value in flatten(figures[name]).items()}
+
+
+# --- evaluation, export, report -------------------------------------------------------------------------------
+
+#: The models the speedrun evaluates and exports: name -> (stage that trains it, its kind).
+MODELS = {"base": ("pretrain", "base"), "sft": ("sft-probe", "chat"), "ppo": ("ppo", "chat"),
+          "grpo": ("grpo", "chat"), "reward": ("reward", "reward")}
+TASKS_BY_KIND = {"base": ["bpb", "format", "regurgitation"], "chat": ["bpb", "format", "arithmetic", "knowledge"],
+                 "reward": ["reward"]}
+
+
+def run_eval(run: Run) -> dict:
+    from ..eval.suite import EvalData, evaluate_model
+
+    data = EvalData.from_run(run.output)
+    results = {}
+    for name, (stage, kind) in MODELS.items():
+        print(f"evaluating {name} ({run.model_dir(stage)}): {', '.join(TASKS_BY_KIND[kind])}", flush=True)
+        results[name] = evaluate_model(str(run.model_dir(stage)), TASKS_BY_KIND[kind], data, run.recipe.eval)
+    atomic_write_text(run.output / "eval.json", json.dumps(results, indent=2, ensure_ascii=False))
+    return {key: value for key, value in flatten(results).items() if ".longest." not in key}
+
+
+def run_export(run: Run) -> dict:
+    from ..hub import export_model
+
+    figures = {}
+    for name, (stage, kind) in MODELS.items():
+        folder = export_model(run.model_dir(stage), run.output / "export" / name, kind, run.output,
+                              model_name=name, stage=stage)
+        figures[name] = str(folder)
+    return figures
+
+
+def run_report(run: Run) -> dict:
+    from ..eval.report_card import write_report
+
+    path = write_report(run.output, {stage.name: stage.what for stage in STAGES})
+    return {"report": str(path)}
+
+
+def _training_outputs(stage: str) -> Callable[[Run], list[Path]]:
+    return lambda run: [run.model_dir(stage)]
+
+
+STAGES = (
+    Stage("samples", run_samples, lambda run: [run.output / "samples"], "sample corpus: prose and web pages"),
+    Stage("data", run_data, lambda run: [run.output / "data"], "FineWeb-style cleaning of the web pages"),
+    Stage("corpus", run_corpus, lambda run: [run.output / "corpus"], "pretraining documents, train/val split"),
+    Stage("tokenizer", run_tokenizer, lambda run: [run.output / "tokenizer"], "byte-level BPE"),
+    Stage("shards", run_shards, lambda run: [Path(run.config("pretrain")["dataset_dir"])], "token shards"),
+    Stage("pretrain", run_pretrain, _training_outputs("pretrain"), "base model: next-token prediction"),
+    Stage("sft", run_sft, _training_outputs("sft"), "assistant: SFT on the conversation mixture"),
+    Stage("probe", run_probe, lambda run: [Path(run.config("sft-probe")["probe_dir"])],
+          "what the assistant knows: labels for 'I don't know'"),
+    Stage("sft-probe", run_sft_probe, _training_outputs("sft-probe"), "SFT with the probe's examples"),
+    Stage("reward", run_reward, _training_outputs("reward"), "reward model from rankings"),
+    Stage("ppo", run_ppo, _training_outputs("ppo"), "RLHF with PPO, stopped before over-optimisation"),
+    Stage("grpo", run_grpo, _training_outputs("grpo"), "GRPO on problems with checkable answers"),
+    Stage("eval", run_eval, lambda run: [run.output / "eval.json"], "evaluation of every stage's model"),
+    Stage("export", run_export, lambda run: [run.output / "export"], "Hub-ready folders with model cards"),
+    Stage("report", run_report, lambda run: [run.output / "report.md"], "report card"),
+)
+STAGE_NAMES = tuple(stage.name for stage in STAGES)
