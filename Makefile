@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/chatforge demo --output runs/core-demo
+	$(VENV)/bin/chatforge speedrun --recipe tiny --output runs/tiny
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -65,6 +65,18 @@ def test_chat_pauses_at_a_tool_call_runs_the_tool_and_continues(tool_model, toke
     assert "".join(e.text for e in events if e.kind == "text") == "Let me compute. Done."
 
 
+def test_a_call_closed_but_never_opened_is_answered_with_an_error(model, tokenizer):
+    broken = "<|tool_call_end|>Hello there."
+    engine = Engine(memorize(model, tokenizer, [[{"role": "user", "content": QUESTION},
+                                                 {"role": "assistant", "content": broken}]]),
+                    tokenizer, toolbox=default_toolbox())
+    events = list(engine.chat([{"role": "user", "content": QUESTION}], GREEDY))
+    outputs = [event for event in events if event.kind == "tool_output"]
+    assert outputs and outputs[0].tool is None and outputs[0].text.startswith("error: no <|tool_call_start|>")
+    assert not any(event.kind == "tool_call" for event in events)
+    assert events[-1].kind == "done" and events[-1].text.startswith("<|tool_call_end|><|tool_output_start|>error")
+
+
 def test_continuing_on_the_cache_matches_a_fresh_forward_pass(tool_model, tokenizer):
     engine = Engine(tool_model, tokenizer, toolbox=default_toolbox())
     messages = [{"role": "user", "content": QUESTION}]

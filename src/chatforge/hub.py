@@ -159,9 +159,11 @@ def export_model(source: str | Path, destination: str | Path, kind: str, run_dir
     return destination
 
 
-def push(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
+def push(folder: str | Path, repo_id: str, private: bool = False, token: str | None = None,
+         endpoint: str | None = None) -> str:
     """Upload an exported folder to the Hub model repo ``repo_id`` (created if needed); its URL. The token is
-    ``token``, else ``HF_TOKEN`` or the one saved by ``hf auth login``. Nothing local changes."""
+    ``token``, else ``HF_TOKEN`` or the one saved by ``hf auth login``; ``endpoint`` is the Hub's address
+    (default ``HF_ENDPOINT`` or huggingface.co). Nothing local changes."""
     import httpx
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
@@ -170,7 +172,7 @@ def push(folder: str | Path, repo_id: str, private: bool = False, token: str | N
     _check_complete(folder)
     if not (folder / "README.md").exists():
         raise ExportError(f"{folder}: no README.md model card; export it first (chatforge export)")
-    api = HfApi(token=token)
+    api = HfApi(endpoint=endpoint, token=token)
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",

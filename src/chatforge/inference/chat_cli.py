@@ -55,7 +55,7 @@ def chat_loop(engine: Engine, params: SamplingParams, system: str | None = None,
             elif event.kind == "tool_call":
                 _print(f"\n  [{event.tool}] {event.text.strip()}", out)
             elif event.kind == "tool_output":
-                _print(f"\n  [{event.tool} ->] {event.text.strip()}\n", out)
+                _print(f"\n  [{event.tool or 'tool'} ->] {event.text.strip()}\n", out)
             elif event.kind == "done":
                 messages.append({"role": "assistant", "content": event.text})
                 _print("\n" if event.finish_reason == "stop" else f"\n({event.finish_reason})\n", out)

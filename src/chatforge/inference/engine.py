@@ -13,6 +13,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from ..tokenization.tokenization_chatforge import ENDOFTEXT, IM_END, TOOL_CALL_END, TOOL_CALL_START
 from ..tools import Toolbox, format_tool_output, parse_tool_call
+from ..tools.errors import ToolError
 
 
 @dataclass
@@ -272,9 +273,13 @@ class Engine:
                 if calls == self.max_tool_calls:
                     finish = "tool_calls"
                     break
-                name, argument = parse_tool_call(segment.text)
-                yield ChatEvent("tool_call", argument, tool=name)
-                output = self.toolbox.run(name, argument)
+                try:
+                    name, argument = parse_tool_call(segment.text)
+                except ToolError as error:  # a call closed but never opened: the model is told, as for any failure
+                    name, output = None, f"error: {error}"
+                else:
+                    yield ChatEvent("tool_call", argument, tool=name)
+                    output = self.toolbox.run(name, argument)
                 yield ChatEvent("tool_output", output, tool=name)
                 appended = format_tool_output(output)
                 reply += appended

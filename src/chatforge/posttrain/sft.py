@@ -177,12 +177,13 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
     eval_loss = held_out_loss()
     model = trainer.model.merge_and_unload() if model_args.use_peft else trainer.model
     set_generation_defaults(model, tokenizer)
+    if trainer.accelerator.is_main_process:  # saved before the evaluation, so that its failure loses no training
+        model.save_pretrained(training_args.output_dir)
+        tokenizer.save_pretrained(training_args.output_dir)
     figures = {"eval_loss_before": eval_loss_before, "eval_loss": eval_loss, "skipped": skipped,
                "train_conversations": len(checked["train"]),
                "sft": held_out_evaluation(model, tokenizer, script), "base": base_figures,
                "seconds": round(time.perf_counter() - started, 1)}
     if trainer.accelerator.is_main_process:
-        model.save_pretrained(training_args.output_dir)
-        tokenizer.save_pretrained(training_args.output_dir)
         atomic_write_text(Path(training_args.output_dir) / "eval.json", json.dumps(figures, indent=2))
     return figures

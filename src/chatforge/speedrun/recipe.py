@@ -38,6 +38,13 @@ class DataSettings:
     vocab_size: int = 4096
     val_fraction: float = 0.05  # documents held out for validation loss and tokenizer compression
     seed: int = 0
+    # More pretraining text beside the embedded corpus and the cleaned pages: files, folders or Hub datasets
+    # (streamed), e.g. HuggingFaceFW/fineweb-edu; at most max_documents of them, the tokenizer trained on at
+    # most tokenizer_max_chars characters.
+    pretraining_sources: list[str] = field(default_factory=list)
+    max_documents: int | None = None
+    tokenizer_max_chars: int | None = None
+    tokenize_workers: int = 1
 
 
 @dataclass

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from ..io import atomic_directory, atomic_write_text, write_jsonl
+from ..io import atomic_write_text, write_jsonl
 from .recipe import SpeedrunRecipe, resolve_stage_config
 
 #: The training stages each run a launcher of ``recipes/``; sft-probe is SFT with the probe's examples.
@@ -120,12 +120,12 @@ def run_corpus(run: Run) -> dict:
 
 def run_tokenizer(run: Run) -> dict:
     from ..data import iter_documents
-    from ..tokenization import bytes_per_token, train_tokenizer
+    from ..tokenization import bytes_per_token, train_tokenizer_from_sources
 
-    corpus = run.output / "corpus"
-    tokenizer = train_tokenizer(iter_documents([str(corpus / "train.jsonl")]), run.recipe.data.vocab_size)
-    with atomic_directory(run.output / "tokenizer") as tmp_dir:
-        tokenizer.save_pretrained(tmp_dir)
+    settings, corpus = run.recipe.data, run.output / "corpus"
+    sources = [str(corpus / "train.jsonl"), *settings.pretraining_sources]
+    tokenizer, _ = train_tokenizer_from_sources(sources, run.output / "tokenizer", settings.vocab_size,
+                                                max_chars=settings.tokenizer_max_chars)
     held_out = list(iter_documents([str(corpus / "val.jsonl")]))
     return {"vocab_size": len(tokenizer), "held_out_bytes_per_token": bytes_per_token(tokenizer, held_out)}
 
@@ -133,10 +133,12 @@ def run_tokenizer(run: Run) -> dict:
 def run_shards(run: Run) -> dict:
     from ..data.shards import tokenize_to_shards
 
-    corpus = run.output / "corpus"
+    settings, corpus = run.recipe.data, run.output / "corpus"
     pretrain = run.config("pretrain")
-    meta = tokenize_to_shards(pretrain["tokenizer_name_or_path"], [str(corpus / "train.jsonl")],
-                              pretrain["dataset_dir"], val_sources=[str(corpus / "val.jsonl")])
+    meta = tokenize_to_shards(pretrain["tokenizer_name_or_path"],
+                              [str(corpus / "train.jsonl"), *settings.pretraining_sources], pretrain["dataset_dir"],
+                              val_sources=[str(corpus / "val.jsonl")], max_documents=settings.max_documents,
+                              workers=settings.tokenize_workers)
     return {f"{split}_tokens": info["tokens"] for split, info in meta["splits"].items()}
 
 

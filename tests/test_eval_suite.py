@@ -1,0 +1,91 @@
+import json
+import math
+
+import pytest
+import torch
+
+from chatforge.eval.benchmarks import arc_item, hellaswag_item, load_hub_records, multiple_choice_accuracy
+from chatforge.eval.suite import EvalData, bits_per_byte, evaluate_model, regurgitation
+from chatforge.inference.engine import Engine, SamplingParams
+
+
+def _greedy_ids(engine, prompt_ids, tokens):
+    return engine.generate_ids([prompt_ids], SamplingParams(temperature=0.0, max_new_tokens=tokens))[0]
+
+
+def test_bits_per_byte_of_a_batch_is_the_sum_over_its_documents(model, tokenizer, documents):
+    texts = documents[:5]
+    batched = bits_per_byte(model, tokenizer, texts, max_length=64, batch_size=5)
+    nats = n_bytes = tokens = 0.0
+    with torch.no_grad():
+        for text in texts:
+            ids = tokenizer(text, add_special_tokens=True, truncation=True, max_length=64)["input_ids"]
+            loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([ids])).loss.item()
+            nats += loss * (len(ids) - 1)
+            tokens += len(ids) - 1
+            n_bytes += len(tokenizer.decode(ids[1:]).encode("utf-8"))
+    assert batched["tokens"] == tokens
+    assert batched["loss"] == pytest.approx(nats / tokens, rel=1e-4)
+    assert batched["bpb"] == pytest.approx(nats / math.log(2) / n_bytes, rel=1e-4)
+
+
+def test_regurgitation_finds_a_memorised_continuation_and_not_a_foreign_one(model, tokenizer, documents):
+    engine = Engine(model, tokenizer)
+    prompt = tokenizer(documents[0], add_special_tokens=False)["input_ids"][:8]
+    memorised = tokenizer.decode(prompt + _greedy_ids(engine, prompt, 8))
+    figures = regurgitation(engine, [memorised], prefix_tokens=8, suffix_tokens=8)
+    assert figures["max_verbatim_tokens"] == 8 and figures["full_share"] == 1.0
+    foreign = regurgitation(engine, documents[1:6], prefix_tokens=8, suffix_tokens=8)
+    assert foreign["full_share"] == 0.0 and foreign["mean_verbatim_tokens"] < 2
+    assert foreign["documents"] == 5
+
+
+def test_multiple_choice_picks_the_continuation_the_model_believes(model, tokenizer, documents):
+    engine = Engine(model, tokenizer)
+    items = []
+    for index, text in enumerate(documents[:6]):
+        context = tokenizer(text, add_special_tokens=False)["input_ids"][:10]
+        believed = tokenizer.decode(_greedy_ids(engine, context, 6))
+        others = [documents[index + 10][:len(believed)], documents[index + 20][:len(believed)]]
+        choices = others[:index % 3] + [believed] + others[index % 3:]
+        items.append({"context": tokenizer.decode(context), "choices": choices, "label": index % 3})
+    figures = multiple_choice_accuracy(model, tokenizer, items)
+    assert figures["acc"] == 1.0 and figures["items"] == 6
+
+
+def test_hub_benchmark_records_become_items():
+    hellaswag = hellaswag_item({"activity_label": "Baking", "ctx": "She mixes the flour", "endings": ["a", "b"],
+                                "label": "1"})
+    assert hellaswag == {"context": "Baking: She mixes the flour", "choices": [" a", " b"], "label": 1}
+    arc = arc_item({"question": "Which is a gas?", "answerKey": "C",
+                    "choices": {"text": ["ice", "water", "steam"], "label": ["A", "B", "C"]}})
+    assert arc["label"] == 2 and arc["context"].endswith("Answer:") and arc["choices"][2] == " steam"
+
+
+def test_hub_benchmark_without_a_network_says_so(monkeypatch):
+    monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", True)
+    with pytest.raises(RuntimeError, match="hellaswag.*Rowan/hellaswag.*need a network"):
+        load_hub_records("hellaswag", 4)
+
+
+def test_tasks_must_fit_the_model(saved_model_dir, tmp_path):
+    data = EvalData(pairs=str(tmp_path / "pairs.jsonl"))
+    with pytest.raises(ValueError, match="a language model"):
+        evaluate_model(str(saved_model_dir), ["reward"], data)
+    with pytest.raises(ValueError, match="unknown tasks \\['mmlu'\\]"):
+        evaluate_model(str(saved_model_dir), ["mmlu"], data)
+    with pytest.raises(FileNotFoundError, match="task 'bpb' needs held-out text: not given"):
+        evaluate_model(str(saved_model_dir), ["bpb"], data)
+
+
+def test_eval_command_writes_the_figures(saved_model_dir, tmp_path, documents, capsys):
+    from chatforge.cli import main
+
+    val = tmp_path / "val.jsonl"
+    val.write_text("".join(json.dumps({"text": text}) + "\n" for text in documents[:4]))
+    main(["eval", str(saved_model_dir), "--tasks", "bpb,regurgitation", "--val-text", str(val), "--corpus", str(val),
+          "--limit", "4", "--output", str(tmp_path / "eval.json")])
+    figures = json.loads((tmp_path / "eval.json").read_text())
+    assert figures["bpb"]["documents"] == 4 and figures["bpb"]["bpb"] > 0
+    assert figures["regurgitation"]["documents"] == 4
+    assert json.loads(capsys.readouterr().out) == figures

@@ -1,0 +1,225 @@
+"""The speedrun: the smoke recipe through every stage (default run), and the tiny recipe's figures (slow)."""
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from chatforge.speedrun import STAGE_NAMES, RecipeError, StageError, load_recipe, speedrun
+from chatforge.speedrun.recipe import TRAINING_STAGES, rebase, resolve_stage_config
+from chatforge.speedrun.runner import _check_ours
+from chatforge.speedrun.stages import STAGES, Run
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """One smoke speedrun shared by the tests of this module (a few minutes)."""
+    output = tmp_path_factory.mktemp("speedrun") / "smoke"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(REPO)
+        report = speedrun("smoke", output)
+    return output, report
+
+
+def test_smoke_speedrun_runs_every_stage_and_reports_it(smoke_run):
+    output, report = smoke_run
+    assert list(report) == [*STAGE_NAMES, "run"]
+    assert all(report[name]["seconds"] >= 0 for name in STAGE_NAMES)
+    assert report["data"]["documents.input"] > report["data"]["documents.pii"] > 0
+    assert report["corpus"]["val_documents"] > 0 and report["shards"]["val_tokens"] > 0
+    assert 1.5 < report["tokenizer"]["held_out_bytes_per_token"] < 6
+    assert report["pretrain"]["steps"] == 20 and report["pretrain"]["val_loss"] > 0
+    assert report["probe"]["questions"] == 180
+    assert 0 <= report["reward"]["reward_model.pairs.accuracy"] <= 1
+    assert report["ppo"]["steps"] == 4 and report["grpo"]["after.test.problems"] == 4
+    assert json.loads((output / "report.json").read_text())["run"]["hardware"]["cpus"] >= 1
+
+    evaluation = json.loads((output / "eval.json").read_text())
+    assert set(evaluation) == {"base", "sft", "ppo", "grpo", "reward"}
+    assert set(evaluation["base"]) == {"bpb", "format", "regurgitation"}
+    assert set(evaluation["grpo"]) == {"bpb", "format", "arithmetic", "knowledge"}
+    assert report["eval"]["grpo.bpb.bpb"] == evaluation["grpo"]["bpb"]["bpb"]
+
+    card = (output / "report.md").read_text()
+    for heading in ("## Data", "## Tokenizer", "## Pretraining", "## Supervised fine-tuning", "## Reward model",
+                    "## RLHF (PPO)", "## GRPO", "## Evaluation of every stage's model", "## Exported models"):
+        assert heading in card
+    for image in ("funnel.png", "pretrain_loss.png", "ppo.png", "grpo.png"):
+        assert f"report_assets/{image}" in card and (output / "report_assets" / image).stat().st_size > 1000
+
+
+def test_finished_stages_are_skipped_and_from_reruns(smoke_run, capfd, monkeypatch):
+    output, _ = smoke_run
+    before = {name: (output / "speedrun" / f"{name}.json").stat().st_mtime_ns for name in STAGE_NAMES}
+    monkeypatch.chdir(REPO)
+    speedrun("smoke", output)
+    assert capfd.readouterr().out.count("finished earlier, skipped") == len(STAGE_NAMES)
+    speedrun("smoke", output, start="report")
+    after = {name: (output / "speedrun" / f"{name}.json").stat().st_mtime_ns for name in STAGE_NAMES}
+    assert [name for name in STAGE_NAMES if after[name] != before[name]] == ["report"]
+    with pytest.raises(ValueError, match="--from train: no such stage"):
+        speedrun("smoke", output, start="train")
+
+
+def test_an_interrupted_stage_resumes_from_its_checkpoint(smoke_run, capfd, monkeypatch):
+    output, _ = smoke_run
+    (output / "speedrun" / "ppo.json").unlink()  # as if killed after its last checkpoint
+    monkeypatch.chdir(REPO)
+    speedrun("smoke", output, until="ppo")
+    out = capfd.readouterr().out
+    assert "ppo: RLHF with PPO, stopped before over-optimisation (resuming)" in out
+    assert "resumed from" in out and "checkpoint-4" in out
+
+
+def test_exported_models_load_and_generate_without_chatforge(smoke_run):
+    output, _ = smoke_run
+    script = textwrap.dedent("""
+        import json, sys
+        sys.modules["chatforge"] = None  # as on a machine without chatforge
+        from transformers import (AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer,
+                                  GenerationConfig, pipeline)
+        export = sys.argv[1]
+        chat_model = AutoModelForCausalLM.from_pretrained(f"{export}/grpo", trust_remote_code=True)
+        tokenizer = AutoTokenizer.from_pretrained(f"{export}/grpo", trust_remote_code=True)
+        reply = pipeline("text-generation", model=chat_model, tokenizer=tokenizer)(
+            [{"role": "user", "content": "Hello!"}], max_new_tokens=8, do_sample=False)[0]["generated_text"][-1]
+        base = pipeline("text-generation", model=f"{export}/base", trust_remote_code=True)
+        text = base("The city of", max_new_tokens=8, do_sample=False)[0]["generated_text"]
+        reward = AutoModelForSequenceClassification.from_pretrained(f"{export}/reward", trust_remote_code=True)
+        reward_tokenizer = AutoTokenizer.from_pretrained(f"{export}/reward", trust_remote_code=True)
+        inputs = reward_tokenizer.apply_chat_template(
+            [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}],
+            return_tensors="pt", return_dict=True)
+        score = reward(**inputs).logits[0, 0].item()
+        end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        print(json.dumps({"module": type(chat_model).__module__, "role": reply["role"], "text": text,
+                          "score": score, "eos_first": GenerationConfig.from_pretrained(
+                              f"{export}/grpo").eos_token_id[0] == end_of_turn}))
+    """)
+    result = subprocess.run([sys.executable, "-c", script, str(output / "export")], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert loaded["module"].startswith("transformers_modules.")
+    assert loaded["role"] == "assistant" and loaded["text"].startswith("The city of")
+    assert isinstance(loaded["score"], float) and loaded["eos_first"]
+
+
+def test_model_cards_carry_the_runs_figures(smoke_run):
+    output, report = smoke_run
+    evaluation = json.loads((output / "eval.json").read_text())
+    for name in ("base", "sft", "ppo", "grpo", "reward"):
+        card = (output / "export" / name / "README.md").read_text()
+        header = yaml.safe_load(card.split("---")[1])
+        assert header["library_name"] == "transformers" and "chatforge" in header["tags"]
+        assert "## Limitations" in card and "## Training data" in card
+    grpo_card = (output / "export/grpo/README.md").read_text()
+    assert f"| bpb | bpb | {evaluation['grpo']['bpb']['bpb']:.3f} |" in grpo_card
+    assert "GRPO" in grpo_card and "text-generation" in grpo_card
+    assert "GRPO" not in (output / "export/sft/README.md").read_text().split("## Use")[0]
+    reward_card = (output / "export/reward/README.md").read_text()
+    assert "text-classification" in reward_card and "not on human preferences" in reward_card
+    assert f"{report['reward']['reward_model.pairs.accuracy']:.3f}" in reward_card
+    assert not any(path.name.startswith("checkpoint-") for path in (output / "export/ppo").iterdir())
+
+
+def _write_recipe(tmp_path: Path, **changes) -> Path:
+    raw = yaml.safe_load((REPO / "recipes/smoke/speedrun.yaml").read_text())
+    for key, value in changes.items():
+        if value is None:
+            raw.pop(key)
+        else:
+            raw[key] = value
+    path = tmp_path / "custom" / "speedrun.yaml"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_recipe_errors_name_the_file_and_field(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    with pytest.raises(FileNotFoundError, match="recipes/huge/speedrun.yaml: no such speedrun recipe"):
+        load_recipe("huge")
+    with pytest.raises(RecipeError, match="unknown fields \\['epochs'\\]"):
+        load_recipe(str(_write_recipe(tmp_path, epochs=3)))
+    training = yaml.safe_load((REPO / "recipes/smoke/speedrun.yaml").read_text())["training"]
+    del training["ppo"]
+    with pytest.raises(RecipeError, match="missing \\['ppo'\\]"):
+        load_recipe(str(_write_recipe(tmp_path, training=training)))
+    with pytest.raises(RecipeError, match="`launcher` must be a non-empty list"):
+        load_recipe(str(_write_recipe(tmp_path, launcher="python")))
+    with pytest.raises(RecipeError, match="`data` takes the fields"):
+        load_recipe(str(_write_recipe(tmp_path, data={"vocab": 10})))
+
+
+def test_stage_configs_are_moved_under_the_output(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert rebase({"a": ["runs/tiny/x", "runs/tinyx", {"b": "runs/tiny"}]}, "runs/tiny", tmp_path) == {
+        "a": [str(tmp_path / "x"), "runs/tinyx", {"b": str(tmp_path)}]}
+    recipe = load_recipe("tiny")
+    pretrain = resolve_stage_config(recipe, "pretrain", tmp_path)
+    assert pretrain["output_dir"] == str(tmp_path / "pretrain") and pretrain["max_steps"] == 500
+    assert pretrain["build_missing_inputs"] is False and pretrain["resume_from_checkpoint"] == "latest"
+    ppo = resolve_stage_config(recipe, "ppo", tmp_path)
+    assert ppo["model_name_or_path"] == str(tmp_path / "sft-probe") and "sft_config" not in ppo
+    sft_probe = resolve_stage_config(recipe, "sft-probe", tmp_path)
+    assert [d["data_files"] for d in sft_probe["datasets"]] == [str(tmp_path / "sft-data/train.jsonl"),
+                                                                 str(tmp_path / "probe/train.jsonl")]
+
+
+@pytest.mark.parametrize("name", ["tiny", "smoke", "gpt2-124m"])
+def test_every_stage_of_every_speedrun_recipe_parses(name, tmp_path, monkeypatch):
+    from trl import TrlParser
+
+    from chatforge.posttrain.grpo import grpo_parser
+    from chatforge.posttrain.reward import reward_parser
+    from chatforge.posttrain.rlhf import ppo_parser
+    from chatforge.posttrain.sft import sft_parser
+    from chatforge.training import PretrainConfig
+
+    parsers = {"pretrain": lambda: TrlParser([PretrainConfig]), "sft": sft_parser, "sft-probe": sft_parser,
+               "reward": reward_parser, "ppo": ppo_parser, "grpo": grpo_parser}
+    monkeypatch.chdir(REPO)
+    recipe = load_recipe(name)
+    for stage in TRAINING_STAGES:
+        config = resolve_stage_config(recipe, stage, tmp_path)
+        if not torch.cuda.is_available() and not config.get("use_cpu"):
+            config["bf16"] = False  # a GPU recipe: its fields are checked here, bf16 needs the GPU
+        path = tmp_path / f"{stage}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        parsed = parsers[stage]().parse_args_and_config(["--config", str(path)])
+        assert any(getattr(part, "output_dir", None) == str(tmp_path / stage) for part in parsed)
+
+
+def test_outputs_the_speedrun_did_not_write_are_not_resumed(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    run = Run(load_recipe("smoke"), tmp_path)
+    (tmp_path / "pretrain").mkdir()
+    stage = STAGES[STAGE_NAMES.index("pretrain")]
+    with pytest.raises(StageError, match="pretrain already exists but this speedrun did not write it"):
+        _check_ours(run, stage)
+    run.state_dir.mkdir()
+    (run.state_dir / "pretrain.started").touch()
+    _check_ours(run, stage)
+
+
+@pytest.mark.slow
+def test_tiny_speedrun_moves_every_figure_the_right_way(tmp_path):
+    """`make demo`'s run: ≤ 30 minutes on 2 CPU cores, each stage's figure moving the right way."""
+    result = subprocess.run([sys.executable, "-m", "chatforge.cli", "speedrun", "--recipe", "tiny", "--output",
+                             str(tmp_path / "tiny")], cwd=REPO, timeout=3600)
+    assert result.returncode == 0
+    report = json.loads((tmp_path / "tiny/report.json").read_text())
+    assert report["run"]["stages_seconds"] < 30 * 60
+    assert report["pretrain"]["val_loss"] < report["pretrain"]["unigram_val_loss"]
+    assert report["sft-probe"]["format_adherence"] >= 0.95
+    assert report["reward"]["reward_model.pairs.accuracy"] >= 0.80
+    assert report["ppo"]["best.rm_score"] > report["ppo"]["initial.rm_score"]
+    assert report["grpo"]["after.test.pass@1"] >= report["grpo"]["before.test.pass@1"] + 0.10
