@@ -82,7 +82,8 @@ def test_eval_command_writes_the_figures(saved_model_dir, tmp_path, documents, c
     from chatforge.cli import main
 
     val = tmp_path / "val.jsonl"
-    val.write_text("".join(json.dumps({"text": text}) + "\n" for text in documents[:4]))
+    long_documents = [text for text in documents if len(text) > 600][:4]  # each over 64 tokens
+    val.write_text("".join(json.dumps({"text": text}) + "\n" for text in long_documents))
     main(["eval", str(saved_model_dir), "--tasks", "bpb,regurgitation", "--val-text", str(val), "--corpus", str(val),
           "--limit", "4", "--output", str(tmp_path / "eval.json")])
     figures = json.loads((tmp_path / "eval.json").read_text())

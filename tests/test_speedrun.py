@@ -165,7 +165,7 @@ def test_stage_configs_are_moved_under_the_output(tmp_path, monkeypatch):
         "a": [str(tmp_path / "x"), "runs/tinyx", {"b": str(tmp_path)}]}
     recipe = load_recipe("tiny")
     pretrain = resolve_stage_config(recipe, "pretrain", tmp_path)
-    assert pretrain["output_dir"] == str(tmp_path / "pretrain") and pretrain["max_steps"] == 500
+    assert pretrain["output_dir"] == str(tmp_path / "pretrain") and pretrain["max_steps"] == 450
     assert pretrain["build_missing_inputs"] is False and pretrain["resume_from_checkpoint"] == "latest"
     ppo = resolve_stage_config(recipe, "ppo", tmp_path)
     assert ppo["model_name_or_path"] == str(tmp_path / "sft-probe") and "sft_config" not in ppo

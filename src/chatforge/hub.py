@@ -164,9 +164,7 @@ def push(folder: str | Path, repo_id: str, private: bool = False, token: str | N
     """Upload an exported folder to the Hub model repo ``repo_id`` (created if needed); its URL. The token is
     ``token``, else ``HF_TOKEN`` or the one saved by ``hf auth login``; ``endpoint`` is the Hub's address
     (default ``HF_ENDPOINT`` or huggingface.co). Nothing local changes."""
-    import httpx
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     folder = Path(folder)
     _check_complete(folder)
@@ -177,7 +175,7 @@ def push(folder: str | Path, repo_id: str, private: bool = False, token: str | N
         url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
         api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
                           commit_message=f"Upload {folder.name} exported by chatforge")
-    except (OSError, httpx.HTTPError, HfHubHTTPError, OfflineModeIsEnabled, ValueError) as error:
+    except Exception as error:  # network, HTTP, auth or offline mode: each library version raises its own
         raise ExportError(f"could not push {folder} to {repo_id}: {type(error).__name__}: {error}. Check the "
                           "network and your token (HF_TOKEN, or `hf auth login`); nothing was uploaded or changed "
                           "locally.") from error

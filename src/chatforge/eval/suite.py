@@ -42,7 +42,7 @@ class EvalData:
 
     @classmethod
     def from_run(cls, run_dir: str | Path) -> "EvalData":
-        """The held-out files of a speedrun folder (``chatforge speedrun``)."""
+        """The held-out files of a speedrun folder of the tiny or gpt2-124m recipes (``chatforge speedrun``)."""
         run = Path(run_dir)
         return cls(val_text=str(run / "corpus/val.jsonl"), prompts=str(run / "sft-data/test.jsonl"),
                    problems=str(run / "problems/test.jsonl"), questions=str(run / "sft-data/world_qa_test.jsonl"),
@@ -60,6 +60,17 @@ class EvalConfig:
     prefix_tokens: int = 32  # regurgitation: the opening given ...
     suffix_tokens: int = 32  # ... and the continuation compared
     seed: int = 0
+
+
+def spread(records: list, limit: int) -> list:
+    """At most ``limit`` records taken evenly through ``records`` (files are often ordered by kind or group)."""
+    if len(records) <= limit:
+        return records
+    return [records[i * len(records) // limit] for i in range(limit)]
+
+
+def _records(path: str | None, task: str, what: str, limit: int) -> list[dict]:
+    return spread(read_jsonl(_required(path, task, what)), limit)
 
 
 def _required(value: str | None, task: str, what: str) -> str:
@@ -129,17 +140,17 @@ def regurgitation(engine: Engine, documents: Sequence[str], prefix_tokens: int =
             "longest": longest}
 
 
-def _first_user_turns(path: str, limit: int) -> list[list[dict]]:
-    return [[next(m for m in record["messages"] if m["role"] == "user")] for record in read_jsonl(path, limit)]
+def _first_user_turns(records: list[dict]) -> list[list[dict]]:
+    return [[next(m for m in record["messages"] if m["role"] == "user")] for record in records]
 
 
 def _task_runners(data: EvalData, config: EvalConfig) -> dict[str, Callable[[Engine], dict]]:
     def bpb(engine: Engine) -> dict:
-        documents = list(iter_documents([_required(data.val_text, "bpb", "held-out text")]))[:config.limit]
+        documents = spread(list(iter_documents([_required(data.val_text, "bpb", "held-out text")])), config.limit)
         return bits_per_byte(engine.model, engine.tokenizer, documents, config.max_length)
 
     def arithmetic(engine: Engine) -> dict:
-        problems = read_jsonl(_required(data.problems, "arithmetic", "problems"), config.limit)
+        problems = _records(data.problems, "arithmetic", "problems", config.limit)
         return problem_accuracy(engine, problems, k=config.k, max_new_tokens=config.max_new_tokens,
                                 seed=config.seed)
 
@@ -150,10 +161,9 @@ def _task_runners(data: EvalData, config: EvalConfig) -> dict[str, Callable[[Eng
     return {
         "bpb": bpb,
         "format": lambda engine: format_adherence(
-            engine, _first_user_turns(_required(data.prompts, "format", "conversations"), config.limit)),
+            engine, _first_user_turns(_records(data.prompts, "format", "conversations", config.limit))),
         "arithmetic": arithmetic,
-        "knowledge": lambda engine: knowledge(
-            engine, read_jsonl(_required(data.questions, "knowledge", "questions"), config.limit)),
+        "knowledge": lambda engine: knowledge(engine, _records(data.questions, "knowledge", "questions", config.limit)),
         "regurgitation": regurgitate,
         **{name: (lambda engine, name=name: benchmarks.run(name, engine, config.limit, config.k,
                                                           config.max_new_tokens, config.seed))
@@ -174,7 +184,7 @@ def evaluate_reward_model(model_path: str, data: EvalData, config: EvalConfig = 
     """Pairwise accuracy of the reward model at ``model_path`` on held-out preference pairs."""
     from .reward import pairwise_accuracy
 
-    pairs = read_jsonl(_required(data.pairs, "reward", "preference pairs"), config.limit)
+    pairs = _records(data.pairs, "reward", "preference pairs", config.limit)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_path)
     return pairwise_accuracy(model, tokenizer, pairs)

@@ -54,7 +54,7 @@ def _check_ours(run: Run, stage: Stage) -> None:
                          f"write it; remove it, or give another --output")
 
 
-def write_report_json(run: Run, started: float | None = None) -> dict:
+def write_report_json(run: Run) -> dict:
     """``report.json``: stage -> metric -> value for every finished stage, and ``run`` (recipe, hardware, time)."""
     report: dict = {}
     for stage in STAGES:
