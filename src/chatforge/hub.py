@@ -14,7 +14,7 @@ from pathlib import Path
 
 import jinja2
 from safetensors import safe_open
-from transformers import AutoConfig, GenerationConfig
+from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
 from .io import atomic_directory
 
@@ -144,15 +144,13 @@ def export_model(source: str | Path, destination: str | Path, kind: str, run_dir
                 shutil.copy2(path, tmp_dir / path.name)
         if kind == "chat":
             generation = GenerationConfig.from_pretrained(tmp_dir)
-            tokenizer_config = _load_json(tmp_dir / "tokenizer_config.json")
-            vocab = json.loads((tmp_dir / "tokenizer.json").read_text())["added_tokens"]
-            ids = {token["content"]: token["id"] for token in vocab}
-            end_of_turn = ids.get("<|im_end|>")
-            if end_of_turn is None:
+            tokenizer = AutoTokenizer.from_pretrained(tmp_dir)
+            if "<|im_end|>" not in tokenizer.get_vocab():
                 raise ExportError(f"{source}: kind 'chat' but the tokenizer has no <|im_end|> token")
+            end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
             others = generation.eos_token_id if isinstance(generation.eos_token_id, list) else [generation.eos_token_id]
             generation.eos_token_id = [end_of_turn] + [i for i in others if i not in (None, end_of_turn)]
-            generation.pad_token_id = ids.get(tokenizer_config.get("pad_token"), generation.pad_token_id)
+            generation.pad_token_id = tokenizer.pad_token_id
             generation.save_pretrained(tmp_dir)
         card = model_card(tmp_dir, kind, Path(run_dir) if run_dir else None, model_name, stage, repo_id)
         (tmp_dir / "README.md").write_text(card, encoding="utf-8")
