@@ -2,8 +2,11 @@ import json
 
 import datasets
 import pytest
+from trl import DatasetMixtureConfig
+from trl.scripts.utils import DatasetConfig
 
 from chatforge.posttrain.conversations import ConversationError, check_conversation, check_messages
+from chatforge.posttrain.mixture import load_mixture
 from chatforge.posttrain.sft import checked_split
 from chatforge.posttrain.sft_data import SFTDataConfig, build_sft_data, chatterbot_conversations
 from chatforge.posttrain.word_problems import extract_answer, word_problem
@@ -88,3 +91,19 @@ def test_sft_data_build_writes_held_out_splits_once(tmp_path):
     assert len(problems) == 15 and all(calculate(p["expression"]) == p["answer"] for p in problems)
     (tmp_path / "sft/train.jsonl").write_text("")
     assert build_sft_data(tmp_path / "sft", config) == summary  # finished folders are reused as they are
+
+
+def test_a_mixture_entry_that_would_not_load_as_meant_is_named(tmp_path, monkeypatch):
+    records = tmp_path / "chats.jsonl"
+    records.write_text(json.dumps({"messages": [{"role": "user", "content": "Hi"},
+                                                {"role": "assistant", "content": "Hello!"}]}) + "\n")
+    monkeypatch.chdir(tmp_path)
+    good = DatasetConfig(path="json", data_files=str(records), split="train", columns=["messages"])
+    assert load_mixture(DatasetMixtureConfig(datasets=[good]))["train"][0]["messages"][1]["content"] == "Hello!"
+    with pytest.raises(ValueError, match=r"datasets\[1\] \(path: json\): give data_files"):
+        load_mixture(DatasetMixtureConfig(datasets=[good, DatasetConfig(path="json", split="train")]))
+    with pytest.raises(FileNotFoundError, match=r"datasets\[0\] .*not found: missing.jsonl"):
+        missing = DatasetConfig(path="json", data_files={"train": ["missing.jsonl"]})
+        load_mixture(DatasetMixtureConfig(datasets=[missing]))
+    with pytest.raises(ValueError, match="no datasets"):
+        load_mixture(DatasetMixtureConfig(datasets=[]))

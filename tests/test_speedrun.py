@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from chatforge.eval.suite import EvalData
 from chatforge.speedrun import STAGE_NAMES, RecipeError, StageError, load_recipe, speedrun
 from chatforge.speedrun.recipe import TRAINING_STAGES, rebase, resolve_stage_config
 from chatforge.speedrun.runner import _check_ours
@@ -53,6 +54,15 @@ def test_smoke_speedrun_runs_every_stage_and_reports_it(smoke_run):
         assert heading in card
     for image in ("funnel.png", "pretrain_loss.png", "ppo.png", "grpo.png"):
         assert f"report_assets/{image}" in card and (output / "report_assets" / image).stat().st_size > 1000
+
+
+def test_eval_run_option_finds_the_held_out_files_where_the_stage_configs_put_them(smoke_run):
+    output, _ = smoke_run
+    data = EvalData.from_run(output)
+    run = Run(load_recipe("smoke"), output)
+    assert data.problems == str(Path(run.config("grpo")["problems_dir"]) / "test.jsonl")
+    assert data.pairs == str(Path(run.config("reward")["preference_data_dir"]) / "pairs_test.jsonl")
+    assert all(Path(path).is_file() for path in vars(data).values())
 
 
 def test_finished_stages_are_skipped_and_from_reruns(smoke_run, capfd, monkeypatch):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import yaml
 from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -41,12 +42,28 @@ class EvalData:
     pairs: str | None = None  # {"chosen", "rejected"} conversations
 
     @classmethod
+    def from_folders(cls, corpus: str | Path, sft_data: str | Path, problems: str | Path,
+                     preference_data: str | Path) -> "EvalData":
+        """The held-out files in a speedrun's corpus folder (``train.jsonl``/``val.jsonl``) and in the folders
+        that ``chatforge sft-data build``, ``problems build`` and ``preference-data build`` write."""
+        corpus, sft_data, problems, preference_data = map(Path, (corpus, sft_data, problems, preference_data))
+        return cls(val_text=str(corpus / "val.jsonl"), prompts=str(sft_data / "test.jsonl"),
+                   problems=str(problems / "test.jsonl"), questions=str(sft_data / "world_qa_test.jsonl"),
+                   corpus=str(corpus / "train.jsonl"), pairs=str(preference_data / "pairs_test.jsonl"))
+
+    @classmethod
     def from_run(cls, run_dir: str | Path) -> "EvalData":
-        """The held-out files of a speedrun folder of the tiny or gpt2-124m recipes (``chatforge speedrun``)."""
+        """The held-out files of a ``chatforge speedrun`` folder: where its saved stage configs
+        (``speedrun/configs/``) put the data, else the speedrun's default layout."""
         run = Path(run_dir)
-        return cls(val_text=str(run / "corpus/val.jsonl"), prompts=str(run / "sft-data/test.jsonl"),
-                   problems=str(run / "problems/test.jsonl"), questions=str(run / "sft-data/world_qa_test.jsonl"),
-                   corpus=str(run / "corpus/train.jsonl"), pairs=str(run / "preference-data/pairs_test.jsonl"))
+
+        def folder(stage: str, key: str, default: str) -> Path:
+            config = run / "speedrun/configs" / f"{stage}.yaml"
+            return Path(yaml.safe_load(config.read_text())[key]) if config.exists() else run / default
+
+        return cls.from_folders(run / "corpus", folder("sft", "sft_data_dir", "sft-data"),
+                                folder("grpo", "problems_dir", "problems"),
+                                folder("reward", "preference_data_dir", "preference-data"))
 
 
 @dataclass

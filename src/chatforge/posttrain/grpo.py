@@ -12,7 +12,7 @@ from pathlib import Path
 
 import datasets
 from transformers import AutoModelForCausalLM, AutoTokenizer
-from trl import DatasetMixtureConfig, GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_dataset, get_peft_config
+from trl import DatasetMixtureConfig, GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_peft_config
 from trl.rewards import get_soft_overlong_punishment
 
 from ..eval.math import problem_accuracy
@@ -21,6 +21,7 @@ from ..inference.engine import Engine
 from ..io import atomic_write_text, read_jsonl, write_jsonl
 from ..modeling.factory import set_generation_defaults
 from ..training.checkpoint import trainer_checkpoint
+from .mixture import load_mixture
 from .reward import build_model_if_missing
 from .sft import model_dtype, parse_sft_yaml, run_sft
 from .verifiable import REWARD_FUNCTIONS, ProblemConfig, build_problems, to_problems
@@ -109,7 +110,7 @@ def run_grpo(script: GRPOScriptArguments, training_args: GRPOConfig, model_args:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if mixture.datasets:
-        train = get_dataset(mixture)["train"]
+        train = load_mixture(mixture)["train"]
     else:
         train = datasets.load_dataset("json", data_files=str(Path(script.problems_dir) / "train.jsonl"), split="train")
     train = train.map(to_problems, batched=True, with_indices=True, fn_kwargs={"name": "train"},

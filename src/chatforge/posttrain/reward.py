@@ -13,11 +13,12 @@ from pathlib import Path
 
 import datasets
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
-from trl import DatasetMixtureConfig, ModelConfig, RewardConfig, RewardTrainer, TrlParser, get_dataset, get_peft_config
+from trl import DatasetMixtureConfig, ModelConfig, RewardConfig, RewardTrainer, TrlParser, get_peft_config
 
 from ..eval.reward import pairwise_accuracy, ranking_agreement
 from ..io import atomic_write_text, read_jsonl
 from ..training.checkpoint import trainer_checkpoint
+from .mixture import load_mixture
 from .preferences import PreferenceDataConfig, build_preference_data, to_pairs
 from .sft import model_dtype, parse_sft_yaml, run_sft
 
@@ -102,12 +103,10 @@ def run_reward(script: RewardScriptArguments, training_args: RewardConfig, model
     started = time.perf_counter()
     if script.build_missing_inputs:
         _build_missing_inputs(script, model_args)
-    if not mixture.datasets:
-        raise ValueError("no datasets: give a `datasets:` list (TRL DatasetMixtureConfig) in the recipe")
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    splits = {name: pair_split(split, name) for name, split in get_dataset(mixture).items()}
+    splits = {name: pair_split(split, name) for name, split in load_mixture(mixture).items()}
     held_out = Path(script.preference_data_dir) / "pairs_test.jsonl"
     if "test" not in splits and held_out.exists():
         splits["test"] = pair_split(datasets.load_dataset("json", data_files=str(held_out), split="train"),

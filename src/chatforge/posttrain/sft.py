@@ -15,7 +15,7 @@ from pathlib import Path
 import datasets
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
-from trl import DatasetMixtureConfig, ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_dataset, get_peft_config
+from trl import DatasetMixtureConfig, ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
 from ..eval.chat import format_adherence, knowledge, look_up_accuracy, word_problem_accuracy
 from ..inference.engine import Engine
@@ -25,6 +25,7 @@ from ..tools import default_toolbox
 from ..training import PretrainConfig, pretrain
 from ..training.checkpoint import trainer_checkpoint
 from .conversations import ON_INVALID, ConversationError, check_conversation
+from .mixture import load_mixture
 from .probe import run_probe
 from .sft_data import SFTDataConfig, build_sft_data
 
@@ -146,14 +147,12 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
     started = time.perf_counter()
     if script.build_missing_inputs:
         _build_missing_inputs(script, model_args)
-    if not mixture.datasets:
-        raise ValueError("no datasets: give a `datasets:` list (TRL DatasetMixtureConfig) in the recipe")
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
     if tokenizer.chat_template is None:
         raise ValueError(f"{model_args.model_name_or_path}: the tokenizer has no chat template")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    splits = dict(get_dataset(mixture))
+    splits = dict(load_mixture(mixture))
     held_out = Path(script.sft_data_dir) / "test.jsonl"
     if "test" not in splits and held_out.exists():
         splits["test"] = datasets.load_dataset("json", data_files=str(held_out), split="train").select_columns(

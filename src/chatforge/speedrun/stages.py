@@ -249,11 +249,8 @@ TASKS_BY_KIND = {"base": ["bpb", "format", "regurgitation"], "chat": ["bpb", "fo
 def run_eval(run: Run) -> dict:
     from ..eval.suite import EvalData, evaluate_model
 
-    sft_data = Path(run.config("sft")["sft_data_dir"])
-    data = EvalData(val_text=str(run.output / "corpus/val.jsonl"), prompts=str(sft_data / "test.jsonl"),
-                    problems=str(Path(run.config("grpo")["problems_dir"]) / "test.jsonl"),
-                    questions=str(sft_data / "world_qa_test.jsonl"), corpus=str(run.output / "corpus/train.jsonl"),
-                    pairs=str(Path(run.config("reward")["preference_data_dir"]) / "pairs_test.jsonl"))
+    data = EvalData.from_folders(run.output / "corpus", run.config("sft")["sft_data_dir"],
+                                 run.config("grpo")["problems_dir"], run.config("reward")["preference_data_dir"])
     results = {}
     for name, (stage, kind) in MODELS.items():
         print(f"evaluating {name} ({run.model_dir(stage)}): {', '.join(TASKS_BY_KIND[kind])}", flush=True)
