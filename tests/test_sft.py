@@ -5,12 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from accelerate import Accelerator
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from trl import DatasetMixtureConfig, ModelConfig, SFTConfig
 from trl.chat_template_utils import llama3_chat_template
 
 from chatforge.inference.engine import Engine
-from chatforge.posttrain.sft import SFTScriptArguments, run_sft, sft_parser
+from chatforge.posttrain.sft import SFTScriptArguments, run_earlier_stage, run_sft, sft_parser
 from chatforge.posttrain.sft_data import SFTDataConfig, build_sft_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,3 +94,15 @@ def test_every_sft_recipe_parses(recipe):
     script, training, model, mixture = sft_parser().parse_args_and_config(
         args=["--config", str(ROOT / recipe), "--use_cpu", "true"])
     assert model.model_name_or_path and training.output_dir and mixture.datasets
+
+
+def test_a_stage_run_in_process_leaves_the_next_free_to_choose_its_precision():
+    """`recipes/ppo.py` builds a missing reward model (bf16) in-process, then starts its own Accelerator."""
+    run_earlier_stage(lambda: None)  # whatever earlier tests set up
+    try:
+        assert run_earlier_stage(lambda: Accelerator(cpu=True, mixed_precision="bf16").mixed_precision) == "bf16"
+        assert Accelerator(cpu=True, mixed_precision="no").mixed_precision == "no"
+        with pytest.raises(ValueError, match="already been initialized"):  # what happened without the reset
+            Accelerator(cpu=True, mixed_precision="bf16")
+    finally:
+        run_earlier_stage(lambda: None)

@@ -20,7 +20,7 @@ from ..io import atomic_write_text, read_jsonl
 from ..training.checkpoint import trainer_checkpoint
 from .mixture import load_mixture
 from .preferences import PreferenceDataConfig, build_preference_data, to_pairs
-from .sft import model_dtype, parse_sft_yaml, run_sft
+from .sft import model_dtype, parse_sft_yaml, run_earlier_stage, run_sft
 
 
 @dataclass
@@ -60,7 +60,7 @@ def build_model_if_missing(model_path: str, recipe: str | None, parse, run, what
     if Path(output_dir).resolve() != Path(model_path).resolve():
         raise ValueError(f"{recipe} writes {output_dir}, not model_name_or_path={model_path}")
     print(f"building the {what} first ({recipe}) -> {output_dir}")
-    run(*configs)
+    run_earlier_stage(run, *configs)
 
 
 def _build_missing_inputs(script: RewardScriptArguments, model_args: ModelConfig) -> None:

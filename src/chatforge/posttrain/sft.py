@@ -14,6 +14,7 @@ from pathlib import Path
 
 import datasets
 import torch
+from accelerate.state import AcceleratorState
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
 from trl import DatasetMixtureConfig, ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
@@ -53,6 +54,14 @@ class SFTScriptArguments:
         default=None, metadata={"help": "SFT recipe YAML whose output model is probed (run first if missing)"})
 
 
+def run_earlier_stage(run, *configs):
+    """``run(*configs)`` in this process, then let the next ``Accelerator`` choose its own settings: Accelerate
+    refuses a second set-up that differs (bf16 after no mixed precision, ...). The distributed set-up is kept."""
+    result = run(*configs)
+    AcceleratorState._reset_state()
+    return result
+
+
 def _build_missing_inputs(script: SFTScriptArguments, model_args: ModelConfig) -> None:
     if not (Path(script.sft_data_dir) / "train.jsonl").exists():
         print(f"building the embedded SFT data -> {script.sft_data_dir}")
@@ -63,7 +72,7 @@ def _build_missing_inputs(script: SFTScriptArguments, model_args: ModelConfig) -
         probe_script, probe_training, probe_model, probe_mixture = parse_sft_yaml(script.probe_model_config)
         if not (Path(probe_training.output_dir) / "config.json").exists():
             print(f"fine-tuning the model to probe first ({script.probe_model_config})")
-            run_sft(probe_script, probe_training, probe_model, probe_mixture)
+            run_earlier_stage(run_sft, probe_script, probe_training, probe_model, probe_mixture)
         print(f"probing {probe_training.output_dir} -> {script.probe_dir}")
         run_probe(probe_training.output_dir, str(Path(script.sft_data_dir) / "world_probe.jsonl"), script.probe_dir)
     if not Path(model_args.model_name_or_path).exists():
@@ -75,7 +84,7 @@ def _build_missing_inputs(script: SFTScriptArguments, model_args: ModelConfig) -
             raise ValueError(f"base_config {script.base_config} writes {config.output_dir}, not "
                              f"model_name_or_path={model_args.model_name_or_path}")
         print(f"pretraining the base model first ({script.base_config}) -> {config.output_dir}")
-        pretrain(config)
+        run_earlier_stage(pretrain, config)
 
 
 def sft_parser() -> TrlParser:
