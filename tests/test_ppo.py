@@ -177,7 +177,7 @@ def test_every_ppo_recipe_parses(recipe):
     assert model.model_name_or_path and config.output_dir and script.reward_model_path
 
 
-DATA_PARALLEL_SCRIPT = """
+PPO_SCRIPT = """
 import json, sys
 sys.path.insert(0, {tests!r})
 from test_ppo import PROMPTS, _copy, _two_minded_policy, _yes_reward_model
@@ -187,9 +187,9 @@ from chatforge.tokenization import train_tokenizer
 
 tokenizer = train_tokenizer(list(iter_documents([str(EMBEDDED_WIKIPEDIA)])), vocab_size=1024, show_progress=False)
 policy, reward_model = _two_minded_policy(tokenizer), _yes_reward_model(tokenizer)
-config = PPOConfig(output_dir={output!r}, max_steps=4, per_device_train_batch_size=8, num_ppo_epochs=2,
-                   learning_rate=5e-4, max_completion_length=6, eval_steps=2, eval_prompts=16, save_steps=2,
-                   stop_patience=None, kl_budget=None, use_cpu=True)
+config = PPOConfig(output_dir={output!r}, per_device_train_batch_size=8, num_ppo_epochs=2, learning_rate=5e-4,
+                   max_completion_length=6, eval_steps=2, eval_prompts=16, save_steps=2, stop_patience=None,
+                   kl_budget=None, **{options!r})
 tasks = [{{"messages": [{{"role": "user", "content": p}}]}} for p in PROMPTS]
 trainer = PPOTrainer(config, _copy(policy), _copy(policy), _copy(reward_model), reward_model, tokenizer, tasks, tasks,
                      gold=lambda reply, task, finished: float(reply.strip() == "Yes."))
@@ -198,14 +198,42 @@ print("RANK", trainer.accelerator.process_index, json.dumps([m["rm_score"] for m
 """
 
 
-def test_ppo_runs_data_parallel_on_two_processes(tmp_path):
-    script = tmp_path / "ppo_ddp.py"
-    script.write_text(DATA_PARALLEL_SCRIPT.format(tests=str(Path(__file__).parent), output=str(tmp_path / "ppo")))
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script)],
-                         capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
+def _launch(tmp_path: Path, output: Path, processes: int, env: dict, **options) -> dict[str, list[float]]:
+    """Run PPO_SCRIPT under torch.distributed.run; the RM score of every step, per rank."""
+    script = tmp_path / "ppo_launched.py"
+    script.write_text(PPO_SCRIPT.format(tests=str(Path(__file__).parent), output=str(output), options=options))
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                          str(script)], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", **env})
     assert run.returncode == 0, run.stderr[-3000:]
-    ranks = dict(line.split(" ", 2)[1:] for line in run.stdout.splitlines() if line.startswith("RANK"))
+    return {rank: json.loads(scores) for rank, scores in
+            (line.split(" ", 2)[1:] for line in run.stdout.splitlines() if line.startswith("RANK"))}
+
+
+def test_ppo_runs_data_parallel_on_two_processes(tmp_path):
+    ranks = _launch(tmp_path, tmp_path / "ppo", 2, {"ACCELERATE_USE_CPU": "1"}, max_steps=4, use_cpu=True)
     assert set(ranks) == {"0", "1"} and ranks["0"] == ranks["1"]  # metrics are gathered across ranks
-    assert json.loads(ranks["0"])[-1] > json.loads(ranks["0"])[0]
+    assert ranks["0"][-1] > ranks["0"][0]
     assert (tmp_path / "ppo/checkpoint-4/value/config.json").exists()
+
+
+def test_ppo_under_deepspeed_zero3_saves_whole_weights_and_resumes(tmp_path):
+    """ZeRO-3 shards every parameter: generation gathers them, checkpoints hold the whole weights (the same as a
+    run without DeepSpeed), and a resumed run loads them before sharding."""
+    from safetensors.torch import load_file
+
+    plain = _launch(tmp_path, tmp_path / "plain", 1, {"ACCELERATE_USE_CPU": "1"}, max_steps=4, use_cpu=True)["0"]
+    (tmp_path / "ds.json").write_text(json.dumps({
+        "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": 1,
+        "zero_allow_untested_optimizer": True, "bf16": {"enabled": False},
+        "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True}}))
+    deepspeed = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(tmp_path / "ds.json")}
+    zero3 = _launch(tmp_path, tmp_path / "zero3", 1, deepspeed, max_steps=4, use_cpu=False)["0"]
+    assert zero3 == pytest.approx(plain, abs=1e-4) and zero3[-1] > zero3[0]
+    for part in ("model.safetensors", "value/model.safetensors"):
+        expected, saved = (load_file(tmp_path / run / "checkpoint-4" / part) for run in ("plain", "zero3"))
+        assert saved.keys() == expected.keys()
+        assert all(torch.allclose(saved[name], expected[name], atol=1e-5) for name in expected)
+    resumed = _launch(tmp_path, tmp_path / "zero3", 1, deepspeed, max_steps=6, use_cpu=False,
+                      resume_from_checkpoint="latest")["0"]
+    assert resumed[:4] == zero3 and len(resumed) == 6

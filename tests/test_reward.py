@@ -5,6 +5,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
+from conftest import memorize
 from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM
 from trl import DatasetMixtureConfig, ModelConfig, RewardConfig
 
@@ -95,6 +96,28 @@ def test_embedded_preference_set_splits_prompts_and_resumes(tmp_path):
     task = json.loads(open(tmp_path / "prefs/tasks_train.jsonl").readline())
     assert {"messages", "kind", "max_words"} <= set(task)
     assert build_preference_data(tmp_path / "prefs", PreferenceDataConfig(seed=1)) == summary
+
+
+def test_the_policy_s_own_replies_are_ranked_among_the_candidates(tmp_path, model, tokenizer):
+    """A policy that answers every prompt with the same refusal: its finished replies join each ranking,
+    below the reference, as the gold reward orders them."""
+    config = PreferenceDataConfig(word_problems=6, chat=6, test_fraction=0.0, policy_max_new_tokens=24)
+    build_preference_data(tmp_path / "plain", config)
+    refusal = "No, I won't answer that."
+    prompts = [record["prompt"] for record in read_jsonl(tmp_path / "plain/rankings_train.jsonl")]
+    memorize(model, tokenizer, [prompt + [{"role": "assistant", "content": refusal}] for prompt in prompts])
+    model.save_pretrained(tmp_path / "policy")
+    tokenizer.save_pretrained(tmp_path / "policy")
+
+    summary = build_preference_data(tmp_path / "prefs", config, policy=str(tmp_path / "policy"))
+    records = read_jsonl(tmp_path / "prefs/rankings_train.jsonl")
+    assert len(records) == len(prompts) >= 10
+    assert summary["policy"] == str(tmp_path / "policy") and summary["splits"]["train"]["policy_replies"] == len(records)
+    for record in records:
+        ordered = [record["completions"][index] for index in record["ranking"]]
+        kinds = [record["kinds"][index] for index in record["ranking"]]
+        assert ordered[kinds.index("policy")] == refusal and kinds[0] == "reference"
+        assert record["gold"][record["kinds"].index("policy")] == judge(refusal, record["task"]).reward < 1
 
 
 @pytest.fixture(scope="module")

@@ -121,10 +121,12 @@ def _sft_data_build(args: argparse.Namespace) -> None:
 def _preference_data_build(args: argparse.Namespace) -> None:
     from .posttrain.preferences import PreferenceDataConfig, build_preference_data
 
-    summary = build_preference_data(args.output, PreferenceDataConfig(seed=args.seed))
-    splits = ", ".join(f"{name} {info['rankings']} rankings / {info['pairs']} pairs"
+    config = PreferenceDataConfig(seed=args.seed, policy_samples=args.policy_samples)
+    summary = build_preference_data(args.output, config, policy=args.policy)
+    splits = ", ".join(f"{name} {info['rankings']} rankings / {info['pairs']} pairs "
+                       f"({info.get('policy_replies', 0)} replies of the policy)"
                        for name, info in summary["splits"].items())
-    print(f"preference data (ranked by construction): {splits} -> {args.output}")
+    print(f"preference data (ranked by the gold reward): {splits} -> {args.output}")
 
 
 def _problems_build(args: argparse.Namespace) -> None:
@@ -319,6 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
         "build", help="K-way rankings and pairs ranked by construction, and prompts for RL")
     preference_build.add_argument("--output", required=True)
     preference_build.add_argument("--seed", type=int, default=0)
+    preference_build.add_argument("--policy", help="a chat model whose sampled replies join the ranked candidates")
+    preference_build.add_argument("--policy-samples", type=int, default=2, help="replies sampled per prompt")
     preference_build.set_defaults(func=_preference_data_build)
 
     problems = stages.add_parser("problems", help="problems with checkable answers for GRPO")

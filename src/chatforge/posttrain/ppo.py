@@ -14,6 +14,7 @@ while the reward-model score kept rising (the reward model is being gamed). The 
 """
 
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from tqdm.auto import tqdm
+from trl.models import unwrap_model_for_generation
 
 from ..eval.plots import plot_panels
 from ..eval.reward import score_token_ids
@@ -97,6 +99,16 @@ class PolicyAndValue(torch.nn.Module):
         self.policy = policy
         self.value_model = value_model
 
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.policy.is_gradient_checkpointing
+
+    def gradient_checkpointing_enable(self, **kwargs) -> None:
+        self.policy.gradient_checkpointing_enable(**kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.policy.gradient_checkpointing_disable()
+
     def forward(self, rollout: "Rollout", temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Reply-token log-probabilities, entropies and values."""
         logprobs, entropy = token_logprobs(self.policy, rollout, temperature)
@@ -161,6 +173,17 @@ def token_values(value_model, rollout: Rollout) -> torch.Tensor:
     return value_model.score(hidden.gather(1, index)).squeeze(-1).float()
 
 
+def load_weights(modules: PolicyAndValue, checkpoint: Path) -> None:
+    """The policy and value-model weights of a PPO checkpoint, into unwrapped modules."""
+    from safetensors.torch import load_file
+
+    for module, folder in ((modules.policy, checkpoint), (modules.value_model, checkpoint / VALUE_DIR)):
+        weights = {}
+        for shard in sorted(folder.glob("*.safetensors")):
+            weights.update(load_file(shard))
+        module.load_state_dict(weights, strict=False)
+
+
 class PPOTrainer:
     """PPO with a KL penalty to a reference policy, GAE, clipped losses and the gold-reward stop rule.
 
@@ -181,7 +204,15 @@ class PPOTrainer:
         device = self.accelerator.device
         self.ref_policy = ref_policy.to(device).eval().requires_grad_(False)
         self.reward_model = reward_model.to(device).eval().requires_grad_(False)
+        plugin = self.accelerator.state.deepspeed_plugin
+        if plugin is not None and plugin.deepspeed_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+            # no dataloader goes through prepare(): DeepSpeed takes its batch size from the minibatch
+            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = (config.per_device_train_batch_size
+                                                                         // config.num_mini_batches)
         modules = PolicyAndValue(policy, value_model)
+        self.checkpoint = resolve_checkpoint(config.output_dir, config.resume_from_checkpoint)
+        if self.checkpoint is not None:  # before prepare(), which may shard the parameters (ZeRO-3, FSDP)
+            load_weights(modules, self.checkpoint)
         optimizer = torch.optim.AdamW(modules.parameters(), lr=config.learning_rate, eps=1e-5,
                                       weight_decay=config.weight_decay)
         self.modules, self.optimizer = self.accelerator.prepare(modules, optimizer)
@@ -217,8 +248,9 @@ class PPOTrainer:
     def rollout(self, tasks: list[dict], params: SamplingParams) -> Rollout:
         """Sample one reply per task and lay the batch out for scoring and training."""
         prompts = [self._prompt_ids(task) for task in tasks]
-        self.engine.model.eval()
-        replies = self.engine.generate_ids(prompts, params)
+        with unwrap_model_for_generation(self.modules, self.accelerator) as modules:  # gathers ZeRO-3 shards
+            self.engine.model = modules.policy.eval()
+            replies = self.engine.generate_ids(prompts, params)
         stops = set(self.engine.stop_ids)
         replies = [reply or [self.engine.pad_id] for reply in replies]
         width = max(len(p) + len(r) for p, r in zip(prompts, replies))
@@ -340,9 +372,10 @@ class PPOTrainer:
         config = self.config
         if self.best is None or evaluation["eval_gold"] > self.best["eval_gold"] + config.min_gold_improvement:
             self.best = evaluation
+            policy_state, _ = self._state_dicts()
             if self.accelerator.is_main_process:
                 with atomic_directory(Path(config.output_dir) / BEST_DIR) as folder:
-                    self.accelerator.unwrap_model(self.modules).policy.save_pretrained(folder)
+                    self.accelerator.unwrap_model(self.modules).policy.save_pretrained(folder, state_dict=policy_state)
                     self.tokenizer.save_pretrained(folder)
         stale = sum(e["step"] > self.best["step"] for e in self.evaluations)
         reason = None
@@ -360,18 +393,32 @@ class PPOTrainer:
 
     # --- checkpoints -----------------------------------------------------------------------------------
 
+    @property
+    def _sharded_optimizer(self) -> bool:
+        """DeepSpeed's ZeRO optimizers keep a part of the state on each process: it is not checkpointed."""
+        return self.accelerator.state.deepspeed_plugin is not None
+
     def _state(self) -> dict:
         return {"step": self.step, "kl_coef": self.kl_coef, "evaluations": self.evaluations, "best": self.best,
-                "stop_rule": self.stop_rule, "history": self.history, "optimizer": self.optimizer.state_dict(),
+                "stop_rule": self.stop_rule, "history": self.history,
+                "optimizer": None if self._sharded_optimizer else self.optimizer.state_dict(),
                 "rng": rng_state()}
+
+    def _state_dicts(self) -> tuple[dict, dict]:
+        """Whole state dicts of the policy and the value model, gathered from every process under ZeRO-3 or
+        FSDP (so every process must call this)."""
+        state = self.accelerator.get_state_dict(self.modules)
+        return tuple({key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)}
+                     for prefix in ("policy.", "value_model."))
 
     def save(self) -> None:
         modules = self.accelerator.unwrap_model(self.modules)
+        policy_state, value_state = self._state_dicts()
 
         def write(folder: Path) -> None:
-            modules.policy.save_pretrained(folder)
+            modules.policy.save_pretrained(folder, state_dict=policy_state)
             self.tokenizer.save_pretrained(folder)
-            modules.value_model.save_pretrained(folder / VALUE_DIR)
+            modules.value_model.save_pretrained(folder / VALUE_DIR, state_dict=value_state)
             torch.save(self._state(), folder / STATE_FILE)
 
         if self.accelerator.is_main_process:
@@ -379,16 +426,13 @@ class PPOTrainer:
         self.accelerator.wait_for_everyone()
 
     def _resume(self, path: Path) -> None:
-        from safetensors.torch import load_file
-
-        modules = self.accelerator.unwrap_model(self.modules)
-        for module, folder in ((modules.policy, path), (modules.value_model, path / VALUE_DIR)):
-            weights = {}
-            for shard in sorted(folder.glob("*.safetensors")):
-                weights.update(load_file(shard))
-            module.load_state_dict(weights, strict=False)
+        """The optimizer and trainer state of the checkpoint whose weights ``__init__`` loaded."""
         state = torch.load(path / STATE_FILE, weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        else:
+            warnings.warn(f"{path}: no optimizer state (DeepSpeed shards it over the processes); the optimizer "
+                          "starts afresh from the checkpoint's weights", stacklevel=2)
         self.step, self.kl_coef = state["step"], state["kl_coef"]
         self.evaluations, self.best, self.history = state["evaluations"], state["best"], state["history"]
         self.stop_rule = state["stop_rule"]
@@ -402,8 +446,8 @@ class PPOTrainer:
         config = self.config
         output = Path(config.output_dir)
         output.mkdir(parents=True, exist_ok=True)
-        if checkpoint := resolve_checkpoint(output, config.resume_from_checkpoint):
-            self._resume(checkpoint)
+        if self.checkpoint is not None:
+            self._resume(self.checkpoint)
         torch.manual_seed(config.seed + self.step)
         if not self.evaluations:
             self.evaluations.append(self.evaluate())

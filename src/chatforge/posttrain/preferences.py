@@ -12,8 +12,10 @@ TRL's implicit-prompt conversational layout):
 No human preference data exists offline, so ``chatforge preference-data build`` writes an embedded set
 ranked by construction: for each prompt, the reference reply and degraded versions of it (rambling, a
 wrong final answer, refusing a harmless request, writing the user's next turn, repeating itself), in
-the order of the rule-based :mod:`.gold` reward. The prompts, with what the gold reward needs, are also
-written for RL (``tasks_{train,test}.jsonl``).
+the order of the rule-based :mod:`.gold` reward. Given a policy model, replies sampled from it join the
+candidates, as labellers rank a model's own samples: the reward model then learns the gold reward where
+RL will query it. The prompts, with what the gold reward needs, are also written for RL
+(``tasks_{train,test}.jsonl``).
 """
 
 import hashlib
@@ -23,6 +25,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
+from ..inference.engine import Engine, SamplingParams
 from ..io import atomic_directory, write_jsonl
 from .conversations import ConversationError, check_messages
 from .gold import gold_reward, real_word_count, word_count
@@ -48,6 +53,7 @@ FILLER = ("That is a very good question, and there is a lot that could be said a
           "In the end, it depends on what you are looking for.", "I am always happy to talk about these things.",
           "Some would say the same thing in other words.", "To sum up what I have said so far, the answer stands.")
 MIN_GOLD_GAP = 0.1  # candidates whose gold rewards are closer than this are not ranked against each other
+TIE_ORDER = {"reference": 0, "policy": 1}  # which of equally good candidates a ranking keeps
 
 
 class PreferenceError(ValueError):
@@ -56,12 +62,18 @@ class PreferenceError(ValueError):
 
 @dataclass
 class PreferenceDataConfig:
-    """Prompts per source for the embedded set and its held-out share."""
+    """Prompts per source for the embedded set and its held-out share; with a policy model, the replies
+    sampled from it per prompt (``policy_samples`` at ``policy_temperature``, each at most
+    ``policy_max_new_tokens`` long: a reply cut off there is not ranked)."""
 
     seed: int = 0
     word_problems: int = 800
     chat: int = 1000
     test_fraction: float = 0.1
+    policy_samples: int = 2
+    policy_temperature: float = 1.0
+    policy_max_new_tokens: int = 64
+    policy_batch_size: int = 64
 
 
 # --- reading preference records ------------------------------------------------------------------------------
@@ -186,22 +198,29 @@ def _wrong_answer(rng: random.Random, reference: str, answer: str) -> str:
     return reference.replace(f"The answer is {answer}.", f"The answer is {wrong}.")
 
 
-def candidates(rng: random.Random, prompt: list[dict], reference: str, task: dict,
-               other_prompt: str) -> list[tuple[str, str]]:
-    """(kind, reply) candidates for one prompt: the reference and its degraded versions."""
+def candidates(rng: random.Random, prompt: list[dict], reference: str, task: dict, other_prompt: str,
+               policy_replies: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """(kind, reply) candidates for one prompt: the reference, its degraded versions, and the policy's
+    replies that differ from all of them."""
     out = [("reference", reference), ("rambling", _ramble(rng, reference, task["max_words"])),
            ("refusal", rng.choice(REFUSALS)), ("off_format", f"{reference}\nUser: {other_prompt}"),
            ("repetitive", _repeat(rng, reference))]
     if task.get("answer") is not None:
         out.append(("wrong_answer", _wrong_answer(rng, reference, task["answer"])))
+    for reply in policy_replies:
+        if reply.strip() and all(reply.strip() != text.strip() for _, text in out):
+            out.append(("policy", reply))
     return out
 
 
-def ranked_record(rng: random.Random, prompt: list[dict], reference: str, task: dict, other_prompt: str) -> dict:
+def ranked_record(rng: random.Random, prompt: list[dict], reference: str, task: dict, other_prompt: str,
+                  policy_replies: tuple[str, ...] = ()) -> dict:
     """A K-way ranking record, ordered by the gold reward; a candidate closer than ``MIN_GOLD_GAP`` to a
-    better one is left out, so the ranking has no ties."""
+    better one is left out, so the ranking has no ties (among equals the reference is kept first, then the
+    policy's replies)."""
     scored = sorted(((gold_reward(reply, task), kind, reply)
-                     for kind, reply in candidates(rng, prompt, reference, task, other_prompt)), key=lambda c: -c[0])
+                     for kind, reply in candidates(rng, prompt, reference, task, other_prompt, policy_replies)),
+                    key=lambda c: (-c[0], TIE_ORDER.get(c[1], len(TIE_ORDER))))
     kept = [scored[0]]
     for candidate in scored[1:]:
         if kept[-1][0] - candidate[0] >= MIN_GOLD_GAP:
@@ -230,13 +249,33 @@ def _prompts(rng: random.Random, config: PreferenceDataConfig) -> list[tuple[lis
     return triples
 
 
+def sample_policy(policy: str, prompts: list[list[dict]], config: PreferenceDataConfig) -> list[tuple[str, ...]]:
+    """``config.policy_samples`` replies of the model at ``policy`` to each prompt, those that reached their
+    end of turn."""
+    engine = Engine.from_pretrained(policy)
+    params = SamplingParams(temperature=config.policy_temperature, top_k=None, top_p=1.0,
+                            max_new_tokens=config.policy_max_new_tokens, seed=config.seed)
+    stops, n, replies = set(engine.stop_ids), config.policy_samples, []
+    for start in tqdm(range(0, len(prompts), config.policy_batch_size), desc=f"sampling {policy}", unit="batch"):
+        batch = [engine.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
+                                                      return_dict=False)
+                 for prompt in prompts[start:start + config.policy_batch_size]]
+        generated = engine.generate_ids(batch, params, n)
+        for row in range(len(batch)):
+            finished = [ids for ids in generated[row * n:(row + 1) * n] if ids and ids[-1] in stops]
+            replies.append(tuple(engine.tokenizer.batch_decode(finished, skip_special_tokens=True)))
+    return replies
+
+
 def _is_test(prompt: list[dict], fraction: float) -> bool:
     digest = hashlib.sha256(json.dumps(prompt, sort_keys=True).encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2 ** 64 < fraction
 
 
-def build_preference_data(output_dir: str | Path, config: PreferenceDataConfig = PreferenceDataConfig()) -> dict:
-    """Write the embedded preference set (or return the summary of a finished one)::
+def build_preference_data(output_dir: str | Path, config: PreferenceDataConfig = PreferenceDataConfig(),
+                          policy: str | None = None) -> dict:
+    """Write the embedded preference set (or return the summary of a finished one), with ``policy``'s
+    sampled replies among the candidates when a model path is given::
 
         rankings_{train,test}.jsonl   K-way rankings (with each completion's kind and gold reward)
         pairs_{train,test}.jsonl      the same as chosen/rejected conversation pairs
@@ -251,12 +290,15 @@ def build_preference_data(output_dir: str | Path, config: PreferenceDataConfig =
     rng = random.Random(config.seed)
     triples = list({json.dumps(t[0], sort_keys=True): t for t in _prompts(rng, config)}.values())
     user_texts = [prompt[-1]["content"] for prompt, _, _ in triples]
+    sampled = (sample_policy(policy, [t[0] for t in triples], config) if policy and config.policy_samples
+               else [()] * len(triples))
     splits: dict[str, list[dict]] = {"train": [], "test": []}
-    for prompt, reference, task in triples:
-        record = ranked_record(rng, prompt, reference, task, rng.choice(user_texts))
+    for (prompt, reference, task), policy_replies in zip(triples, sampled):
+        record = ranked_record(rng, prompt, reference, task, rng.choice(user_texts), policy_replies)
         splits["test" if _is_test(prompt, config.test_fraction) else "train"].append(record)
     summary: dict = {"what": "embedded preference set, ranked by construction with the rule-based gold reward "
-                             "(chatforge.posttrain.gold); not human judgements", "splits": {}}
+                             "(chatforge.posttrain.gold); not human judgements",
+                     "policy": policy if any(sampled) else None, "splits": {}}
     with atomic_directory(output_dir) as tmp_dir:
         for split, records in splits.items():
             write_jsonl(tmp_dir / f"rankings_{split}.jsonl", records)
@@ -266,7 +308,8 @@ def build_preference_data(output_dir: str | Path, config: PreferenceDataConfig =
             write_jsonl(tmp_dir / f"pairs_{split}.jsonl", pairs)
             write_jsonl(tmp_dir / f"tasks_{split}.jsonl", ({"messages": r["prompt"], **r["task"]} for r in records))
             summary["splits"][split] = {"rankings": len(records), "pairs": len(pairs),
-                                        "word_problems": sum(r["task"]["kind"] == "word_problem" for r in records)}
+                                        "word_problems": sum(r["task"]["kind"] == "word_problem" for r in records),
+                                        "policy_replies": sum(r["kinds"].count("policy") for r in records)}
         (tmp_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
         (tmp_dir / COMPLETE_MARKER).touch()
     return summary

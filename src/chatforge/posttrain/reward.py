@@ -34,6 +34,9 @@ class RewardScriptArguments:
         default=False, metadata={"help": "build missing preference data, and a missing model with sft_config"})
     sft_config: str | None = field(
         default=None, metadata={"help": "SFT recipe YAML that builds model_name_or_path when it is missing"})
+    policy_samples: int = field(
+        default=0, metadata={"help": "when the preference data is built here: replies sampled per prompt from "
+                                     "model_name_or_path (the policy RL starts from), ranked with the others"})
     eval_pairs: int | None = field(default=None, metadata={"help": "held-out pairs to score (all by default)"})
     eval_rankings: int | None = field(default=None, metadata={"help": "held-out rankings to score (all)"})
 
@@ -64,10 +67,11 @@ def build_model_if_missing(model_path: str, recipe: str | None, parse, run, what
 
 
 def _build_missing_inputs(script: RewardScriptArguments, model_args: ModelConfig) -> None:
+    build_model_if_missing(model_args.model_name_or_path, script.sft_config, parse_sft_yaml, run_sft, "SFT model")
     if not (Path(script.preference_data_dir) / "pairs_train.jsonl").exists():
         print(f"building the embedded preference data -> {script.preference_data_dir}")
-        build_preference_data(script.preference_data_dir, PreferenceDataConfig())
-    build_model_if_missing(model_args.model_name_or_path, script.sft_config, parse_sft_yaml, run_sft, "SFT model")
+        build_preference_data(script.preference_data_dir, PreferenceDataConfig(policy_samples=script.policy_samples),
+                              policy=model_args.model_name_or_path)
 
 
 def pair_split(dataset: datasets.Dataset, name: str) -> datasets.Dataset:

@@ -36,12 +36,12 @@ def ppo_parser() -> TrlParser:
 
 
 def _build_missing_inputs(script: PPOScriptArguments, model_args: ModelConfig) -> None:
-    if not (Path(script.prompts_dir) / "tasks_train.jsonl").exists():
-        print(f"building the embedded preference data and prompts -> {script.prompts_dir}")
-        build_preference_data(script.prompts_dir, PreferenceDataConfig())
     build_model_if_missing(model_args.model_name_or_path, script.sft_config, parse_sft_yaml, run_sft, "SFT model")
     build_model_if_missing(script.reward_model_path, script.reward_config, parse_reward_yaml, run_reward,
                            "reward model")
+    if not (Path(script.prompts_dir) / "tasks_train.jsonl").exists():
+        print(f"building the embedded preference data and prompts -> {script.prompts_dir}")
+        build_preference_data(script.prompts_dir, PreferenceDataConfig())
 
 
 def run_ppo(script: PPOScriptArguments, config: PPOConfig, model_args: ModelConfig) -> dict:
