@@ -99,15 +99,16 @@ class PolicyAndValue(torch.nn.Module):
         self.policy = policy
         self.value_model = value_model
 
+    # what trl.models.unwrap_model_for_generation asks of the model it unwraps
     @property
     def is_gradient_checkpointing(self) -> bool:
-        return self.policy.is_gradient_checkpointing
+        return self.policy.is_activation_checkpointing
 
-    def gradient_checkpointing_enable(self, **kwargs) -> None:
-        self.policy.gradient_checkpointing_enable(**kwargs)
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        self.policy.activation_checkpointing_enable(gradient_checkpointing_kwargs)
 
     def gradient_checkpointing_disable(self) -> None:
-        self.policy.gradient_checkpointing_disable()
+        self.policy.activation_checkpointing_disable()
 
     def forward(self, rollout: "Rollout", temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Reply-token log-probabilities, entropies and values."""
