@@ -112,7 +112,8 @@ def test_the_policy_s_own_replies_are_ranked_among_the_candidates(tmp_path, mode
     summary = build_preference_data(tmp_path / "prefs", config, policy=str(tmp_path / "policy"))
     records = read_jsonl(tmp_path / "prefs/rankings_train.jsonl")
     assert len(records) == len(prompts) >= 10
-    assert summary["policy"] == str(tmp_path / "policy") and summary["splits"]["train"]["policy_replies"] == len(records)
+    assert summary["policy"] == str(tmp_path / "policy")
+    assert summary["splits"]["train"]["policy_replies"] == len(records)
     for record in records:
         ordered = [record["completions"][index] for index in record["ranking"]]
         kinds = [record["kinds"][index] for index in record["ranking"]]
