@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from chatforge.eval.benchmarks import arc_item, hellaswag_item, load_hub_records, multiple_choice_accuracy
+from chatforge.eval.induction import ordinary_token_ids, repeated_sequence_copying
 from chatforge.eval.suite import EvalData, bits_per_byte, evaluate_model, regurgitation
 from chatforge.inference.engine import Engine, SamplingParams
 
@@ -53,6 +54,25 @@ def test_multiple_choice_picks_the_continuation_the_model_believes(model, tokeni
     assert figures["acc"] == 1.0 and figures["items"] == 6
 
 
+def test_induction_score_tells_a_model_that_copies_from_its_context_from_one_that_cannot(model, tokenizer):
+    untrained = repeated_sequence_copying(model, tokenizer, sequences=64, length=16)
+    vocabulary = torch.tensor(ordinary_token_ids(tokenizer))
+    assert not set(vocabulary.tolist()) & set(tokenizer.all_special_ids)
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(200):  # learn to repeat: random sequences shown twice, loss on the second copy
+        sequence = vocabulary[torch.randint(len(vocabulary), (32, 16))]
+        labels = torch.cat([torch.full_like(sequence, -100), sequence], dim=1)
+        model(input_ids=torch.cat([sequence, sequence], dim=1), labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    copying = repeated_sequence_copying(model, tokenizer, sequences=64, length=16, seed=1)
+    assert untrained["second_copy_accuracy"] < 0.05 and abs(untrained["induction_score"]) < 0.5
+    assert copying["second_copy_accuracy"] > 0.9 and copying["induction_score"] > 5
+    assert copying["first_copy_accuracy"] < 0.05  # the first copy stays unpredictable
+
+
 def test_hub_benchmark_records_become_items():
     hellaswag = hellaswag_item({"activity_label": "Baking", "ctx": "She mixes the flour", "endings": ["a", "b"],
                                 "label": "1"})
@@ -84,9 +104,10 @@ def test_eval_command_writes_the_figures(saved_model_dir, tmp_path, documents, c
     val = tmp_path / "val.jsonl"
     long_documents = [text for text in documents if len(text) > 600][:4]  # each over 64 tokens
     val.write_text("".join(json.dumps({"text": text}) + "\n" for text in long_documents))
-    main(["eval", str(saved_model_dir), "--tasks", "bpb,regurgitation", "--val-text", str(val), "--corpus", str(val),
-          "--limit", "4", "--output", str(tmp_path / "eval.json")])
+    main(["eval", str(saved_model_dir), "--tasks", "bpb,regurgitation,induction", "--val-text", str(val),
+          "--corpus", str(val), "--limit", "4", "--output", str(tmp_path / "eval.json")])
     figures = json.loads((tmp_path / "eval.json").read_text())
     assert figures["bpb"]["documents"] == 4 and figures["bpb"]["bpb"] > 0
     assert figures["regurgitation"]["documents"] == 4
+    assert figures["induction"]["sequences"] == 4
     assert json.loads(capsys.readouterr().out) == figures

@@ -386,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = stages.add_parser("eval", help="evaluate a model: bits per byte, chat format, arithmetic, ...")
     evaluate.add_argument("model", help="model folder or Hub id")
     evaluate.add_argument("--tasks", required=True,
-                          help="comma-separated: bpb, format, arithmetic, knowledge, regurgitation, reward, "
+                          help="comma-separated: bpb, format, arithmetic, knowledge, regurgitation, induction, reward, "
                                "hellaswag, arc_easy, arc_challenge, gsm8k")
     evaluate.add_argument("--run", default=None, help="take the held-out data of this speedrun folder")
     evaluate.add_argument("--val-text", dest="val_text", default=None, help="held-out documents (bpb)")

@@ -5,6 +5,7 @@
     arithmetic     word problems with checkable answers: greedy pass@1, sampled pass@1 and pass@k
     knowledge      accuracy and "I don't know" rate per group of questions (known / unseen entities)
     regurgitation  how many tokens of a training document the model continues verbatim from its opening
+    induction      in-context copying: loss and accuracy on the second copy of repeated random tokens
     reward         pairwise accuracy of a reward model on held-out preference pairs
     hellaswag, arc_easy, arc_challenge, gsm8k   Hub benchmarks (need a network)
 """
@@ -25,6 +26,7 @@ from ..inference.engine import Engine, SamplingParams
 from ..io import read_jsonl
 from . import benchmarks
 from .chat import format_adherence, knowledge
+from .induction import repeated_sequence_copying
 from .math import problem_accuracy
 
 CHAT_TASKS = ("format", "arithmetic", "knowledge", "gsm8k")
@@ -182,13 +184,15 @@ def _task_runners(data: EvalData, config: EvalConfig) -> dict[str, Callable[[Eng
         "arithmetic": arithmetic,
         "knowledge": lambda engine: knowledge(engine, _records(data.questions, "knowledge", "questions", config.limit)),
         "regurgitation": regurgitate,
+        "induction": lambda engine: repeated_sequence_copying(engine.model, engine.tokenizer, config.limit,
+                                                              seed=config.seed),
         **{name: (lambda engine, name=name: benchmarks.run(name, engine, config.limit, config.k,
                                                           config.max_new_tokens, config.seed))
            for name in benchmarks.BENCHMARKS},
     }
 
 
-TASKS = ("bpb", "format", "arithmetic", "knowledge", "regurgitation", "reward", *benchmarks.BENCHMARKS)
+TASKS = ("bpb", "format", "arithmetic", "knowledge", "regurgitation", "induction", "reward", *benchmarks.BENCHMARKS)
 
 
 def is_reward_model(model_path: str) -> bool:
