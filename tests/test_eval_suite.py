@@ -59,17 +59,17 @@ def test_induction_score_tells_a_model_that_copies_from_its_context_from_one_tha
     vocabulary = torch.tensor(ordinary_token_ids(tokenizer))
     assert not set(vocabulary.tolist()) & set(tokenizer.all_special_ids)
     torch.manual_seed(0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
-    for _ in range(200):  # learn to repeat: random sequences shown twice, loss on the second copy
-        sequence = vocabulary[torch.randint(len(vocabulary), (32, 16))]
+    for _ in range(2500):  # random sequences of 4-24 tokens shown twice, loss on the second copy
+        sequence = vocabulary[torch.randint(len(vocabulary), (32, int(torch.randint(4, 25, ()))))]
         labels = torch.cat([torch.full_like(sequence, -100), sequence], dim=1)
         model(input_ids=torch.cat([sequence, sequence], dim=1), labels=labels).loss.backward()
         optimizer.step()
         optimizer.zero_grad()
-    copying = repeated_sequence_copying(model, tokenizer, sequences=64, length=16, seed=1)
+    copying = repeated_sequence_copying(model, tokenizer, sequences=64, length=24, seed=1)
     assert untrained["second_copy_accuracy"] < 0.05 and abs(untrained["induction_score"]) < 0.5
-    assert copying["second_copy_accuracy"] > 0.9 and copying["induction_score"] > 5
+    assert copying["second_copy_accuracy"] > 0.6 and copying["induction_score"] > 3
     assert copying["first_copy_accuracy"] < 0.05  # the first copy stays unpredictable
 
 

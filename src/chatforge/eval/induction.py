@@ -22,10 +22,11 @@ def ordinary_token_ids(tokenizer) -> list[int]:
 def repeated_sequence_copying(model, tokenizer, sequences: int = 100, length: int = 32, seed: int = 0,
                               batch_size: int = 16) -> dict:
     """Loss and greedy accuracy of next-token prediction on the first and on the second copy of random token
-    sequences (after the tokenizer's BOS where it has one). The second copy is scored from its second token
-    on: its first token cannot be known to repeat."""
-    if length < 2:
-        raise ValueError(f"length must be at least 2 tokens, got {length}")
+    sequences (after the tokenizer's BOS where it has one). Each batch draws its own length between
+    ``length // 2`` and ``length``, so that looking back a fixed distance does not pass for copying. The
+    second copy is scored from its second token on: its first token cannot be known to repeat."""
+    if length < 4:
+        raise ValueError(f"length must be at least 4 tokens, got {length}")
     vocabulary = torch.tensor(ordinary_token_ids(tokenizer))
     generator = torch.Generator().manual_seed(seed)
     prefix = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
@@ -34,16 +35,17 @@ def repeated_sequence_copying(model, tokenizer, sequences: int = 100, length: in
     totals = {copy: {"nats": 0.0, "hits": 0, "tokens": 0} for copy in ("first", "second")}
     for start in tqdm(range(0, sequences, batch_size), desc="induction", leave=False):
         rows = min(batch_size, sequences - start)
-        random = vocabulary[torch.randint(len(vocabulary), (rows, length), generator=generator)]
+        span = int(torch.randint(length // 2, length + 1, (), generator=generator))
+        random = vocabulary[torch.randint(len(vocabulary), (rows, span), generator=generator)]
         input_ids = torch.cat([torch.tensor([prefix] * rows, dtype=torch.long).view(rows, len(prefix)),
                                random, random], dim=1)
         logits = model(input_ids=input_ids.to(device)).logits[:, :-1].float()
         targets = input_ids[:, 1:].to(device)
         offset = len(prefix)
-        # logits[:, i] predicts input_ids[:, i + 1]: the first copy's tokens 2..L, the second copy's 2..L
-        spans = {"first": slice(offset, offset + length - 1), "second": slice(offset + length, offset + 2 * length - 1)}
-        for copy, span in spans.items():
-            predicted, truth = logits[:, span], targets[:, span]
+        # logits[:, i] predicts input_ids[:, i + 1]: the first copy's tokens 2..span, the second copy's 2..span
+        scored = {"first": slice(offset, offset + span - 1), "second": slice(offset + span, offset + 2 * span - 1)}
+        for copy, positions in scored.items():
+            predicted, truth = logits[:, positions], targets[:, positions]
             totals[copy]["nats"] += F.cross_entropy(predicted.flatten(0, 1), truth.flatten(), reduction="sum").item()
             totals[copy]["hits"] += (predicted.argmax(-1) == truth).sum().item()
             totals[copy]["tokens"] += truth.numel()
