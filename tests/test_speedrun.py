@@ -44,11 +44,12 @@ def test_smoke_speedrun_runs_every_stage_and_reports_it(smoke_run):
 
     evaluation = json.loads((output / "eval.json").read_text())
     assert set(evaluation) == {"base", "sft", "ppo", "grpo", "reward"}
-    assert set(evaluation["base"]) == {"bpb", "format", "regurgitation"}
-    assert set(evaluation["grpo"]) == {"bpb", "format", "arithmetic", "knowledge"}
+    assert set(evaluation["base"]) == {"bpb", "format", "regurgitation", "induction"}
+    assert set(evaluation["grpo"]) == {"bpb", "format", "arithmetic", "knowledge", "induction"}
     assert report["eval"]["grpo.bpb.bpb"] == evaluation["grpo"]["bpb"]["bpb"]
 
     card = (output / "report.md").read_text()
+    assert "| induction: second_copy_accuracy |" in card
     for heading in ("## Data", "## Tokenizer", "## Pretraining", "## Supervised fine-tuning", "## Reward model",
                     "## RLHF (PPO)", "## GRPO", "## Evaluation of every stage's model", "## Exported models"):
         assert heading in card
