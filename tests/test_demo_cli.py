@@ -81,6 +81,8 @@ def test_tiny_rl_recipes_from_a_fresh_checkout(tmp_path):
     ppo = json.loads((tmp_path / "runs/tiny/ppo/eval.json").read_text())
     assert ppo["last"]["eval_rm_score"] > ppo["initial"]["eval_rm_score"]
     assert max(row["kl"] for row in read_jsonl(tmp_path / "runs/tiny/ppo/metrics.jsonl")) <= ppo["config"]["kl_budget"]
-    assert ppo["best"]["eval_gold"] == max(evaluation["eval_gold"] for evaluation in ppo["evaluations"])
+    # a later evaluation replaces the kept one only when its gold reward is higher by min_gold_improvement
+    best_gold = max(evaluation["eval_gold"] for evaluation in ppo["evaluations"])
+    assert ppo["best"]["eval_gold"] >= best_gold - ppo["config"]["min_gold_improvement"]
     grpo = json.loads((tmp_path / "runs/tiny/grpo/eval.json").read_text())
     assert grpo["grpo"]["test"]["pass@1"] >= grpo["before"]["test"]["pass@1"] + 0.1
