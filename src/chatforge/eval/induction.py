@@ -25,11 +25,12 @@ def repeated_sequence_copying(model, tokenizer, sequences: int = 100, length: in
     sequences (after the tokenizer's BOS where it has one). Each batch draws its own length between
     ``length // 2`` and ``length``, so that looking back a fixed distance does not pass for copying. The
     second copy is scored from its second token on: its first token cannot be known to repeat."""
-    if length < 4:
-        raise ValueError(f"length must be at least 4 tokens, got {length}")
+    if length < 4 or sequences < 1:
+        raise ValueError(f"need at least 1 sequence of at least 4 tokens, got {sequences} of {length}")
     vocabulary = torch.tensor(ordinary_token_ids(tokenizer))
     generator = torch.Generator().manual_seed(seed)
-    prefix = [] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id]
+    prefix = torch.tensor([] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id], dtype=torch.long)
+    offset = len(prefix)
     model.eval()
     device = next(model.parameters()).device
     totals = {copy: {"nats": 0.0, "hits": 0, "tokens": 0} for copy in ("first", "second")}
@@ -37,11 +38,9 @@ def repeated_sequence_copying(model, tokenizer, sequences: int = 100, length: in
         rows = min(batch_size, sequences - start)
         span = int(torch.randint(length // 2, length + 1, (), generator=generator))
         random = vocabulary[torch.randint(len(vocabulary), (rows, span), generator=generator)]
-        input_ids = torch.cat([torch.tensor([prefix] * rows, dtype=torch.long).view(rows, len(prefix)),
-                               random, random], dim=1)
+        input_ids = torch.cat([prefix.expand(rows, offset), random, random], dim=1)
         logits = model(input_ids=input_ids.to(device)).logits[:, :-1].float()
         targets = input_ids[:, 1:].to(device)
-        offset = len(prefix)
         # logits[:, i] predicts input_ids[:, i + 1]: the first copy's tokens 2..span, the second copy's 2..span
         scored = {"first": slice(offset, offset + span - 1), "second": slice(offset + span, offset + 2 * span - 1)}
         for copy, positions in scored.items():
