@@ -407,8 +407,8 @@ class PPOTrainer:
 
     def _state_dicts(self) -> tuple[dict, dict]:
         """Whole state dicts of the policy and the value model, gathered from every process under ZeRO-3 or
-        FSDP (so every process must call this)."""
-        state = self.accelerator.get_state_dict(self.modules)
+        FSDP (so every process must call this); empty on the other processes, where ZeRO-3 gathers nothing."""
+        state = self.accelerator.get_state_dict(self.modules) or {}
         return tuple({key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)}
                      for prefix in ("policy.", "value_model."))
 
