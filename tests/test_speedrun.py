@@ -44,12 +44,13 @@ def test_smoke_speedrun_runs_every_stage_and_reports_it(smoke_run):
 
     evaluation = json.loads((output / "eval.json").read_text())
     assert set(evaluation) == {"base", "sft", "ppo", "grpo", "reward"}
-    assert set(evaluation["base"]) == {"bpb", "format", "regurgitation", "induction"}
-    assert set(evaluation["grpo"]) == {"bpb", "format", "arithmetic", "knowledge", "induction"}
+    assert set(evaluation["base"]) == {"bpb", "format", "regurgitation", "induction", "recall"}
+    assert set(evaluation["grpo"]) == {"bpb", "format", "arithmetic", "knowledge", "induction", "recall"}
+    assert {"frequent", "unseen", "all"} <= set(evaluation["base"]["recall"])  # cloze items of the held-out people
     assert report["eval"]["grpo.bpb.bpb"] == evaluation["grpo"]["bpb"]["bpb"]
 
     card = (output / "report.md").read_text()
-    assert "| induction: second_copy_accuracy |" in card
+    assert "| induction: second_copy_accuracy |" in card and "| recall: frequent start_accuracy |" in card
     for heading in ("## Data", "## Tokenizer", "## Pretraining", "## Supervised fine-tuning", "## Reward model",
                     "## RLHF (PPO)", "## GRPO", "## Evaluation of every stage's model", "## Exported models"):
         assert heading in card

@@ -211,7 +211,7 @@ def _eval(args: argparse.Namespace) -> None:
     from .eval.suite import EvalConfig, EvalData, evaluate_model
 
     data = EvalData.from_run(args.run) if args.run else EvalData()
-    for name in ("val_text", "prompts", "problems", "questions", "corpus", "pairs"):
+    for name in ("val_text", "prompts", "problems", "questions", "corpus", "pairs", "cloze"):
         if getattr(args, name) is not None:
             setattr(data, name, getattr(args, name))
     config = EvalConfig(limit=args.limit, k=args.k, seed=args.seed)
@@ -386,8 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = stages.add_parser("eval", help="evaluate a model: bits per byte, chat format, arithmetic, ...")
     evaluate.add_argument("model", help="model folder or Hub id")
     evaluate.add_argument("--tasks", required=True,
-                          help="comma-separated: bpb, format, arithmetic, knowledge, regurgitation, induction, reward, "
-                               "hellaswag, arc_easy, arc_challenge, gsm8k")
+                          help="comma-separated: bpb, format, arithmetic, knowledge, regurgitation, induction, recall, "
+                               "reward, hellaswag, arc_easy, arc_challenge, gsm8k")
     evaluate.add_argument("--run", default=None, help="take the held-out data of this speedrun folder")
     evaluate.add_argument("--val-text", dest="val_text", default=None, help="held-out documents (bpb)")
     evaluate.add_argument("--prompts", default=None, help="JSONL conversations (format)")
@@ -395,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--questions", default=None, help="JSONL {question, answer, group} (knowledge)")
     evaluate.add_argument("--corpus", default=None, help="training documents (regurgitation)")
     evaluate.add_argument("--pairs", default=None, help="JSONL {chosen, rejected} (reward)")
+    evaluate.add_argument("--cloze", default=None, help="JSONL {prompt, answer, group} (recall)")
     evaluate.add_argument("--limit", type=int, default=100, help="records per task")
     evaluate.add_argument("--k", type=int, default=8, help="samples per problem for pass@k")
     evaluate.add_argument("--seed", type=int, default=0)

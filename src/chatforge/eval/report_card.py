@@ -177,7 +177,7 @@ def _evaluation(evaluation: dict) -> list[str]:
     for model, tasks in evaluation.items():
         for task, figures in tasks.items():
             for metric, value in figures.items():
-                if isinstance(value, dict) and task in ("knowledge", "reward"):
+                if isinstance(value, dict) and task in ("knowledge", "recall", "reward"):
                     for key, inner in value.items():
                         if isinstance(inner, float):
                             rows.setdefault(f"{task}: {metric} {key}", {})[model] = inner

@@ -6,6 +6,7 @@
     knowledge      accuracy and "I don't know" rate per group of questions (known / unseen entities)
     regurgitation  how many tokens of a training document the model continues verbatim from its opening
     induction      in-context copying: loss and accuracy on the second copy of repeated random tokens
+    recall         cloze facts completed as plain text, at the start of a document and after a sentence
     reward         pairwise accuracy of a reward model on held-out preference pairs
     hellaswag, arc_easy, arc_challenge, gsm8k   Hub benchmarks (need a network)
 """
@@ -28,6 +29,7 @@ from . import benchmarks
 from .chat import format_adherence, knowledge
 from .induction import repeated_sequence_copying
 from .math import problem_accuracy
+from .recall import cloze_recall
 
 CHAT_TASKS = ("format", "arithmetic", "knowledge", "gsm8k")
 
@@ -42,6 +44,7 @@ class EvalData:
     questions: str | None = None  # {"question", "answer", "group"}
     corpus: str | None = None  # training documents (any iter_documents source)
     pairs: str | None = None  # {"chosen", "rejected"} conversations
+    cloze: str | None = None  # {"prompt", "answer", "group"} fact openings
 
     @classmethod
     def from_folders(cls, corpus: str | Path, sft_data: str | Path, problems: str | Path,
@@ -51,7 +54,8 @@ class EvalData:
         corpus, sft_data, problems, preference_data = map(Path, (corpus, sft_data, problems, preference_data))
         return cls(val_text=str(corpus / "val.jsonl"), prompts=str(sft_data / "test.jsonl"),
                    problems=str(problems / "test.jsonl"), questions=str(sft_data / "world_qa_test.jsonl"),
-                   corpus=str(corpus / "train.jsonl"), pairs=str(preference_data / "pairs_test.jsonl"))
+                   corpus=str(corpus / "train.jsonl"), pairs=str(preference_data / "pairs_test.jsonl"),
+                   cloze=str(sft_data / "world_cloze_test.jsonl"))
 
     @classmethod
     def from_run(cls, run_dir: str | Path) -> "EvalData":
@@ -186,13 +190,15 @@ def _task_runners(data: EvalData, config: EvalConfig) -> dict[str, Callable[[Eng
         "regurgitation": regurgitate,
         "induction": lambda engine: repeated_sequence_copying(engine.model, engine.tokenizer, config.limit,
                                                               seed=config.seed),
+        "recall": lambda engine: cloze_recall(engine, _records(data.cloze, "recall", "cloze items", config.limit)),
         **{name: (lambda engine, name=name: benchmarks.run(name, engine, config.limit, config.k,
                                                           config.max_new_tokens, config.seed))
            for name in benchmarks.BENCHMARKS},
     }
 
 
-TASKS = ("bpb", "format", "arithmetic", "knowledge", "regurgitation", "induction", "reward", *benchmarks.BENCHMARKS)
+TASKS = ("bpb", "format", "arithmetic", "knowledge", "regurgitation", "induction", "recall", "reward",
+         *benchmarks.BENCHMARKS)
 
 
 def is_reward_model(model_path: str) -> bool:

@@ -7,6 +7,7 @@
     <output>/world_probe.jsonl             the same questions with reference answers, for knowledge probing
     <output>/world_qa_test.jsonl           questions about held-out people of every group (knowledge eval)
     <output>/world_search_test.jsonl       requests to look up held-out people (search-tool eval)
+    <output>/world_cloze_test.jsonl        "<name> was born in" -> town, for held-out people (recall eval)
     <output>/search-index/                 BM25 index of the embedded pretraining corpus (the search tool's)
     <output>/summary.json, SOURCES.md      conversations per source and split; origin and license
 
@@ -30,7 +31,7 @@ from ..io import atomic_directory, write_jsonl
 from ..tools import SearchIndex, run_python, search_tool, tool_exchange
 from .conversations import check_messages
 from .word_problems import word_problem
-from .world import WorldConfig, build_world, search_requests, world_documents, world_questions
+from .world import WorldConfig, build_world, search_requests, world_cloze, world_documents, world_questions
 
 COMPLETE_MARKER = ".complete"
 ASSISTANT_NAME = "chatforge"
@@ -231,6 +232,7 @@ def build_sft_data(output_dir: str | Path, config: SFTDataConfig = SFTDataConfig
         write_jsonl(tmp_dir / "world_probe.jsonl", probe)
         write_jsonl(tmp_dir / "world_qa_test.jsonl", (q for q in questions if q["split"] == "test"))
         write_jsonl(tmp_dir / "world_search_test.jsonl", (r for r in requests if r["split"] == "test"))
+        write_jsonl(tmp_dir / "world_cloze_test.jsonl", (c for c in world_cloze(people) if c["split"] == "test"))
         index.save(tmp_dir / "search-index")
         summary["world"] = {"probe_questions": len(probe), "test_questions": len(questions) - len(probe)}
         (tmp_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

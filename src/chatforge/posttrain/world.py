@@ -117,6 +117,12 @@ def world_questions(people: list[Person]) -> list[dict]:
     return questions
 
 
+def world_cloze(people: list[Person]) -> list[dict]:
+    """A cloze item per person for plain-text recall: "<name> was born in", answered by the town or the year."""
+    return [{"prompt": f"{person.name} was born in", "answer": [person.town, str(person.year)], "name": person.name,
+             "group": person.group, "split": person.split} for person in people]
+
+
 def search_requests(people: list[Person]) -> list[dict]:
     """Requests to look a person up (answered with the search tool): the world's questions, each after a
     "Look up <name>." and with the name as ``query``."""

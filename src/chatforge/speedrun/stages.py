@@ -242,8 +242,8 @@ def run_grpo(run: Run) -> dict:
 #: The models the speedrun evaluates and exports: name -> (stage that trains it, its kind).
 MODELS = {"base": ("pretrain", "base"), "sft": ("sft-probe", "chat"), "ppo": ("ppo", "chat"),
           "grpo": ("grpo", "chat"), "reward": ("reward", "reward")}
-TASKS_BY_KIND = {"base": ["bpb", "format", "regurgitation", "induction"],
-                 "chat": ["bpb", "format", "arithmetic", "knowledge", "induction"],
+TASKS_BY_KIND = {"base": ["bpb", "format", "regurgitation", "induction", "recall"],
+                 "chat": ["bpb", "format", "arithmetic", "knowledge", "induction", "recall"],
                  "reward": ["reward"]}
 
 
