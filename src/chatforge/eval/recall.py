@@ -1,9 +1,9 @@
 """Fact recall as plain-text completion, at the start of a document and after an unrelated sentence.
 
-A cloze item is an opening such as "Falol Corpra was born in" with the answer (or the answers, any of
-which is right: the town or the year) that should follow. A model
-that knows the fact completes it wherever the opening stands; a model that has only memorised how certain
-documents begin completes it at the start of a document and fails once anything precedes it. Run before and
+A cloze item is an opening such as "Falol Corpra was born in" with the answer that should follow, or a
+list of answers any of which is right (the town or the year). A model that knows the fact completes it
+wherever the opening stands; a model that has only memorised how certain documents begin completes it at
+the start of a document and fails once anything precedes it. Run before and
 after fine-tuning, the same items show whether the fine-tuning kept what pretraining taught.
 """
 

@@ -7,7 +7,7 @@
     <output>/world_probe.jsonl             the same questions with reference answers, for knowledge probing
     <output>/world_qa_test.jsonl           questions about held-out people of every group (knowledge eval)
     <output>/world_search_test.jsonl       requests to look up held-out people (search-tool eval)
-    <output>/world_cloze_test.jsonl        "<name> was born in" -> town, for held-out people (recall eval)
+    <output>/world_cloze_test.jsonl        "<name> was born in" -> town or year, held-out people (recall eval)
     <output>/search-index/                 BM25 index of the embedded pretraining corpus (the search tool's)
     <output>/summary.json, SOURCES.md      conversations per source and split; origin and license
 
