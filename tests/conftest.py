@@ -47,6 +47,19 @@ def saved_model_dir(tmp_path, model, tokenizer):
     return path
 
 
+def learn_texts(model, tokenizer, texts: list[str], steps: int) -> None:
+    """Train ``model`` on every token of ``texts`` (each a document of its own) for ``steps`` full-batch steps."""
+    batch = tokenizer(texts, add_special_tokens=True, padding=True, return_tensors="pt")
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(steps):
+        model(**batch, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+
+
 def memorize(model, tokenizer, conversations: list[list[dict]], steps: int = 150, lr: float = 1e-2):
     """Train ``model`` on the assistant tokens of ``conversations`` until it has learnt them by heart."""
     from chatforge.data import DataCollatorForChat

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import small_config
+from conftest import learn_texts, small_config
 
 from chatforge.eval.benchmarks import arc_item, hellaswag_item, load_hub_records, multiple_choice_accuracy
 from chatforge.eval.induction import ordinary_token_ids, repeated_sequence_copying
@@ -118,18 +118,6 @@ def test_eval_command_writes_the_figures(saved_model_dir, tmp_path, documents, c
     assert json.loads(capsys.readouterr().out) == figures
 
 
-def _train_on(model, tokenizer, texts: list[str], steps: int) -> None:
-    batch = tokenizer(texts, add_special_tokens=True, padding=True, return_tensors="pt")
-    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    model.train()
-    for _ in range(steps):
-        model(**batch, labels=labels).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-    model.eval()
-
-
 def test_cloze_recall_tells_facts_learnt_at_the_start_of_a_document_from_facts_learnt_after_a_sentence(tokenizer):
     people = build_world()[:8]
     items = [{**item, "group": ("even", "odd")[index % 2]} for index, item in enumerate(world_cloze(people))]
@@ -137,8 +125,8 @@ def test_cloze_recall_tells_facts_learnt_at_the_start_of_a_document_from_facts_l
     torch.manual_seed(0)
     untrained = ChatForgeForCausalLM(small_config(tokenizer)).eval()
     at_start, after_sentence = copy.deepcopy(untrained), copy.deepcopy(untrained)
-    _train_on(at_start, tokenizer, facts, steps=150)
-    _train_on(after_sentence, tokenizer, [f"{DISTRACTOR} {fact}" for fact in facts], steps=150)
+    learn_texts(at_start, tokenizer, facts, steps=150)
+    learn_texts(after_sentence, tokenizer, [f"{DISTRACTOR} {fact}" for fact in facts], steps=150)
     figures = {name: cloze_recall(Engine(model, tokenizer), items) for name, model in
                (("untrained", untrained), ("at_start", at_start), ("after_sentence", after_sentence))}
     overall = {name: f["all"] for name, f in figures.items()}

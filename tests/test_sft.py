@@ -6,13 +6,18 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
+from conftest import learn_texts, small_config
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from trl import DatasetMixtureConfig, ModelConfig, SFTConfig
 from trl.chat_template_utils import llama3_chat_template
 
+from chatforge.data.shards import tokenize_to_shards
+from chatforge.eval.recall import cloze_recall
 from chatforge.inference.engine import Engine
+from chatforge.modeling import ChatForgeForCausalLM, set_generation_defaults
 from chatforge.posttrain.sft import SFTScriptArguments, run_earlier_stage, run_sft, sft_parser
 from chatforge.posttrain.sft_data import SFTDataConfig, build_sft_data
+from chatforge.posttrain.world import build_world, world_cloze
 
 ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
@@ -74,6 +79,30 @@ def test_sft_of_a_llama_with_llama_3s_own_chat_template(tmp_path, tokenizer, sft
     assert figures["eval_loss"] < figures["eval_loss_before"] - 1.0
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").config.model_type == "llama"
     assert Engine(llama, tokenizer).end_of_turn == "<|eot_id|>"
+
+
+def test_replaying_pretraining_text_keeps_facts_that_plain_sft_overwrites(tmp_path, tokenizer, sft_data):
+    items = world_cloze(build_world()[:8])
+    facts = [f"{item['prompt']} {item['answer'][0]}." for item in items]  # the town
+    torch.manual_seed(0)
+    base = ChatForgeForCausalLM(small_config(tokenizer))
+    learn_texts(base, tokenizer, facts, steps=150)
+    set_generation_defaults(base, tokenizer)
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    (tmp_path / "facts.jsonl").write_text("".join(json.dumps({"text": fact}) + "\n" for fact in facts))
+    tokenize_to_shards(str(tmp_path / "base"), [str(tmp_path / "facts.jsonl")], tmp_path / "shards", val_fraction=0)
+    recall, rows = {"base": cloze_recall(Engine(base, tokenizer), items)["all"]["start_accuracy"]}, {}
+    for name, shards in (("plain", None), ("replay", str(tmp_path / "shards"))):
+        script, training, model, mixture = _args(tmp_path / name, tmp_path / "base", sft_data)
+        script.replay_shards = shards
+        figures = run_sft(script, training, model, mixture)
+        tuned = AutoModelForCausalLM.from_pretrained(tmp_path / name / "out")
+        recall[name] = cloze_recall(Engine(tuned, tokenizer), items)["all"]["start_accuracy"]
+        assert figures["eval_loss"] < figures["eval_loss_before"] - 1.0
+        rows[name] = figures["train_rows"]
+    assert recall["base"] >= 0.75 and recall["replay"] >= 0.75 > 0.25 >= recall["plain"], recall
+    assert rows["replay"] == 2 * rows["plain"]  # replay_fraction 0.5
 
 
 def test_sft_recipe_runs_from_yaml_with_overrides(tmp_path, saved_model_dir, sft_data):

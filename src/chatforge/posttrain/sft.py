@@ -3,7 +3,8 @@
 Conversations (a ``messages`` column) are checked (:mod:`.conversations`), rendered with the model's
 chat template and trained on the assistant's tokens only, through the template's ``{% generation %}``
 markers: ChatForge's template has them (and leaves tool outputs out); TRL patches the templates of the
-common families (Llama 3, Qwen, Gemma, Phi-3, ...) to add them. Held-out figures go to ``eval.json``.
+common families (Llama 3, Qwen, Gemma, Phi-3, ...) to add them. Rows of pretraining text can be replayed
+among the conversations against forgetting (:mod:`.replay`). Held-out figures go to ``eval.json``.
 """
 
 import json
@@ -18,6 +19,7 @@ from accelerate.state import AcceleratorState
 from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
 from trl import DatasetMixtureConfig, ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
+from ..data.shards import TokenShards
 from ..eval.chat import format_adherence, knowledge, look_up_accuracy, word_problem_accuracy
 from ..inference.engine import Engine
 from ..io import atomic_write_text, read_jsonl
@@ -28,6 +30,7 @@ from ..training.checkpoint import trainer_checkpoint
 from .conversations import ON_INVALID, ConversationError, check_conversation
 from .mixture import load_mixture
 from .probe import run_probe
+from .replay import check_compatible, mix_in, shard_rows
 from .sft_data import SFTDataConfig, build_sft_data
 
 
@@ -52,6 +55,11 @@ class SFTScriptArguments:
                                         "build_missing_inputs, built by probing the model of probe_model_config"})
     probe_model_config: str | None = field(
         default=None, metadata={"help": "SFT recipe YAML whose output model is probed (run first if missing)"})
+    replay_shards: str | None = field(
+        default=None, metadata={"help": "pretraining token shards (chatforge data tokenize) replayed as plain text "
+                                        "among the training rows, against forgetting what pretraining taught"})
+    replay_fraction: float = field(default=0.5, metadata={"help": "share of the training rows that replay_shards "
+                                                                  "makes up"})
 
 
 def run_earlier_stage(run, *configs):
@@ -139,6 +147,20 @@ def held_out_evaluation(model, tokenizer, script: SFTScriptArguments) -> dict:
     return figures
 
 
+def with_replay(train: datasets.Dataset, script: SFTScriptArguments, training_args: SFTConfig, tokenizer,
+                vocab_size: int) -> datasets.Dataset:
+    """The prepared training rows with ``script.replay_fraction`` of rows from ``script.replay_shards``."""
+    if training_args.max_length is None:
+        raise ValueError("replay_shards needs max_length: the length of the replayed rows")
+    shards = TokenShards(script.replay_shards)
+    check_compatible(shards, tokenizer, vocab_size)
+    replay = shard_rows(shards, training_args.max_length,
+                        training_args.packing_strategy if training_args.packing else None)
+    mixed = mix_in(train, replay, script.replay_fraction, training_args.seed)
+    print(f"replaying {script.replay_shards}: {len(mixed) - len(train):,} of {len(mixed):,} training rows")
+    return mixed
+
+
 def model_dtype(model_args: ModelConfig):
     """``ModelConfig.dtype`` as ``from_pretrained`` takes it: ``"auto"``, None or a torch dtype."""
     return model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
@@ -178,6 +200,9 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
     trainer = SFTTrainer(model=model, args=training_args, train_dataset=checked["train"],
                          eval_dataset=checked.get("test"), processing_class=tokenizer,
                          peft_config=get_peft_config(model_args))
+    if script.replay_shards:
+        trainer.train_dataset = with_replay(trainer.train_dataset, script, training_args, tokenizer,
+                                            model.get_input_embeddings().num_embeddings)
     held_out_loss = (lambda: trainer.evaluate()["eval_loss"]) if "test" in checked else (lambda: None)
     eval_loss_before = held_out_loss()
     trainer.train(resume_from_checkpoint=trainer_checkpoint(training_args.output_dir,
@@ -189,7 +214,7 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
         model.save_pretrained(training_args.output_dir)
         tokenizer.save_pretrained(training_args.output_dir)
     figures = {"eval_loss_before": eval_loss_before, "eval_loss": eval_loss, "skipped": skipped,
-               "train_conversations": len(checked["train"]),
+               "train_conversations": len(checked["train"]), "train_rows": len(trainer.train_dataset),
                "sft": held_out_evaluation(model, tokenizer, script), "base": base_figures,
                "seconds": round(time.perf_counter() - started, 1)}
     if trainer.accelerator.is_main_process:
