@@ -103,6 +103,18 @@ def test_tasks_must_fit_the_model(saved_model_dir, tmp_path):
         evaluate_model(str(saved_model_dir), ["bpb"], data)
 
 
+def test_a_record_without_a_field_its_task_reads_is_named(saved_model_dir, tmp_path):
+    cloze = tmp_path / "cloze.jsonl"
+    cloze.write_text(json.dumps({"prompt": "Falol Corpra was born in", "answer": "Dovstead"}) + "\n"
+                     + json.dumps({"prompt": "Brazar Corbra was born in"}) + "\n")
+    with pytest.raises(ValueError, match=f"{cloze}: record 2 has no answer \\(task 'recall' reads prompt, answer\\)"):
+        evaluate_model(str(saved_model_dir), ["recall"], EvalData(cloze=str(cloze)))
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"answer": "Dovstead"}) + "\n")
+    with pytest.raises(ValueError, match="record 1 has no question"):
+        evaluate_model(str(saved_model_dir), ["knowledge"], EvalData(questions=str(questions)))
+
+
 def test_eval_command_writes_the_figures(saved_model_dir, tmp_path, documents, capsys):
     from chatforge.cli import main
 

@@ -92,8 +92,15 @@ def spread(records: list, limit: int) -> list:
     return [records[i * len(records) // limit] for i in range(limit)]
 
 
-def _records(path: str | None, task: str, what: str, limit: int) -> list[dict]:
-    return spread(read_jsonl(_required(path, task, what)), limit)
+def _records(path: str | None, task: str, what: str, limit: int, fields: tuple[str, ...]) -> list[dict]:
+    """Up to ``limit`` records of the JSONL file, spread over it; a record without one of ``fields`` raises a
+    ``ValueError`` naming the file and the record."""
+    records = read_jsonl(_required(path, task, what))
+    for number, record in enumerate(records, 1):
+        if missing := [name for name in fields if name not in record]:
+            raise ValueError(f"{path}: record {number} has no {', '.join(missing)} (task {task!r} reads "
+                             f"{', '.join(fields)})")
+    return spread(records, limit)
 
 
 def _required(value: str | None, task: str, what: str) -> str:
@@ -168,12 +175,15 @@ def _first_user_turns(records: list[dict]) -> list[list[dict]]:
 
 
 def _task_runners(data: EvalData, config: EvalConfig) -> dict[str, Callable[[Engine], dict]]:
+    def records(path: str | None, task: str, what: str, *fields: str) -> list[dict]:
+        return _records(path, task, what, config.limit, fields)
+
     def bpb(engine: Engine) -> dict:
         documents = spread(list(iter_documents([_required(data.val_text, "bpb", "held-out text")])), config.limit)
         return bits_per_byte(engine.model, engine.tokenizer, documents, config.max_length)
 
     def arithmetic(engine: Engine) -> dict:
-        problems = _records(data.problems, "arithmetic", "problems", config.limit)
+        problems = records(data.problems, "arithmetic", "problems", "prompt", "answer")
         return problem_accuracy(engine, problems, k=config.k, max_new_tokens=config.max_new_tokens,
                                 seed=config.seed)
 
@@ -184,13 +194,15 @@ def _task_runners(data: EvalData, config: EvalConfig) -> dict[str, Callable[[Eng
     return {
         "bpb": bpb,
         "format": lambda engine: format_adherence(
-            engine, _first_user_turns(_records(data.prompts, "format", "conversations", config.limit))),
+            engine, _first_user_turns(records(data.prompts, "format", "conversations", "messages"))),
         "arithmetic": arithmetic,
-        "knowledge": lambda engine: knowledge(engine, _records(data.questions, "knowledge", "questions", config.limit)),
+        "knowledge": lambda engine: knowledge(engine, records(data.questions, "knowledge", "questions", "question",
+                                                              "answer")),
         "regurgitation": regurgitate,
         "induction": lambda engine: repeated_sequence_copying(engine.model, engine.tokenizer, config.limit,
                                                               seed=config.seed),
-        "recall": lambda engine: cloze_recall(engine, _records(data.cloze, "recall", "cloze items", config.limit)),
+        "recall": lambda engine: cloze_recall(engine, records(data.cloze, "recall", "cloze items", "prompt",
+                                                              "answer")),
         **{name: (lambda engine, name=name: benchmarks.run(name, engine, config.limit, config.k,
                                                           config.max_new_tokens, config.seed))
            for name in benchmarks.BENCHMARKS},
@@ -211,7 +223,7 @@ def evaluate_reward_model(model_path: str, data: EvalData, config: EvalConfig = 
     """Pairwise accuracy of the reward model at ``model_path`` on held-out preference pairs."""
     from .reward import pairwise_accuracy
 
-    pairs = _records(data.pairs, "reward", "preference pairs", config.limit)
+    pairs = _records(data.pairs, "reward", "preference pairs", config.limit, ("chosen", "rejected"))
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForSequenceClassification.from_pretrained(model_path)
     return pairwise_accuracy(model, tokenizer, pairs)
