@@ -55,6 +55,9 @@ def test_probing_labels_what_the_model_memorised_and_writes_matching_examples(mo
     known, unknown = (example["messages"][1]["content"] for example in probe_examples(labels))
     assert known == KNOWN["reply"]
     assert says_dont_know(unknown)
+    replies = [example["messages"][1]["content"] for example in probe_examples(labels, known_copies=4,
+                                                                               unknown_copies=3)]
+    assert replies[:4] == [KNOWN["reply"]] * 4 and len(replies) == 7 and all(map(says_dont_know, replies[4:]))
 
 
 def test_probe_command_writes_labels_examples_and_summary(tmp_path, saved_model_dir):

@@ -143,7 +143,8 @@ def _probe(args: argparse.Namespace) -> None:
 
     summary = run_probe(args.model, args.questions, args.output,
                         ProbeConfig(samples=args.samples, temperature=args.temperature, threshold=args.threshold,
-                                    seed=args.seed))
+                                    seed=args.seed, known_copies=args.known_copies,
+                                    unknown_copies=args.unknown_copies))
     groups = ", ".join(f"{name} {g['known_share']:.0%}" for name, g in summary["by_group"].items())
     print(f"probe: {summary['known']}/{summary['questions']} questions known ({groups}) -> {args.output}")
 
@@ -346,6 +347,8 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--samples", type=int, default=4, help="answers sampled per question")
     probe.add_argument("--temperature", type=float, default=0.7)
     probe.add_argument("--threshold", type=float, default=0.5, help="share of right answers that counts as known")
+    probe.add_argument("--known-copies", type=int, default=1, help="copies of each answered example")
+    probe.add_argument("--unknown-copies", type=int, default=1, help='copies of each "I don\'t know" example')
     probe.add_argument("--seed", type=int, default=0)
     probe.set_defaults(func=_probe)
 

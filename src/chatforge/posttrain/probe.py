@@ -22,7 +22,9 @@ from .world import dont_know_reply, is_correct
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """``samples`` answers per question at ``temperature``; known when at least ``threshold`` are right."""
+    """``samples`` answers per question at ``temperature``; known when at least ``threshold`` are right.
+    ``train.jsonl`` holds ``known_copies`` of each answered example and ``unknown_copies`` of each "I don't
+    know": more answers than admissions keep the model from saying "I don't know" to what it knows."""
 
     samples: int = 4
     temperature: float = 0.7
@@ -30,6 +32,13 @@ class ProbeConfig:
     max_new_tokens: int = 32
     batch_size: int = 32
     seed: int = 0
+    known_copies: int = 1
+    unknown_copies: int = 1
+
+    def __post_init__(self):
+        if min(self.known_copies, self.unknown_copies) < 1:
+            raise ValueError(f"known_copies={self.known_copies}, unknown_copies={self.unknown_copies}: give at "
+                             "least one copy of each")
 
 
 def load_questions(source: str) -> list[dict]:
@@ -61,14 +70,16 @@ def probe(engine: Engine, questions: list[dict], config: ProbeConfig = ProbeConf
     return labels
 
 
-def probe_examples(labels: list[dict], seed: int = 0) -> list[dict]:
-    """SFT conversations: known questions answered with the reference, unknown ones with "I don't know"."""
+def probe_examples(labels: list[dict], seed: int = 0, known_copies: int = 1, unknown_copies: int = 1) -> list[dict]:
+    """SFT conversations: known questions answered with the reference (``known_copies`` times), unknown ones
+    with "I don't know" (``unknown_copies`` times, each with a phrasing drawn anew)."""
     rng = random.Random(seed)
     examples = []
     for label in labels:
-        reply = (label.get("reply") or str(label["answer"])) if label["known"] else dont_know_reply(rng)
-        examples.append({"messages": [{"role": "user", "content": label["question"]},
-                                      {"role": "assistant", "content": reply}], "source": "probe"})
+        for _ in range(known_copies if label["known"] else unknown_copies):
+            reply = (label.get("reply") or str(label["answer"])) if label["known"] else dont_know_reply(rng)
+            examples.append({"messages": [{"role": "user", "content": label["question"]},
+                                          {"role": "assistant", "content": reply}], "source": "probe"})
     return examples
 
 
@@ -84,8 +95,9 @@ def run_probe(model: str, questions: str, output_dir: str | Path, config: ProbeC
     summary = {"model": model, "questions": len(labels), "known": sum(label["known"] for label in labels),
                "by_group": {name: {**g, "known_share": g["known"] / g["questions"]} for name, g in by_group.items()},
                "config": vars(config)}
+    examples = probe_examples(labels, config.seed, config.known_copies, config.unknown_copies)
     with atomic_directory(output_dir) as tmp_dir:
-        for name, records in (("labels.jsonl", labels), ("train.jsonl", probe_examples(labels, config.seed))):
+        for name, records in (("labels.jsonl", labels), ("train.jsonl", examples)):
             with open(tmp_dir / name, "w", encoding="utf-8") as handle:
                 for record in records:
                     handle.write(json.dumps(record, ensure_ascii=False) + "\n")
