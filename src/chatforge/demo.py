@@ -25,6 +25,7 @@ from .modeling import (
     set_generation_defaults,
 )
 from .tokenization import bytes_per_token, train_tokenizer
+from .training.precision import fit_precision
 
 DEMO_PROMPTS = ("The city of", "In 1990, the", "He was born in")
 
@@ -91,6 +92,7 @@ def run_core_demo(config: DemoConfig) -> dict:
         seed=config.seed,
         dataloader_drop_last=True,
     )
+    fit_precision(args)
     trainer = Trainer(
         model=model,
         args=args,

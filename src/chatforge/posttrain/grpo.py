@@ -21,6 +21,7 @@ from ..inference.engine import Engine
 from ..io import atomic_write_text, read_jsonl, write_jsonl
 from ..modeling.factory import set_generation_defaults
 from ..training.checkpoint import trainer_checkpoint
+from ..training.precision import fit_precision
 from .mixture import load_mixture
 from .reward import build_model_if_missing
 from .sft import model_dtype, parse_sft_yaml, run_sft
@@ -104,6 +105,7 @@ def run_grpo(script: GRPOScriptArguments, training_args: GRPOConfig, model_args:
     """GRPO of ``model_name_or_path`` on the mixture's problems; the model, ``eval.json``, ``metrics.jsonl``
     (the trainer's log per step) and ``grpo.png`` go to ``output_dir``."""
     started = time.perf_counter()
+    fit_precision(training_args)
     if script.build_missing_inputs:
         _build_missing_inputs(script, model_args)
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)

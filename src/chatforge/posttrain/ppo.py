@@ -37,6 +37,7 @@ from ..training.checkpoint import (
     set_rng_state,
     write_checkpoint,
 )
+from ..training.precision import keep_bf16, on_cpu
 from .gold import gold_reward
 
 BEST_DIR = "best"
@@ -198,7 +199,8 @@ class PPOTrainer:
         if not train_tasks:
             raise ValueError("PPO needs training prompts; train_tasks is empty")
         self.config = config
-        self.accelerator = Accelerator(cpu=config.use_cpu, mixed_precision="bf16" if config.bf16 else "no")
+        bf16 = keep_bf16(config.bf16, on_cpu(config.use_cpu))
+        self.accelerator = Accelerator(cpu=config.use_cpu, mixed_precision="bf16" if bf16 else "no")
         self.tokenizer = tokenizer
         self.train_tasks, self.eval_tasks = list(train_tasks), list(eval_tasks)[:config.eval_prompts]
         self.gold = gold

@@ -18,6 +18,7 @@ from trl import DatasetMixtureConfig, ModelConfig, RewardConfig, RewardTrainer, 
 from ..eval.reward import pairwise_accuracy, ranking_agreement
 from ..io import atomic_write_text, read_jsonl
 from ..training.checkpoint import trainer_checkpoint
+from ..training.precision import fit_precision
 from .mixture import load_mixture
 from .preferences import PreferenceDataConfig, build_preference_data, to_pairs
 from .sft import model_dtype, parse_sft_yaml, run_earlier_stage, run_sft
@@ -105,6 +106,7 @@ def run_reward(script: RewardScriptArguments, training_args: RewardConfig, model
                mixture: DatasetMixtureConfig) -> dict:
     """Train a reward model on the mixture; save it to ``output_dir`` with ``eval.json``."""
     started = time.perf_counter()
+    fit_precision(training_args)
     if script.build_missing_inputs:
         _build_missing_inputs(script, model_args)
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)

@@ -1,0 +1,45 @@
+"""Whether bf16 pays off here. CPUs without native bf16 arithmetic (AVX512-BF16, AMX or Arm's BF16
+extension) emulate it, many times slower than fp32: there, a run asked to use bf16 trains in fp32."""
+
+import functools
+import time
+import warnings
+
+import torch
+from accelerate.utils import parse_flag_from_env
+
+
+@functools.cache
+def cpu_bf16_is_slow(size: int = 256, repeats: int = 4) -> bool:
+    """Whether a bf16 matrix product takes more than twice as long as an fp32 one on this CPU (measured once
+    per process, without touching the random state)."""
+    seconds = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        matrix = torch.full((size, size), 0.5, dtype=dtype)
+        matrix @ matrix
+        start = time.perf_counter()
+        for _ in range(repeats):
+            matrix @ matrix
+        seconds[dtype] = time.perf_counter() - start
+    return seconds[torch.bfloat16] > 2 * seconds[torch.float32]
+
+
+def keep_bf16(requested: bool, on_cpu: bool) -> bool:
+    """``requested``, unless the run is on a CPU that emulates bf16: then a warning, and False (fp32)."""
+    if requested and on_cpu and cpu_bf16_is_slow():
+        warnings.warn("bf16 was asked for, but this CPU has no native bf16 arithmetic (AVX512-BF16, AMX) and "
+                      "emulates it many times slower than fp32: training in fp32", stacklevel=2)
+        return False
+    return requested
+
+
+def on_cpu(use_cpu: bool = False) -> bool:
+    """Whether a run computes on the CPU: asked to (here or by ``accelerate launch --cpu``), or for want of an
+    accelerator."""
+    return use_cpu or parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.accelerator.is_available()
+
+
+def fit_precision(args) -> None:
+    """Set a ``TrainingArguments`` (TRL configs included) to fp32 where :func:`keep_bf16` says so."""
+    if args.bf16 and not keep_bf16(True, on_cpu(args.use_cpu)):
+        args.bf16, args.mixed_precision = False, "no"

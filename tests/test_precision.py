@@ -1,0 +1,28 @@
+import pytest
+import torch
+from transformers import TrainingArguments
+
+from chatforge.training import precision
+
+
+def test_measuring_bf16_speed_leaves_the_random_state_alone():
+    precision.cpu_bf16_is_slow.cache_clear()
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    assert isinstance(precision.cpu_bf16_is_slow(size=64, repeats=2), bool)
+    assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("slow", [True, False])
+def test_a_cpu_run_asked_for_bf16_trains_in_fp32_where_the_cpu_emulates_it(tmp_path, monkeypatch, slow):
+    monkeypatch.setattr(precision, "cpu_bf16_is_slow", lambda: slow)
+    args = TrainingArguments(output_dir=str(tmp_path), bf16=True, use_cpu=True, report_to=[])
+    if slow:
+        with pytest.warns(UserWarning, match="no native bf16 arithmetic"):
+            precision.fit_precision(args)
+    else:
+        precision.fit_precision(args)
+    assert (args.bf16, args.mixed_precision) == ((False, "no") if slow else (True, "bf16"))
+    assert precision.keep_bf16(True, on_cpu=False)  # accelerators keep what they are asked for
+    assert not precision.keep_bf16(False, on_cpu=True)
