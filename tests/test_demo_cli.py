@@ -66,6 +66,22 @@ def test_tiny_sft_recipe_from_a_fresh_checkout(tmp_path):
 
 
 @pytest.mark.slow
+def test_tiny_knowledge_probing_recipe_from_a_fresh_checkout(tmp_path):
+    """recipes/tiny/sft-probe.yaml pretrains, fine-tunes the model to probe (sft-world.yaml) and probes it first;
+    it then says "I don't know" about unseen people, which the plain SFT model never does, and answers about
+    frequent people almost as often as the plain SFT model."""
+    shutil.copytree(Path(__file__).parents[1] / "recipes", tmp_path / "recipes")
+    run = subprocess.run([sys.executable, "recipes/sft.py", "--config", "recipes/tiny/sft-probe.yaml"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=5400)
+    assert run.returncode == 0, run.stderr[-3000:]
+    plain, probed = (json.loads((tmp_path / f"runs/tiny/{name}/eval.json").read_text())["sft"]["knowledge"]
+                     for name in ("sft-world", "sft-probe"))
+    assert probed["unseen"]["dont_know_rate"] >= 0.8 > 0.2 >= plain["unseen"]["dont_know_rate"]
+    assert plain["frequent"]["accuracy"] >= 0.3
+    assert probed["frequent"]["accuracy"] >= plain["frequent"]["accuracy"] - 0.05
+
+
+@pytest.mark.slow
 def test_tiny_rl_recipes_from_a_fresh_checkout(tmp_path):
     """recipes/tiny/ppo.yaml builds the base, SFT and reward models it needs; the reward model agrees with the
     held-out rankings, PPO raises the held-out reward-model score within its KL budget and keeps the policy

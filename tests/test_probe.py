@@ -7,6 +7,8 @@ from conftest import memorize
 from chatforge.inference.engine import Engine
 from chatforge.posttrain.probe import ProbeConfig, load_questions, probe, probe_examples, run_probe
 from chatforge.posttrain.world import (
+    DESCRIPTIONS,
+    FAQ_LINES,
     WorldConfig,
     build_world,
     is_correct,
@@ -28,11 +30,11 @@ def test_the_world_reaches_the_corpus_at_controlled_frequencies():
     assert Counter(p.group for p in people) == {"frequent": 10, "rare": 10, "unseen": 10}
     assert Counter(p.split for p in people) == {"test": 15, "probe": 15}
     documents = world_documents(people, config)
-    mentions = Counter(p.group for p in people for d in documents if p.name in d)
-    assert mentions == {"frequent": 60, "rare": 10}  # unseen people are never mentioned
+    pages = Counter(p.group for p in people for d in documents if p.name in d)
+    assert pages == {"frequent": 10 * 2, "rare": 10}  # 6 statements on pages of 4; unseen people never appear
     for person in people:
         if person.group != "unseen":
-            facts = next(d for d in documents if person.name in d)
+            facts = " ".join(d for d in documents if person.name in d)
             assert person.town in facts and str(person.year) in facts and person.occupation in facts
     questions = world_questions(people)
     assert len(questions) == 90 and all(q["answer"] in q["reply"] for q in questions)
@@ -58,6 +60,8 @@ def test_probing_labels_what_the_model_memorised_and_writes_matching_examples(mo
     replies = [example["messages"][1]["content"] for example in probe_examples(labels, known_copies=4,
                                                                                unknown_copies=3)]
     assert replies[:4] == [KNOWN["reply"]] * 4 and len(replies) == 7 and all(map(says_dont_know, replies[4:]))
+    recipe = {"probe_dir": "runs/probe", "probe_known_copies": 4, "probe_unknown_copies": 3}  # an SFT recipe's keys
+    assert ProbeConfig.from_recipe(recipe) == ProbeConfig(known_copies=4, unknown_copies=3)
 
 
 def test_probe_command_writes_labels_examples_and_summary(tmp_path, saved_model_dir):
@@ -80,5 +84,8 @@ def test_the_embedded_pretraining_corpus_carries_the_world(tmp_path):
     documents = [json.loads(line)["text"] for line in open(world)]
     assert len(documents) == len(world_documents(build_world()))
     frequent = next(p for p in build_world() if p.group == "frequent")
-    assert sum(frequent.name in d for d in documents) == WorldConfig().frequent_mentions
+    config = WorldConfig()
+    assert sum(frequent.name in d for d in documents) == config.frequent_mentions // config.statements_per_document
+    pages = " ".join(d for d in documents if frequent.name in d)
+    assert all(frequent.describe(line) in pages for line in DESCRIPTIONS + FAQ_LINES)  # prose and every question
     assert sum(1 for _ in open(wikipedia)) == 1000

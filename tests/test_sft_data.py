@@ -89,6 +89,10 @@ def test_sft_data_build_writes_held_out_splits_once(tmp_path):
         assert "<|tool_call_start|>search" in reply and answer.rstrip(".").split()[-1] in output
     problems = [json.loads(line) for line in open(tmp_path / "sft/word_problems_test.jsonl")]
     assert len(problems) == 15 and all(calculate(p["expression"]) == p["answer"] for p in problems)
+    probe_people = {(q["name"], q["group"]) for q in map(json.loads, open(tmp_path / "sft/world_probe.jsonl"))}
+    frequent = [r["messages"] for r in map(json.loads, open(tmp_path / "sft/world_qa_frequent.jsonl"))]
+    assert len(frequent) == 6 * sum(group == "frequent" for _, group in probe_people)  # 3 questions, 2 phrasings
+    assert all(any(name in m[0]["content"] for name, group in probe_people if group == "frequent") for m in frequent)
     (tmp_path / "sft/train.jsonl").write_text("")
     assert build_sft_data(tmp_path / "sft", config) == summary  # finished folders are reused as they are
 

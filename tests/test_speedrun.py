@@ -184,6 +184,7 @@ def test_stage_configs_are_moved_under_the_output(tmp_path, monkeypatch):
     sft_probe = resolve_stage_config(recipe, "sft-probe", tmp_path)
     assert [d["data_files"] for d in sft_probe["datasets"]] == [str(tmp_path / "sft-data/train.jsonl"),
                                                                  str(tmp_path / "probe/train.jsonl")]
+    assert sft_probe["replay_shards"] == str(tmp_path / "shards")  # replays the speedrun's own shards
 
 
 @pytest.mark.parametrize("name", ["tiny", "smoke", "gpt2-124m"])

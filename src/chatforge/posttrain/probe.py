@@ -9,7 +9,8 @@ teach it to answer those and say "I don't know" to the rest (the Llama 3 factual
 import json
 import random
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import datasets
@@ -39,6 +40,11 @@ class ProbeConfig:
         if min(self.known_copies, self.unknown_copies) < 1:
             raise ValueError(f"known_copies={self.known_copies}, unknown_copies={self.unknown_copies}: give at "
                              "least one copy of each")
+
+    @classmethod
+    def from_recipe(cls, recipe: Mapping) -> "ProbeConfig":
+        """The settings an SFT recipe gives as ``probe_<field>`` keys (``probe_known_copies: 8``, ...)."""
+        return cls(**{f.name: recipe[f"probe_{f.name}"] for f in fields(cls) if f"probe_{f.name}" in recipe})
 
 
 def load_questions(source: str) -> list[dict]:

@@ -27,9 +27,10 @@ from ..modeling.factory import set_generation_defaults
 from ..tools import default_toolbox
 from ..training import PretrainConfig, pretrain
 from ..training.checkpoint import trainer_checkpoint
+from ..training.precision import fit_precision
 from .conversations import ON_INVALID, ConversationError, check_conversation
 from .mixture import load_mixture
-from .probe import run_probe
+from .probe import ProbeConfig, run_probe
 from .replay import check_compatible, mix_in, shard_rows
 from .sft_data import SFTDataConfig, build_sft_data
 
@@ -55,6 +56,10 @@ class SFTScriptArguments:
                                         "build_missing_inputs, built by probing the model of probe_model_config"})
     probe_model_config: str | None = field(
         default=None, metadata={"help": "SFT recipe YAML whose output model is probed (run first if missing)"})
+    probe_threshold: float = field(default=0.5, metadata={"help": "share of right sampled answers that makes a "
+                                                                   "question known to the probed model"})
+    probe_known_copies: int = field(default=1, metadata={"help": "copies of each answered probe example"})
+    probe_unknown_copies: int = field(default=1, metadata={"help": "copies of each 'I don't know' probe example"})
     replay_shards: str | None = field(
         default=None, metadata={"help": "pretraining token shards (chatforge data tokenize) replayed as plain text "
                                         "among the training rows, against forgetting what pretraining taught"})
@@ -82,7 +87,8 @@ def _build_missing_inputs(script: SFTScriptArguments, model_args: ModelConfig) -
             print(f"fine-tuning the model to probe first ({script.probe_model_config})")
             run_earlier_stage(run_sft, probe_script, probe_training, probe_model, probe_mixture)
         print(f"probing {probe_training.output_dir} -> {script.probe_dir}")
-        run_probe(probe_training.output_dir, str(Path(script.sft_data_dir) / "world_probe.jsonl"), script.probe_dir)
+        run_probe(probe_training.output_dir, str(Path(script.sft_data_dir) / "world_probe.jsonl"), script.probe_dir,
+                  ProbeConfig.from_recipe(vars(script)))
     if not Path(model_args.model_name_or_path).exists():
         if script.base_config is None:
             raise FileNotFoundError(f"model_name_or_path={model_args.model_name_or_path}: no such folder, and no "
@@ -176,6 +182,7 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
     """Fine-tune ``model_args.model_name_or_path`` on the mixture; save it to ``output_dir`` with
     ``eval.json`` (held-out loss, format adherence, word problems with/without tools, skipped records)."""
     started = time.perf_counter()
+    fit_precision(training_args)
     if script.build_missing_inputs:
         _build_missing_inputs(script, model_args)
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)

@@ -4,6 +4,8 @@
                                            out per source
     <output>/word_problems_test.jsonl      held-out multi-digit word problems {"question", "answer"} (tool eval)
     <output>/world_qa_train.jsonl          questions about the fictional world's probe people, answered
+    <output>/world_qa_frequent.jsonl       every phrasing of the questions about frequent probe people (those
+                                           the corpus describes many times), answered
     <output>/world_probe.jsonl             the same questions with reference answers, for knowledge probing
     <output>/world_qa_test.jsonl           questions about held-out people of every group (knowledge eval)
     <output>/world_search_test.jsonl       requests to look up held-out people (search-tool eval)
@@ -19,6 +21,7 @@ look-ups of the fictional world's people with the search tool (over the embedded
 
 import json
 import random
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -171,6 +174,11 @@ def search_conversations(rng: random.Random, count: int, requests: list[dict], i
             for r in chosen]
 
 
+def _answered(questions) -> Iterator[dict]:
+    """World questions as conversations answered with their reference replies."""
+    return ({"messages": _chat(q["question"], q["reply"]), "source": "world_qa"} for q in questions)
+
+
 SOURCES = {
     "chatterbot": ("chatterbot-corpus 1.3.3 (PyPI), English dialogues", "BSD-3-Clause"),
     "identity": ("generated: who the assistant is", "Apache-2.0 (chatforge)"),
@@ -227,8 +235,10 @@ def build_sft_data(output_dir: str | Path, config: SFTDataConfig = SFTDataConfig
                      ({"question": p.question, "answer": p.answer, "expression": p.expression} for p in problems))
         questions = world_questions(people)
         probe = [q for q in questions if q["split"] == "probe"]
-        write_jsonl(tmp_dir / "world_qa_train.jsonl", ({"messages": _chat(q["question"], q["reply"]),
-                                                         "source": "world_qa"} for q in probe))
+        write_jsonl(tmp_dir / "world_qa_train.jsonl", _answered(probe))
+        phrasings = world_questions(people, every_phrasing=True)
+        write_jsonl(tmp_dir / "world_qa_frequent.jsonl",
+                    _answered(q for q in phrasings if q["split"] == "probe" and q["group"] == "frequent"))
         write_jsonl(tmp_dir / "world_probe.jsonl", probe)
         write_jsonl(tmp_dir / "world_qa_test.jsonl", (q for q in questions if q["split"] == "test"))
         write_jsonl(tmp_dir / "world_search_test.jsonl", (r for r in requests if r["split"] == "test"))

@@ -1,9 +1,10 @@
 """A world of fictional people whose facts reach the pretraining corpus at controlled frequencies.
 
-``frequent`` people are described many times (a model should know them), ``rare`` ones once, ``unseen``
-ones never (nobody can know them). Questions about each come with reference answers, which makes
-"does the model know what it knows?" measurable at small scale. Each group is split into people whose
-questions feed knowledge probing (``probe``) and people held out for evaluation (``test``).
+``frequent`` people are described many times, on pages of a few statements each (a model should know
+them), ``rare`` ones once, ``unseen`` ones never (nobody can know them). Questions about each come with
+reference answers, which makes "does the model know what it knows?" measurable at small scale. Each group
+is split into people whose questions feed knowledge probing (``probe``) and people held out for evaluation
+(``test``).
 """
 
 import json
@@ -17,8 +18,7 @@ OCCUPATIONS = ("astronomer", "painter", "sculptor", "botanist", "poet", "archite
                "composer", "chemist", "engineer", "historian", "surgeon")
 GROUPS = ("frequent", "rare", "unseen")
 
-#: Ways the corpus states a person's facts (prose, and question-and-answer pages as the web has them); a
-#: frequent person is described with each in turn.
+#: Ways the corpus states a person's facts in prose; a rare person's one mention is the first.
 DESCRIPTIONS = (
     "{name} was {a_occupation} born in {town} in {year}.",
     "Born in {year} in the town of {town}, {name} became a well-known {occupation}.",
@@ -39,6 +39,10 @@ ANSWERS = {
     "year": "In {year}.",
     "occupation": "{pronoun_cap} was {a_occupation}.",
 }
+#: Question-and-answer lines, as FAQ pages on the web state facts: a frequent person's statements include
+#: every phrasing of every question.
+FAQ_LINES = tuple(f"Q: {question} A: {ANSWERS[attribute]}" for attribute, phrasings in QUESTIONS.items()
+                  for question in phrasings)
 LOOK_UPS = ("Look up {name}.", "Search for {name}.", "Please search the web for {name}.",
             "Can you look {name} up?")
 DONT_KNOW = ("I don't know who that is, so I can't answer that.",
@@ -65,11 +69,13 @@ class Person:
 
 @dataclass(frozen=True)
 class WorldConfig:
-    """People per group, mentions of a frequent person, share of each group held out for testing."""
+    """People per group, statements about a frequent person, statements per page, share of each group held
+    out for testing."""
 
     seed: int = 0
     people_per_group: int = 40
     frequent_mentions: int = 48
+    statements_per_document: int = 4
     test_fraction: float = 0.5
 
 
@@ -94,26 +100,32 @@ def build_world(config: WorldConfig = WorldConfig()) -> list[Person]:
 
 
 def world_documents(people: list[Person], config: WorldConfig = WorldConfig()) -> list[str]:
-    """Pretraining documents: each frequent person described ``frequent_mentions`` times, each rare person once."""
+    """Pretraining documents: ``frequent_mentions`` statements about each frequent person (prose and FAQ lines
+    in turn), shuffled into pages of ``statements_per_document``; one prose sentence about each rare person."""
     rng = random.Random(config.seed + 1)
+    templates = DESCRIPTIONS + FAQ_LINES
     documents = []
     for person in people:
         mentions = {"frequent": config.frequent_mentions, "rare": 1, "unseen": 0}[person.group]
-        documents += [person.describe(DESCRIPTIONS[i % len(DESCRIPTIONS)]) for i in range(mentions)]
+        statements = [person.describe(templates[i % len(templates)]) for i in range(mentions)]
+        rng.shuffle(statements)
+        documents += [" ".join(statements[start:start + config.statements_per_document])
+                      for start in range(0, mentions, config.statements_per_document)]
     rng.shuffle(documents)
     return documents
 
 
-def world_questions(people: list[Person]) -> list[dict]:
-    """One question per person and attribute, with the reference answer and a short reply (one that does
-    not repeat the person's name)."""
+def world_questions(people: list[Person], every_phrasing: bool = False) -> list[dict]:
+    """One question per person and attribute (in every phrasing with ``every_phrasing``), with the reference
+    answer and a short reply (one that does not repeat the person's name)."""
     rng = random.Random(0)
     questions = []
     for person in people:
         for attribute, phrasings in QUESTIONS.items():
-            questions.append({"question": person.describe(rng.choice(phrasings)), "answer": str(getattr(person,
-                              attribute)), "reply": person.describe(ANSWERS[attribute]), "name": person.name,
-                              "attribute": attribute, "group": person.group, "split": person.split})
+            for phrasing in phrasings if every_phrasing else [rng.choice(phrasings)]:
+                questions.append({"question": person.describe(phrasing), "answer": str(getattr(person, attribute)),
+                                  "reply": person.describe(ANSWERS[attribute]), "name": person.name,
+                                  "attribute": attribute, "group": person.group, "split": person.split})
     return questions
 
 

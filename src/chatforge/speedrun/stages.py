@@ -200,11 +200,12 @@ def run_sft(run: Run) -> dict:
 
 
 def run_probe(run: Run) -> dict:
-    from ..posttrain.probe import run_probe as probe
+    from ..posttrain import probe
 
     sft_probe = run.config("sft-probe")
     questions = Path(run.config("sft")["sft_data_dir"]) / "world_probe.jsonl"
-    summary = probe(str(run.model_dir("sft")), str(questions), sft_probe["probe_dir"])
+    summary = probe.run_probe(str(run.model_dir("sft")), str(questions), sft_probe["probe_dir"],
+                              probe.ProbeConfig.from_recipe(sft_probe))
     return {"questions": summary["questions"], "known": summary["known"],
             **{f"known_share.{group}": g["known_share"] for group, g in summary["by_group"].items()}}
 
