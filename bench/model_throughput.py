@@ -5,7 +5,7 @@ batches, in rounds of alternating order so that machine noise hits both alike. P
 each, the median per-round ratio (ChatForge / reference; above 1.0 means ChatForge is faster) and
 MFU where a peak is known.
 
-    python bench/model_throughput.py --preset tiny                      # CPU
+    python bench/model_throughput.py --preset tiny                      # CPU (bf16 where native)
     python bench/model_throughput.py --preset gpt2-124m --compile       # GPU, bf16
 """
 
@@ -28,6 +28,7 @@ from chatforge.modeling import (  # noqa: E402
     num_parameters,
     peak_bf16_flops,
 )
+from chatforge.training.precision import mixed_precision  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -39,7 +40,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
-    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument("--dtype", choices=["bf16", "fp32"], default=None,
+                        help="default: bf16, or fp32 on a CPU that emulates bf16")
     parser.add_argument("--attn", default="sdpa", help="ChatForge attention implementation")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     return parser.parse_args()
@@ -62,6 +64,7 @@ def main() -> None:
     batch_size = args.batch_size or (32 if on_gpu else 8)
     seq_len = args.seq_len or (config.max_position_embeddings if on_gpu else min(256, config.max_position_embeddings))
     steps = args.steps or (20 if on_gpu else 5)
+    args.dtype = args.dtype or ("bf16" if mixed_precision(True) == "bf16" else "fp32")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
     if on_gpu:
         torch.backends.cuda.matmul.allow_tf32 = True

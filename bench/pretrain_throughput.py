@@ -1,7 +1,8 @@
 """Overhead of the pretraining loop: its tokens/s against a bare PyTorch loop over the same model and batches.
 
 Both train the same ChatForge model (``--preset``) on the same token windows with AdamW, LR schedule,
-gradient clipping and bf16 autocast; the loop adds Accelerate, metrics, progress and checkpoint logic.
+gradient clipping and bf16 autocast (fp32 on a CPU that emulates bf16, as the loop does); the loop adds
+Accelerate, metrics, progress and checkpoint logic.
 Throughput is taken between two steps after warm-up, from wall-clock time.
 
     python bench/pretrain_throughput.py [--preset tiny] [--steps 60] [--compile]
@@ -25,6 +26,7 @@ from chatforge.training.data import WindowSampler
 from chatforge.training.inputs import build_missing_inputs
 from chatforge.training.loop import lr_factor
 from chatforge.training.optim import build_optimizer
+from chatforge.training.precision import mixed_precision
 
 
 def bare_loop(config: PretrainConfig, warmup: int) -> float:
@@ -41,6 +43,7 @@ def bare_loop(config: PretrainConfig, warmup: int) -> float:
                             config.per_device_train_batch_size, config.seed)
     stepper = torch.compile(model) if config.torch_compile else model
     tokens = config.per_device_train_batch_size * config.max_seq_length
+    bf16 = mixed_precision(config.bf16) == "bf16"
     marks = []
     for step in range(config.max_steps):
         if step == warmup or step == config.max_steps - 1:
@@ -48,7 +51,7 @@ def bare_loop(config: PretrainConfig, warmup: int) -> float:
                 torch.cuda.synchronize()
             marks.append(time.perf_counter())
         batch = {k: v.to(device) for k, v in sampler.batch(step).items()}
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = stepper(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
             loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten())
         loss.backward()
@@ -88,6 +91,7 @@ def main() -> None:
         loop.append(loop_throughput(PretrainConfig(**config, output_dir=str(work / f"run{repeat}")), args.warmup))
         bare.append(bare_loop(PretrainConfig(**config), args.warmup))
     result = {"preset": args.preset, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU",
+              "mixed_precision": mixed_precision(PretrainConfig(**config).bf16),
               "loop_tokens_per_s": round(statistics.median(loop)), "bare_tokens_per_s": round(statistics.median(bare)),
               "ratio_loop_over_bare": round(statistics.median(loop) / statistics.median(bare), 3)}
     print(json.dumps(result, indent=2))

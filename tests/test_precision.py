@@ -24,5 +24,6 @@ def test_a_cpu_run_asked_for_bf16_trains_in_fp32_where_the_cpu_emulates_it(tmp_p
     else:
         precision.fit_precision(args)
     assert (args.bf16, args.mixed_precision) == ((False, "no") if slow else (True, "bf16"))
+    assert precision.mixed_precision(True, use_cpu=True) == ("no" if slow else "bf16")
     assert precision.keep_bf16(True, on_cpu=False)  # accelerators keep what they are asked for
     assert not precision.keep_bf16(False, on_cpu=True)

@@ -37,7 +37,7 @@ from ..training.checkpoint import (
     set_rng_state,
     write_checkpoint,
 )
-from ..training.precision import keep_bf16, on_cpu
+from ..training.precision import mixed_precision
 from .gold import gold_reward
 
 BEST_DIR = "best"
@@ -199,8 +199,7 @@ class PPOTrainer:
         if not train_tasks:
             raise ValueError("PPO needs training prompts; train_tasks is empty")
         self.config = config
-        bf16 = keep_bf16(config.bf16, on_cpu(config.use_cpu))
-        self.accelerator = Accelerator(cpu=config.use_cpu, mixed_precision="bf16" if bf16 else "no")
+        self.accelerator = Accelerator(cpu=config.use_cpu, mixed_precision=mixed_precision(config.bf16, config.use_cpu))
         self.tokenizer = tokenizer
         self.train_tasks, self.eval_tasks = list(train_tasks), list(eval_tasks)[:config.eval_prompts]
         self.gold = gold

@@ -32,7 +32,7 @@ from .config import PretrainConfig
 from .data import StreamingWindows, WindowSampler, validation_batches
 from .inputs import build_missing_inputs
 from .optim import build_optimizer
-from .precision import keep_bf16, on_cpu
+from .precision import mixed_precision
 
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.jsonl"
@@ -122,8 +122,7 @@ def pretrain(config: PretrainConfig) -> dict:
     # An earlier Accelerator/Trainer in this process fixed the mixed precision; this run sets its own
     # (the distributed setup, PartialState, is kept).
     AcceleratorState._reset_state()
-    bf16 = keep_bf16(config.bf16, on_cpu())
-    accelerator = Accelerator(mixed_precision="bf16" if bf16 else "no", log_with=trackers or None,
+    accelerator = Accelerator(mixed_precision=mixed_precision(config.bf16), log_with=trackers or None,
                               project_dir=config.output_dir)
     output_dir = Path(config.output_dir)
     if config.build_missing_inputs:
@@ -163,7 +162,7 @@ def pretrain(config: PretrainConfig) -> dict:
     tokens_per_step = tokens_per_micro * config.gradient_accumulation_steps * accelerator.num_processes
     stepper = torch.compile(model) if config.torch_compile else model
     on_gpu = accelerator.device.type == "cuda"
-    peak = peak_bf16_flops(torch.cuda.get_device_name()) if on_gpu and bf16 else None
+    peak = peak_bf16_flops(torch.cuda.get_device_name()) if on_gpu and accelerator.mixed_precision == "bf16" else None
     progress = tqdm(range(start_step, config.max_steps), initial=start_step, total=config.max_steps,
                     desc="pretraining", disable=not accelerator.is_main_process)
     last_eval, started = {}, time.perf_counter()

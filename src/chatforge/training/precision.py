@@ -39,6 +39,12 @@ def on_cpu(use_cpu: bool = False) -> bool:
     return use_cpu or parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.accelerator.is_available()
 
 
+def mixed_precision(bf16: bool, use_cpu: bool = False) -> str:
+    """Accelerate's ``mixed_precision`` for a run asked for ``bf16``: ``"bf16"`` where :func:`keep_bf16` keeps
+    it, else ``"no"``."""
+    return "bf16" if keep_bf16(bf16, on_cpu(use_cpu)) else "no"
+
+
 def fit_precision(args) -> None:
     """Set a ``TrainingArguments`` (TRL configs included) to fp32 where :func:`keep_bf16` says so."""
     if args.bf16 and not keep_bf16(True, on_cpu(args.use_cpu)):
