@@ -228,7 +228,7 @@ def test_outputs_the_speedrun_did_not_write_are_not_resumed(tmp_path, monkeypatc
 def test_tiny_speedrun_moves_every_figure_the_right_way(tmp_path):
     """`make demo`'s run: each stage's figure moving the right way (its wall time is in report.json)."""
     result = subprocess.run([sys.executable, "-m", "chatforge.cli", "speedrun", "--recipe", "tiny", "--output",
-                             str(tmp_path / "tiny")], cwd=REPO, timeout=3600)
+                             str(tmp_path / "tiny")], cwd=REPO, timeout=3 * 3600)
     assert result.returncode == 0
     report = json.loads((tmp_path / "tiny/report.json").read_text())
     assert report["pretrain"]["val_loss"] < report["pretrain"]["unigram_val_loss"]
