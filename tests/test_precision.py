@@ -19,8 +19,9 @@ def test_a_cpu_run_asked_for_bf16_trains_in_fp32_where_the_cpu_emulates_it(tmp_p
     monkeypatch.setattr(precision, "cpu_bf16_is_slow", lambda: slow)
     args = TrainingArguments(output_dir=str(tmp_path), bf16=True, use_cpu=True, report_to=[])
     if slow:
-        with pytest.warns(UserWarning, match="no native bf16 arithmetic"):
+        with pytest.warns(UserWarning, match="no native bf16 arithmetic") as caught:
             precision.fit_precision(args)
+        assert caught[0].filename == __file__  # the warning names the caller, not the precision module
     else:
         precision.fit_precision(args)
     assert (args.bf16, args.mixed_precision) == ((False, "no") if slow else (True, "bf16"))

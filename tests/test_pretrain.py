@@ -111,6 +111,7 @@ def test_schedules_warm_up_then_decay_to_the_floor():
 @pytest.mark.parametrize("yaml_text, message", [
     ("max_stepz: 10\n", "Unknown arguments from config file: ['--max_stepz', '10']"),
     ("per_device_train_batch_size: 0\n", "PretrainConfig.per_device_train_batch_size=0: must be positive"),
+    ("tokenizer_max_number_digits: 0\n", "PretrainConfig.tokenizer_max_number_digits=0: must be positive"),
     ("lr_scheduler_type: linear\n", "PretrainConfig.lr_scheduler_type='linear': use 'cosine' or 'wsd'"),
 ])
 def test_bad_configs_are_refused_with_one_clear_error(tmp_path, yaml_text, message):

@@ -51,6 +51,18 @@ def test_gpt4_split_keeps_numbers_in_groups_of_three_and_words_with_leading_spac
     assert "\\p{L}" in GPT4_SPLIT_PATTERN
 
 
+def test_single_digit_split_keeps_numbers_out_of_merges():
+    pieces = [p for p, _ in build_backend(max_number_digits=1).pre_tokenizer.pre_tokenize_str("19*92 = 1748")]
+    assert pieces == ["1", "9", "*", "9", "2", "Ġ=", "Ġ", "1", "7", "4", "8"]
+    numbers = ["In 1998, 1999 and 2001 the 250 members met 12 times."] * 50
+    grouped, single = (train_tokenizer(numbers, 320, show_progress=False, max_number_digits=k) for k in (3, 1))
+    assert any(piece.isdigit() and len(piece) > 1 for piece in grouped.get_vocab())
+    assert not any(piece.isdigit() and len(piece) > 1 for piece in single.get_vocab())
+    assert single.decode(single.encode("In 1998, 250 members")) == "In 1998, 250 members"
+    with pytest.raises(ValueError, match="max_number_digits=0 must be at least 1"):
+        build_backend(max_number_digits=0)
+
+
 def test_merges_compress_english_text(tokenizer, documents):
     text = documents[-1]
     assert len(text.encode()) / len(tokenizer.encode(text)) > 2.0  # raw bytes would give 1.0

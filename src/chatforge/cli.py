@@ -21,6 +21,7 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
         text_field=args.text_field,
         max_chars=args.max_chars,
         min_frequency=args.min_frequency,
+        max_number_digits=args.max_number_digits,
     )
     print(
         f"tokenizer: {summary['vocab_size']} tokens, {summary['bytes_per_token']} bytes/token on the "
@@ -261,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--text-field", default="text", help="field of JSONL/parquet/dataset records (default: text)")
     train.add_argument("--max-chars", type=int, default=None, help="train on at most this many characters")
     train.add_argument("--min-frequency", type=int, default=2, help="least count of a pair to merge")
+    train.add_argument("--max-number-digits", type=int, default=3,
+                       help="most digits one token may hold (default 3, as GPT-4; 1 splits numbers into digits)")
     train.set_defaults(func=_tokenizer_train)
     show = tokenizer_commands.add_parser("show", help="show how text splits into tokens")
     show.add_argument("tokenizer", help="tokenizer folder or Hub id")

@@ -36,6 +36,7 @@ class DataSettings:
     skip_debian: bool = False  # build the samples without the real HTML pages of Debian packages
     preset: str = "fineweb"  # web pipeline preset
     vocab_size: int = 4096
+    max_number_digits: int = 3  # most digits per token (1: numbers split into single digits)
     val_fraction: float = 0.05  # documents held out for validation loss and tokenizer compression
     seed: int = 0
     # More pretraining text beside the embedded corpus and the cleaned pages: files, folders or Hub datasets

@@ -125,7 +125,8 @@ def run_tokenizer(run: Run) -> dict:
     settings, corpus = run.recipe.data, run.output / "corpus"
     sources = [str(corpus / "train.jsonl"), *settings.pretraining_sources]
     tokenizer, _ = train_tokenizer_from_sources(sources, run.output / "tokenizer", settings.vocab_size,
-                                                max_chars=settings.tokenizer_max_chars)
+                                                max_chars=settings.tokenizer_max_chars,
+                                                max_number_digits=settings.max_number_digits)
     held_out = list(iter_documents([str(corpus / "val.jsonl")]))
     return {"vocab_size": len(tokenizer), "held_out_bytes_per_token": bytes_per_token(tokenizer, held_out)}
 

@@ -17,21 +17,29 @@ from .tokenization_chatforge import (
     ChatForgeTokenizer,
 )
 
-#: GPT-4 (cl100k) pre-tokenization: contractions, words with one leading non-letter, 1-3 digit
-#: numbers, punctuation runs, newlines and other whitespace are split before BPE merges.
-GPT4_SPLIT_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+
+def split_pattern(max_number_digits: int = 3) -> str:
+    """GPT-4 (cl100k) pre-tokenization: contractions, words with one leading non-letter, numbers in runs of
+    at most ``max_number_digits`` digits (3 in GPT-4; 1 splits every digit, as Llama 2 and Qwen do),
+    punctuation runs, newlines and other whitespace are split before BPE merges."""
+    if max_number_digits < 1:
+        raise ValueError(f"max_number_digits={max_number_digits} must be at least 1")
+    return (
+        rf"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{{L}}\p{{N}}]?\p{{L}}+|\p{{N}}{{1,{max_number_digits}}}"
+        r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    )
+
+
+GPT4_SPLIT_PATTERN = split_pattern(3)
 BYTE_ALPHABET_SIZE = 256
 
 
-def build_backend() -> Tokenizer:
+def build_backend(max_number_digits: int = 3) -> Tokenizer:
     """An untrained byte-level BPE: GPT-4 regex split, then bytes mapped to printable characters."""
     backend = Tokenizer(models.BPE(unk_token=None, fuse_unk=False, byte_fallback=False))
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(GPT4_SPLIT_PATTERN), behavior="isolated"),
+            pre_tokenizers.Split(Regex(split_pattern(max_number_digits)), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
@@ -45,15 +53,17 @@ def train_tokenizer(
     min_frequency: int = 2,
     model_max_length: int = 1024,
     show_progress: bool = True,
+    max_number_digits: int = 3,
 ) -> ChatForgeTokenizer:
-    """Learn BPE merges from ``texts``; the vocabulary holds the special tokens, all 256 bytes and merges."""
+    """Learn BPE merges from ``texts``; the vocabulary holds the special tokens, all 256 bytes and merges.
+    No token spans more than ``max_number_digits`` digits (see :func:`split_pattern`)."""
     minimum = len(SPECIAL_TOKENS) + BYTE_ALPHABET_SIZE
     if vocab_size < minimum:
         raise ValueError(
             f"vocab_size={vocab_size} is smaller than the {len(SPECIAL_TOKENS)} special tokens plus "
             f"{BYTE_ALPHABET_SIZE} bytes ({minimum})"
         )
-    backend = build_backend()
+    backend = build_backend(max_number_digits)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
@@ -98,11 +108,13 @@ def train_tokenizer_from_sources(
     text_field: str = "text",
     max_chars: int | None = None,
     min_frequency: int = 2,
+    max_number_digits: int = 3,
 ) -> tuple[ChatForgeTokenizer, dict]:
     """Train on files/folders/datasets, save to ``output_dir`` atomically, return it with a summary."""
     start = time.perf_counter()
     documents = _limit_chars(iter_documents(sources, text_field), max_chars)
-    tokenizer = train_tokenizer(documents, vocab_size, min_frequency=min_frequency)
+    tokenizer = train_tokenizer(documents, vocab_size, min_frequency=min_frequency,
+                                max_number_digits=max_number_digits)
     with atomic_directory(output_dir) as tmp_dir:
         tokenizer.save_pretrained(tmp_dir)
     sample = list(itertools.islice(_limit_chars(iter_documents(sources, text_field), 1_000_000), 10_000))

@@ -23,6 +23,8 @@ class PretrainConfig:
     build_missing_inputs: bool = field(
         default=False, metadata={"help": "build a missing tokenizer and shards from the embedded samples first"})
     tokenizer_vocab_size: int = field(default=4096, metadata={"help": "vocabulary of a tokenizer built here"})
+    tokenizer_max_number_digits: int = field(
+        default=3, metadata={"help": "most digits one token of a tokenizer built here may hold (1: single digits)"})
     max_seq_length: int = field(default=256, metadata={"help": "tokens per training row"})
     per_device_train_batch_size: int = 16
     gradient_accumulation_steps: int = 1
@@ -62,7 +64,8 @@ class PretrainConfig:
             if not _matches(value, expected):
                 raise ValueError(f"PretrainConfig.{f.name}={value!r}: expected {_type_name(expected)}")
         positive = ("max_seq_length", "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
-                    "logging_steps", "eval_steps", "eval_batches", "sample_steps", "save_steps", "save_total_limit")
+                    "logging_steps", "eval_steps", "eval_batches", "sample_steps", "save_steps", "save_total_limit",
+                    "tokenizer_max_number_digits")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"PretrainConfig.{name}={getattr(self, name)!r}: must be positive")

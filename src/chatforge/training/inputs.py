@@ -27,7 +27,8 @@ def build_missing_inputs(config: PretrainConfig, val_fraction: float = 0.1) -> N
     sources = embedded_corpus(Path(config.dataset_dir).parent / "corpus")
     if not Path(config.tokenizer_name_or_path).exists():
         print(f"building tokenizer ({config.tokenizer_vocab_size} tokens) -> {config.tokenizer_name_or_path}")
-        tokenizer = train_tokenizer(iter_documents(sources), config.tokenizer_vocab_size)
+        tokenizer = train_tokenizer(iter_documents(sources), config.tokenizer_vocab_size,
+                                    max_number_digits=config.tokenizer_max_number_digits)
         with atomic_directory(config.tokenizer_name_or_path) as tmp_dir:
             tokenizer.save_pretrained(tmp_dir)
     if not Path(config.dataset_dir).exists():

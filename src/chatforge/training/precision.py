@@ -25,10 +25,11 @@ def cpu_bf16_is_slow(size: int = 256, repeats: int = 4) -> bool:
 
 
 def keep_bf16(requested: bool, on_cpu: bool) -> bool:
-    """``requested``, unless the run is on a CPU that emulates bf16: then a warning, and False (fp32)."""
+    """``requested``, unless the run is on a CPU that emulates bf16: then a warning (naming the code that called
+    :func:`mixed_precision` or :func:`fit_precision`), and False (fp32)."""
     if requested and on_cpu and cpu_bf16_is_slow():
         warnings.warn("bf16 was asked for, but this CPU has no native bf16 arithmetic (AVX512-BF16, AMX) and "
-                      "emulates it many times slower than fp32: training in fp32", stacklevel=2)
+                      "emulates it many times slower than fp32: training in fp32", stacklevel=3)
         return False
     return requested
 
