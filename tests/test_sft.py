@@ -12,8 +12,9 @@ from trl import DatasetMixtureConfig, ModelConfig, SFTConfig
 from trl.chat_template_utils import llama3_chat_template
 
 from chatforge.data.shards import tokenize_to_shards
+from chatforge.eval.chat import answer_copies_tool_output, call_copies_expression
 from chatforge.eval.recall import cloze_recall
-from chatforge.inference.engine import Engine
+from chatforge.inference.engine import ChatEvent, Engine
 from chatforge.modeling import ChatForgeForCausalLM, set_generation_defaults
 from chatforge.posttrain.sft import SFTScriptArguments, run_earlier_stage, run_sft, sft_parser
 from chatforge.posttrain.sft_data import SFTDataConfig, build_sft_data
@@ -116,6 +117,24 @@ def test_sft_recipe_runs_from_yaml_with_overrides(tmp_path, saved_model_dir, sft
     figures = json.loads((tmp_path / "recipe/eval.json").read_text())
     assert figures["eval_loss"] < figures["eval_loss_before"]
     assert figures["sft"]["format"]["prompts"] == 5 and figures["base"] is None
+    with_tools, without = figures["sft"]["word_problems_with_tools"], figures["sft"]["word_problems_without_tools"]
+    assert 0 <= with_tools["calls_copy_expression"] <= 1 and 0 <= with_tools["answers_copy_tool_output"] <= 1
+    assert "calls_copy_expression" not in without
+
+
+def _reply(call: str, output: str, answer: str) -> list[ChatEvent]:
+    return [ChatEvent("tool_call", call, tool="calculator"), ChatEvent("tool_output", output, tool="calculator"),
+            ChatEvent("done", f"Let me compute. ... The answer is {answer}.")]
+
+
+def test_word_problem_diagnostics_tell_which_copy_failed():
+    problem = {"question": "A box holds 19 pencils. Omar has 92 full boxes. How many pencils does Omar have?",
+               "answer": "1748", "expression": "19*92"}
+    assert call_copies_expression(_reply("19 * 92", "1748", "1748"), problem)
+    assert not call_copies_expression(_reply("19*73", "1387", "1387"), problem)  # a number miscopied
+    assert answer_copies_tool_output(_reply("19*73", "1387", "1387"), problem)
+    assert not answer_copies_tool_output(_reply("19*92", "1748", "1886"), problem)
+    assert not answer_copies_tool_output([ChatEvent("done", "The answer is 1748.")], problem)  # no call at all
 
 
 @pytest.mark.parametrize("recipe", sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("recipes/*/sft*.yaml")))

@@ -5,7 +5,7 @@ from collections.abc import Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from ..inference.engine import Engine, SamplingParams
+from ..inference.engine import ChatEvent, Engine, SamplingParams
 from ..posttrain.word_problems import extract_answer
 from ..posttrain.world import is_correct, says_dont_know
 from ..tokenization.tokenization_chatforge import IM_START
@@ -29,21 +29,48 @@ def format_adherence(engine: Engine, prompts: Sequence[list[dict]], params: Samp
 
 
 def tool_task_accuracy(engine: Engine, tasks: Sequence[dict], use_tools: bool, judge: Callable[[str, dict], bool],
-                       name: str, params: SamplingParams = GREEDY) -> dict:
+                       name: str, params: SamplingParams = GREEDY,
+                       diagnostics: dict[str, Callable[[list[ChatEvent], dict], bool]] | None = None) -> dict:
     """Share of tasks (``question`` + reference) whose reply ``judge`` accepts; ``tool_calls`` counts the
-    replies that called a tool."""
+    replies that called a tool; each of ``diagnostics`` (a test of a reply's events) adds the share it holds for."""
     correct, calls = 0, 0
+    diagnostics = diagnostics or {}
+    held = dict.fromkeys(diagnostics, 0)
     for task in tqdm(tasks, desc=f"{name} ({'with' if use_tools else 'without'} tools)", leave=False):
         events = list(engine.chat([{"role": "user", "content": task["question"]}], params, use_tools=use_tools))
         calls += any(event.kind == "tool_call" for event in events)
         correct += judge(events[-1].text, task)
-    return {"accuracy": correct / max(1, len(tasks)), "tasks": len(tasks), "tool_calls": calls}
+        for key, test in diagnostics.items():
+            held[key] += test(events, task)
+    return {"accuracy": correct / max(1, len(tasks)), "tasks": len(tasks), "tool_calls": calls,
+            **{key: count / max(1, len(tasks)) for key, count in held.items()}}
+
+
+def _without_spaces(text: str) -> str:
+    return "".join(text.split())
+
+
+def call_copies_expression(events: list[ChatEvent], problem: dict) -> bool:
+    """Whether a calculator call holds the problem's expression, numbers copied right from the question."""
+    return any(event.kind == "tool_call" and _without_spaces(event.text) == _without_spaces(problem["expression"])
+               for event in events)
+
+
+def answer_copies_tool_output(events: list[ChatEvent], problem: dict) -> bool:
+    """Whether the stated answer is the last tool output, copied right (whatever the call computed)."""
+    outputs = [event.text.strip() for event in events if event.kind == "tool_output"]
+    return bool(outputs) and extract_answer(events[-1].text) == outputs[-1]
 
 
 def word_problem_accuracy(engine: Engine, problems: Sequence[dict], use_tools: bool) -> dict:
-    """Word problems: right when the reply's ``The answer is N`` matches."""
+    """Word problems: right when the reply's ``The answer is N`` matches. With tools, where the problems carry
+    their ``expression``, also the shares of replies that copy it into the call and copy the call's result
+    into the answer: the two steps where small models fail."""
+    diagnostics = ({"calls_copy_expression": call_copies_expression,
+                    "answers_copy_tool_output": answer_copies_tool_output}
+                   if use_tools and all("expression" in problem for problem in problems) else None)
     return tool_task_accuracy(engine, problems, use_tools, lambda reply, p: extract_answer(reply) == p["answer"],
-                              "word problems")
+                              "word problems", diagnostics=diagnostics)
 
 
 def look_up_accuracy(engine: Engine, requests: Sequence[dict], use_tools: bool) -> dict:
