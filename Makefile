@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/chatforge speedrun --recipe tiny --output runs/tiny
 
+# One test process per core (at most 4; each computes on its share of the cores), whole modules per process.
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --maxprocesses 4 --dist loadfile
 
 bench: $(STAMP)
 	$(PY) bench/model_throughput.py --preset tiny

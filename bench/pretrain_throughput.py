@@ -37,7 +37,7 @@ def bare_loop(config: PretrainConfig, warmup: int) -> float:
                                                       max_position_embeddings=config.max_seq_length))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).train()
-    optimizer = build_optimizer(model, config, fused=device.type == "cuda")
+    optimizer = build_optimizer(model, config, device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
     sampler = WindowSampler(TokenShards(config.dataset_dir), config.max_seq_length,
                             config.per_device_train_batch_size, config.seed)

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -10,6 +12,29 @@ from chatforge.modeling import (
     set_generation_defaults,
 )
 from chatforge.tokenization import train_tokenizer
+
+#: Modules that run longest, scheduled first so that parallel workers (``pytest -n``) finish together.
+LONGEST_MODULES = ("test_speedrun.py", "test_sft.py", "test_pretrain.py", "test_ppo.py", "test_modeling.py",
+                   "test_web_pipeline.py", "test_eval_suite.py", "test_reward.py", "test_training.py")
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each worker computes on its share of the cores (its subprocesses too): more threads
+    than cores slow every process many times over."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        threads = max(1, cores // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = item.path.name
+        return LONGEST_MODULES.index(name) if name in LONGEST_MODULES else len(LONGEST_MODULES)
+
+    items.sort(key=rank)  # stable: tests keep their order within a module
 
 
 @pytest.fixture(scope="session")

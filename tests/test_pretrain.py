@@ -6,14 +6,19 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import small_config
+from transformers import AutoTokenizer
 
+from chatforge.modeling import ChatForgeForCausalLM
 from chatforge.training import PretrainConfig, pretrain
 from chatforge.training.checkpoint import list_checkpoints, resolve_checkpoint
 from chatforge.training.loop import lr_factor
+from chatforge.training.precision import cpu_bf16_is_slow
 
 RECIPE = Path(__file__).parents[1] / "recipes" / "pretrain.py"
 
@@ -194,8 +199,14 @@ def test_streamed_windows_are_split_between_ranks_and_validation(inputs):
 
 
 def test_muon_option_follows_the_schedule_and_resumes_exactly(inputs, tmp_path):
-    settings = small(inputs, tmp_path / "a", optim="muon", muon_learning_rate=0.02, report_to=[])
-    pretrain(PretrainConfig(**settings))
+    tokenizer = AutoTokenizer.from_pretrained(inputs / "tokenizer")
+    ChatForgeForCausalLM(small_config(tokenizer)).save_pretrained(tmp_path / "init")  # small: Muon works in bf16
+    settings = small(inputs, tmp_path / "a", optim="muon", muon_learning_rate=0.02, report_to=[],
+                     model_name_or_path=str(tmp_path / "init"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pretrain(PretrainConfig(**settings))
+    assert any("Muon orthogonalises" in str(w.message) for w in caught) == cpu_bf16_is_slow()
     interrupted = {**settings, "output_dir": str(tmp_path / "b")}
     pretrain(PretrainConfig(**interrupted))
     shutil.rmtree(tmp_path / "b" / "checkpoint-12")

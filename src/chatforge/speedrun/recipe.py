@@ -47,6 +47,13 @@ class DataSettings:
     tokenizer_max_chars: int | None = None
     tokenize_workers: int = 1
 
+    def __post_init__(self):
+        for name in ("vocab_size", "max_number_digits", "tokenize_workers"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"`data.{name}` must be a positive integer, got {getattr(self, name)!r}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"`data.val_fraction` must lie between 0 and 1, got {self.val_fraction!r}")
+
 
 @dataclass
 class StageRecipe:
@@ -80,7 +87,10 @@ def _section(raw: dict, key: str, cls, path: Path):
     known = {f.name for f in fields(cls)}
     if not isinstance(values, dict) or set(values) - known:
         raise RecipeError(f"{path}: `{key}` takes the fields {sorted(known)}; got {values!r}")
-    return cls(**values)
+    try:
+        return cls(**values)
+    except ValueError as error:
+        raise RecipeError(f"{path}: {error}") from error
 
 
 def load_recipe(recipe: str) -> SpeedrunRecipe:

@@ -137,7 +137,7 @@ def pretrain(config: PretrainConfig) -> dict:
     checkpoint = resolve_checkpoint(output_dir, config.resume_from_checkpoint)
     model = build_model(config, tokenizer, checkpoint)
     set_generation_defaults(model, tokenizer)
-    optimizer = build_optimizer(model, config, fused=accelerator.device.type == "cuda")
+    optimizer = build_optimizer(model, config, accelerator.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
     model, optimizer = accelerator.prepare(model, optimizer)
     start_step = 0

@@ -1,9 +1,12 @@
 """Optimizers of pretraining: AdamW, or Muon for the hidden matrices with AdamW for the rest."""
 
+import warnings
+
 import torch
 from torch import nn
 
 from .config import PretrainConfig
+from .precision import cpu_bf16_is_slow
 
 
 class ChainedOptimizer(torch.optim.Optimizer):
@@ -36,9 +39,12 @@ def _adamw(groups: list[dict], config: PretrainConfig, fused: bool) -> torch.opt
                              fused=fused)
 
 
-def build_optimizer(model: nn.Module, config: PretrainConfig, fused: bool) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, config: PretrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """``optim: adamw``: AdamW with weight decay on matrices only. ``optim: muon``: Muon (``muon_learning_rate``)
-    for the 2-D weights inside the decoder blocks, AdamW for embeddings, output head, norms and biases."""
+    for the 2-D weights inside the decoder blocks, AdamW for embeddings, output head, norms and biases; fused
+    AdamW on CUDA, where the model will train (``device``). torch's Muon orthogonalises in bf16: on a CPU that
+    emulates bf16, a warning says Muon is slow there."""
+    fused = device.type == "cuda"
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if config.optim == "adamw":
         return _adamw([{"params": [p for _, p in named if p.dim() >= 2], "weight_decay": config.weight_decay},
@@ -48,6 +54,9 @@ def build_optimizer(model: nn.Module, config: PretrainConfig, fused: bool) -> to
         embeddings.add(id(model.get_output_embeddings().weight))
     hidden = [p for _, p in named if p.dim() == 2 and id(p) not in embeddings]
     hidden_ids = {id(p) for p in hidden}
+    if hidden and device.type == "cpu" and cpu_bf16_is_slow():
+        warnings.warn("optim=muon: torch's Muon orthogonalises every update in bf16, which this CPU emulates many "
+                      "times slower than fp32; expect steps several times slower than with adamw", stacklevel=2)
     rest = [p for _, p in named if id(p) not in hidden_ids]
     muon = torch.optim.Muon(hidden, lr=config.muon_learning_rate, weight_decay=config.weight_decay,
                             adjust_lr_fn="match_rms_adamw")
