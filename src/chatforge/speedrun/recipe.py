@@ -49,8 +49,9 @@ class DataSettings:
 
     def __post_init__(self):
         for name in ("vocab_size", "max_number_digits", "tokenize_workers"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"`data.{name}` must be a positive integer, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`data.{name}` must be a positive integer, got {value!r}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"`data.val_fraction` must lie between 0 and 1, got {self.val_fraction!r}")
 
