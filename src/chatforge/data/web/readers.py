@@ -1,13 +1,17 @@
-"""Read web pages from HTML files, WARC files and JSONL/parquet records, never letting one bad input stop a run.
+"""Read web pages from HTML files, WARC/WET files and JSONL/parquet records, never letting one bad input stop a run.
 
 Every document gets ``metadata["format"]`` (``"html"`` or ``"text"``) and, where known, ``metadata["url"]``.
+HTML files in another encoding than UTF-8 are decoded with the charset their ``<meta>`` declares, else the one
+detected from their bytes.
 A file or record that cannot be read is skipped, counted under ``input_errors`` and logged, with its file
 and record, to ``<errors_folder>/<rank>.jsonl`` (``logs/input_errors/`` of a pipeline run).
 """
 
+import codecs
 import gzip
 import json
 import os
+import re
 import zlib
 from pathlib import Path
 
@@ -15,10 +19,34 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.readers.base import BaseDiskReader
 
 HTML_SUFFIXES = (".html", ".htm")
-WARC_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
+WARC_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz", ".wet", ".wet.gz")  # Common Crawl: *.warc.wet.gz
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
 WEB_SUFFIXES = HTML_SUFFIXES + WARC_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
+DECLARED_CHARSET = re.compile(rb"""<meta[^>]*?charset\s*=\s*["']?\s*([-\w.:]+)""", re.IGNORECASE)
+
+
+def decode_page(raw: bytes) -> str:
+    """An HTML page's text: UTF-8 (or UTF-16 with a byte-order mark), else the charset its ``<meta>`` declares,
+    else the encoding detected from its bytes. Raises ValueError when none of them decodes it."""
+    from trafilatura.utils import detect_encoding
+
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return raw.decode("utf-16")
+    if b"\x00" in raw[:4096]:
+        raise ValueError("binary content, not an HTML page")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        not_utf8 = error.start
+    declared = DECLARED_CHARSET.search(raw[:4096])
+    candidates = [declared.group(1).decode("ascii")] if declared else []
+    for encoding in candidates + detect_encoding(raw):
+        try:
+            return raw.decode(encoding)
+        except (LookupError, UnicodeDecodeError):
+            continue
+    raise ValueError(f"not valid UTF-8 at byte {not_utf8}, and no declared or detected encoding decodes it")
 
 
 def split_input(path: str) -> tuple[str, str | None]:
@@ -39,8 +67,9 @@ def split_input(path: str) -> tuple[str, str | None]:
 
 class WebPageReader(BaseDiskReader):
     """One reader for every web input: ``.html``/``.htm`` files (one page each), WARC records
-    (``response`` records with an HTML payload), and JSONL/parquet records with an ``html`` or
-    ``text`` field and an optional ``url``. Files with other suffixes are ignored.
+    (``response`` records with an HTML payload), WET records (``conversion`` records: text already extracted),
+    and JSONL/parquet records with an ``html`` or ``text`` field and an optional ``url``. Files with other
+    suffixes are ignored.
 
     Args:
         data_folder: folder (local or fsspec) to read.
@@ -88,12 +117,10 @@ class WebPageReader(BaseDiskReader):
             return self._error(filepath, None, ValueError(f"page larger than {self.max_bytes} bytes"))
         if not raw.strip():
             return self._error(filepath, None, ValueError("empty file"))
-        if b"\x00" in raw[:4096]:
-            return self._error(filepath, None, ValueError("binary content, not an HTML page"))
         try:
-            page = raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            return self._error(filepath, None, ValueError(f"not valid UTF-8 at byte {error.start}"))
+            page = decode_page(raw)
+        except ValueError as error:  # UnicodeDecodeError included
+            return self._error(filepath, None, error)
         yield self._document(page, "html", None, filepath, 0)
 
     def _read_warc(self, filepath: str) -> DocumentsPipeline:
@@ -124,7 +151,8 @@ class WebPageReader(BaseDiskReader):
                 finally:
                     index += 1
                 if extracted and extracted.get("text"):
-                    yield self._document(extracted["text"], "html", extracted.get("url"), filepath, index - 1,
+                    fmt = "text" if record.rec_type == "conversion" else "html"
+                    yield self._document(extracted["text"], fmt, extracted.get("url"), filepath, index - 1,
                                          date=extracted.get("date"))
 
     def _read_jsonl(self, filepath: str) -> DocumentsPipeline:

@@ -17,6 +17,10 @@ from .. import EMBEDDED_DIR
 LID176_PATH = EMBEDDED_DIR / "lid.176.ftz"
 
 
+#: A page extracted once before the sandbox starts (its warm-up counts against the per-page timeout).
+WARM_UP_PAGE = "<html><body><article><p>" + "A warm-up paragraph of plain words. " * 8 + "</p></article></body></html>"
+
+
 class HtmlToText(PipelineStep):
     """Extract the main text of HTML documents; documents that are already text pass through.
 
@@ -47,6 +51,7 @@ class HtmlToText(PipelineStep):
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         dropped_writer = self.exclusion_writer or contextlib.nullcontext()
+        self.extract(WARM_UP_PAGE)  # loads the engine here, so the sandbox forked below starts within its timeout
         with ExtractorSandbox(timeout=self.timeout, warmup_text="") as sandbox, dropped_writer as writer:
             for doc in data:
                 self.stat_update(StatHints.total)
