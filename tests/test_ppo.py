@@ -81,12 +81,15 @@ def models(tokenizer):
     return _two_minded_policy(tokenizer), _yes_reward_model(tokenizer)
 
 
+#: The PPO settings of these tests, launched runs' included.
+PPO_FIELDS = dict(max_steps=12, per_device_train_batch_size=8, num_mini_batches=2, num_ppo_epochs=2, learning_rate=5e-4,
+                  max_completion_length=6, kl_coef=0.05, eval_steps=4, eval_prompts=16, save_steps=4, logging_steps=100,
+                  stop_patience=None, kl_budget=None)
+
+
 def _trainer(tmp_path, tokenizer, models, **overrides):
     policy, reward_model = models
-    fields = dict(output_dir=str(tmp_path / "ppo"), max_steps=12, per_device_train_batch_size=8, num_mini_batches=2,
-                  num_ppo_epochs=2, learning_rate=5e-4, max_completion_length=6, kl_coef=0.05, eval_steps=4,
-                  eval_prompts=16, save_steps=4, logging_steps=100, stop_patience=None, kl_budget=None, use_cpu=True)
-    config = PPOConfig(**{**fields, **overrides})
+    config = PPOConfig(output_dir=str(tmp_path / "ppo"), use_cpu=True, **{**PPO_FIELDS, **overrides})
     tasks = [{"messages": [{"role": "user", "content": p}]} for p in PROMPTS]
     return PPOTrainer(config, _copy(policy), _copy(policy), _copy(reward_model), reward_model, tokenizer,
                       tasks, tasks, gold=lambda reply, task, finished: float(reply.strip() == "Yes."))
@@ -178,30 +181,39 @@ def test_every_ppo_recipe_parses(recipe):
 
 
 PPO_SCRIPT = """
-import json, sys
-sys.path.insert(0, {tests!r})
-from test_ppo import PROMPTS, _copy, _two_minded_policy, _yes_reward_model
-from chatforge.data import EMBEDDED_WIKIPEDIA, iter_documents
+import json
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 from chatforge.posttrain.ppo import PPOConfig, PPOTrainer
-from chatforge.tokenization import train_tokenizer
 
-tokenizer = train_tokenizer(list(iter_documents([str(EMBEDDED_WIKIPEDIA)])), vocab_size=1024, show_progress=False)
-policy, reward_model = _two_minded_policy(tokenizer), _yes_reward_model(tokenizer)
-config = PPOConfig(output_dir={output!r}, per_device_train_batch_size=8, num_ppo_epochs=2, learning_rate=5e-4,
-                   max_completion_length=6, eval_steps=2, eval_prompts=16, save_steps=2, stop_patience=None,
-                   kl_budget=None, **{options!r})
-tasks = [{{"messages": [{{"role": "user", "content": p}}]}} for p in PROMPTS]
-trainer = PPOTrainer(config, _copy(policy), _copy(policy), _copy(reward_model), reward_model, tokenizer, tasks, tasks,
+models = {models!r}
+tokenizer = AutoTokenizer.from_pretrained(models + "/policy")
+policy, reference = (AutoModelForCausalLM.from_pretrained(models + "/policy").eval() for _ in range(2))
+value, reward_model = (AutoModelForSequenceClassification.from_pretrained(models + "/reward").eval() for _ in range(2))
+config = PPOConfig(output_dir={output!r}, **{options!r})
+tasks = [{{"messages": [{{"role": "user", "content": p}}]}} for p in {prompts!r}]
+trainer = PPOTrainer(config, policy, reference, value, reward_model, tokenizer, tasks, tasks,
                      gold=lambda reply, task, finished: float(reply.strip() == "Yes."))
 trainer.train()
 print("RANK", trainer.accelerator.process_index, json.dumps([m["rm_score"] for m in trainer.history]))
 """
 
 
-def _launch(tmp_path: Path, output: Path, processes: int, env: dict, **options) -> dict[str, list[float]]:
+@pytest.fixture(scope="module")
+def saved_models(tmp_path_factory, tokenizer, models):
+    """The module's policy and reward model saved for launched runs (which load them instead of training them)."""
+    folder = tmp_path_factory.mktemp("ppo_models")
+    policy, reward_model = models
+    policy.save_pretrained(folder / "policy")
+    tokenizer.save_pretrained(folder / "policy")
+    reward_model.save_pretrained(folder / "reward")
+    return folder
+
+
+def _launch(tmp_path: Path, saved_models: Path, output: Path, processes: int, env: dict, **options) -> dict:
     """Run PPO_SCRIPT under torch.distributed.run; the RM score of every step, per rank."""
     script = tmp_path / "ppo_launched.py"
-    script.write_text(PPO_SCRIPT.format(tests=str(Path(__file__).parent), output=str(output), options=options))
+    script.write_text(PPO_SCRIPT.format(models=str(saved_models), output=str(output), prompts=PROMPTS,
+                                         options={**PPO_FIELDS, **options}))
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
                           str(script)], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "OMP_NUM_THREADS": "1", **env})
@@ -210,30 +222,34 @@ def _launch(tmp_path: Path, output: Path, processes: int, env: dict, **options) 
             (line.split(" ", 2)[1:] for line in run.stdout.splitlines() if line.startswith("RANK"))}
 
 
-def test_ppo_runs_data_parallel_on_two_processes(tmp_path):
-    ranks = _launch(tmp_path, tmp_path / "ppo", 2, {"ACCELERATE_USE_CPU": "1"}, max_steps=4, use_cpu=True)
+def test_ppo_runs_data_parallel_on_two_processes(tmp_path, saved_models):
+    ranks = _launch(tmp_path, saved_models, tmp_path / "ppo", 2, {"ACCELERATE_USE_CPU": "1"}, max_steps=4,
+                    eval_steps=2, save_steps=2, use_cpu=True)
     assert set(ranks) == {"0", "1"} and ranks["0"] == ranks["1"]  # metrics are gathered across ranks
     assert ranks["0"][-1] > ranks["0"][0]
     assert (tmp_path / "ppo/checkpoint-4/value/config.json").exists()
 
 
-def test_ppo_under_deepspeed_zero3_saves_whole_weights_and_resumes(tmp_path):
+def test_ppo_under_deepspeed_zero3_saves_whole_weights_and_resumes(tmp_path, tokenizer, models, saved_models):
     """ZeRO-3 shards every parameter: generation gathers them, checkpoints hold the whole weights (the same as a
     run without DeepSpeed), and a resumed run loads them before sharding."""
     from safetensors.torch import load_file
 
-    plain = _launch(tmp_path, tmp_path / "plain", 1, {"ACCELERATE_USE_CPU": "1"}, max_steps=4, use_cpu=True)["0"]
+    steps = dict(max_steps=4, eval_steps=2, save_steps=2)
+    plain_run = _trainer(tmp_path / "plain", tokenizer, models, **steps)
+    plain_run.train()
+    plain = [m["rm_score"] for m in plain_run.history]
     (tmp_path / "ds.json").write_text(json.dumps({
         "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": 1,
         "zero_allow_untested_optimizer": True, "bf16": {"enabled": False},
         "zero_optimization": {"stage": 3, "stage3_gather_16bit_weights_on_model_save": True}}))
     deepspeed = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_CONFIG_FILE": str(tmp_path / "ds.json")}
-    zero3 = _launch(tmp_path, tmp_path / "zero3", 1, deepspeed, max_steps=4, use_cpu=False)["0"]
+    zero3 = _launch(tmp_path, saved_models, tmp_path / "zero3", 1, deepspeed, **steps, use_cpu=False)["0"]
     assert zero3 == pytest.approx(plain, abs=1e-4) and zero3[-1] > zero3[0]
     for part in ("model.safetensors", "value/model.safetensors"):
-        expected, saved = (load_file(tmp_path / run / "checkpoint-4" / part) for run in ("plain", "zero3"))
+        expected, saved = (load_file(tmp_path / run / "checkpoint-4" / part) for run in ("plain/ppo", "zero3"))
         assert saved.keys() == expected.keys()
         assert all(torch.allclose(saved[name], expected[name], atol=1e-5) for name in expected)
-    resumed = _launch(tmp_path, tmp_path / "zero3", 1, deepspeed, max_steps=6, use_cpu=False,
-                      resume_from_checkpoint="latest")["0"]
+    resumed = _launch(tmp_path, saved_models, tmp_path / "zero3", 1, deepspeed, **{**steps, "max_steps": 6},
+                      use_cpu=False, resume_from_checkpoint="latest")["0"]
     assert resumed[:4] == zero3 and len(resumed) == 6
