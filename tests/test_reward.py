@@ -158,7 +158,10 @@ def test_reward_model_from_a_llama(tmp_path, tokenizer, preference_data):
                                          max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id))
     llama.save_pretrained(tmp_path / "llama")
     tokenizer.save_pretrained(tmp_path / "llama")
-    figures = run_reward(*_reward_args(tmp_path, tmp_path / "llama", preference_data, max_steps=40))
+    args = _reward_args(tmp_path, tmp_path / "llama", preference_data, max_steps=40)
+    args[0].max_train_pairs = 640  # each pair seen once
+    figures = run_reward(*args)
+    assert figures["train_pairs"] == 640
     assert figures["reward_model"]["pairs"]["accuracy"] > figures["untrained"]["pairs"]["accuracy"]
     assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").config.model_type == "llama"
 

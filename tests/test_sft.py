@@ -112,10 +112,10 @@ def test_sft_recipe_runs_from_yaml_with_overrides(tmp_path, saved_model_dir, sft
     subprocess.run([sys.executable, str(ROOT / "recipes/sft.py"), "--config", str(config),
                     "--model_name_or_path", str(saved_model_dir), "--output_dir", str(tmp_path / "recipe"),
                     "--max_steps", "20", "--eval_prompts", "5", "--eval_word_problems", "3",
-                    "--eval_world_questions", "3",
+                    "--eval_world_questions", "3", "--eval_conversations", "16",
                     "--eval_base_model", "false"], check=True, cwd=tmp_path)
     figures = json.loads((tmp_path / "recipe/eval.json").read_text())
-    assert figures["eval_loss"] < figures["eval_loss_before"]
+    assert figures["eval_loss"] < figures["eval_loss_before"] and figures["eval_conversations"] == 16
     assert figures["sft"]["format"]["prompts"] == 5 and figures["base"] is None
     with_tools, without = figures["sft"]["word_problems_with_tools"], figures["sft"]["word_problems_without_tools"]
     assert 0 <= with_tools["calls_copy_expression"] <= 1 and 0 <= with_tools["answers_copy_tool_output"] <= 1

@@ -38,6 +38,9 @@ class RewardScriptArguments:
     policy_samples: int = field(
         default=0, metadata={"help": "when the preference data is built here: replies sampled per prompt from "
                                      "model_name_or_path (the policy RL starts from), ranked with the others"})
+    max_train_pairs: int | None = field(
+        default=None, metadata={"help": "train on this many pairs, a random subset drawn with the seed, for a quicker "
+                                        "run (all by default)"})
     eval_pairs: int | None = field(default=None, metadata={"help": "held-out pairs to score (all by default)"})
     eval_rankings: int | None = field(default=None, metadata={"help": "held-out rankings to score (all)"})
 
@@ -117,10 +120,13 @@ def run_reward(script: RewardScriptArguments, training_args: RewardConfig, model
     if "test" not in splits and held_out.exists():
         splits["test"] = pair_split(datasets.load_dataset("json", data_files=str(held_out), split="train"),
                                     str(held_out))
+    if script.max_train_pairs is not None and script.max_train_pairs < len(splits["train"]):
+        splits["train"] = splits["train"].shuffle(seed=training_args.seed).select(range(script.max_train_pairs))
     model = load_reward_model(model_args, tokenizer)
     untrained = held_out_evaluation(model, tokenizer, script, splits.get("test"))
+    evaluates = training_args.eval_strategy != "no"  # else the trainer need not tokenize the held-out pairs
     trainer = RewardTrainer(model=model, args=training_args, train_dataset=splits["train"],
-                            eval_dataset=splits.get("test"), processing_class=tokenizer,
+                            eval_dataset=splits.get("test") if evaluates else None, processing_class=tokenizer,
                             peft_config=get_peft_config(model_args))
     trainer.train(resume_from_checkpoint=trainer_checkpoint(training_args.output_dir,
                                                              training_args.resume_from_checkpoint))

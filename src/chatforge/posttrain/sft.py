@@ -47,6 +47,8 @@ class SFTScriptArguments:
     base_config: str | None = field(
         default=None, metadata={"help": "pretraining YAML that builds model_name_or_path when it is missing"})
     on_invalid: str = field(default="skip", metadata={"help": "bad conversations: skip (counted) or error"})
+    eval_conversations: int | None = field(
+        default=None, metadata={"help": "held-out conversations the held-out loss is measured on (all)"})
     eval_prompts: int = field(default=200, metadata={"help": "held-out prompts for format adherence"})
     eval_word_problems: int = field(default=200, metadata={"help": "held-out word problems, and look-ups"})
     eval_world_questions: int | None = field(default=None, metadata={"help": "held-out world questions (all)"})
@@ -195,6 +197,8 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
     if "test" not in splits and held_out.exists():
         splits["test"] = datasets.load_dataset("json", data_files=str(held_out), split="train").select_columns(
             ["messages"])
+    if "test" in splits and script.eval_conversations is not None:
+        splits["test"] = splits["test"].select(range(min(script.eval_conversations, len(splits["test"]))))
     checked, skipped = {}, {}
     for split_name, split in splits.items():
         checked[split_name], skipped[split_name] = checked_split(split, split_name, script.on_invalid, tokenizer,
@@ -220,7 +224,8 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
     if trainer.accelerator.is_main_process:  # saved before the evaluation, so that its failure loses no training
         model.save_pretrained(training_args.output_dir)
         tokenizer.save_pretrained(training_args.output_dir)
-    figures = {"eval_loss_before": eval_loss_before, "eval_loss": eval_loss, "skipped": skipped,
+    figures = {"eval_loss_before": eval_loss_before, "eval_loss": eval_loss,
+               "eval_conversations": len(checked["test"]) if "test" in checked else 0, "skipped": skipped,
                "train_conversations": len(checked["train"]), "train_rows": len(trainer.train_dataset),
                "sft": held_out_evaluation(model, tokenizer, script), "base": base_figures,
                "seconds": round(time.perf_counter() - started, 1)}
