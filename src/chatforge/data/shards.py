@@ -10,6 +10,7 @@ Layout of a shard folder::
 Documents go to ``val`` by a seeded hash of their position, so the split is stable when inputs grow.
 """
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -48,9 +49,13 @@ def _init_worker(tokenizer_dir: str) -> None:
     _worker_tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
 
 
+def _encode(tokenizer, batch: list[tuple[str, str]]) -> list[tuple[str, list[int]]]:
+    ids = tokenizer([text for _, text in batch], add_special_tokens=False, verbose=False)["input_ids"]
+    return [(split, tokens + [tokenizer.eos_token_id]) for (split, _), tokens in zip(batch, ids)]
+
+
 def _encode_batch(batch: list[tuple[str, str]]) -> list[tuple[str, list[int]]]:
-    ids = _worker_tokenizer([text for _, text in batch], add_special_tokens=False, verbose=False)["input_ids"]
-    return [(split, tokens + [_worker_tokenizer.eos_token_id]) for (split, _), tokens in zip(batch, ids)]
+    return _encode(_worker_tokenizer, batch)
 
 
 def _split_documents(documents: Iterable[str], val_documents: Iterable[str] | None, val_fraction: float,
@@ -130,9 +135,15 @@ def tokenize_to_shards(tokenizer_dir: str, sources: list[str], output_dir: str |
         documents = itertools.islice(iter_documents(sources, text_field), max_documents)
         val_documents = iter_documents(val_sources, text_field) if val_sources is not None else None
         batches = _batches(_split_documents(documents, val_documents, val_fraction, seed), batch_size)
-        with multiprocessing.get_context("spawn").Pool(workers, _init_worker, (str(tokenizer_dir),)) as pool, \
-                tqdm(desc="tokenizing", unit=" tok", unit_scale=True) as progress:
-            for encoded in pool.imap(_encode_batch, batches):
+        with contextlib.ExitStack() as stack:
+            if workers > 1:
+                pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(
+                    workers, _init_worker, (str(tokenizer_dir),)))
+                encoded_batches = pool.imap(_encode_batch, batches)
+            else:  # here: a worker process would spend seconds importing the package afresh
+                encoded_batches = (_encode(tokenizer, batch) for batch in batches)
+            progress = stack.enter_context(tqdm(desc="tokenizing", unit=" tok", unit_scale=True))
+            for encoded in encoded_batches:
                 for split, tokens in encoded:
                     writers[split].add(tokens)
                     progress.update(len(tokens))
