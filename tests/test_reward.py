@@ -173,6 +173,12 @@ def test_every_reward_recipe_parses(recipe):
     assert model.model_name_or_path and training.output_dir and mixture.datasets
 
 
+@pytest.mark.parametrize("option", ["--max_train_pairs", "--eval_pairs", "--eval_rankings"])
+def test_a_count_below_one_is_refused_naming_the_option(option):
+    with pytest.raises(ValueError, match=f"{option[2:]}=0: must be a positive count"):
+        reward_parser().parse_args_and_config(args=["--config", str(ROOT / "recipes/tiny/reward.yaml"), option, "0"])
+
+
 def test_reward_training_resumes_from_the_latest_checkpoint(tmp_path, saved_model_dir, preference_data, capsys):
     args = _reward_args(tmp_path, saved_model_dir, preference_data, max_steps=6, save_strategy="steps",
                         save_steps=3)

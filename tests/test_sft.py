@@ -144,6 +144,12 @@ def test_every_sft_recipe_parses(recipe):
     assert model.model_name_or_path and training.output_dir and mixture.datasets
 
 
+def test_eval_conversations_below_one_is_refused():
+    with pytest.raises(ValueError, match="eval_conversations=0: must be a positive count"):
+        sft_parser().parse_args_and_config(args=["--config", str(ROOT / "recipes/tiny/sft.yaml"),
+                                                 "--eval_conversations", "0"])
+
+
 def test_a_stage_run_in_process_leaves_the_next_free_to_choose_its_precision():
     """`recipes/ppo.py` builds a missing reward model (bf16) in-process, then starts its own Accelerator."""
     run_earlier_stage(lambda: None)  # whatever earlier tests set up

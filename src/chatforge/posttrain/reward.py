@@ -44,6 +44,11 @@ class RewardScriptArguments:
     eval_pairs: int | None = field(default=None, metadata={"help": "held-out pairs to score (all by default)"})
     eval_rankings: int | None = field(default=None, metadata={"help": "held-out rankings to score (all)"})
 
+    def __post_init__(self):
+        for name in ("max_train_pairs", "eval_pairs", "eval_rankings"):
+            if (value := getattr(self, name)) is not None and value < 1:
+                raise ValueError(f"{name}={value}: must be a positive count (or unset for all)")
+
 
 def reward_parser() -> TrlParser:
     """The parser of reward recipes: YAML via ``--config``, ``--key value`` overrides."""

@@ -68,6 +68,11 @@ class SFTScriptArguments:
     replay_fraction: float = field(default=0.5, metadata={"help": "share of the training rows that replay_shards "
                                                                   "makes up"})
 
+    def __post_init__(self):
+        if self.eval_conversations is not None and self.eval_conversations < 1:
+            raise ValueError(f"eval_conversations={self.eval_conversations}: must be a positive count "
+                             "(or unset for all)")
+
 
 def run_earlier_stage(run, *configs):
     """``run(*configs)`` in this process, then let the next ``Accelerator`` choose its own settings: Accelerate
