@@ -50,15 +50,15 @@ def losses(output_dir: Path) -> dict[int, float]:
 
 
 def test_training_lowers_validation_loss_below_the_unigram_baseline(inputs, tmp_path):
-    summary = pretrain(PretrainConfig(**small(inputs, tmp_path, max_steps=150, eval_steps=75, sample_steps=150,
-                                              save_steps=150, warmup_steps=10, per_device_train_batch_size=16)))
+    summary = pretrain(PretrainConfig(**small(inputs, tmp_path, max_steps=100, eval_steps=50, sample_steps=100,
+                                              save_steps=100, warmup_steps=10, per_device_train_batch_size=16)))
     first = losses(tmp_path)[1]
     assert first > 6.0  # ~ln(1024) = 6.9 at initialisation
-    assert summary["val_loss"] < summary["unigram_val_loss"] - 0.3
+    assert summary["val_loss"] < summary["unigram_val_loss"] - 0.3  # 5.31 vs 5.97 measured
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     evals = [record for record in records if "val_bpb" in record]
-    assert [record["step"] for record in evals] == [75, 150] and evals[1]["val_bpb"] < evals[0]["val_bpb"]
-    assert len(records) == 150 and {"step", "loss", "lr", "tokens_per_s"} <= set(records[0])
+    assert [record["step"] for record in evals] == [50, 100] and evals[1]["val_bpb"] < evals[0]["val_bpb"]
+    assert len(records) == 100 and {"step", "loss", "lr", "tokens_per_s"} <= set(records[0])
     assert "val_loss" in records[-1] and "val_bpb" in records[-1]
     samples = json.loads((tmp_path / "samples.jsonl").read_text().splitlines()[-1])["samples"]
     assert set(samples) == set(PretrainConfig().sample_prompts)
