@@ -1,40 +1,47 @@
-"""Overhead of the pretraining loop: its tokens/s against a bare PyTorch loop over the same model and batches.
+"""Pretraining loop throughput: its tokens/s against a bare PyTorch loop over the same model and batches
+(the loop's overhead), and against the plain-PyTorch GPT of the same shape (``--reference``).
 
-Both train the same ChatForge model (``--preset``) on the same token windows with AdamW, LR schedule,
-gradient clipping and bf16 autocast (fp32 on a CPU that emulates bf16, as the loop does); the loop adds
-Accelerate, metrics, progress and checkpoint logic.
-Throughput is taken between two steps after warm-up, from wall-clock time.
+All loops train on the same token windows with AdamW, LR schedule, gradient clipping and bf16 autocast
+(fp32 on a CPU that emulates bf16, as the loop does); the loop adds Accelerate, metrics, progress and
+checkpoint logic. Throughput is taken between two steps after warm-up, from wall-clock time; MFU is
+printed on an accelerator with a known bf16 peak.
 
     python bench/pretrain_throughput.py [--preset tiny] [--steps 60] [--compile]
+    python bench/pretrain_throughput.py --preset gpt2-124m --vocab-size 50304 --seq-len 1024 \\
+        --batch-size 32 --compile --reference                          # GPU
 """
 
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from transformers import AutoTokenizer
 
 from chatforge.data.shards import TokenShards
-from chatforge.modeling import ChatForgeForCausalLM, config_for_tokenizer
+from chatforge.modeling import ChatForgeForCausalLM, config_for_tokenizer, estimate_mfu, peak_bf16_flops
 from chatforge.training import PretrainConfig, pretrain
 from chatforge.training.data import WindowSampler
 from chatforge.training.inputs import build_missing_inputs
-from chatforge.training.loop import lr_factor
+from chatforge.training.loop import build_model, lr_factor, model_inputs, next_token_loss_sum
 from chatforge.training.optim import build_optimizer
 from chatforge.training.precision import mixed_precision
 
+sys.path.insert(0, str(Path(__file__).parent))
+from reference_gpt import ReferenceGPT  # noqa: E402
 
-def bare_loop(config: PretrainConfig, warmup: int) -> float:
-    """Tokens/s of a plain PyTorch loop: same model, batches, optimizer, schedule, clipping, autocast."""
+
+def bare_loop(config: PretrainConfig, warmup: int, reference: bool = False) -> float:
+    """Tokens/s of a plain PyTorch loop (same batches, optimizer, schedule, clipping, autocast) over the loop's
+    model, or with ``reference`` over the plain-PyTorch GPT of its shape."""
     torch.manual_seed(config.seed)
-    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path)
-    model = ChatForgeForCausalLM(config_for_tokenizer(tokenizer, config.model_preset,
-                                                      max_position_embeddings=config.max_seq_length))
+    model = build_model(config, AutoTokenizer.from_pretrained(config.tokenizer_name_or_path), None)
+    if reference:
+        model = ReferenceGPT(model.config)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).train()
     optimizer = build_optimizer(model, config, device)
@@ -50,10 +57,12 @@ def bare_loop(config: PretrainConfig, warmup: int) -> float:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             marks.append(time.perf_counter())
-        batch = {k: v.to(device) for k, v in sampler.batch(step).items()}
+        batch = model_inputs(sampler.batch(step), device, config.document_masking)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = stepper(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
-            loss = F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten())
+            if reference:
+                loss = stepper(batch["input_ids"], batch["input_ids"])
+            else:
+                loss = next_token_loss_sum(stepper, batch) / tokens
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
@@ -70,6 +79,15 @@ def loop_throughput(config: PretrainConfig, warmup: int) -> float:
     return (last["tokens"] - first["tokens"]) / (last["elapsed_s"] - first["elapsed_s"])
 
 
+def save_initial_model(config: PretrainConfig, vocab_size: int, folder: Path) -> str:
+    """A freshly initialised model of the preset with ``vocab_size`` token ids (the preset's shape, whatever
+    the size of the tokenizer built from the embedded corpus)."""
+    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path)
+    ChatForgeForCausalLM(config_for_tokenizer(tokenizer, config.model_preset, vocab_size=vocab_size)).save_pretrained(
+        folder)
+    return str(folder)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny")
@@ -77,26 +95,60 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--vocab-size", type=int, default=None,
+                        help="model vocabulary (default: the embedded-corpus tokenizer's, padded to 64)")
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--repeats", type=int, default=3, help="alternate the two loops this many times")
+    parser.add_argument("--attn", default="sdpa", help="attention implementation of the ChatForge model")
+    parser.add_argument("--no-document-masking", action="store_true",
+                        help="one causal window per row (as the reference) instead of attention within documents")
+    parser.add_argument("--reference", action="store_true", help="also time the plain-PyTorch GPT of the same shape")
+    parser.add_argument("--repeats", type=int, default=3, help="alternate the loops this many times")
+    parser.add_argument("--json", default=None, help="also write the results to this file")
     args = parser.parse_args()
+    if args.steps < args.warmup + 2:
+        parser.error(f"--steps must be at least --warmup + 2 ({args.warmup + 2})")
     work = Path(tempfile.mkdtemp(prefix="chatforge-pretrain-bench-"))
     config = dict(dataset_dir=str(work / "shards"), tokenizer_name_or_path=str(work / "tokenizer"),
                   model_preset=args.preset, max_seq_length=args.seq_len, per_device_train_batch_size=args.batch_size,
-                  max_steps=args.steps, warmup_steps=5, eval_steps=10 * args.steps, sample_steps=10 * args.steps,
-                  save_steps=10 * args.steps, logging_steps=10, torch_compile=args.compile, eval_batches=1)
-    build_missing_inputs(PretrainConfig(**config))
-    loop, bare = [], []
+                  max_steps=args.steps, warmup_steps=min(5, args.steps - 1), eval_steps=10 * args.steps,
+                  sample_steps=10 * args.steps, save_steps=10 * args.steps, logging_steps=10, eval_batches=1,
+                  torch_compile=args.compile, attn_implementation=args.attn,
+                  document_masking=not args.no_document_masking)
+    # A quarter of the embedded corpus held out: one validation batch of 32 x 1024 tokens fits.
+    build_missing_inputs(PretrainConfig(**config), val_fraction=0.25)
+    if args.vocab_size:
+        config["model_name_or_path"] = save_initial_model(PretrainConfig(**config), args.vocab_size, work / "init")
+    rates = {"loop": [], "bare": [], **({"reference": []} if args.reference else {})}
     for repeat in range(args.repeats):
-        loop.append(loop_throughput(PretrainConfig(**config, output_dir=str(work / f"run{repeat}")), args.warmup))
-        bare.append(bare_loop(PretrainConfig(**config), args.warmup))
-    result = {"preset": args.preset, "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU",
-              "mixed_precision": mixed_precision(PretrainConfig(**config).bf16),
-              "loop_tokens_per_s": round(statistics.median(loop)), "bare_tokens_per_s": round(statistics.median(bare)),
-              "ratio_loop_over_bare": round(statistics.median(loop) / statistics.median(bare), 3)}
+        rates["loop"].append(loop_throughput(PretrainConfig(**config, output_dir=str(work / f"run{repeat}")),
+                                             args.warmup))
+        rates["bare"].append(bare_loop(PretrainConfig(**config), args.warmup))
+        if args.reference:
+            rates["reference"].append(bare_loop(PretrainConfig(**config), args.warmup, reference=True))
+    tokens_per_s = {name: statistics.median(values) for name, values in rates.items()}
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+    settings = PretrainConfig(**config)
+    precision = mixed_precision(settings.bf16)
+    model_config = build_model(settings, AutoTokenizer.from_pretrained(settings.tokenizer_name_or_path), None).config
+    result = {"preset": args.preset, "device": device, "mixed_precision": precision, "compile": args.compile,
+              "attn": args.attn, "document_masking": not args.no_document_masking,
+              "vocab_size": model_config.vocab_size, "batch_size": args.batch_size, "seq_len": args.seq_len,
+              **{f"{name}_tokens_per_s": round(value) for name, value in tokens_per_s.items()},
+              "ratio_loop_over_bare": round(tokens_per_s["loop"] / tokens_per_s["bare"], 3)}
+    if args.reference:
+        result["ratio_loop_over_reference"] = round(tokens_per_s["loop"] / tokens_per_s["reference"], 3)
+    peak = peak_bf16_flops(device)
+    if peak and precision == "bf16":
+        result["mfu"] = {name: round(estimate_mfu(model_config, args.seq_len, value, peak), 3)
+                         for name, value in tokens_per_s.items()}
     print(json.dumps(result, indent=2))
     print(f"pretraining loop {result['loop_tokens_per_s']:,} tok/s vs bare PyTorch loop "
           f"{result['bare_tokens_per_s']:,} tok/s: overhead {100 * (1 - result['ratio_loop_over_bare']):.1f}%")
+    if args.reference:
+        print(f"against the plain-PyTorch GPT ({result['reference_tokens_per_s']:,} tok/s): "
+              f"{result['ratio_loop_over_reference']:.3f}x")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

@@ -1,3 +1,4 @@
+import importlib.util
 import json
 import math
 import os
@@ -118,6 +119,7 @@ def test_schedules_warm_up_then_decay_to_the_floor():
     ("per_device_train_batch_size: 0\n", "PretrainConfig.per_device_train_batch_size=0: must be positive"),
     ("tokenizer_max_number_digits: 0\n", "PretrainConfig.tokenizer_max_number_digits=0: must be positive"),
     ("lr_scheduler_type: linear\n", "PretrainConfig.lr_scheduler_type='linear': use 'cosine' or 'wsd'"),
+    ("attn_implementation: flash\n", "PretrainConfig.attn_implementation='flash': use one of"),
 ])
 def test_bad_configs_are_refused_with_one_clear_error(tmp_path, yaml_text, message):
     from trl import TrlParser
@@ -144,6 +146,21 @@ def test_wrong_types_are_refused(tmp_path, capsys):
 def test_missing_data_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=f"PretrainConfig.dataset_dir={tmp_path / 'nope'}: no such folder"):
         pretrain(PretrainConfig(output_dir=str(tmp_path / "out"), dataset_dir=str(tmp_path / "nope")))
+
+
+def test_attention_kernel_and_document_masking_options(inputs, tmp_path):
+    def run(name, **overrides):
+        pretrain(PretrainConfig(**small(inputs, tmp_path / name, max_steps=3, eval_steps=3, sample_steps=3,
+                                        save_steps=3, eval_batches=1, report_to=[], **overrides)))
+        return list(losses(tmp_path / name).values())
+
+    within_documents = run("sdpa")
+    assert run("eager", attn_implementation="eager") == pytest.approx(within_documents, abs=1e-4)
+    across_documents = run("across", document_masking=False)
+    assert all(abs(a - b) > 1e-4 for a, b in zip(across_documents, within_documents))
+    if importlib.util.find_spec("flash_attn") is None:  # the kernel asked for is the one the model loads
+        with pytest.raises(ImportError, match="FlashAttention2"):
+            run("flash", attn_implementation="flash_attention_2")
 
 
 def test_lr_logged_is_the_one_used():

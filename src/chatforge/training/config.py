@@ -5,6 +5,8 @@ import types
 import typing
 from dataclasses import dataclass, field
 
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
 
 @dataclass
 class PretrainConfig:
@@ -42,6 +44,12 @@ class PretrainConfig:
     max_grad_norm: float = 1.0
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast"})
     torch_compile: bool = False
+    attn_implementation: str = field(
+        default="sdpa", metadata={"help": "attention kernel: sdpa, eager, flex_attention (GPU), flash_attention_2/3 "
+                                          "(where installed), or a Hub kernel"})
+    document_masking: bool = field(
+        default=True, metadata={"help": "packed rows: attend only within each document (false: one causal window "
+                                        "per row, as GPT-2 trained; faster with sdpa)"})
     logging_steps: int = 10
     eval_steps: int = 100
     eval_batches: int = 8
@@ -75,8 +83,16 @@ class PretrainConfig:
             raise ValueError(f"PretrainConfig.optim={self.optim!r}: use 'adamw' or 'muon'")
         if self.lr_scheduler_type not in ("cosine", "wsd"):
             raise ValueError(f"PretrainConfig.lr_scheduler_type={self.lr_scheduler_type!r}: use 'cosine' or 'wsd'")
+        if self.attn_implementation not in attention_implementations() and "/" not in self.attn_implementation:
+            raise ValueError(f"PretrainConfig.attn_implementation={self.attn_implementation!r}: use one of "
+                             f"{sorted(attention_implementations())} or a Hub kernel ('org/name')")
         if not 0 <= self.warmup_steps < self.max_steps:
             raise ValueError(f"PretrainConfig.warmup_steps={self.warmup_steps}: must be in [0, max_steps)")
+
+
+def attention_implementations() -> set[str]:
+    """The attention kernels transformers knows by name."""
+    return {"eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()} - {"paged|eager"}
 
 
 def _matches(value, expected) -> bool:

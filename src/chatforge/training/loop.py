@@ -62,18 +62,24 @@ def unigram_loss(train: TokenShards, val: TokenShards, vocab_size: int) -> float
     return unigram_cross_entropy(counts(train), counts(val))
 
 
+def model_inputs(batch: dict, device: torch.device, document_masking: bool) -> dict:
+    """``input_ids``, ``labels`` and, with document masking, the ``position_ids`` that restart per document."""
+    keys = ("input_ids", "labels", "position_ids") if document_masking else ("input_ids", "labels")
+    return {key: batch[key].to(device) for key in keys}
+
+
 def next_token_loss_sum(model, batch: dict) -> torch.Tensor:
-    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"]).logits
+    logits = model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids")).logits
     return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), reduction="sum")
 
 
 @torch.no_grad()
-def evaluate(model, batches: list[dict], accelerator: Accelerator) -> dict:
+def evaluate(model, batches: list[dict], accelerator: Accelerator, document_masking: bool) -> dict:
     """Validation loss (nats/token) and bits per byte over fixed batches."""
     model.eval()
     nats = tokens = n_bytes = 0.0
     for batch in batches:
-        inputs = {key: value.to(accelerator.device) for key, value in batch.items() if key != "bytes"}
+        inputs = model_inputs(batch, accelerator.device, document_masking)
         with accelerator.autocast():
             nats += next_token_loss_sum(model, inputs).item()
         tokens += batch["labels"].numel()
@@ -109,11 +115,11 @@ def training_data(config: PretrainConfig, tokenizer, accelerator: Accelerator):
 
 
 def build_model(config: PretrainConfig, tokenizer, checkpoint: Path | None):
-    if checkpoint is not None:
-        return AutoModelForCausalLM.from_pretrained(checkpoint)
-    if config.model_name_or_path:
-        return AutoModelForCausalLM.from_pretrained(config.model_name_or_path)
-    return ChatForgeForCausalLM(config_for_tokenizer(tokenizer, config.model_preset))
+    attention = config.attn_implementation
+    source = checkpoint or config.model_name_or_path
+    if source:
+        return AutoModelForCausalLM.from_pretrained(source, attn_implementation=attention)
+    return ChatForgeForCausalLM(config_for_tokenizer(tokenizer, config.model_preset, attn_implementation=attention))
 
 
 def pretrain(config: PretrainConfig) -> dict:
@@ -170,8 +176,8 @@ def pretrain(config: PretrainConfig) -> dict:
         step_start = time.perf_counter()
         loss_sum = torch.zeros((), device=accelerator.device)
         for micro in range(config.gradient_accumulation_steps):
-            batch = {k: v.to(accelerator.device) for k, v in
-                     sampler.batch(step * config.gradient_accumulation_steps + micro).items()}
+            batch = model_inputs(sampler.batch(step * config.gradient_accumulation_steps + micro),
+                                 accelerator.device, config.document_masking)
             last_micro = micro == config.gradient_accumulation_steps - 1
             with contextlib.nullcontext() if last_micro else accelerator.no_sync(model), accelerator.autocast():
                 micro_sum = next_token_loss_sum(stepper, batch)
@@ -193,7 +199,7 @@ def pretrain(config: PretrainConfig) -> dict:
             record["mfu"] = estimate_mfu(unwrapped.config, config.max_seq_length,
                                          record["tokens_per_s"] / accelerator.num_processes, peak)
         if done % config.eval_steps == 0 or done == config.max_steps:
-            last_eval = evaluate(stepper, val_batches, accelerator)
+            last_eval = evaluate(stepper, val_batches, accelerator, config.document_masking)
             record.update(last_eval)
         if trackers:
             accelerator.log({f"train/{k}" if not k.startswith("val_") else f"eval/{k}": v
