@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
-# The GPU figures in one run (about 8 minutes on one H100/H200), each written as soon as it is measured:
-#   1. model_throughput.json   train step of ChatForgeForCausalLM vs the plain-PyTorch GPT, gpt2-124m, bf16, compile
-#   2. pretrain_*.json         the pretraining loop vs a bare loop and vs the plain-PyTorch GPT, gpt2-124m
-#                              (50,304 tokens, B=32, T=1024, bf16, compile), with document masking by sdpa,
-#                              by flex_attention, and without document masking
-#   3. recipe/                 `accelerate launch recipes/pretrain.py` on the tiny recipe (GPU, bf16): metrics,
-#                              samples, summary
+# The GPU figures in one run, each written to OUTPUT_DIR (default runs/gpu-check) as soon as it is measured:
+#   model     model_throughput.json: train step of ChatForgeForCausalLM vs the plain-PyTorch GPT, gpt2-124m, bf16,
+#             torch.compile
+#   pretrain  pretrain_sdpa.json: the pretraining loop vs a bare loop and vs the plain-PyTorch GPT, gpt2-124m
+#             (50,304 tokens, B=32, T=1024, bf16, torch.compile), documents masked by sdpa
+#   recipe    recipe/: `accelerate launch recipes/pretrain.py` on the tiny recipe, 300 steps (metrics, samples)
+#   flex      pretrain_flex.json: as pretrain, documents masked by flex_attention
+#   causal    pretrain_causal.json: as pretrain, one causal window per row (no document masking)
 #
-#   bash bench/gpu_check.sh [OUTPUT_DIR]        # default runs/gpu-check
+#   bash bench/gpu_check.sh [OUTPUT_DIR [STEP ...]]      # default steps: model pretrain recipe
 #
-# Runs from the repository root with PYTHONPATH=src (no install needed where torch, transformers and
-# accelerate are). The recipe step also needs trl and datasets; on a machine without a package index, put
-# their wheels in .whl/ and they are installed to /tmp/site first.
+# Each step compiles its models first (a minute or two each). Runs from the repository root with
+# PYTHONPATH=src (no install needed where torch, transformers and accelerate are). The recipe step also needs
+# trl and datasets; on a machine without a package index, put their wheels in .whl/: they are installed to
+# /tmp/site first.
 set -uo pipefail
 out=${1:-runs/gpu-check}
+if [ $# -gt 1 ]; then steps=("${@:2}"); else steps=(model pretrain recipe); fi
 mkdir -p "$out"
 python=${PYTHON:-python3}
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -22,7 +25,7 @@ if compgen -G ".whl/*.whl" >/dev/null; then
         && export PYTHONPATH=$PYTHONPATH:/tmp/site
 fi
 status=0
-step() {  # step NAME COMMAND...: run, log to $out/NAME.log, remember a failure and go on
+run() {  # run NAME COMMAND...: log to $out/NAME.log, note a failure and go on
     local name=$1
     shift
     echo "== $name: $*"
@@ -36,17 +39,21 @@ step() {  # step NAME COMMAND...: run, log to $out/NAME.log, remember a failure 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
 $python -c "import torch, transformers, accelerate; print('torch', torch.__version__, 'transformers',
 transformers.__version__, 'accelerate', accelerate.__version__)" | tee -a "$out/gpu.txt"
-
-step model_throughput $python bench/model_throughput.py --preset gpt2-124m --compile --rounds 6 \
-    --json "$out/model_throughput.json"
 pretrain_bench=(bench/pretrain_throughput.py --preset gpt2-124m --vocab-size 50304 --seq-len 1024 --batch-size 32
-                --steps 40 --warmup 15 --compile)
-step pretrain_sdpa $python "${pretrain_bench[@]}" --repeats 1 --reference --json "$out/pretrain_sdpa.json"
-step pretrain_flex $python "${pretrain_bench[@]}" --repeats 1 --attn flex_attention --json "$out/pretrain_flex.json"
-step pretrain_causal $python "${pretrain_bench[@]}" --repeats 1 --no-document-masking \
-    --json "$out/pretrain_causal.json"
-step recipe $python -m accelerate.commands.launch --config_file accelerate_configs/single_gpu.yaml \
-    recipes/pretrain.py --config recipes/tiny/pretrain.yaml --output_dir "$out/recipe" \
-    --dataset_dir "$out/tiny/shards" --tokenizer_name_or_path "$out/tiny/tokenizer" --max_steps 300 \
-    --save_steps 300 --sample_steps 300 --report_to none
+                --steps 40 --warmup 15 --repeats 1 --compile)
+for step in "${steps[@]}"; do
+    case $step in
+        model) run model_throughput $python bench/model_throughput.py --preset gpt2-124m --compile --rounds 6 \
+                   --json "$out/model_throughput.json" ;;
+        pretrain) run pretrain_sdpa $python "${pretrain_bench[@]}" --reference --json "$out/pretrain_sdpa.json" ;;
+        flex) run pretrain_flex $python "${pretrain_bench[@]}" --attn flex_attention --json "$out/pretrain_flex.json" ;;
+        causal) run pretrain_causal $python "${pretrain_bench[@]}" --no-document-masking \
+                    --json "$out/pretrain_causal.json" ;;
+        recipe) run recipe $python -m accelerate.commands.launch --config_file accelerate_configs/single_gpu.yaml \
+                    recipes/pretrain.py --config recipes/tiny/pretrain.yaml --output_dir "$out/recipe" \
+                    --dataset_dir "$out/tiny/shards" --tokenizer_name_or_path "$out/tiny/tokenizer" --max_steps 300 \
+                    --save_steps 300 --sample_steps 300 --report_to none ;;
+        *) echo "unknown step $step: use model, pretrain, recipe, flex, causal" >&2; exit 2 ;;
+    esac
+done
 exit $status
