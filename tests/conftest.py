@@ -26,7 +26,6 @@ def pytest_configure(config):
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         threads = max(1, cores // workers)
         os.environ["OMP_NUM_THREADS"] = str(threads)
-        os.environ["RAYON_NUM_THREADS"] = str(threads)  # tokenizers' Rust thread pool
         torch.set_num_threads(threads)
 
 
