@@ -217,15 +217,20 @@ def test_eager_and_sdpa_attention_agree(tokenizer, saved_model_dir):
 
 
 def test_torch_compile_matches_eager(tokenizer):
+    """Loss and gradients of the compiled model, on packed rows (two documents each, as pretraining feeds it)."""
     torch.manual_seed(0)
     model = ChatForgeForCausalLM(small_config(tokenizer)).train()
     ids = torch.randint(0, len(tokenizer), (2, 32))
-    eager_loss = model(ids, labels=ids).loss
-    compiled = torch.compile(model, fullgraph=True)
-    compiled_loss = compiled(ids, labels=ids).loss
+    packed = torch.cat([torch.arange(12), torch.arange(20)]).repeat(2, 1)
+    eager_loss = model(ids, position_ids=packed, labels=ids).loss
+    eager_loss.backward()
+    eager_grad = model.model.embed_tokens.weight.grad.clone()
+    model.zero_grad()
+    compiled_loss = torch.compile(model, fullgraph=True)(ids, position_ids=packed, labels=ids).loss
     compiled_loss.backward()
     torch.testing.assert_close(compiled_loss, eager_loss, atol=1e-4, rtol=1e-4)
-    assert model.model.embed_tokens.weight.grad is not None
+    torch.testing.assert_close(model.model.embed_tokens.weight.grad, eager_grad, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(model(ids, labels=ids).loss, eager_loss)  # the documents were kept apart
 
 
 def test_compiled_plain_causal_forward_lets_sdpa_use_its_causal_kernel(tokenizer, monkeypatch):
