@@ -23,7 +23,13 @@ import torch
 from transformers import AutoTokenizer
 
 from chatforge.data.shards import TokenShards
-from chatforge.modeling import ChatForgeForCausalLM, config_for_tokenizer, estimate_mfu, peak_bf16_flops
+from chatforge.modeling import (
+    ChatForgeConfig,
+    ChatForgeForCausalLM,
+    config_for_tokenizer,
+    estimate_mfu,
+    peak_bf16_flops,
+)
 from chatforge.training import PretrainConfig, pretrain
 from chatforge.training.data import WindowSampler
 from chatforge.training.inputs import build_missing_inputs
@@ -79,13 +85,14 @@ def loop_throughput(config: PretrainConfig, warmup: int) -> float:
     return (last["tokens"] - first["tokens"]) / (last["elapsed_s"] - first["elapsed_s"])
 
 
-def save_initial_model(config: PretrainConfig, vocab_size: int, folder: Path) -> str:
-    """A freshly initialised model of the preset with ``vocab_size`` token ids (the preset's shape, whatever
-    the size of the tokenizer built from the embedded corpus)."""
+def save_initial_model(config: PretrainConfig, vocab_size: int | None, folder: Path) -> ChatForgeConfig:
+    """A freshly initialised model of the preset, saved for every loop to start from; ``vocab_size`` token ids
+    give the preset's shape whatever the size of the tokenizer built from the embedded corpus."""
     tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path)
-    ChatForgeForCausalLM(config_for_tokenizer(tokenizer, config.model_preset, vocab_size=vocab_size)).save_pretrained(
-        folder)
-    return str(folder)
+    overrides = {"vocab_size": vocab_size} if vocab_size else {}
+    model_config = config_for_tokenizer(tokenizer, config.model_preset, **overrides)
+    ChatForgeForCausalLM(model_config).save_pretrained(folder)
+    return model_config
 
 
 def main() -> None:
@@ -116,8 +123,8 @@ def main() -> None:
                   document_masking=not args.no_document_masking)
     # A quarter of the embedded corpus held out: one validation batch of 32 x 1024 tokens fits.
     build_missing_inputs(PretrainConfig(**config), val_fraction=0.25)
-    if args.vocab_size:
-        config["model_name_or_path"] = save_initial_model(PretrainConfig(**config), args.vocab_size, work / "init")
+    model_config = save_initial_model(PretrainConfig(**config), args.vocab_size, work / "init")
+    config["model_name_or_path"] = str(work / "init")
     rates = {"loop": [], "bare": [], **({"reference": []} if args.reference else {})}
     for repeat in range(args.repeats):
         rates["loop"].append(loop_throughput(PretrainConfig(**config, output_dir=str(work / f"run{repeat}")),
@@ -127,9 +134,7 @@ def main() -> None:
             rates["reference"].append(bare_loop(PretrainConfig(**config), args.warmup, reference=True))
     tokens_per_s = {name: statistics.median(values) for name, values in rates.items()}
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-    settings = PretrainConfig(**config)
-    precision = mixed_precision(settings.bf16)
-    model_config = build_model(settings, AutoTokenizer.from_pretrained(settings.tokenizer_name_or_path), None).config
+    precision = mixed_precision(PretrainConfig(**config).bf16)
     result = {"preset": args.preset, "device": device, "mixed_precision": precision, "compile": args.compile,
               "attn": args.attn, "document_masking": not args.no_document_masking,
               "vocab_size": model_config.vocab_size, "batch_size": args.batch_size, "seq_len": args.seq_len,

@@ -49,7 +49,7 @@ class PretrainConfig:
                                           "(where installed), or a Hub kernel"})
     document_masking: bool = field(
         default=True, metadata={"help": "packed rows: attend only within each document (false: one causal window "
-                                        "per row, as GPT-2 trained; faster with sdpa)"})
+                                        "per row, as GPT-2 trained, in sdpa's own causal mode)"})
     logging_steps: int = 10
     eval_steps: int = 100
     eval_batches: int = 8
