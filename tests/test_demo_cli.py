@@ -1,4 +1,5 @@
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -84,9 +85,9 @@ def test_tiny_knowledge_probing_recipe_from_a_fresh_checkout(tmp_path):
 @pytest.mark.slow
 def test_tiny_rl_recipes_from_a_fresh_checkout(tmp_path):
     """recipes/tiny/ppo.yaml builds the base, SFT and reward models it needs; the reward model agrees with the
-    held-out rankings, PPO raises the held-out reward-model score within its KL budget and keeps the policy
-    the gold reward rates best, and GRPO
-    raises the SFT model's held-out accuracy on word problems."""
+    held-out rankings, PPO raises the held-out reward-model score within its KL budget and keeps a policy no
+    worse on test prompts (which its stop rule never saw), and GRPO raises the SFT model's held-out accuracy on
+    word problems."""
     shutil.copytree(Path(__file__).parents[1] / "recipes", tmp_path / "recipes")
     for recipe in ("ppo", "grpo"):
         run = subprocess.run([sys.executable, f"recipes/{recipe}.py", "--config", f"recipes/tiny/{recipe}.yaml"],
@@ -97,8 +98,8 @@ def test_tiny_rl_recipes_from_a_fresh_checkout(tmp_path):
     ppo = json.loads((tmp_path / "runs/tiny/ppo/eval.json").read_text())
     assert ppo["last"]["eval_rm_score"] > ppo["initial"]["eval_rm_score"]
     assert max(row["kl"] for row in read_jsonl(tmp_path / "runs/tiny/ppo/metrics.jsonl")) <= ppo["config"]["kl_budget"]
-    # a later evaluation replaces the kept one only when its gold reward is higher by min_gold_improvement
-    best_gold = max(evaluation["eval_gold"] for evaluation in ppo["evaluations"])
-    assert ppo["best"]["eval_gold"] >= best_gold - ppo["config"]["min_gold_improvement"]
+    initial, kept = ppo["initial"], ppo["best"]
+    assert kept["test_gold"] >= initial["test_gold"] - 2 * math.hypot(initial["test_gold_se"], kept["test_gold_se"])
+    assert max(row["sampling_logprob_gap"] for row in read_jsonl(tmp_path / "runs/tiny/ppo/metrics.jsonl")) < 0.05
     grpo = json.loads((tmp_path / "runs/tiny/grpo/eval.json").read_text())
     assert grpo["grpo"]["test"]["pass@1"] >= grpo["before"]["test"]["pass@1"] + 0.1

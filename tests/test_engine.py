@@ -32,6 +32,57 @@ def test_seeded_sampling_is_reproducible_and_samples_differ(model, tokenizer):
     assert len(set(first[0])) > 1  # stochastic across the n samples
 
 
+def assert_drawn_from(tokens: list[int], probs: torch.Tensor, min_expected: float = 10.0) -> float:
+    """Pearson's chi-square test that ``tokens`` were drawn from ``probs``, over bins of tokens (taken in order of
+    probability) each expected at least ``min_expected`` times; the p-value."""
+    from scipy.stats import chisquare
+
+    counts = torch.bincount(torch.tensor(tokens), minlength=len(probs)).double()
+    expected = probs.double() * len(tokens)
+    observed_bins, expected_bins, observed, expecting = [], [], 0.0, 0.0
+    for token in probs.argsort(descending=True).tolist():
+        observed, expecting = observed + counts[token].item(), expecting + expected[token].item()
+        if expecting >= min_expected:
+            observed_bins.append(observed)
+            expected_bins.append(expecting)
+            observed, expecting = 0.0, 0.0
+    observed_bins[-1] += observed
+    expected_bins[-1] += expecting
+    return chisquare(observed_bins, expected_bins).pvalue
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_unrestricted_sampling_draws_from_the_model_softmax(model, tokenizer, temperature):
+    """top_k=None samples from the whole distribution: neither transformers' default top_k (50) nor the
+    truncation a model's own generation config asks for applies; truncation is detected by the same test."""
+    model.generation_config.update(do_sample=True, top_k=5, top_p=0.5, min_p=0.1)  # as Hub chat models ship
+    engine, draws = Engine(model, tokenizer), 4000
+    prompt = tokenizer("The history of", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.tensor([prompt])).logits[0, -1].double() / temperature, -1)
+    assert probs.sort(descending=True).values[:50].sum() < 0.8  # top-50 truncation would cut a fifth of the mass
+
+    def engine_draws(top_k):
+        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=None, max_new_tokens=1, seed=0)
+        return [(ids or [engine.pad_id])[0] for ids in engine.generate_ids([prompt], params, n=draws)]
+
+    assert assert_drawn_from(engine_draws(None), probs) > 1e-3
+    assert assert_drawn_from(engine_draws(0), probs) > 1e-3
+    assert assert_drawn_from(engine_draws(50), probs) < 1e-6
+
+
+def test_sampled_tokens_log_probabilities_are_those_of_the_sampling_distribution(model, tokenizer):
+    engine = Engine(model, tokenizer)
+    prompt = tokenizer("The history of", add_special_tokens=False)["input_ids"]
+    params = SamplingParams(temperature=0.7, top_k=None, max_new_tokens=6, seed=1)
+    (reply,), (logprobs,) = engine.generate_ids_with_logprobs([prompt], params)
+    assert (reply,) == tuple(engine.generate_ids([prompt], params))
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + reply])).logits[0, len(prompt) - 1:-1].double() / 0.7
+    expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(reply).unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(torch.tensor(logprobs, dtype=torch.double), expected, atol=1e-4, rtol=0)
+
+
 def test_streamed_pieces_add_up_to_the_batched_greedy_completion(model, tokenizer):
     engine = Engine(model, tokenizer)
     params = SamplingParams(max_new_tokens=15, temperature=0)

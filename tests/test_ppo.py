@@ -10,15 +10,18 @@ import torch
 import torch.nn.functional as F
 from conftest import small_config
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+from trl import ModelConfig
 
 from chatforge.data import DataCollatorForChat
-from chatforge.inference.engine import SamplingParams
 from chatforge.modeling import ChatForgeForCausalLM, ChatForgeForSequenceClassification, set_generation_defaults
 from chatforge.posttrain.ppo import PPOConfig, PPOTrainer, gae, token_logprobs
-from chatforge.posttrain.rlhf import ppo_parser
+from chatforge.posttrain.rlhf import ppo_parser, split_validation, with_lora
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [f"Do you like the number {n}?" for n in range(16)]
+#: validation and test prompts, unseen in training
+HELD_OUT = {split: [{"messages": [{"role": "user", "content": f"Do you like the number {n}?"}]} for n in numbers]
+            for split, numbers in (("validation", range(16, 32)), ("test", range(32, 48)))}
 
 
 def test_gae_matches_discounted_returns_and_ignores_padding():
@@ -87,12 +90,18 @@ PPO_FIELDS = dict(max_steps=12, per_device_train_batch_size=8, num_mini_batches=
                   stop_patience=None, kl_budget=None)
 
 
-def _trainer(tmp_path, tokenizer, models, **overrides):
+def _says_yes(reply: str, task: dict, finished: bool) -> float:
+    return float(reply.strip() == "Yes.")
+
+
+def _trainer(tmp_path, tokenizer, models, lora: bool = False, gold=_says_yes, **overrides):
     policy, reward_model = models
     config = PPOConfig(output_dir=str(tmp_path / "ppo"), use_cpu=True, **{**PPO_FIELDS, **overrides})
     tasks = [{"messages": [{"role": "user", "content": p}]} for p in PROMPTS]
-    return PPOTrainer(config, _copy(policy), _copy(policy), _copy(reward_model), reward_model, tokenizer,
-                      tasks, tasks, gold=lambda reply, task, finished: float(reply.strip() == "Yes."))
+    torch.manual_seed(0)  # LoRA's initial weights
+    trained = with_lora(_copy(policy), ModelConfig(use_peft=True, lora_r=8, lora_alpha=16)) if lora else _copy(policy)
+    return PPOTrainer(config, trained, _copy(policy), _copy(reward_model), reward_model, tokenizer,
+                      tasks, HELD_OUT["validation"], HELD_OUT["test"], gold=gold)
 
 
 def _copy(model):
@@ -103,20 +112,18 @@ def _copy(model):
     return copy.eval()
 
 
-def test_reply_logprobs_match_the_sampling_distribution(tmp_path, tokenizer, models):
-    trainer = _trainer(tmp_path, tokenizer, models)
-    rollout = trainer.rollout(trainer._batch_tasks(0), SamplingParams(temperature=1.0, top_k=None, max_new_tokens=6,
-                                                                      seed=0))
-    logprobs, _ = token_logprobs(trainer.engine.model, rollout, temperature=1.0)
-    row = 0
-    length = int(rollout.mask[row].sum())
-    start = int(rollout.positions[row, 0]) + 1
-    ids = rollout.input_ids[row, :start + length]
+def test_ppo_log_probabilities_are_those_of_the_distribution_rollouts_are_sampled_from(tmp_path, tokenizer, model,
+                                                                                      models):
+    """On a policy far from peaked (a random one), any truncation of the sampler (transformers' default top_k=50)
+    would make the sampled tokens' log-probabilities differ from those PPO computes on the full softmax."""
+    trainer = _trainer(tmp_path, tokenizer, (model, models[1]), temperature=0.8)
+    rollout = trainer.rollout(trainer._batch_tasks(0), trainer.rollout_params())
     with torch.no_grad():
-        manual = F.log_softmax(trainer.engine.model(input_ids=ids[None]).logits[0, start - 1:-1], -1)
-    expected = manual.gather(-1, ids[start:, None]).squeeze(-1)
-    assert torch.allclose(logprobs[row, :length], expected, atol=1e-5)
-    assert rollout.finished[row] and rollout.replies[row] in ("Yes.", "No.")
+        logprobs, _ = token_logprobs(trainer.engine.model, rollout, temperature=0.8)
+    mask = rollout.mask.bool()
+    assert mask.sum() > 20
+    torch.testing.assert_close(logprobs[mask], rollout.sampling_logprobs[mask], atol=1e-4, rtol=0)
+    assert trainer.train_step()["sampling_logprob_gap"] < 1e-4  # the same check, recorded every step
 
 
 def test_ppo_raises_the_reward_model_score_with_bounded_kl(tmp_path, tokenizer, models):
@@ -129,7 +136,8 @@ def test_ppo_raises_the_reward_model_score_with_bounded_kl(tmp_path, tokenizer, 
     assert late > early + 0.5, (early, late)
     assert sum(m["gold"] for m in history[-3:]) / 3 > 0.8
     assert all(m["kl"] < 5 for m in history)
-    assert best["eval_rm_score"] >= first["eval_rm_score"]
+    assert best["test_gold"] > first["test_gold"] + 2 * first["test_gold_se"]  # better on prompts no rule saw
+    assert max(m["sampling_logprob_gap"] for m in history) < 1e-4
     assert (tmp_path / "ppo/ppo.png").stat().st_size > 0
     kept = AutoModelForCausalLM.from_pretrained(tmp_path / "ppo")
     assert kept.config.model_type == "chatforge"
@@ -159,19 +167,76 @@ def test_ppo_resumes_exactly_from_a_checkpoint(tmp_path, tokenizer, models):
     assert [m["policy_loss"] for m in resumed.history] == [m["policy_loss"] for m in straight.history]
 
 
+def _evaluate_stop_rule(trainer, evaluations: list[tuple[int, float, float, float]]) -> int:
+    """Feed (step, validation RM score, validation gold, recent KL) evaluations to the stop rule until it stops
+    training; the step it stopped at."""
+    for step, rm, gold, kl in evaluations:
+        evaluation = {"step": step, "eval_rm_score": rm, "eval_gold": gold}
+        trainer.step = step
+        trainer.evaluations.append(evaluation)
+        trainer._update_stop_rule(evaluation, recent_kl=kl)
+        if trainer.stop_reason:
+            return step
+
+
 def test_stop_rule_keeps_the_checkpoint_before_the_reward_model_is_gamed(tmp_path, tokenizer, models):
     trainer = _trainer(tmp_path, tokenizer, models, stop_patience=2)
-    for step, rm, gold in ((0, 0.0, 0.5), (4, 1.0, 0.9), (8, 2.0, 0.7), (12, 3.0, 0.4)):
-        evaluation = {"step": step, "eval_rm_score": rm, "eval_gold": gold}
-        trainer.evaluations.append(evaluation)
-        trainer._update_stop_rule(evaluation, recent_kl=1.0)
-        if trainer.stop_reason:
-            break
-    assert trainer.best["step"] == 4 and "over-optimised" in trainer.stop_reason and step == 12
+    stopped = _evaluate_stop_rule(trainer, [(0, 0.0, 0.5, 0.0), (4, 1.0, 0.9, 1.0), (8, 2.0, 0.7, 1.0),
+                                            (12, 3.0, 0.4, 1.0)])
+    assert trainer.best["step"] == 4 and "over-optimised" in trainer.stop_reason and stopped == 12
     budget = _trainer(tmp_path / "kl", tokenizer, models, kl_budget=3.0)
-    budget.evaluations.append({"step": 0, "eval_rm_score": 0.0, "eval_gold": 0.5})
-    budget._update_stop_rule(budget.evaluations[-1], recent_kl=4.0)
+    assert _evaluate_stop_rule(budget, [(0, 0.0, 0.5, 0.0), (4, 1.0, 0.6, 4.0)]) == 4
     assert "KL budget" in budget.stop_reason
+
+
+def test_the_judge_free_stop_rule_keeps_the_best_reward_model_score_within_the_kl_budget(tmp_path, tokenizer,
+                                                                                        models):
+    with pytest.raises(ValueError, match="needs a gold judge"):
+        _trainer(tmp_path, tokenizer, models, gold=None)
+    with pytest.raises(ValueError, match="needs a kl_budget"):
+        PPOConfig(select_by="reward_model", kl_budget=None)
+    trainer = _trainer(tmp_path, tokenizer, models, gold=None, select_by="reward_model", kl_budget=3.0)
+    stopped = _evaluate_stop_rule(trainer, [(0, 0.0, None, 0.0), (4, 1.0, None, 1.0), (8, 0.8, None, 2.0),
+                                            (12, 1.5, None, 2.9), (16, 2.5, None, 3.5)])
+    assert stopped == 16 and trainer.best["step"] == 12 and "KL budget" in trainer.stop_reason
+
+
+def test_a_judge_free_ppo_run_reports_its_test_split_without_gold(tmp_path, tokenizer, models):
+    summary = _trainer(tmp_path, tokenizer, models, gold=None, select_by="reward_model", kl_budget=50.0,
+                       max_steps=4).train()
+    assert summary["select_by"] == "reward_model" and "test_gold" not in summary["best"]
+    assert summary["best"]["eval_rm_score"] == max(e["eval_rm_score"] for e in summary["evaluations"])
+    assert summary["best"]["test_prompts"] == len(HELD_OUT["test"])
+
+
+def test_validation_prompts_are_held_out_of_the_training_prompts():
+    tasks = [{"messages": [{"role": "user", "content": str(n)}]} for n in range(20)]
+    train, validation = split_validation(tasks, 5, seed=0, where="tasks_train.jsonl")
+    assert len(validation) == 5 and len(train) == 15
+    assert not {t["messages"][0]["content"] for t in train} & {t["messages"][0]["content"] for t in validation}
+    assert split_validation(tasks, 5, seed=0, where="x") == (train, validation)
+    with pytest.raises(ValueError, match="tasks_train.jsonl: 20 training prompts cannot spare eval_prompts=20"):
+        split_validation(tasks, 20, seed=0, where="tasks_train.jsonl")
+
+
+def test_ppo_with_lora_trains_the_adapters_resumes_and_exports_a_merged_policy(tmp_path, tokenizer, models):
+    from safetensors.torch import load_file
+
+    fields = dict(lora=True, learning_rate=3e-3, eval_steps=100)
+    straight = _trainer(tmp_path / "a", tokenizer, models, max_steps=8, **fields)
+    straight.train()
+    scores = [m["rm_score"] for m in straight.history]
+    assert sum(scores[-3:]) / 3 > sum(scores[:3]) / 3 + 0.5, scores
+    adapters = load_file(tmp_path / "a/ppo/checkpoint-8/adapter_model.safetensors")
+    assert adapters and all("lora_" in name for name in adapters)
+    _trainer(tmp_path / "b", tokenizer, models, max_steps=4, **fields).train()
+    resumed = _trainer(tmp_path / "b", tokenizer, models, max_steps=8, resume_from_checkpoint="latest", **fields)
+    resumed.train()
+    assert [m["rm_score"] for m in resumed.history] == pytest.approx(scores, abs=1e-5)
+    kept = AutoModelForCausalLM.from_pretrained(tmp_path / "a/ppo")
+    assert not (tmp_path / "a/ppo/adapter_config.json").exists() and kept.config.model_type == "chatforge"
+    initial = models[0].state_dict()
+    assert any(not torch.equal(weight, initial[name]) for name, weight in kept.state_dict().items())
 
 
 @pytest.mark.parametrize("recipe", sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("recipes/*/ppo*.yaml")))

@@ -6,12 +6,23 @@ from chatforge.training import precision
 
 
 def test_measuring_bf16_speed_leaves_the_random_state_alone():
-    precision.cpu_bf16_is_slow.cache_clear()
+    precision.measured_bf16_is_slow.cache_clear()
     torch.manual_seed(0)
     expected = torch.rand(3)
     torch.manual_seed(0)
-    assert isinstance(precision.cpu_bf16_is_slow(size=64, repeats=2), bool)
+    assert isinstance(precision.measured_bf16_is_slow(size=64, repeats=2), bool)
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("value, slow", [("1", False), ("0", True)])
+def test_the_environment_overrides_the_measurement(monkeypatch, value, slow):
+    monkeypatch.setattr(precision, "measured_bf16_is_slow", lambda: not slow)
+    monkeypatch.setenv(precision.CPU_BF16_ENV, value)
+    assert precision.cpu_bf16_is_slow() is slow
+    assert precision.mixed_precision(True, use_cpu=True) == ("no" if slow else "bf16")
+    monkeypatch.setenv(precision.CPU_BF16_ENV, "yes")
+    with pytest.raises(ValueError, match="CHATFORGE_CPU_BF16='yes'"):
+        precision.cpu_bf16_is_slow()
 
 
 @pytest.mark.parametrize("slow", [True, False])

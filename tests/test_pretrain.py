@@ -149,9 +149,11 @@ def test_missing_data_folder_is_named(tmp_path):
 
 
 def test_attention_kernel_and_document_masking_options(inputs, tmp_path):
+    """The kernels compute the same attention: compared in fp32 (in bf16, where a CPU has it natively, they
+    differ by ~1e-3 in rounding alone)."""
     def run(name, **overrides):
         pretrain(PretrainConfig(**small(inputs, tmp_path / name, max_steps=3, eval_steps=3, sample_steps=3,
-                                        save_steps=3, eval_batches=1, report_to=[], **overrides)))
+                                        save_steps=3, eval_batches=1, report_to=[], bf16=False, **overrides)))
         return list(losses(tmp_path / name).values())
 
     within_documents = run("sdpa")

@@ -34,7 +34,9 @@ def test_gold_reward_finds_each_fault():
     assert judge("Paris.\nUser: and Spain?", {}).off_format
     assert judge("Paris.", {}, finished=False).off_format and judge("  ", {}).off_format
     assert judge("Paris is the the the the the the the the the the the capital.", {}).repetition > 0.5
-    assert 0 < judge(" ".join(["word"] + [f"w{i}" for i in range(70)]), {"max_words": 40}).rambling <= 1
+    words = " ".join(["word"] + [f"w{i}" for i in range(70)])  # 71 words: 31 past a budget of 40
+    assert judge(words, {"max_words": 40}).rambling == pytest.approx(31 / 40)
+    assert judge(words, {"max_words": 20}).rambling == 1.0  # at most 1, however far past
     assert judge("Paris is the capital of France, and it has been for centuries.", {}).reward == 1.0
 
 

@@ -148,11 +148,18 @@ def _ppo(run: Path, report: dict) -> list[str]:
     figures = report.get("ppo")
     if not figures:
         return []
-    rows = [[when, figures.get(f"{when}.step"), figures.get(f"{when}.rm_score"), figures.get(f"{when}.gold")]
-            for when in ("initial", "best", "last")]
+    def with_error(when: str, name: str) -> str:
+        mean, error = figures.get(f"{when}.{name}"), figures.get(f"{when}.{name}_se")
+        return "—" if mean is None else f"{_number(mean)} ± {_number(error)}"
+
+    rows = [[when, figures.get(f"{when}.step"), with_error(when, "rm_score"), with_error(when, "gold"),
+             with_error(when, "test_rm_score"), with_error(when, "test_gold")] for when in ("initial", "best", "last")]
     lines = ["## RLHF (PPO)", "", f"Stopped at step {figures['steps']}: {figures['stop_reason']}. "
-             f"The policy kept is the one of step {figures['crop_step']} (the dashed line).", ""]
-    lines += _table(["policy", "step", "reward-model score", "gold reward"], rows)
+             f"The policy kept ({figures.get('select_by', 'gold')} on the validation prompts) is the one of step "
+             f"{figures['crop_step']} (the dashed line); the test prompts, which the rule never saw, score the "
+             "initial and kept policies. Mean ± standard error:", ""]
+    lines += _table(["policy", "step", "reward-model score (validation)", "gold reward (validation)",
+                     "reward-model score (test)", "gold reward (test)"], rows)
     if plot := _copy_plot(run / "ppo/ppo.png", run, "ppo.png"):
         lines += [plot, ""]
     return lines

@@ -18,7 +18,9 @@ from ..tools.errors import ToolError
 
 @dataclass
 class SamplingParams:
-    """How to sample. ``temperature=0`` is greedy decoding; ``seed`` makes sampling reproducible."""
+    """How to sample. ``temperature=0`` is greedy decoding; ``top_k`` None or 0 and ``top_p`` None or 1 keep the
+    whole distribution (no default of the model's or of transformers' applies); ``seed`` makes sampling
+    reproducible."""
 
     max_new_tokens: int = 256
     temperature: float = 0.8
@@ -119,11 +121,14 @@ class Engine:
     def _generation_config(self, params: SamplingParams, max_new_tokens: int, stop_ids: list[int],
                            num_return_sequences: int = 1, suppress: list[int] | None = None) -> GenerationConfig:
         sampling = params.temperature > 0
+        # generate() fills every unset (None) field from the model's generation config, then from transformers'
+        # defaults (top_k=50): each warper is set here, to its no-op value unless ``params`` asks for it.
+        warpers = dict(temperature=params.temperature, top_k=params.top_k or 0, top_p=params.top_p or 1.0,
+                       min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0) if sampling else {}
         return GenerationConfig(
-            suppress_tokens=suppress or None,
+            suppress_tokens=suppress or None, **warpers,
             max_new_tokens=max_new_tokens, do_sample=sampling, num_return_sequences=num_return_sequences,
-            temperature=params.temperature if sampling else None, top_k=params.top_k if sampling else None,
-            top_p=params.top_p if sampling else None, repetition_penalty=params.repetition_penalty,
+            repetition_penalty=params.repetition_penalty, no_repeat_ngram_size=0,
             eos_token_id=stop_ids, pad_token_id=self.pad_id, stop_strings=list(params.stop) or None,
             return_dict_in_generate=True,
         )
@@ -147,6 +152,12 @@ class Engine:
                      n: int = 1) -> list[list[int]]:
         """``n`` sampled continuations of each tokenized prompt (batched, left-padded), as token ids up to and
         including the first stop token (prompt i's samples are items ``i*n`` to ``i*n+n-1``)."""
+        return self.generate_ids_with_logprobs(prompts, params, n, logprobs=False)[0]
+
+    def generate_ids_with_logprobs(self, prompts: Sequence[Sequence[int]], params: SamplingParams = SamplingParams(),
+                                   n: int = 1, logprobs: bool = True) -> tuple[list[list[int]], list[list[float]]]:
+        """:meth:`generate_ids`, and the log-probability of each generated token under the distribution it was
+        drawn from (temperature, truncation and suppressed tokens applied; empty lists with ``logprobs=False``)."""
         width = max(len(ids) for ids in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros_like(input_ids)
@@ -154,16 +165,23 @@ class Engine:
             input_ids[row, width - len(ids):] = torch.as_tensor(ids, dtype=torch.long)
             attention_mask[row, width - len(ids):] = 1
         config = self._generation_config(params, params.max_new_tokens, self.stop_ids, n)
+        config.output_scores = logprobs
         with self._seeded(params.seed):
             output = self._generate(input_ids.to(self.device), attention_mask.to(self.device), config)
+        generated = output.sequences[:, width:]
+        chosen = [[] for _ in range(len(generated))]
+        if logprobs:  # scores[t]: the processed logits that token t was sampled from
+            chosen = torch.stack([torch.log_softmax(scores.float(), -1).gather(-1, generated[:, t:t + 1]).squeeze(-1)
+                                  for t, scores in enumerate(output.scores)], 1).tolist()
         stops = set(self.stop_ids)
-        continuations = []
-        for row in output.sequences[:, width:].tolist():
+        continuations, continuation_logprobs = [], []
+        for row, row_logprobs in zip(generated.tolist(), chosen):
             end = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
             while end and row[end - 1] == self.pad_id and row[end - 1] not in stops:
                 end -= 1
             continuations.append(row[:end])
-        return continuations
+            continuation_logprobs.append(row_logprobs[:end])
+        return continuations, continuation_logprobs
 
     def complete(self, prompts: Sequence[str], params: SamplingParams = SamplingParams(), n: int = 1,
                  add_special_tokens: bool = False) -> list[list[str]]:

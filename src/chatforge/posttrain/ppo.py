@@ -7,21 +7,28 @@ sampling engine, scores them with the reward model, turns the score into per-tok
 penalty to the reference (fixed or adaptive coefficient), estimates advantages with GAE and takes clipped
 policy and value steps over minibatch epochs.
 
-"Crop it": every ``eval_steps`` the held-out prompts are answered and judged by both the reward model and
-the rule-based gold reward. The best policy by gold reward is kept; training stops when the KL to the
-reference passes ``kl_budget``, or when the gold reward has not improved for ``stop_patience`` evaluations
-while the reward-model score kept rising (the reward model is being gamed). The kept policy is the result.
+"Crop it": every ``eval_steps`` the validation prompts (held out of the training prompts) and the test prompts
+are answered greedily and scored by the reward model and, where there is one, the rule-based gold judge. The
+stop rule sees the validation split only (``select_by``):
+
+- ``gold``: the policy with the best validation gold reward is kept; training stops when the KL to the
+  reference passes ``kl_budget``, or when the gold reward has not improved for ``stop_patience`` evaluations
+  while the reward-model score kept rising (the reward model is being gamed). Needs a judge.
+- ``reward_model``: the policy with the best validation reward-model score among those whose KL to the
+  reference stays within ``kl_budget`` is kept; training stops when the KL passes the budget. Needs no judge:
+  the budget bounds how far the policy may drift from where the reward model was trained to judge.
+
+The kept policy is the result; the test split (which no rule saw) reports how it does on new prompts.
 """
 
+import copy
 import json
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
 from tqdm.auto import tqdm
 from trl.models import unwrap_model_for_generation
 
@@ -37,11 +44,14 @@ from ..training.checkpoint import (
     set_rng_state,
     write_checkpoint,
 )
+from ..training.distributed import fresh_accelerator, load_optimizer_state, optimizer_state
 from ..training.precision import mixed_precision
 from .gold import gold_reward
 
 BEST_DIR = "best"
 VALUE_DIR = "value"
+#: ``select_by`` -> the validation figure that picks the kept policy
+SELECTION_METRICS = {"gold": "eval_gold", "reward_model": "eval_rm_score"}
 
 
 @dataclass
@@ -72,11 +82,15 @@ class PPOConfig:
     missing_eos_penalty: float = 1.0  # subtracted from the score of a reply cut off before its end-of-turn
     logging_steps: int = 5
     eval_steps: int = 20
-    eval_prompts: int = 64
+    eval_prompts: int = 128  # validation prompts the stop rule selects on (held out of the training prompts)
+    test_prompts: int | None = None  # test prompts the kept policy is reported on (None: all)
+    select_by: str = field(default="gold", metadata={
+        "help": "which validation figure picks the kept policy: gold (the gold judge's reward; needs a judge) or "
+                "reward_model (the reward model's score within kl_budget; needs no judge)"})
     kl_budget: float | None = 20.0  # stop when the rollouts' mean KL to the reference (nats/sequence) passes it
-    stop_patience: int | None = 3  # evaluations without a better gold reward, while the RM score rises
+    stop_patience: int | None = 3  # select_by gold: evaluations without a better gold reward, while the RM score rises
     early_stop: bool = True  # False: note when the stop rule fires but train on (to watch what comes after)
-    min_gold_improvement: float = 0.01
+    min_improvement: float = 0.01  # how much the selected figure must rise for a later policy to be kept
     save_steps: int = 50
     save_total_limit: int = 1
     resume_from_checkpoint: str | None = None  # a checkpoint folder or "latest"
@@ -84,12 +98,20 @@ class PPOConfig:
     use_cpu: bool = False
 
     def __post_init__(self):
+        if self.select_by not in SELECTION_METRICS:
+            raise ValueError(f"PPOConfig.select_by={self.select_by!r}: choose one of {sorted(SELECTION_METRICS)}")
+        if self.select_by == "reward_model" and self.kl_budget is None:
+            raise ValueError("PPOConfig.select_by='reward_model' needs a kl_budget: without a judge, the KL budget "
+                             "is what stops the policy from gaming the reward model")
         if self.per_device_train_batch_size % self.num_mini_batches:
             raise ValueError(f"per_device_train_batch_size={self.per_device_train_batch_size} must be a multiple of "
                              f"num_mini_batches={self.num_mini_batches}")
-        for name in ("max_steps", "num_ppo_epochs", "max_completion_length", "eval_steps", "save_steps"):
+        for name in ("max_steps", "num_ppo_epochs", "max_completion_length", "eval_steps", "save_steps",
+                     "eval_prompts"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PPOConfig.{name} must be at least 1")
+        if self.temperature <= 0:
+            raise ValueError(f"PPOConfig.temperature={self.temperature}: PPO samples its rollouts, it must be > 0")
 
 
 class PolicyAndValue(torch.nn.Module):
@@ -129,6 +151,14 @@ class Rollout:
     mask: torch.Tensor
     replies: list[str]
     finished: list[bool]
+    sampling_logprobs: torch.Tensor | None = None  # of each reply token under the distribution it was drawn from
+
+
+def mean_and_standard_error(values: Sequence[float]) -> tuple[float, float]:
+    count = len(values)
+    mean = sum(values) / max(1, count)
+    variance = sum((v - mean) ** 2 for v in values) / (count - 1) if count > 1 else 0.0
+    return mean, (variance / max(1, count)) ** 0.5
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -175,33 +205,52 @@ def token_values(value_model, rollout: Rollout) -> torch.Tensor:
     return value_model.score(hidden.gather(1, index)).squeeze(-1).float()
 
 
+def is_lora(model) -> bool:
+    """Whether ``model`` is a policy with LoRA adapters (peft), whose checkpoints hold the adapters only."""
+    return hasattr(model, "peft_config")
+
+
 def load_weights(modules: PolicyAndValue, checkpoint: Path) -> None:
-    """The policy and value-model weights of a PPO checkpoint, into unwrapped modules."""
+    """The policy (or its LoRA adapters) and value-model weights of a PPO checkpoint, into unwrapped modules."""
     from safetensors.torch import load_file
 
     for module, folder in ((modules.policy, checkpoint), (modules.value_model, checkpoint / VALUE_DIR)):
         weights = {}
         for shard in sorted(folder.glob("*.safetensors")):
             weights.update(load_file(shard))
-        module.load_state_dict(weights, strict=False)
+        if not is_lora(module):
+            module.load_state_dict(weights, strict=False)  # tied weights are saved once
+            continue
+        from peft import set_peft_model_state_dict
+
+        missing = [key for key in set_peft_model_state_dict(module, weights).missing_keys if "lora_" in key]
+        if missing:
+            raise ValueError(f"{folder}: the checkpoint lacks {len(missing)} LoRA weights, e.g. {missing[0]}")
 
 
 class PPOTrainer:
-    """PPO with a KL penalty to a reference policy, GAE, clipped losses and the gold-reward stop rule.
+    """PPO with a KL penalty to a reference policy, GAE, clipped losses and a stop rule (``select_by``).
 
-    ``gold`` judges a reply to a task (``gold(reply, task, finished) -> float``); tasks are
-    ``{"messages": [...], ...}`` records whose other fields the gold judge reads.
+    ``gold`` judges a reply to a task (``gold(reply, task, finished) -> float``), or is None where there is no
+    judge (``select_by="reward_model"``); tasks are ``{"messages": [...], ...}`` records whose other fields the
+    gold judge reads. ``eval_tasks`` (validation) pick the kept policy; ``test_tasks`` only report on it.
     """
 
     def __init__(self, config: PPOConfig, policy, ref_policy, value_model, reward_model, tokenizer,
-                 train_tasks: Sequence[dict], eval_tasks: Sequence[dict],
-                 gold: Callable[[str, dict, bool], float] = gold_reward):
+                 train_tasks: Sequence[dict], eval_tasks: Sequence[dict], test_tasks: Sequence[dict] = (),
+                 gold: Callable[[str, dict, bool], float] | None = gold_reward):
         if not train_tasks:
             raise ValueError("PPO needs training prompts; train_tasks is empty")
+        if not eval_tasks:
+            raise ValueError("PPO needs validation prompts for its stop rule; eval_tasks is empty")
+        if gold is None and config.select_by == "gold":
+            raise ValueError("select_by='gold' needs a gold judge; without one use select_by='reward_model'")
         self.config = config
-        self.accelerator = Accelerator(cpu=config.use_cpu, mixed_precision=mixed_precision(config.bf16, config.use_cpu))
+        self.accelerator = fresh_accelerator(cpu=config.use_cpu,
+                                             mixed_precision=mixed_precision(config.bf16, config.use_cpu))
         self.tokenizer = tokenizer
         self.train_tasks, self.eval_tasks = list(train_tasks), list(eval_tasks)[:config.eval_prompts]
+        self.test_tasks = list(test_tasks)[:config.test_prompts]
         self.gold = gold
         device = self.accelerator.device
         self.ref_policy = ref_policy.to(device).eval().requires_grad_(False)
@@ -250,9 +299,10 @@ class PPOTrainer:
     def rollout(self, tasks: list[dict], params: SamplingParams) -> Rollout:
         """Sample one reply per task and lay the batch out for scoring and training."""
         prompts = [self._prompt_ids(task) for task in tasks]
+        sampled = params.temperature > 0
         with unwrap_model_for_generation(self.modules, self.accelerator) as modules:  # gathers ZeRO-3 shards
             self.engine.model = modules.policy.eval()
-            replies = self.engine.generate_ids(prompts, params)
+            replies, reply_logprobs = self.engine.generate_ids_with_logprobs(prompts, params, logprobs=sampled)
         stops = set(self.engine.stop_ids)
         replies = [reply or [self.engine.pad_id] for reply in replies]
         width = max(len(p) + len(r) for p, r in zip(prompts, replies))
@@ -261,16 +311,19 @@ class PPOTrainer:
         attention_mask = torch.zeros_like(input_ids)
         positions = torch.zeros((len(tasks), longest), dtype=torch.long)
         mask = torch.zeros((len(tasks), longest))
+        sampling_logprobs = torch.zeros((len(tasks), longest))
         for row, (prompt, reply) in enumerate(zip(prompts, replies)):
             sequence = prompt + reply
             input_ids[row, :len(sequence)] = torch.as_tensor(sequence)
             attention_mask[row, :len(sequence)] = 1
             positions[row] = (len(prompt) - 1 + torch.arange(longest)).clamp(max=width - 2)
             mask[row, :len(reply)] = 1
+            if sampled:
+                sampling_logprobs[row, :len(reply_logprobs[row])] = torch.tensor(reply_logprobs[row])
         device = self.accelerator.device
         return Rollout(tasks, input_ids.to(device), attention_mask.to(device), positions.to(device), mask.to(device),
                        self.tokenizer.batch_decode(replies, skip_special_tokens=True),
-                       [reply[-1] in stops for reply in replies])
+                       [reply[-1] in stops for reply in replies], sampling_logprobs.to(device) if sampled else None)
 
     def _scores(self, rollout: Rollout) -> torch.Tensor:
         """Reward-model scores of the rollout's conversations; replies cut off before their end are penalised."""
@@ -282,16 +335,24 @@ class PPOTrainer:
         return scores - self.config.missing_eos_penalty * unfinished
 
     def _golds(self, rollout: Rollout) -> list[float]:
+        if self.gold is None:
+            return []
         return [self.gold(reply, task, finished)
                 for reply, task, finished in zip(rollout.replies, rollout.tasks, rollout.finished)]
 
     # --- one PPO iteration -----------------------------------------------------------------------------
 
+    def rollout_params(self) -> SamplingParams:
+        """How the rollouts of the current step sample: from the policy's whole distribution at ``temperature``
+        (the one its log-probabilities, the reference's and the KL are computed on)."""
+        return SamplingParams(temperature=self.config.temperature, top_k=None, top_p=None,
+                              max_new_tokens=self.config.max_completion_length,
+                              seed=self.config.seed * 100_003 + self.step)
+
     def train_step(self) -> dict:
         config, modules = self.config, self.accelerator.unwrap_model(self.modules)
-        params = SamplingParams(temperature=config.temperature, top_k=None, top_p=1.0,
-                                max_new_tokens=config.max_completion_length, seed=config.seed * 100_003 + self.step)
-        rollout = self.rollout(self._batch_tasks(self.step), params)
+        torch.manual_seed(config.seed + self.step)  # dropout (LoRA's, say) draws the same after a resume
+        rollout = self.rollout(self._batch_tasks(self.step), self.rollout_params())
         with torch.no_grad(), self.accelerator.autocast():
             old_logprobs, _ = token_logprobs(modules.policy, rollout, config.temperature)
             ref_logprobs, _ = token_logprobs(self.ref_policy, rollout, config.temperature)
@@ -339,9 +400,13 @@ class PPOTrainer:
                                                                 part.mask).item())
                     stats["entropy"].append(masked_mean(entropy, part.mask).item())
         sequence_kl = kl.sum(1)
-        metrics = {"step": self.step + 1, "rm_score": self._mean(scores), "kl": self._mean(sequence_kl),
-                   "gold": self._mean(torch.tensor(self._golds(rollout), device=scores.device)),
+        # how far the log-probabilities PPO computes are from those the tokens were sampled with (0 up to
+        # rounding: larger means off-policy updates, e.g. from a truncated sampler or another precision)
+        gap = masked_mean((old_logprobs - rollout.sampling_logprobs).abs(), mask)
+        golds = {"gold": self._mean(torch.tensor(self._golds(rollout), device=scores.device))} if self.gold else {}
+        metrics = {"step": self.step + 1, "rm_score": self._mean(scores), "kl": self._mean(sequence_kl), **golds,
                    "response_length": self._mean(mask.sum(1)), "kl_coef": self.kl_coef,
+                   "sampling_logprob_gap": self._mean(gap),
                    **{name: sum(values) / len(values) for name, values in stats.items()}}
         if config.adaptive_kl:
             error = max(-0.2, min(0.2, metrics["kl"] / config.target_kl - 1))
@@ -355,24 +420,38 @@ class PPOTrainer:
 
     # --- evaluation and the stop rule ------------------------------------------------------------------
 
-    def evaluate(self) -> dict:
-        """Greedy replies to the held-out prompts, scored by the reward model and the gold reward."""
+    def evaluate(self, split: str = "eval") -> dict:
+        """Greedy replies to the validation (``"eval"``) or test (``"test"``) prompts, scored by the reward model
+        and the gold judge: means and their standard errors, named ``{split}_...``."""
+        figures, examples = self._evaluate_tasks(self.eval_tasks if split == "eval" else self.test_tasks)
+        return {"step": self.step, **{f"{split}_{name}": value for name, value in figures.items()},
+                f"{split}_examples": examples}
+
+    def _evaluate_tasks(self, tasks: list[dict]) -> tuple[dict, list[dict]]:
+        if not tasks:
+            return {}, []
         params = SamplingParams(temperature=0.0, max_new_tokens=self.config.max_completion_length)
         scores, golds, lengths, examples = [], [], [], []
-        for start in range(0, len(self.eval_tasks), 32):
-            rollout = self.rollout(self.eval_tasks[start:start + 32], params)
+        for start in range(0, len(tasks), 32):
+            rollout = self.rollout(tasks[start:start + 32], params)
             scores += self._scores(rollout).tolist()
             golds += self._golds(rollout)
             lengths += rollout.mask.sum(1).tolist()
             examples += [{"prompt": t["messages"][-1]["content"], "reply": r}
                          for t, r in zip(rollout.tasks[:2], rollout.replies[:2])]
-        count = max(1, len(scores))
-        return {"step": self.step, "eval_rm_score": sum(scores) / count, "eval_gold": sum(golds) / count,
-                "eval_response_length": sum(lengths) / count, "examples": examples[:3]}
+        figures = {"prompts": len(tasks), "response_length": sum(lengths) / len(lengths)}
+        for name, values in (("rm_score", scores), ("gold", golds)):
+            if values:
+                figures[name], figures[f"{name}_se"] = mean_and_standard_error(values)
+        return figures, examples[:3]
 
     def _update_stop_rule(self, evaluation: dict, recent_kl: float) -> None:
         config = self.config
-        if self.best is None or evaluation["eval_gold"] > self.best["eval_gold"] + config.min_gold_improvement:
+        metric = SELECTION_METRICS[config.select_by]
+        within_budget = config.kl_budget is None or recent_kl <= config.kl_budget
+        eligible = within_budget or config.select_by == "gold"
+        if self.best is None or (eligible and evaluation[metric] > self.best[metric] + config.min_improvement):
+            evaluation.update(self.evaluate("test"))  # reported, never selected on: only for the kept policies
             self.best = evaluation
             policy_state, _ = self._state_dicts()
             if self.accelerator.is_main_process:
@@ -381,12 +460,12 @@ class PPOTrainer:
                     self.tokenizer.save_pretrained(folder)
         stale = sum(e["step"] > self.best["step"] for e in self.evaluations)
         reason = None
-        if config.stop_patience is not None and stale >= config.stop_patience \
+        if config.select_by == "gold" and config.stop_patience is not None and stale >= config.stop_patience \
                 and evaluation["eval_rm_score"] > self.best["eval_rm_score"]:
-            reason = (f"reward model over-optimised: held-out RM score {self.best['eval_rm_score']:.3f} -> "
+            reason = (f"reward model over-optimised: validation RM score {self.best['eval_rm_score']:.3f} -> "
                       f"{evaluation['eval_rm_score']:.3f} while the gold reward has not improved on "
                       f"{self.best['eval_gold']:.3f} (step {self.best['step']}) for {stale} evaluations")
-        elif config.kl_budget is not None and recent_kl > config.kl_budget:
+        elif not within_budget:
             reason = f"KL budget: {recent_kl:.2f} nats per reply > kl_budget={config.kl_budget}"
         if reason and self.stop_rule is None:
             self.stop_rule = {"step": self.step, "reason": reason}
@@ -395,16 +474,9 @@ class PPOTrainer:
 
     # --- checkpoints -----------------------------------------------------------------------------------
 
-    @property
-    def _sharded_optimizer(self) -> bool:
-        """DeepSpeed's ZeRO optimizers keep a part of the state on each process: it is not checkpointed."""
-        return self.accelerator.state.deepspeed_plugin is not None
-
-    def _state(self) -> dict:
+    def _state(self, optimizer: dict | None) -> dict:
         return {"step": self.step, "kl_coef": self.kl_coef, "evaluations": self.evaluations, "best": self.best,
-                "stop_rule": self.stop_rule, "history": self.history,
-                "optimizer": None if self._sharded_optimizer else self.optimizer.state_dict(),
-                "rng": rng_state()}
+                "stop_rule": self.stop_rule, "history": self.history, "optimizer": optimizer, "rng": rng_state()}
 
     def _state_dicts(self) -> tuple[dict, dict]:
         """Whole state dicts of the policy and the value model, gathered from every process under ZeRO-3 or
@@ -416,12 +488,13 @@ class PPOTrainer:
     def save(self) -> None:
         modules = self.accelerator.unwrap_model(self.modules)
         policy_state, value_state = self._state_dicts()
+        optimizer = optimizer_state(self.accelerator, self.modules, self.optimizer)
 
         def write(folder: Path) -> None:
             modules.policy.save_pretrained(folder, state_dict=policy_state)
             self.tokenizer.save_pretrained(folder)
             modules.value_model.save_pretrained(folder / VALUE_DIR, state_dict=value_state)
-            torch.save(self._state(), folder / STATE_FILE)
+            torch.save(self._state(optimizer), folder / STATE_FILE)
 
         if self.accelerator.is_main_process:
             write_checkpoint(self.config.output_dir, self.step, write, self.config.save_total_limit)
@@ -430,11 +503,7 @@ class PPOTrainer:
     def _resume(self, path: Path) -> None:
         """The optimizer and trainer state of the checkpoint whose weights ``__init__`` loaded."""
         state = torch.load(path / STATE_FILE, weights_only=False)
-        if state["optimizer"] is not None:
-            self.optimizer.load_state_dict(state["optimizer"])
-        else:
-            warnings.warn(f"{path}: no optimizer state (DeepSpeed shards it over the processes); the optimizer "
-                          "starts afresh from the checkpoint's weights", stacklevel=2)
+        load_optimizer_state(self.accelerator, self.modules, self.optimizer, state["optimizer"], str(path))
         self.step, self.kl_coef = state["step"], state["kl_coef"]
         self.evaluations, self.best, self.history = state["evaluations"], state["best"], state["history"]
         self.stop_rule = state["stop_rule"]
@@ -450,7 +519,6 @@ class PPOTrainer:
         output.mkdir(parents=True, exist_ok=True)
         if self.checkpoint is not None:
             self._resume(self.checkpoint)
-        torch.manual_seed(config.seed + self.step)
         if not self.evaluations:
             self.evaluations.append(self.evaluate())
             self._update_stop_rule(self.evaluations[-1], 0.0)
@@ -460,8 +528,8 @@ class PPOTrainer:
             metrics = self.train_step()
             self.history.append(metrics)
             progress.update(1)
-            progress.set_postfix(rm=f"{metrics['rm_score']:.3f}", gold=f"{metrics['gold']:.3f}",
-                                 kl=f"{metrics['kl']:.2f}")
+            progress.set_postfix({name: f"{metrics[name]:.3f}" for name in ("rm_score", "gold", "kl")
+                                  if name in metrics})
             if self.step % config.logging_steps == 0:
                 progress.write(json.dumps({k: round(v, 4) for k, v in metrics.items()}))
             if self.step % config.eval_steps == 0 or self.step == config.max_steps:
@@ -480,30 +548,47 @@ class PPOTrainer:
         ``eval.json`` and ``ppo.png``."""
         first, best, last = self.evaluations[0], self.best, self.evaluations[-1]
         summary = {"stop_reason": self.stop_reason or f"max_steps={self.config.max_steps}", "steps": self.step,
-                   "crop_step": best["step"], "stop_rule": self.stop_rule, "initial": first, "best": best,
+                   "crop_step": best["step"], "select_by": self.config.select_by, "stop_rule": self.stop_rule,
+                   "initial": first, "best": best,
                    "last": last, "evaluations": self.evaluations, "config": asdict(self.config)}
         if self.accelerator.is_main_process:
-            from transformers import AutoModelForCausalLM
-
-            best_policy = AutoModelForCausalLM.from_pretrained(output / BEST_DIR)
-            export_final_model(output, best_policy, self.tokenizer)
+            export_final_model(output, self._kept_policy(output / BEST_DIR), self.tokenizer)
             write_jsonl(output / "metrics.jsonl", self.history)
             atomic_write_text(output / "eval.json", json.dumps(summary, indent=2))
             self.plot(output / "ppo.png")
-        print(f"PPO stopped at step {self.step} ({summary['stop_reason']}); kept step {best['step']}: held-out RM "
-              f"score {first['eval_rm_score']:.3f} -> {best['eval_rm_score']:.3f}, gold {first['eval_gold']:.3f} -> "
-              f"{best['eval_gold']:.3f}")
+        print(f"PPO stopped at step {self.step} ({summary['stop_reason']}); kept step {best['step']} "
+              f"(select_by={self.config.select_by}); initial -> kept, mean ± standard error:")
+        for prefix, split in (("eval", "validation"), ("test", "test")):
+            print(f"  {split}: " + ", ".join(
+                f"{name} {first[f'{prefix}_{name}']:.3f}±{first[f'{prefix}_{name}_se']:.3f} -> "
+                f"{best[f'{prefix}_{name}']:.3f}±{best[f'{prefix}_{name}_se']:.3f}"
+                for name in ("rm_score", "gold") if f"{prefix}_{name}" in first))
         return summary
+
+    def _kept_policy(self, folder: Path):
+        """The policy saved in ``folder``; LoRA adapters merged into a copy of the reference (the base model)."""
+        from transformers import AutoModelForCausalLM
+
+        if not is_lora(self.accelerator.unwrap_model(self.modules).policy):
+            return AutoModelForCausalLM.from_pretrained(folder)
+        from peft import PeftModel
+
+        base = copy.deepcopy(self.ref_policy).requires_grad_(True)
+        return PeftModel.from_pretrained(base, folder).merge_and_unload()
 
     def plot(self, path: Path) -> Path:
         def series(rows: list[dict], key: str) -> tuple[list, list]:
             return [r["step"] for r in rows], [r[key] for r in rows]
 
+        def curves(rows: list[dict], names: dict[str, str]) -> dict:
+            return {label: series([r for r in rows if key in r], key) for label, key in names.items()
+                    if any(key in r for r in rows)}
+
         panels = {
-            "reward (held-out, greedy)": {"reward model": series(self.evaluations, "eval_rm_score"),
-                                          "gold": series(self.evaluations, "eval_gold")},
-            "reward (rollouts)": {"reward model": series(self.history, "rm_score"),
-                                  "gold": series(self.history, "gold")},
+            "reward (held-out, greedy; test at each kept policy)": curves(self.evaluations, {
+                "reward model, validation": "eval_rm_score", "gold, validation": "eval_gold",
+                "reward model, test": "test_rm_score", "gold, test": "test_gold"}),
+            "reward (rollouts)": curves(self.history, {"reward model": "rm_score", "gold": "gold"}),
             "KL to reference (nats/reply)": {"kl": series(self.history, "kl")},
             "reply length (tokens)": {"rollouts": series(self.history, "response_length")},
         }

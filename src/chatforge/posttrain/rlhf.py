@@ -1,11 +1,12 @@
 """The PPO recipe: build what is missing, load the four models, run :class:`~.ppo.PPOTrainer`."""
 
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-from trl import ModelConfig, TrlParser
+from trl import ModelConfig, TrlParser, get_peft_config
 
 from ..io import read_jsonl
 from ..modeling.factory import set_generation_defaults
@@ -22,8 +23,9 @@ class PPOScriptArguments:
     reward_model_path: str = field(default="runs/tiny/reward", metadata={"help": "the reward model"})
     value_model_path: str | None = field(default=None, metadata={"help": "initial value model (the reward model)"})
     prompts_dir: str = field(default="runs/tiny/preference-data",
-                             metadata={"help": "tasks_train.jsonl / tasks_test.jsonl: prompts with the gold "
-                                               "reward's fields (chatforge preference-data build)"})
+                             metadata={"help": "tasks_train.jsonl (training prompts, eval_prompts of them held out "
+                                               "for validation) and tasks_test.jsonl (test prompts): prompts with "
+                                               "the gold reward's fields (chatforge preference-data build)"})
     build_missing_inputs: bool = field(
         default=False, metadata={"help": "build missing prompts, and missing models with sft_config/reward_config"})
     sft_config: str | None = field(default=None, metadata={"help": "SFT recipe YAML that builds the policy"})
@@ -44,9 +46,29 @@ def _build_missing_inputs(script: PPOScriptArguments, model_args: ModelConfig) -
         build_preference_data(script.prompts_dir, PreferenceDataConfig())
 
 
+def split_validation(tasks: list[dict], count: int, seed: int, where: str) -> tuple[list[dict], list[dict]]:
+    """The training prompts less a seeded ``count`` of them, and those ``count`` (the validation prompts)."""
+    if count >= len(tasks):
+        raise ValueError(f"{where}: {len(tasks)} training prompts cannot spare eval_prompts={count} for validation")
+    order = random.Random(seed).sample(range(len(tasks)), len(tasks))
+    return [tasks[i] for i in order[count:]], [tasks[i] for i in order[:count]]
+
+
+def with_lora(policy, model_args: ModelConfig):
+    """The policy with LoRA adapters where ``use_peft`` asks for them (all linear layers unless
+    ``lora_target_modules`` names them), else the policy itself."""
+    if not model_args.use_peft:
+        return policy
+    from peft import get_peft_model
+
+    if not model_args.lora_target_modules:
+        model_args.lora_target_modules = "all-linear"
+    return get_peft_model(policy, get_peft_config(model_args))
+
+
 def run_ppo(script: PPOScriptArguments, config: PPOConfig, model_args: ModelConfig) -> dict:
-    """PPO of the policy against the reward model; the kept policy, ``eval.json`` and ``ppo.png`` go to
-    ``output_dir``."""
+    """PPO of the policy against the reward model (LoRA adapters on the policy with ``use_peft``); the kept
+    policy, ``eval.json`` and ``ppo.png`` go to ``output_dir``."""
     if script.build_missing_inputs:
         _build_missing_inputs(script, model_args)
     dtype = model_dtype(model_args)
@@ -57,12 +79,15 @@ def run_ppo(script: PPOScriptArguments, config: PPOConfig, model_args: ModelConf
     policy, ref_policy = (AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, dtype=dtype)
                           for _ in range(2))
     set_generation_defaults(policy, tokenizer)
+    policy = with_lora(policy, model_args)
     reward_model, value_model = (AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
                                  for path in (script.reward_model_path,
                                               script.value_model_path or script.reward_model_path))
     for model in (reward_model, value_model):
         model.config.pad_token_id = tokenizer.pad_token_id
     prompts = Path(script.prompts_dir)
-    trainer = PPOTrainer(config, policy, ref_policy, value_model, reward_model, tokenizer,
-                         read_jsonl(prompts / "tasks_train.jsonl"), read_jsonl(prompts / "tasks_test.jsonl"))
+    train_tasks, validation_tasks = split_validation(read_jsonl(prompts / "tasks_train.jsonl"), config.eval_prompts,
+                                                     config.seed, str(prompts / "tasks_train.jsonl"))
+    trainer = PPOTrainer(config, policy, ref_policy, value_model, reward_model, tokenizer, train_tasks,
+                         validation_tasks, read_jsonl(prompts / "tasks_test.jsonl"))
     return trainer.train()

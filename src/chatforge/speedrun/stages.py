@@ -226,7 +226,8 @@ def run_reward(run: Run) -> dict:
 def run_ppo(run: Run) -> dict:
     train(run, "ppo")
     figures = _read_json(run.model_dir("ppo") / "eval.json")
-    out = {"steps": figures["steps"], "crop_step": figures["crop_step"], "stop_reason": figures["stop_reason"]}
+    out = {"steps": figures["steps"], "crop_step": figures["crop_step"], "stop_reason": figures["stop_reason"],
+           "select_by": figures["select_by"]}
     for when in ("initial", "best", "last"):
         out.update({f"{when}.{key.removeprefix('eval_')}": value for key, value in flatten(figures[when]).items()})
     return out

@@ -57,25 +57,27 @@ def write_checkpoint(output_dir: str | Path, step: int, write: Callable[[Path], 
     return path
 
 
-def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, optimizer, scheduler,
-                    keep: int) -> Path:
-    """A checkpoint of pretraining: the model, its tokenizer, optimizer, scheduler and RNG states."""
+def save_checkpoint(output_dir: str | Path, step: int, model, tokenizer, weights: dict, optimizer: dict | None,
+                    scheduler, keep: int) -> Path:
+    """A checkpoint of pretraining: the model with ``weights`` (its whole state dict, however training shards it),
+    its tokenizer, the optimizer's whole state (None where DeepSpeed keeps it), scheduler and RNG states."""
 
     def write(folder: Path) -> None:
-        model.save_pretrained(folder)
+        model.save_pretrained(folder, state_dict=weights)
         tokenizer.save_pretrained(folder)
-        torch.save({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": rng_state()}, folder / STATE_FILE)
+        torch.save({"step": step, "optimizer": optimizer, "scheduler": scheduler.state_dict(), "rng": rng_state()},
+                   folder / STATE_FILE)
 
     return write_checkpoint(output_dir, step, write, keep)
 
 
-def export_final_model(output_dir: str | Path, model, tokenizer) -> None:
-    """Save the final model and tokenizer into ``output_dir`` itself (as ``Trainer.save_model`` does), so
-    ``from_pretrained(output_dir)`` loads it; ``config.json`` is moved in last, once the weights are complete."""
+def export_final_model(output_dir: str | Path, model, tokenizer, weights: dict | None = None) -> None:
+    """Save the final model (with ``weights``, its whole state dict, where given) and tokenizer into
+    ``output_dir`` itself (as ``Trainer.save_model`` does), so ``from_pretrained(output_dir)`` loads it;
+    ``config.json`` is moved in last, once the weights are complete."""
     output_dir = Path(output_dir)
     with tempfile.TemporaryDirectory(prefix=".final-", dir=output_dir) as tmp:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=weights)
         tokenizer.save_pretrained(tmp)
         files = sorted(Path(tmp).iterdir(), key=lambda p: p.name == "config.json")
         for path in files:

@@ -11,7 +11,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -30,6 +29,7 @@ from ..modeling import (
 from .checkpoint import export_final_model, resolve_checkpoint, save_checkpoint, set_rng_state
 from .config import PretrainConfig
 from .data import StreamingWindows, WindowSampler, validation_batches
+from .distributed import fresh_accelerator, load_optimizer_state, optimizer_state, parameters_sharded
 from .inputs import build_missing_inputs
 from .optim import build_optimizer
 from .precision import mixed_precision
@@ -125,11 +125,8 @@ def build_model(config: PretrainConfig, tokenizer, checkpoint: Path | None):
 def pretrain(config: PretrainConfig) -> dict:
     """Train a causal LM on ``config.dataset_dir``; returns the final figures (also in ``metrics.jsonl``)."""
     trackers = [name for name in config.report_to if name != "none"]
-    # An earlier Accelerator/Trainer in this process fixed the mixed precision; this run sets its own
-    # (the distributed setup, PartialState, is kept).
-    AcceleratorState._reset_state()
-    accelerator = Accelerator(mixed_precision=mixed_precision(config.bf16), log_with=trackers or None,
-                              project_dir=config.output_dir)
+    accelerator = fresh_accelerator(mixed_precision=mixed_precision(config.bf16), log_with=trackers or None,
+                                    project_dir=config.output_dir)
     output_dir = Path(config.output_dir)
     if config.build_missing_inputs:
         if accelerator.is_main_process:
@@ -149,7 +146,7 @@ def pretrain(config: PretrainConfig) -> dict:
     start_step = 0
     if checkpoint is not None:
         state = torch.load(checkpoint / "training_state.pt", weights_only=False)
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(accelerator, model, optimizer, state["optimizer"], str(checkpoint))
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         start_step = state["step"]
@@ -211,17 +208,22 @@ def pretrain(config: PretrainConfig) -> dict:
                                      tok_s=f"{record['tokens_per_s']:,.0f}",
                                      **({"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}),
                                      **({"val": f"{last_eval['val_loss']:.3f}"} if last_eval else {}))
-            if done % config.sample_steps == 0 or done == config.max_steps:
-                samples = sample_continuations(unwrapped, tokenizer, config.sample_prompts,
-                                               config.sample_max_new_tokens, config.seed)
+        if (done % config.sample_steps == 0 or done == config.max_steps) and (
+                accelerator.is_main_process or parameters_sharded(accelerator)):  # every process joins the gathers
+            samples = sample_continuations(unwrapped, tokenizer, config.sample_prompts, config.sample_max_new_tokens,
+                                           config.seed)
+            if accelerator.is_main_process:
                 _append_jsonl(samples_path, {"step": done, "samples": samples})
                 progress.write("\n".join([f"step {done} samples:"] + [f"  {p!r} -> {c!r}" for p, c in samples.items()]))
         if done % config.save_steps == 0 or done == config.max_steps:
+            weights, optimizer_whole = accelerator.get_state_dict(model), optimizer_state(accelerator, model, optimizer)
             if accelerator.is_main_process:
-                save_checkpoint(output_dir, done, unwrapped, tokenizer, optimizer, scheduler, config.save_total_limit)
+                save_checkpoint(output_dir, done, unwrapped, tokenizer, weights, optimizer_whole, scheduler,
+                                config.save_total_limit)
             accelerator.wait_for_everyone()
+    weights = accelerator.get_state_dict(model)
     if accelerator.is_main_process:
-        export_final_model(output_dir, unwrapped, tokenizer)
+        export_final_model(output_dir, unwrapped, tokenizer, weights)
     accelerator.end_training()
     summary = {"steps": config.max_steps, "tokens": config.max_steps * tokens_per_step,
                "processes": accelerator.num_processes,

@@ -1,16 +1,32 @@
 """Whether bf16 pays off here. CPUs without native bf16 arithmetic (AVX512-BF16, AMX or Arm's BF16
-extension) emulate it, many times slower than fp32: there, a run asked to use bf16 trains in fp32."""
+extension) emulate it, many times slower than fp32: there, a run asked to use bf16 trains in fp32.
+
+``CHATFORGE_CPU_BF16=1`` (or ``0``) overrides the measurement: CPU runs asked for bf16 then train in bf16
+(or fp32) whatever the CPU, e.g. to reproduce on any machine what a CPU with native bf16 computes."""
 
 import functools
+import os
 import time
 import warnings
 
 import torch
 from accelerate.utils import parse_flag_from_env
 
+CPU_BF16_ENV = "CHATFORGE_CPU_BF16"
+
+
+def cpu_bf16_is_slow() -> bool:
+    """Whether this CPU emulates bf16: ``CHATFORGE_CPU_BF16`` when set, else :func:`measured_bf16_is_slow`."""
+    forced = os.environ.get(CPU_BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "0"
+    if forced:
+        raise ValueError(f"{CPU_BF16_ENV}={forced!r}: expected 1 (train in bf16 on the CPU) or 0 (in fp32)")
+    return measured_bf16_is_slow()
+
 
 @functools.cache
-def cpu_bf16_is_slow(size: int = 256, repeats: int = 4) -> bool:
+def measured_bf16_is_slow(size: int = 256, repeats: int = 4) -> bool:
     """Whether a bf16 matrix product takes more than twice as long as an fp32 one on this CPU (measured once
     per process, without touching the random state)."""
     seconds = {}

@@ -1,0 +1,67 @@
+"""Whole model and optimizer states however Accelerate shards a run (DDP, FSDP2, DeepSpeed ZeRO): checkpoints
+hold whole tensors, written by the main process, so a run resumes on any number of processes.
+
+Every process must call the functions that gather (:func:`optimizer_state`, and Accelerate's
+``get_state_dict`` for the weights): under FSDP and ZeRO-3 each holds only its part.
+"""
+
+import warnings
+
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState
+from accelerate.utils import DistributedType
+
+
+def fresh_accelerator(**kwargs) -> Accelerator:
+    """An ``Accelerator`` with this run's own settings: an earlier Accelerator or Trainer in this process fixed
+    the mixed precision, and Accelerate refuses a different one. The distributed set-up (``PartialState``) is
+    kept."""
+    AcceleratorState._reset_state()
+    return Accelerator(**kwargs)
+
+
+def parameters_sharded(accelerator: Accelerator) -> bool:
+    """Whether each process holds only part of the parameters (FSDP, ZeRO-3): then every process takes part in
+    each forward pass, generation included."""
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = accelerator.state.deepspeed_plugin
+    return plugin is not None and plugin.zero_stage == 3
+
+
+def _torch_optimizers(optimizer) -> list[torch.optim.Optimizer]:
+    inner = getattr(optimizer, "optimizer", optimizer)  # Accelerate's AcceleratedOptimizer wraps it
+    return list(getattr(inner, "optimizers", [inner]))  # a ChainedOptimizer (Muon + AdamW) holds several
+
+
+def _full_state_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # whole tensors, gathered on the main process's CPU where there are several processes
+    return StateDictOptions(full_state_dict=True, cpu_offload=torch.distributed.is_initialized())
+
+
+def optimizer_state(accelerator: Accelerator, model, optimizer) -> dict | None:
+    """The optimizer's whole state, keyed by parameter name whatever the sharding (on the main process where
+    there are several; every process must call this); None under DeepSpeed, whose ZeRO optimizer keeps its
+    partitions to itself."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        return None
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    return get_optimizer_state_dict(accelerator.unwrap_model(model), _torch_optimizers(optimizer),
+                                    options=_full_state_options())
+
+
+def load_optimizer_state(accelerator: Accelerator, model, optimizer, state: dict | None, where: str) -> None:
+    """Load what :func:`optimizer_state` saved, on any number of processes (every process, after ``prepare``);
+    a warning names ``where`` when there is no state to load."""
+    if state is None:
+        warnings.warn(f"{where}: no optimizer state (DeepSpeed keeps it split over the processes); the optimizer "
+                      "starts afresh from the checkpoint's weights", stacklevel=2)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(accelerator.unwrap_model(model), _torch_optimizers(optimizer), state,
+                             options=StateDictOptions(full_state_dict=True))
