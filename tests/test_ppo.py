@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -274,17 +275,23 @@ def saved_models(tmp_path_factory, tokenizer, models):
     return folder
 
 
-def _launch(tmp_path: Path, saved_models: Path, output: Path, processes: int, env: dict, **options) -> dict:
-    """Run PPO_SCRIPT under torch.distributed.run; the RM score of every step, per rank."""
+def _launch(tmp_path: Path, saved_models: Path, output: Path, processes: int, env: dict, fsdp2: bool = False,
+            **options) -> dict:
+    """Run PPO_SCRIPT under torch.distributed.run (with ``fsdp2``, under tests/fsdp2_launch.py); the RM score of
+    every step, per rank (with ``fsdp2``, the sharding reports of fsdp2_launch.py under ``"sharded"``)."""
     script = tmp_path / "ppo_launched.py"
     script.write_text(PPO_SCRIPT.format(models=str(saved_models), output=str(output), prompts=PROMPTS,
                                          options={**PPO_FIELDS, **options}))
+    launcher = [str(Path(__file__).parent / "fsdp2_launch.py")] if fsdp2 else []
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                          str(script)], capture_output=True, text=True, timeout=600,
+                          *launcher, str(script)], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "OMP_NUM_THREADS": "1", **env})
     assert run.returncode == 0, run.stderr[-3000:]
-    return {rank: json.loads(scores) for rank, scores in
-            (line.split(" ", 2)[1:] for line in run.stdout.splitlines() if line.startswith("RANK"))}
+    ranks = {rank: json.loads(scores) for rank, scores in
+             (line.split(" ", 2)[1:] for line in run.stdout.splitlines() if line.startswith("RANK"))}
+    if fsdp2:
+        ranks["sharded"] = re.findall(r"FSDP2 sharded parameters: (\d+) of (\d+)", run.stdout)
+    return ranks
 
 
 def test_ppo_runs_data_parallel_on_two_processes(tmp_path, saved_models):
@@ -293,6 +300,28 @@ def test_ppo_runs_data_parallel_on_two_processes(tmp_path, saved_models):
     assert set(ranks) == {"0", "1"} and ranks["0"] == ranks["1"]  # metrics are gathered across ranks
     assert ranks["0"][-1] > ranks["0"][0]
     assert (tmp_path / "ppo/checkpoint-4/value/config.json").exists()
+
+
+def test_ppo_under_fsdp2_on_two_processes_matches_data_parallel_and_resumes(tmp_path, saved_models):
+    """FSDP2 shards the policy and value model over two processes: rollouts, scores and updates match plain data
+    parallelism, checkpoints hold the whole weights, and a run resumed from one goes on as the unbroken run."""
+    from safetensors.torch import load_file
+
+    steps = dict(max_steps=4, eval_steps=2, save_steps=2, use_cpu=True)
+    cpu = {"ACCELERATE_USE_CPU": "1"}
+    ddp = _launch(tmp_path, saved_models, tmp_path / "ddp", 2, cpu, **steps)
+    fsdp2 = _launch(tmp_path, saved_models, tmp_path / "fsdp2", 2, cpu, fsdp2=True, **steps)
+    assert len(fsdp2["sharded"]) == 2 and all(sharded == total != "0" for sharded, total in fsdp2["sharded"])
+    assert fsdp2["0"] == pytest.approx(ddp["0"], abs=1e-4) and fsdp2["0"][-1] > fsdp2["0"][0]
+    for part in ("model.safetensors", "value/model.safetensors"):
+        expected, saved = (load_file(tmp_path / run / "checkpoint-4" / part) for run in ("ddp", "fsdp2"))
+        assert saved.keys() == expected.keys()
+        for name, weight in saved.items():
+            torch.testing.assert_close(weight, expected[name], atol=1e-5, rtol=0)
+    shutil.rmtree(tmp_path / "fsdp2/checkpoint-4")
+    resumed = _launch(tmp_path, saved_models, tmp_path / "fsdp2", 2, cpu, fsdp2=True, **steps,
+                      resume_from_checkpoint="latest")
+    assert resumed["0"] == pytest.approx(fsdp2["0"], abs=1e-5)
 
 
 def test_ppo_under_deepspeed_zero3_saves_whole_weights_and_resumes(tmp_path, tokenizer, models, saved_models):

@@ -2,6 +2,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from conftest import small_config
 from transformers import AutoTokenizer
@@ -169,24 +171,67 @@ def test_lr_logged_is_the_one_used():
     assert math.isclose(lr_factor(0, PretrainConfig(max_steps=10, warmup_steps=1)), 0.5)
 
 
-def test_two_data_parallel_processes_match_one_with_double_accumulation(inputs, tmp_path):
-    common = ["--dataset_dir", str(inputs / "shards"), "--tokenizer_name_or_path", str(inputs / "tokenizer"),
-              "--max_steps", "5", "--warmup_steps", "1", "--per_device_train_batch_size", "4",
-              "--max_seq_length", "64", "--eval_steps", "5", "--eval_batches", "1", "--sample_steps", "100",
-              "--save_steps", "100", "--no_bf16"]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(RECIPE)]
-    two = subprocess.run([*torchrun, *common, "--output_dir", str(tmp_path / "two"),
-                          "--gradient_accumulation_steps", "1"], env=env, capture_output=True, text=True, timeout=600)
+FSDP2_LAUNCH = Path(__file__).parent / "fsdp2_launch.py"
+
+
+def _weights(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def one_process_run(inputs, tmp_path_factory):
+    """The reference of the sharded runs: one process, accumulating two batches a step (their global batch)."""
+    output = tmp_path_factory.mktemp("one_process")
+    run = subprocess.run([sys.executable, str(RECIPE), *_distributed_args(inputs), "--output_dir", str(output),
+                          "--gradient_accumulation_steps", "2"], env=_cpu_env(), capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return output
+
+
+def _distributed_args(inputs: Path) -> list[str]:
+    return ["--dataset_dir", str(inputs / "shards"), "--tokenizer_name_or_path", str(inputs / "tokenizer"),
+            "--max_steps", "4", "--warmup_steps", "1", "--per_device_train_batch_size", "4", "--max_seq_length", "64",
+            "--eval_steps", "2", "--eval_batches", "1", "--sample_steps", "2", "--save_steps", "2", "--no_bf16"]
+
+
+def _cpu_env() -> dict:
+    return {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp2"])
+def test_two_processes_sample_save_and_resume_to_the_weights_of_one(inputs, tmp_path, one_process_run, sharding):
+    """Two processes (data parallel, or FSDP2 with every parameter sharded) sample and checkpoint mid-run; the
+    checkpoints hold whole weights, a run resumed from one ends where an unbroken run ends, and both match one
+    process accumulating the same global batch."""
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                *([str(FSDP2_LAUNCH)] if sharding == "fsdp2" else []), str(RECIPE), *_distributed_args(inputs),
+                "--output_dir", str(tmp_path / "two"), "--gradient_accumulation_steps", "1"]
+    two = subprocess.run(launcher, env=_cpu_env(), capture_output=True, text=True, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     assert "on 2 process(es)" in two.stdout
-    one = subprocess.run([sys.executable, str(RECIPE), *common, "--output_dir", str(tmp_path / "one"),
-                          "--gradient_accumulation_steps", "2"], env=env, capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr[-3000:]
-    two_losses, one_losses = losses(tmp_path / "two"), losses(tmp_path / "one")
-    assert two_losses.keys() == one_losses.keys() == set(range(1, 6))
+    if sharding == "fsdp2":  # each process holds shards of every parameter, not a silent fallback to DDP
+        reports = re.findall(r"FSDP2 sharded parameters: (\d+) of (\d+)", two.stdout)
+        assert len(reports) == 2 and all(sharded == total != "0" for sharded, total in reports)
+    one_losses, two_losses = losses(one_process_run), losses(tmp_path / "two")
+    assert two_losses.keys() == one_losses.keys() == set(range(1, 5))
     assert all(math.isclose(two_losses[s], one_losses[s], rel_tol=1e-5) for s in two_losses)
-    assert one_losses[5] < one_losses[1]
+    assert one_losses[4] < one_losses[1]
+    assert len((tmp_path / "two" / "samples.jsonl").read_text().splitlines()) == 2
+    expected = _weights(one_process_run)
+    for folder in (tmp_path / "two" / "checkpoint-2", tmp_path / "two"):
+        assert _weights(folder).keys() == _weights(one_process_run / "checkpoint-2").keys()
+    for name, weight in _weights(tmp_path / "two").items():
+        torch.testing.assert_close(weight, expected[name], atol=1e-5, rtol=0)
+    shutil.rmtree(tmp_path / "two" / "checkpoint-4")  # back to a run stopped after step 2
+    resumed = subprocess.run([*launcher, "--resume_from_checkpoint", "latest"], env=_cpu_env(), capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert losses(tmp_path / "two") == two_losses
+    for name, weight in _weights(tmp_path / "two").items():
+        torch.testing.assert_close(weight, expected[name], atol=1e-5, rtol=0)
 
 
 def test_streamed_text_dataset_trains_and_resumes_exactly(inputs, tmp_path):

@@ -89,11 +89,14 @@ def end_of_turn_token(tokenizer) -> str | None:
 class Engine:
     """Generation for a causal LM and its tokenizer, with optional tools for chat."""
 
-    def __init__(self, model, tokenizer, toolbox: Toolbox | None = None, max_tool_calls: int = 4):
+    def __init__(self, model, tokenizer, toolbox: Toolbox | None = None, max_tool_calls: int = 4,
+                 synced_processes: bool = False):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.toolbox = toolbox
         self.max_tool_calls = max_tool_calls
+        # every process generates until all are done: where each forward pass gathers sharded parameters (FSDP)
+        self.synced_processes = synced_processes
         vocab = tokenizer.get_vocab()
         self.tool_call_end_id = vocab.get(TOOL_CALL_END)
         self.tools_supported = self.tool_call_end_id is not None and TOOL_CALL_START in vocab
@@ -138,7 +141,8 @@ class Engine:
         extra = {"tokenizer": self.tokenizer} if config.stop_strings else {}
         with torch.inference_mode():
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-                                       cache=cache, streamer=streamer, **extra)
+                                       cache=cache, streamer=streamer, synced_gpus=self.synced_processes or None,
+                                       **extra)
 
     @contextlib.contextmanager
     def _seeded(self, seed: int | None):

@@ -44,7 +44,14 @@ from ..training.checkpoint import (
     set_rng_state,
     write_checkpoint,
 )
-from ..training.distributed import fresh_accelerator, load_optimizer_state, optimizer_state
+from ..training.distributed import (
+    fresh_accelerator,
+    load_optimizer_state,
+    optimizer_state,
+    parameters_sharded,
+    root_parameters_gathered,
+    without_tied_copies,
+)
 from ..training.precision import mixed_precision
 from .gold import gold_reward
 
@@ -267,7 +274,8 @@ class PPOTrainer:
         optimizer = torch.optim.AdamW(modules.parameters(), lr=config.learning_rate, eps=1e-5,
                                       weight_decay=config.weight_decay)
         self.modules, self.optimizer = self.accelerator.prepare(modules, optimizer)
-        self.engine = Engine(self.accelerator.unwrap_model(self.modules).policy, tokenizer)
+        synced = parameters_sharded(self.accelerator) and self.accelerator.num_processes > 1
+        self.engine = Engine(self.accelerator.unwrap_model(self.modules).policy, tokenizer, synced_processes=synced)
         self.kl_coef = config.kl_coef
         self.step = 0
         self.evaluations: list[dict] = []
@@ -300,7 +308,8 @@ class PPOTrainer:
         """Sample one reply per task and lay the batch out for scoring and training."""
         prompts = [self._prompt_ids(task) for task in tasks]
         sampled = params.temperature > 0
-        with unwrap_model_for_generation(self.modules, self.accelerator) as modules:  # gathers ZeRO-3 shards
+        with unwrap_model_for_generation(self.modules, self.accelerator) as modules, \
+                root_parameters_gathered(modules):  # gathers ZeRO-3 shards, FSDP2's outside the decoder layers
             self.engine.model = modules.policy.eval()
             replies, reply_logprobs = self.engine.generate_ids_with_logprobs(prompts, params, logprobs=sampled)
         stops = set(self.engine.stop_ids)
@@ -354,9 +363,8 @@ class PPOTrainer:
         torch.manual_seed(config.seed + self.step)  # dropout (LoRA's, say) draws the same after a resume
         rollout = self.rollout(self._batch_tasks(self.step), self.rollout_params())
         with torch.no_grad(), self.accelerator.autocast():
-            old_logprobs, _ = token_logprobs(modules.policy, rollout, config.temperature)
+            old_logprobs, _, old_values = self.modules(rollout, config.temperature)
             ref_logprobs, _ = token_logprobs(self.ref_policy, rollout, config.temperature)
-            old_values = token_values(modules.value_model, rollout)
         scores = self._scores(rollout)
         mask = rollout.mask
         kl = (old_logprobs - ref_logprobs) * mask
@@ -482,8 +490,10 @@ class PPOTrainer:
         """Whole state dicts of the policy and the value model, gathered from every process under ZeRO-3 or
         FSDP (so every process must call this); empty on the other processes, where ZeRO-3 gathers nothing."""
         state = self.accelerator.get_state_dict(self.modules) or {}
-        return tuple({key.removeprefix(prefix): value for key, value in state.items() if key.startswith(prefix)}
-                     for prefix in ("policy.", "value_model."))
+        modules = self.accelerator.unwrap_model(self.modules)
+        return tuple(without_tied_copies(model, {key.removeprefix(prefix): value for key, value in state.items()
+                                                 if key.startswith(prefix)})
+                     for model, prefix in ((modules.policy, "policy."), (modules.value_model, "value_model.")))
 
     def save(self) -> None:
         modules = self.accelerator.unwrap_model(self.modules)

@@ -5,12 +5,14 @@ Every process must call the functions that gather (:func:`optimizer_state`, and 
 ``get_state_dict`` for the weights): under FSDP and ZeRO-3 each holds only its part.
 """
 
+import contextlib
 import warnings
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from accelerate.utils import DistributedType
+from transformers import PreTrainedModel
 
 
 def fresh_accelerator(**kwargs) -> Accelerator:
@@ -28,6 +30,35 @@ def parameters_sharded(accelerator: Accelerator) -> bool:
         return True
     plugin = accelerator.state.deepspeed_plugin
     return plugin is not None and plugin.zero_stage == 3
+
+
+@contextlib.contextmanager
+def root_parameters_gathered(module):
+    """Under FSDP2, ``module``'s own parameters (those outside its separately sharded submodules) all-gathered
+    inside, for calls that bypass its forward (a submodule's ``generate``); resharded after."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if not isinstance(module, FSDPModule):
+        yield module
+        return
+    module.unshard()
+    try:
+        yield module
+    finally:
+        module.reshard()
+
+
+def without_tied_copies(model, state: dict) -> dict:
+    """``state`` less the weights that ``model`` ties to another one (a gather from shards returns them as
+    separate copies, which ``save_pretrained`` would write twice)."""
+    tied = model.get_expanded_tied_weights_keys() if isinstance(model, PreTrainedModel) else {}
+    return {name: tensor for name, tensor in state.items() if name not in tied}
+
+
+def model_state(accelerator: Accelerator, model) -> dict:
+    """The model's whole state dict, on the main process (every process must call this; under ZeRO-3 the other
+    processes get an empty one)."""
+    return without_tied_copies(accelerator.unwrap_model(model), accelerator.get_state_dict(model) or {})
 
 
 def _torch_optimizers(optimizer) -> list[torch.optim.Optimizer]:

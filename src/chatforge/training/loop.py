@@ -29,7 +29,13 @@ from ..modeling import (
 from .checkpoint import export_final_model, resolve_checkpoint, save_checkpoint, set_rng_state
 from .config import PretrainConfig
 from .data import StreamingWindows, WindowSampler, validation_batches
-from .distributed import fresh_accelerator, load_optimizer_state, optimizer_state, parameters_sharded
+from .distributed import (
+    fresh_accelerator,
+    load_optimizer_state,
+    model_state,
+    optimizer_state,
+    parameters_sharded,
+)
 from .inputs import build_missing_inputs
 from .optim import build_optimizer
 from .precision import mixed_precision
@@ -216,14 +222,15 @@ def pretrain(config: PretrainConfig) -> dict:
                 _append_jsonl(samples_path, {"step": done, "samples": samples})
                 progress.write("\n".join([f"step {done} samples:"] + [f"  {p!r} -> {c!r}" for p, c in samples.items()]))
         if done % config.save_steps == 0 or done == config.max_steps:
-            weights, optimizer_whole = accelerator.get_state_dict(model), optimizer_state(accelerator, model, optimizer)
+            weights, optimizer_whole = model_state(accelerator, model), optimizer_state(accelerator, model, optimizer)
             if accelerator.is_main_process:
                 save_checkpoint(output_dir, done, unwrapped, tokenizer, weights, optimizer_whole, scheduler,
                                 config.save_total_limit)
             accelerator.wait_for_everyone()
-    weights = accelerator.get_state_dict(model)
+    weights = model_state(accelerator, model)
     if accelerator.is_main_process:
         export_final_model(output_dir, unwrapped, tokenizer, weights)
+    accelerator.wait_for_everyone()  # no process leaves (ending the process group) while another still works
     accelerator.end_training()
     summary = {"steps": config.max_steps, "tokens": config.max_steps * tokens_per_step,
                "processes": accelerator.num_processes,
