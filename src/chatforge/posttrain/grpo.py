@@ -19,12 +19,12 @@ from ..eval.math import problem_accuracy
 from ..eval.plots import history_series, plot_panels
 from ..inference.engine import Engine
 from ..io import atomic_write_text, read_jsonl, write_jsonl
-from ..modeling.factory import set_generation_defaults
 from ..training.checkpoint import trainer_checkpoint
 from ..training.precision import fit_precision
 from .mixture import load_mixture
 from .reward import build_model_if_missing
-from .sft import model_dtype, parse_sft_yaml, run_sft
+from .saving import evaluated_on_main, save_trained_model
+from .sft import load_policy, parse_sft_yaml, run_sft
 from .verifiable import REWARD_FUNCTIONS, ProblemConfig, build_problems, to_problems
 from .word_problems import KINDS
 
@@ -117,30 +117,32 @@ def run_grpo(script: GRPOScriptArguments, training_args: GRPOConfig, model_args:
         train = datasets.load_dataset("json", data_files=str(Path(script.problems_dir) / "train.jsonl"), split="train")
     train = train.map(to_problems, batched=True, with_indices=True, fn_kwargs={"name": "train"},
                       remove_columns=train.column_names, load_from_cache_file=False, desc="problems")
-    model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, dtype=model_dtype(model_args),
-                                                 attn_implementation=model_args.attn_implementation)
-    set_generation_defaults(model, tokenizer)
+    model = load_policy(model_args, tokenizer)
     before = held_out_evaluation(model, tokenizer, script, training_args.max_completion_length)
     trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(script, training_args), args=training_args,
                           train_dataset=train, processing_class=tokenizer, peft_config=get_peft_config(model_args))
     trainer.train(resume_from_checkpoint=trainer_checkpoint(training_args.output_dir,
                                                              training_args.resume_from_checkpoint))
-    model = trainer.model.merge_and_unload() if model_args.use_peft else trainer.model
-    after = held_out_evaluation(model, tokenizer, script, training_args.max_completion_length)
-    figures = {"grpo": after, "before": before, "train_problems": len(train),
-               "seconds": round(time.perf_counter() - started, 1)}
-    if trainer.accelerator.is_main_process:
-        output = Path(training_args.output_dir)
-        model.save_pretrained(output)
-        tokenizer.save_pretrained(output)
-        write_jsonl(output / "metrics.jsonl", trainer.state.log_history)
-        curves = history_series(trainer.state.log_history, CURVES)
-        panels = {"reward": {k: v for k, v in curves.items() if "reward" in k},
-                  "completion length (tokens)": {k: v for k, v in curves.items() if "length" in k}}
-        plot_panels(panels, output / "grpo.png", "GRPO on word problems")
-        atomic_write_text(output / "eval.json", json.dumps(figures, indent=2))
-    print(f"GRPO -> {training_args.output_dir}: held-out greedy pass@1 "
-          f"{before.get('test', {}).get('pass@1_greedy', float('nan')):.3f} -> "
-          f"{after.get('test', {}).get('pass@1_greedy', float('nan')):.3f}")
+    save_trained_model(trainer, training_args.output_dir,
+                       (lambda: load_policy(model_args, tokenizer)) if model_args.use_peft else None)
+    figures = {"before": before, "train_problems": len(train)}
+    with evaluated_on_main(trainer, AutoModelForCausalLM, training_args.output_dir) as trained:
+        if trained is not None:
+            after = held_out_evaluation(trained, tokenizer, script, training_args.max_completion_length)
+            figures.update(grpo=after, seconds=round(time.perf_counter() - started, 1))
+            _write_outputs(Path(training_args.output_dir), figures, trainer.state.log_history)
+            print(f"GRPO -> {training_args.output_dir}: held-out greedy pass@1 "
+                  f"{before.get('test', {}).get('pass@1_greedy', float('nan')):.3f} -> "
+                  f"{after.get('test', {}).get('pass@1_greedy', float('nan')):.3f}")
     return figures
+
+
+def _write_outputs(output: Path, figures: dict, log_history: list[dict]) -> None:
+    """``eval.json``, ``metrics.jsonl`` (the trainer's log per step) and ``grpo.png``."""
+    write_jsonl(output / "metrics.jsonl", log_history)
+    curves = history_series(log_history, CURVES)
+    panels = {"reward": {k: v for k, v in curves.items() if "reward" in k},
+              "completion length (tokens)": {k: v for k, v in curves.items() if "length" in k}}
+    plot_panels(panels, output / "grpo.png", "GRPO on word problems")
+    atomic_write_text(output / "eval.json", json.dumps(figures, indent=2))
 

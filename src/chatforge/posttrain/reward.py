@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 from trl import DatasetMixtureConfig, ModelConfig, RewardConfig, RewardTrainer, TrlParser, get_peft_config
 
 from ..eval.reward import pairwise_accuracy, ranking_agreement
@@ -21,6 +21,7 @@ from ..training.checkpoint import trainer_checkpoint
 from ..training.precision import fit_precision
 from .mixture import load_mixture
 from .preferences import PreferenceDataConfig, build_preference_data, to_pairs
+from .saving import evaluated_on_main, save_trained_model
 from .sft import model_dtype, parse_sft_yaml, run_earlier_stage, run_sft
 
 
@@ -127,6 +128,7 @@ def run_reward(script: RewardScriptArguments, training_args: RewardConfig, model
                                     str(held_out))
     if script.max_train_pairs is not None and script.max_train_pairs < len(splits["train"]):
         splits["train"] = splits["train"].shuffle(seed=training_args.seed).select(range(script.max_train_pairs))
+    set_seed(training_args.seed)  # the new score head starts the same on every process, and in every run
     model = load_reward_model(model_args, tokenizer)
     untrained = held_out_evaluation(model, tokenizer, script, splits.get("test"))
     evaluates = training_args.eval_strategy != "no"  # else the trainer need not tokenize the held-out pairs
@@ -135,16 +137,15 @@ def run_reward(script: RewardScriptArguments, training_args: RewardConfig, model
                             peft_config=get_peft_config(model_args))
     trainer.train(resume_from_checkpoint=trainer_checkpoint(training_args.output_dir,
                                                              training_args.resume_from_checkpoint))
-    model = trainer.model.merge_and_unload() if model_args.use_peft else trainer.model
-    figures = {"reward_model": held_out_evaluation(model, tokenizer, script, splits.get("test")),
-               "untrained": untrained, "train_pairs": len(splits["train"]),
-               "seconds": round(time.perf_counter() - started, 1)}
-    if trainer.accelerator.is_main_process:
-        model.save_pretrained(training_args.output_dir)
-        tokenizer.save_pretrained(training_args.output_dir)
-        atomic_write_text(Path(training_args.output_dir) / "eval.json", json.dumps(figures, indent=2))
-    summary = figures["reward_model"]
-    print(f"reward model -> {training_args.output_dir}: held-out pairwise accuracy "
-          f"{summary.get('pairs', {}).get('accuracy', float('nan')):.3f}, Kendall tau "
-          f"{summary.get('rankings', {}).get('kendall_tau', float('nan')):.3f}")
+    save_trained_model(trainer, training_args.output_dir,
+                       (lambda: load_reward_model(model_args, tokenizer)) if model_args.use_peft else None)
+    figures = {"untrained": untrained, "train_pairs": len(splits["train"])}
+    with evaluated_on_main(trainer, AutoModelForSequenceClassification, training_args.output_dir) as trained:
+        if trained is not None:
+            summary = held_out_evaluation(trained, tokenizer, script, splits.get("test"))
+            figures.update(reward_model=summary, seconds=round(time.perf_counter() - started, 1))
+            atomic_write_text(Path(training_args.output_dir) / "eval.json", json.dumps(figures, indent=2))
+            print(f"reward model -> {training_args.output_dir}: held-out pairwise accuracy "
+                  f"{summary.get('pairs', {}).get('accuracy', float('nan')):.3f}, Kendall tau "
+                  f"{summary.get('rankings', {}).get('kendall_tau', float('nan')):.3f}")
     return figures

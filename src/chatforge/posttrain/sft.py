@@ -32,6 +32,7 @@ from .conversations import ON_INVALID, ConversationError, check_conversation
 from .mixture import load_mixture
 from .probe import ProbeConfig, run_probe
 from .replay import check_compatible, mix_in, shard_rows
+from .saving import evaluated_on_main, save_trained_model
 from .sft_data import SFTDataConfig, build_sft_data
 
 
@@ -179,9 +180,25 @@ def model_dtype(model_args: ModelConfig):
     return model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
 
 
-def _load_model(model_args: ModelConfig):
-    return AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, dtype=model_dtype(model_args),
-                                                attn_implementation=model_args.attn_implementation)
+def load_policy(model_args: ModelConfig, tokenizer):
+    """The model to fine-tune, its generation stopping at the end of a chat turn."""
+    model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, dtype=model_dtype(model_args),
+                                                 attn_implementation=model_args.attn_implementation)
+    set_generation_defaults(model, tokenizer)
+    return model
+
+
+def held_out_loss_before_training(trainer, held_out_loss):
+    """``held_out_loss()`` before ``trainer`` trains, leaving the model for ``train`` to prepare. Accelerate
+    (1.15) marks a model prepared for evaluation as prepared, and then does not wrap it for data parallelism:
+    the processes would each train on their own gradients. Under FSDP it is not measured (None): Accelerate
+    prepares an FSDP2 model only together with its optimizer."""
+    if trainer.is_fsdp_enabled:
+        print("FSDP: the held-out loss before training is not measured (eval_loss_before: null)")
+        return None
+    loss = held_out_loss()
+    trainer.model._is_accelerate_prepared = False
+    return loss
 
 
 def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig,
@@ -209,7 +226,7 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
         checked[split_name], skipped[split_name] = checked_split(split, split_name, script.on_invalid, tokenizer,
                                                                  training_args.max_length)
     training_args.assistant_only_loss = True
-    model = _load_model(model_args)
+    model = load_policy(model_args, tokenizer)
     base_figures = held_out_evaluation(model, tokenizer, script) if script.eval_base_model else None
     if model_args.use_peft and not model_args.lora_target_modules:
         model_args.lora_target_modules = "all-linear"
@@ -220,20 +237,20 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
         trainer.train_dataset = with_replay(trainer.train_dataset, script, training_args, tokenizer,
                                             model.get_input_embeddings().num_embeddings)
     held_out_loss = (lambda: trainer.evaluate()["eval_loss"]) if "test" in checked else (lambda: None)
-    eval_loss_before = held_out_loss()
+    eval_loss_before = held_out_loss_before_training(trainer, held_out_loss)
     trainer.train(resume_from_checkpoint=trainer_checkpoint(training_args.output_dir,
                                                              training_args.resume_from_checkpoint))
     eval_loss = held_out_loss()
-    model = trainer.model.merge_and_unload() if model_args.use_peft else trainer.model
-    set_generation_defaults(model, tokenizer)
-    if trainer.accelerator.is_main_process:  # saved before the evaluation, so that its failure loses no training
-        model.save_pretrained(training_args.output_dir)
-        tokenizer.save_pretrained(training_args.output_dir)
+    # saved before the evaluation, so that its failure loses no training
+    save_trained_model(trainer, training_args.output_dir,
+                       (lambda: load_policy(model_args, tokenizer)) if model_args.use_peft else None)
     figures = {"eval_loss_before": eval_loss_before, "eval_loss": eval_loss,
                "eval_conversations": len(checked["test"]) if "test" in checked else 0, "skipped": skipped,
                "train_conversations": len(checked["train"]), "train_rows": len(trainer.train_dataset),
-               "sft": held_out_evaluation(model, tokenizer, script), "base": base_figures,
-               "seconds": round(time.perf_counter() - started, 1)}
-    if trainer.accelerator.is_main_process:
-        atomic_write_text(Path(training_args.output_dir) / "eval.json", json.dumps(figures, indent=2))
+               "base": base_figures}
+    with evaluated_on_main(trainer, AutoModelForCausalLM, training_args.output_dir) as trained:
+        if trained is not None:
+            figures.update(sft=held_out_evaluation(trained, tokenizer, script),
+                           seconds=round(time.perf_counter() - started, 1))
+            atomic_write_text(Path(training_args.output_dir) / "eval.json", json.dumps(figures, indent=2))
     return figures
