@@ -83,7 +83,8 @@ def _config(stage: str, inputs: Path) -> dict:
                 "datasets": [{"path": "json", "data_files": str(inputs / "preferences/rankings_train.jsonl"),
                               "split": "train"}]}
     return {"model_name_or_path": str(inputs / "unsure"), "problems_dir": str(inputs / "problems"),
-            "per_device_train_batch_size": 4, "num_generations": 4, "max_completion_length": 8, "eval_problems": 2, "eval_k": 2,
+            "per_device_train_batch_size": 4, "num_generations": 4, "max_completion_length": 8, "eval_problems": 2,
+            "eval_k": 2,
             "datasets": [{"path": "json", "data_files": str(inputs / "problems/train.jsonl"), "split": "train"}]}
 
 
