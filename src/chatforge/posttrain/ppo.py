@@ -512,7 +512,8 @@ class PPOTrainer:
 
     def _resume(self, path: Path) -> None:
         """The optimizer and trainer state of the checkpoint whose weights ``__init__`` loaded."""
-        state = torch.load(path / STATE_FILE, weights_only=False)
+        # onto the CPU, not cuda:0 on every rank: the optimizer state moves to each parameter's device
+        state = torch.load(path / STATE_FILE, weights_only=False, map_location="cpu")
         load_optimizer_state(self.accelerator, self.modules, self.optimizer, state["optimizer"], str(path))
         self.step, self.kl_coef = state["step"], state["kl_coef"]
         self.evaluations, self.best, self.history = state["evaluations"], state["best"], state["history"]

@@ -26,7 +26,7 @@ from ..modeling import (
     peak_bf16_flops,
     set_generation_defaults,
 )
-from .checkpoint import export_final_model, resolve_checkpoint, save_checkpoint, set_rng_state
+from .checkpoint import STATE_FILE, export_final_model, resolve_checkpoint, save_checkpoint, set_rng_state
 from .config import PretrainConfig
 from .data import StreamingWindows, WindowSampler, validation_batches
 from .distributed import (
@@ -151,7 +151,8 @@ def pretrain(config: PretrainConfig) -> dict:
     model, optimizer = accelerator.prepare(model, optimizer)
     start_step = 0
     if checkpoint is not None:
-        state = torch.load(checkpoint / "training_state.pt", weights_only=False)
+        # onto the CPU, not cuda:0 on every rank: the optimizer state moves to each parameter's device
+        state = torch.load(checkpoint / STATE_FILE, weights_only=False, map_location="cpu")
         load_optimizer_state(accelerator, model, optimizer, state["optimizer"], str(checkpoint))
         scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
