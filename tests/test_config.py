@@ -8,6 +8,7 @@ from chatforge.modeling import (
     estimate_mfu,
     flops_per_token,
     num_parameters,
+    peak_bf16_flops,
 )
 
 
@@ -75,3 +76,13 @@ def test_flops_per_token_is_six_n_plus_attention():
     assert estimate_mfu(config, 1024, 1e5, 1e15) == pytest.approx(flops_per_token(config, 1024) * 1e5 / 1e15)
     with pytest.raises(ValueError):
         estimate_mfu(config, 1024, 1e5, 0)
+
+
+def test_mfu_peaks_match_exact_device_names():
+    """Variants of one chip have different peaks, and one name may contain another ("L4" in "L40S"): an unknown
+    device gets no peak (no MFU) rather than a wrong one."""
+    assert peak_bf16_flops("NVIDIA H100 80GB HBM3") == 989e12
+    assert peak_bf16_flops("NVIDIA H100 PCIe") == 756e12
+    assert peak_bf16_flops("NVIDIA L4") == 121e12
+    for unknown in ("NVIDIA L40S", "NVIDIA L40", "NVIDIA H100 NVL", "NVIDIA H200 NVL", "NVIDIA GeForce RTX 4090"):
+        assert peak_bf16_flops(unknown) is None, unknown

@@ -32,13 +32,24 @@ def flops_per_token(config: ChatForgeConfig, seq_len: int) -> float:
     return 6.0 * matmul_params + 12.0 * layers * d * seq_len
 
 
-#: Dense bf16 peak FLOP/s of common accelerators, by a substring of their device name.
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 125e12}
+#: Dense bf16 peak FLOP/s of common accelerators, by their exact device name (``torch.cuda.get_device_name()``):
+#: variants of one chip differ (H100 SXM 989 TFLOP/s, PCIe 756), and a substring would also match others ("L4"
+#: in "L40S").
+PEAK_BF16_FLOPS = {
+    "NVIDIA H100 80GB HBM3": 989e12,  # SXM5
+    "NVIDIA H100 PCIe": 756e12,
+    "NVIDIA H200": 989e12,  # SXM
+    "NVIDIA A100-SXM4-80GB": 312e12,
+    "NVIDIA A100-SXM4-40GB": 312e12,
+    "NVIDIA A100-PCIE-40GB": 312e12,
+    "NVIDIA A100 80GB PCIe": 312e12,
+    "NVIDIA L4": 121e12,
+}
 
 
 def peak_bf16_flops(device_name: str) -> float | None:
-    """The dense bf16 peak of a known accelerator, or None."""
-    return next((flops for key, flops in PEAK_BF16_FLOPS.items() if key in device_name), None)
+    """The dense bf16 peak of a known accelerator, or None (no MFU rather than a wrong one)."""
+    return PEAK_BF16_FLOPS.get(device_name.strip())
 
 
 def estimate_mfu(config: ChatForgeConfig, seq_len: int, tokens_per_second: float, peak_flops: float) -> float:
