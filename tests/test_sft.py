@@ -63,6 +63,22 @@ def test_lora_sft_trains_adapters_and_saves_a_merged_model(tmp_path, saved_model
     assert not any("lora" in name for name in state)
 
 
+def test_a_bf16_dtype_trains_fp32_master_weights(tmp_path, saved_model_dir, sft_data):
+    """`dtype: bfloat16` at a small learning rate moves the weights as an fp32 run does: in bf16 weights AdamW's
+    updates (1e-5 here, below 2^-8 of most weights) would round away."""
+    initial = AutoModelForCausalLM.from_pretrained(saved_model_dir).state_dict()
+    moved = {}
+    for dtype in ("bfloat16", "float32"):
+        script, training, model, mixture = _args(tmp_path / dtype, saved_model_dir, sft_data, max_steps=3,
+                                                 learning_rate=1e-5, dtype=dtype)
+        script.eval_prompts = script.eval_word_problems = script.eval_world_questions = 1
+        run_sft(script, training, model, mixture)
+        trained = AutoModelForCausalLM.from_pretrained(tmp_path / dtype / "out", dtype=torch.float32).state_dict()
+        moved[dtype] = torch.cat([(trained[name] - weight).flatten() for name, weight in initial.items()])
+    assert moved["float32"].abs().max() > 0
+    torch.testing.assert_close(moved["bfloat16"], moved["float32"], atol=1e-7, rtol=0)
+
+
 def test_sft_of_a_llama_with_llama_3s_own_chat_template(tmp_path, tokenizer, sft_data):
     tokenizer.save_pretrained(tmp_path / "tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")

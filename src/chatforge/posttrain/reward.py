@@ -22,7 +22,7 @@ from ..training.precision import fit_precision
 from .mixture import load_mixture
 from .preferences import PreferenceDataConfig, build_preference_data, to_pairs
 from .saving import evaluated_on_main, save_trained_model
-from .sft import model_dtype, parse_sft_yaml, run_earlier_stage, run_sft
+from .sft import parse_sft_yaml, run_earlier_stage, run_sft, trained_dtype
 
 
 @dataclass
@@ -105,7 +105,7 @@ def held_out_evaluation(model, tokenizer, script: RewardScriptArguments, test_pa
 def load_reward_model(model_args: ModelConfig, tokenizer):
     """``model_name_or_path`` as a one-label sequence classifier (a causal-LM checkpoint gets a new head)."""
     model = AutoModelForSequenceClassification.from_pretrained(
-        model_args.model_name_or_path, num_labels=1, dtype=model_dtype(model_args),
+        model_args.model_name_or_path, num_labels=1, dtype=trained_dtype(model_args),
         attn_implementation=model_args.attn_implementation)
     model.config.pad_token_id = tokenizer.pad_token_id
     return model

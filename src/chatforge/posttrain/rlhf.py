@@ -13,7 +13,7 @@ from ..modeling.factory import set_generation_defaults
 from .ppo import PPOConfig, PPOTrainer
 from .preferences import PreferenceDataConfig, build_preference_data
 from .reward import build_model_if_missing, parse_reward_yaml, run_reward
-from .sft import model_dtype, parse_sft_yaml, run_sft
+from .sft import model_dtype, parse_sft_yaml, run_sft, trained_dtype
 
 
 @dataclass
@@ -76,13 +76,16 @@ def run_ppo(script: PPOScriptArguments, config: PPOConfig, model_args: ModelConf
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     torch.manual_seed(config.seed)
-    policy, ref_policy = (AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, dtype=dtype)
-                          for _ in range(2))
+    # the policy and value model train with fp32 master weights (trained_dtype); the reference matches the policy
+    # (the KL starts at zero), the frozen reward model takes dtype
+    policy, ref_policy = (AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path,
+                                                               dtype=trained_dtype(model_args)) for _ in range(2))
     set_generation_defaults(policy, tokenizer)
     policy = with_lora(policy, model_args)
-    reward_model, value_model = (AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=dtype)
-                                 for path in (script.reward_model_path,
-                                              script.value_model_path or script.reward_model_path))
+    reward_model, value_model = (
+        AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=load_dtype)
+        for path, load_dtype in ((script.reward_model_path, dtype),
+                                 (script.value_model_path or script.reward_model_path, torch.float32)))
     for model in (reward_model, value_model):
         model.config.pad_token_id = tokenizer.pad_token_id
     prompts = Path(script.prompts_dir)

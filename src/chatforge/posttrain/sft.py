@@ -180,9 +180,18 @@ def model_dtype(model_args: ModelConfig):
     return model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
 
 
+def trained_dtype(model_args: ModelConfig):
+    """The dtype to load a model that trains in: fp32 master weights, whatever ``dtype`` (or a bf16 checkpoint
+    with ``"auto"``) says, since AdamW's small updates round away in bf16 weights (below 2^-8 of a weight); bf16
+    compute comes from mixed precision (``bf16: true``). With LoRA the frozen base keeps ``dtype`` (peft keeps
+    the adapters in fp32)."""
+    return model_dtype(model_args) if model_args.use_peft else torch.float32
+
+
 def load_policy(model_args: ModelConfig, tokenizer):
-    """The model to fine-tune, its generation stopping at the end of a chat turn."""
-    model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, dtype=model_dtype(model_args),
+    """The model to fine-tune (fp32 master weights, see :func:`trained_dtype`), its generation stopping at the
+    end of a chat turn."""
+    model = AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path, dtype=trained_dtype(model_args),
                                                  attn_implementation=model_args.attn_implementation)
     set_generation_defaults(model, tokenizer)
     return model
