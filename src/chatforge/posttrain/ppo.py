@@ -7,9 +7,9 @@ sampling engine, scores them with the reward model, turns the score into per-tok
 penalty to the reference (fixed or adaptive coefficient), estimates advantages with GAE and takes clipped
 policy and value steps over minibatch epochs.
 
-"Crop it": every ``eval_steps`` the validation prompts (held out of the training prompts) and the test prompts
-are answered greedily and scored by the reward model and, where there is one, the rule-based gold judge. The
-stop rule sees the validation split only (``select_by``):
+"Crop it": every ``eval_steps`` the validation prompts (held out of the training prompts) are answered greedily
+and scored by the reward model and, where there is one, the rule-based gold judge. The stop rule sees them only
+(``select_by``):
 
 - ``gold``: the policy with the best validation gold reward is kept; training stops when the KL to the
   reference passes ``kl_budget``, or when the gold reward has not improved for ``stop_patience`` evaluations
@@ -18,11 +18,14 @@ stop rule sees the validation split only (``select_by``):
   reference stays within ``kl_budget`` is kept; training stops when the KL passes the budget. Needs no judge:
   the budget bounds how far the policy may drift from where the reward model was trained to judge.
 
-The kept policy is the result; the test split (which no rule saw) reports how it does on new prompts.
+The kept policy is the result; each newly kept policy is also scored on the test prompts (which no rule sees),
+to report how it does on new prompts.
 """
 
 import copy
 import json
+import math
+import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -162,10 +165,9 @@ class Rollout:
 
 
 def mean_and_standard_error(values: Sequence[float]) -> tuple[float, float]:
-    count = len(values)
-    mean = sum(values) / max(1, count)
-    variance = sum((v - mean) ** 2 for v in values) / (count - 1) if count > 1 else 0.0
-    return mean, (variance / max(1, count)) ** 0.5
+    """The mean of (at least one) ``values`` and its standard error (0 for a single value)."""
+    error = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+    return statistics.fmean(values), error
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
