@@ -1,4 +1,8 @@
 import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +20,37 @@ from chatforge.tokenization import train_tokenizer
 #: Modules that run longest, scheduled first so that parallel workers (``pytest -n``) finish together.
 LONGEST_MODULES = ("test_speedrun.py", "test_sft.py", "test_pretrain.py", "test_ppo.py", "test_modeling.py",
                    "test_web_pipeline.py", "test_eval_suite.py", "test_reward.py", "test_training.py")
+
+
+#: Runs a script under FSDP2 on CPU processes (see its docstring).
+FSDP2_LAUNCH = Path(__file__).parent / "fsdp2_launch.py"
+#: How torch.distributed.run reports a process that crashed in native code.
+CRASHED = ("Signal 11 (SIGSEGV)", "Signal 6 (SIGABRT)")
+#: The environment additions of a launch that must run on the CPU.
+CPU_ONLY = {"ACCELERATE_USE_CPU": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def launch_processes(script_and_args: list, processes: int = 2, fsdp2: bool = False, timeout: int = 900,
+                     **env: str) -> subprocess.CompletedProcess:
+    """The script on ``processes`` processes under torch.distributed.run (with ``fsdp2``, through FSDP2_LAUNCH),
+    one thread each, with ``env`` added; Python's fault handler prints each rank's stack on a crash. A launch in
+    which a process died of a segmentation fault or an abort in native code (FSDP2 over gloo on CPU, now and then
+    on a loaded machine) runs once more, with a warning that shows the crash."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+               *([str(FSDP2_LAUNCH)] if fsdp2 else []), *map(str, script_and_args)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", **env}
+    run = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    if run.returncode != 0 and any(signal in run.stderr for signal in CRASHED):
+        warnings.warn(f"a launched process crashed; running again. {_failure(run.stderr)}")
+        run = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+    assert run.returncode == 0, _failure(run.stderr)
+    return run
+
+
+def _failure(stderr: str) -> str:
+    """The end of a failed launch's stderr, and the fault handler's stacks where a process crashed."""
+    crash = stderr.find("Fatal Python error")
+    return (f"crash:\n{stderr[crash:crash + 6000]}\n...\n" if crash >= 0 else "") + f"stderr ends:\n{stderr[-3000:]}"
 
 
 def pytest_configure(config):

@@ -1,15 +1,12 @@
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import small_config
+from conftest import launch_processes, small_config
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 from trl import ModelConfig
 
@@ -277,16 +274,12 @@ def saved_models(tmp_path_factory, tokenizer, models):
 
 def _launch(tmp_path: Path, saved_models: Path, output: Path, processes: int, env: dict, fsdp2: bool = False,
             **options) -> dict:
-    """Run PPO_SCRIPT under torch.distributed.run (with ``fsdp2``, under tests/fsdp2_launch.py); the RM score of
+    """Run PPO_SCRIPT on ``processes`` processes (with ``fsdp2``, sharded by FSDP2); the RM score of
     every step, per rank (with ``fsdp2``, the sharding reports of fsdp2_launch.py under ``"sharded"``)."""
     script = tmp_path / "ppo_launched.py"
     script.write_text(PPO_SCRIPT.format(models=str(saved_models), output=str(output), prompts=PROMPTS,
                                          options={**PPO_FIELDS, **options}))
-    launcher = [str(Path(__file__).parent / "fsdp2_launch.py")] if fsdp2 else []
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                          *launcher, str(script)], capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "OMP_NUM_THREADS": "1", **env})
-    assert run.returncode == 0, run.stderr[-3000:]
+    run = launch_processes([script], processes, fsdp2, **env)
     ranks = {rank: json.loads(scores) for rank, scores in
              (line.split(" ", 2)[1:] for line in run.stdout.splitlines() if line.startswith("RANK"))}
     if fsdp2:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import small_config
+from conftest import CPU_ONLY, launch_processes, small_config
 from safetensors.torch import load_file
 from transformers import AutoModel
 
@@ -27,7 +27,6 @@ from chatforge.posttrain.sft_data import SFTDataConfig, build_sft_data
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-FSDP2_LAUNCH = Path(__file__).parent / "fsdp2_launch.py"
 COMMON = dict(max_steps=4, save_strategy="steps", save_steps=2, eval_strategy="no", logging_steps=1, bf16=False,
               use_cpu=True, report_to="none", activation_checkpointing=False, seed=0, learning_rate=1e-3)
 
@@ -93,12 +92,12 @@ def _run(stage: str, inputs: Path, output: Path, sharding: str | None, **overrid
     config = output.parent / f"{output.name}.yaml"
     config.write_text(yaml.safe_dump({**COMMON, **_config(stage, inputs), "output_dir": str(output), **overrides}))
     recipe = [str(ROOT / f"recipes/{stage}.py"), "--config", str(config)]
-    launch = ([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               *([str(FSDP2_LAUNCH)] if sharding == "fsdp2" else [])] if sharding else [sys.executable])
-    run = subprocess.run([*launch, *recipe], capture_output=True, text=True, timeout=900,
-                         env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1",
-                              "CUDA_VISIBLE_DEVICES": ""})
-    assert run.returncode == 0, run.stderr[-3000:]
+    if sharding:
+        run = launch_processes(recipe, fsdp2=sharding == "fsdp2", **CPU_ONLY)
+    else:
+        run = subprocess.run([sys.executable, *recipe], capture_output=True, text=True, timeout=900,
+                             env={**os.environ, "OMP_NUM_THREADS": "1", **CPU_ONLY})
+        assert run.returncode == 0, run.stderr[-3000:]
     if sharding == "fsdp2":  # each process holds shards of the parameters, not a silent fallback to DDP
         models = [(sharded, total) for sharded, total in re.findall(r"FSDP2 sharded parameters: (\d+) of (\d+)",
                                                                     run.stdout) if total != "0"]

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..data import EMBEDDED_WIKIPEDIA, iter_documents
 from ..io import atomic_directory, write_jsonl
-from ..tools import SearchIndex, run_python, search_tool, tool_exchange
+from ..tools import SearchIndex, run_python, search_tool, strongest_available, tool_exchange
 from .conversations import check_messages
 from .word_problems import word_problem
 from .world import WorldConfig, build_world, search_requests, world_cloze, world_documents, world_questions
@@ -151,14 +151,16 @@ def word_problem_conversations(rng: random.Random, count: int, multi_digit: bool
 
 
 def python_tool_conversations(rng: random.Random, count: int) -> list[list[dict]]:
-    """Questions answered by running a short program in the sandbox (the outputs are real runs)."""
+    """Questions answered by running a short program in the sandbox (the outputs are real runs). The programs are
+    this module's own, so they run under the weaker sandbox where bubblewrap cannot start."""
+    isolation = strongest_available()
     conversations = []
     for _ in tqdm(range(count), desc="python tool examples", leave=False):
         question, code = rng.choice(PYTHON_TASKS)
         word = rng.choice(WORDS)
         slots = {"n": rng.randint(5, 30), "m": rng.randint(20, 500), "word": word, "letter": rng.choice(word)}
         code = code.format(**slots)
-        output = run_python(code)
+        output = run_python(code, isolation=isolation)
         conversations.append(_chat(question.format(**slots),
                                    f"I'll run a short Python program. {tool_exchange('python', code, output)}"
                                    f"The result is {output}."))

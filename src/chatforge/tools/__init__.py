@@ -4,8 +4,9 @@ from pathlib import Path
 
 from .calculator import calculate
 from .errors import ToolError
+from .isolation import SandboxUnavailable, strongest_available
 from .protocol import Tool, Toolbox, format_tool_call, format_tool_output, parse_tool_call, tool_exchange
-from .sandbox import SandboxLimits, execute, run_python
+from .sandbox import SandboxLimits, SandboxResult, execute, run_python
 from .search import SearchIndex, search_tool
 
 
@@ -21,6 +22,8 @@ def default_toolbox(search_index: str | Path | SearchIndex | None = None,
 
 __all__ = [
     "SandboxLimits",
+    "SandboxResult",
+    "SandboxUnavailable",
     "SearchIndex",
     "Tool",
     "ToolError",
@@ -33,5 +36,6 @@ __all__ = [
     "parse_tool_call",
     "run_python",
     "search_tool",
+    "strongest_available",
     "tool_exchange",
 ]
