@@ -89,6 +89,8 @@ WRITES = {
                       "interpreters.run_string(interpreters.create(), \"open('{t}/escaped', 'w').write('x')\")",
     "shell": UNHOOK + "import subprocess\nsubprocess.run(['sh', '-c', 'echo x > {t}/escaped; rm {t}/victim.txt'])",
     "fork_exec": LOAD_POSIXSUBPROCESS + UNHOOK + "import subprocess\nsubprocess.run(['touch', '{t}/escaped'])",
+    "libc": UNHOOK + "import ctypes\nlibc = ctypes.CDLL(None)\nlibc.system(b'touch {t}/escaped')\n"
+            "libc.syscall(57)\nlibc.unlink(b'{t}/victim.txt')",  # 57: fork on x86-64
 }
 
 
