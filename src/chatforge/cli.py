@@ -8,6 +8,7 @@ from pathlib import Path
 from .data.samples import SourceUnavailable
 from .data.text_sources import InputError
 from .io import atomic_write_text
+from .serving.command import add_serve_command
 from .speedrun.stages import StageError
 
 
@@ -423,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--repo-id", required=True, help="ORG/NAME")
     push.add_argument("--private", action="store_true")
     push.set_defaults(func=_push)
+
+    add_serve_command(stages)
 
     demo = stages.add_parser("demo", help="core demo: tokenizer + tiny model on embedded text, then samples")
     demo.add_argument("--output", default="runs/core-demo")

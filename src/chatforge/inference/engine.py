@@ -4,7 +4,7 @@ tool-aware chat that pauses at a tool call, runs the tool and continues on the s
 import contextlib
 import threading
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from queue import Queue
 
 import torch
@@ -14,6 +14,7 @@ from transformers.generation.streamers import BaseStreamer
 from ..tokenization.tokenization_chatforge import ENDOFTEXT, IM_END, TOOL_CALL_END, TOOL_CALL_START
 from ..tools import Toolbox, format_tool_output, parse_tool_call
 from ..tools.errors import ToolError
+from .detokenize import IncrementalText
 
 
 @dataclass
@@ -41,13 +42,15 @@ class SamplingParams:
 
 @dataclass
 class ChatEvent:
-    """One step of a chat reply: ``text`` (a streamed piece), ``tool_call``, ``tool_output`` or ``done``."""
+    """One step of a chat reply: ``text`` (a streamed piece), ``tool_call``, ``tool_output`` or ``done`` (with
+    ``finish_reason``, the ``stop_token`` that ended it and the number of ``tokens`` generated)."""
 
     kind: str
     text: str = ""
     tool: str | None = None
     finish_reason: str | None = None
     stop_token: str | None = None
+    tokens: int = 0
 
 
 class _TokenQueue(BaseStreamer):
@@ -66,12 +69,6 @@ class _TokenQueue(BaseStreamer):
 
     def end(self) -> None:
         self.queue.put(None)
-
-
-@dataclass
-class _Segment:
-    ids: list[int] = field(default_factory=list)
-    text: str = ""
 
 
 def end_of_turn_token(tokenizer) -> str | None:
@@ -227,27 +224,12 @@ class Engine:
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         config = self._generation_config(params, params.max_new_tokens, self.stop_ids)
         with self._seeded(params.seed):
-            segment = _Segment()
+            segment = IncrementalText(self.tokenizer, skip_special_tokens=True)
             for token in self._stream_ids(ids, config, cache=None, outcome={}):
-                if token not in self.stop_ids and (piece := self._advance(segment, token, skip_special_tokens=True)):
+                if token not in self.stop_ids and (piece := segment.add(token)):
                     yield piece
-            if piece := self._flush(segment, skip_special_tokens=True):
+            if piece := segment.flush():
                 yield piece
-
-    def _advance(self, segment: _Segment, token: int, skip_special_tokens: bool = False) -> str:
-        """Append a token; the newly complete text (held back while a multi-byte character is unfinished)."""
-        segment.ids.append(token)
-        text = self.tokenizer.decode(segment.ids, skip_special_tokens=skip_special_tokens)
-        if text.endswith("\ufffd") or not text.startswith(segment.text):
-            return ""
-        piece, segment.text = text[len(segment.text):], text
-        return piece
-
-    def _flush(self, segment: _Segment, skip_special_tokens: bool = False) -> str:
-        """Text held back by :meth:`_advance` once the segment is over."""
-        text = self.tokenizer.decode(segment.ids, skip_special_tokens=skip_special_tokens)
-        piece, segment.text = text[len(segment.text):], text
-        return piece
 
     def chat(self, messages: list[dict], params: SamplingParams = SamplingParams(),
              use_tools: bool = True) -> Iterator[ChatEvent]:
@@ -267,13 +249,13 @@ class Engine:
         budget, reply, outcome, finish, last = params.max_new_tokens, "", {"cache": None}, "length", None
         with self._seeded(params.seed):
             for calls in range(self.max_tool_calls + 1):
-                segment, last, calling = _Segment(), None, False
+                segment, last, calling = IncrementalText(self.tokenizer), None, False
                 config = self._generation_config(params, budget, stop_ids, suppress=suppress)
                 for token in self._stream_ids(ids, config, outcome["cache"], outcome):
                     last = token
                     if token in self.stop_ids:
                         continue
-                    piece = self._advance(segment, token)
+                    piece = segment.add(token)
                     if calling or not piece:
                         continue
                     # The call itself is reported by the tool_call event, not as text.
@@ -281,7 +263,7 @@ class Engine:
                     calling = bool(start)
                     if piece:
                         yield ChatEvent("text", piece)
-                piece = self._flush(segment)
+                piece = segment.flush()
                 if not calling and piece:
                     yield ChatEvent("text", piece)
                 ids = outcome["sequence"]
@@ -307,7 +289,8 @@ class Engine:
                 reply += appended
                 ids = ids + self.tokenizer(appended, add_special_tokens=False)["input_ids"]
         stop_token = self.tokenizer.convert_ids_to_tokens(last) if finish == "stop" else None
-        yield ChatEvent("done", reply, finish_reason=finish, stop_token=stop_token)
+        yield ChatEvent("done", reply, finish_reason=finish, stop_token=stop_token,
+                        tokens=params.max_new_tokens - budget + (finish == "stop"))  # the stop token counts
 
     def reply(self, messages: list[dict], params: SamplingParams = SamplingParams(), use_tools: bool = True) -> str:
         """The whole assistant reply to ``messages`` (tool exchanges included)."""

@@ -1,0 +1,166 @@
+"""``chatforge serve`` as a real process on 127.0.0.1, driven by the official ``openai`` client and raw HTTP."""
+
+import concurrent.futures
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+import torch
+from conftest import memorize, small_config
+
+from chatforge.inference.engine import Engine, SamplingParams
+from chatforge.modeling import ChatForgeForCausalLM, set_generation_defaults
+from chatforge.tools import default_toolbox, tool_exchange
+
+QUESTION = "What is 123 * 456?"
+# The recorded output is wrong on purpose: only a server that really runs the tool can show 56088.
+TRAINED_REPLY = "Let me compute. " + tool_exchange("calculator", "123 * 456", "11111") + "Done."
+KEY = "test-key"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, tokenizer):
+    """A tiny model that answers QUESTION with a calculator call, saved as a folder."""
+    torch.manual_seed(0)
+    model = ChatForgeForCausalLM(small_config(tokenizer, initializer_range=0.1)).eval()
+    set_generation_defaults(model, tokenizer)
+    memorize(model, tokenizer, [[{"role": "user", "content": QUESTION},
+                                 {"role": "assistant", "content": TRAINED_REPLY}]])
+    folder = tmp_path_factory.mktemp("served") / "tiny-chat"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    """``chatforge serve`` with the calculator and an API key; its base URL."""
+    port = _free_port()
+    process = subprocess.Popen([sys.executable, "-m", "chatforge.cli", "serve", str(model_dir), "--port", str(port),
+                                "--tools", "calculator", "--api-key", KEY, "--max-tokens", "64"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{url}/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.2)
+        assert process.poll() is None, process.stdout.read()
+    yield url
+    process.terminate()
+    process.wait(30)
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0)
+
+
+def _ask(client, **fields):
+    return client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": QUESTION}],
+                                          **fields)
+
+
+def test_a_chat_reply_runs_the_calculator_on_the_server(client, model_dir):
+    reply = _ask(client, temperature=0)
+    choice = reply.choices[0]
+    assert choice.message.content == "Let me compute. Done." and choice.finish_reason == "stop"
+    assert choice.message.model_extra["chatforge_tools"] == [
+        {"name": "calculator", "arguments": "123 * 456", "output": "56088"}]
+    engine = Engine.from_pretrained(str(model_dir), toolbox=default_toolbox())
+    *_, done = engine.chat([{"role": "user", "content": QUESTION}], SamplingParams(temperature=0, max_new_tokens=64))
+    assert reply.usage.completion_tokens == done.tokens and reply.usage.prompt_tokens == 24
+    assert client.models.list().data[0].id == "tiny-chat"
+
+
+def test_a_streamed_reply_is_the_whole_reply_in_pieces(client):
+    chunks = list(_ask(client, temperature=0, stream=True, stream_options={"include_usage": True}))
+    deltas = [chunk.choices[0].delta for chunk in chunks if chunk.choices]
+    text = "".join(delta.content or "" for delta in deltas)
+    assert text == "Let me compute. Done." and sum(bool(delta.content) for delta in deltas) > 3
+    extras = [delta.model_extra for delta in deltas if delta.model_extra]
+    assert extras == [{"chatforge_tool_call": {"name": "calculator", "arguments": "123 * 456"}},
+                      {"chatforge_tool_output": {"name": "calculator", "output": "56088"}}]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage.completion_tokens == _ask(client, temperature=0).usage.completion_tokens
+
+
+def test_seeds_n_and_stop_strings(client):
+    def sample(seed):  # a question the model never learned: its replies vary
+        return client.chat.completions.create(model="tiny-chat", messages=[{"role": "user", "content": "Rivers?"}],
+                                              temperature=1.0, seed=seed, n=2, max_tokens=12)
+
+    first, again, other = sample(7), sample(7), sample(8)
+    texts = [c.message.content for c in first.choices]
+    assert len(texts) == 2 and texts == [c.message.content for c in again.choices]
+    assert texts != [c.message.content for c in other.choices]
+    stopped = _ask(client, temperature=0, stop=[" comp"])
+    assert stopped.choices[0].message.content == "Let me" and stopped.choices[0].finish_reason == "stop"
+    capped = _ask(client, temperature=0, max_tokens=3)
+    assert capped.choices[0].finish_reason == "length" and capped.usage.completion_tokens == 3
+
+
+def test_completions_continue_a_plain_prompt(client):
+    reply = client.completions.create(model="tiny-chat", prompt=["The river", "In 1990"], max_tokens=5,
+                                      temperature=0)
+    assert len(reply.choices) == 2 and all(c.finish_reason in ("length", "stop") for c in reply.choices)
+    assert reply.usage.completion_tokens <= 10 and all(c.text for c in reply.choices)
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="tiny-chat", prompt="The river", max_tokens=5, temperature=0, stream=True) if c.choices)
+    assert streamed == reply.choices[0].text
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ("{not json", 400, "JSON"),
+    ({"model": "tiny-chat", "messages": "hi"}, 400, "messages"),
+    ({"model": "tiny-chat", "messages": []}, 400, "messages"),
+    ({"model": "tiny-chat", "messages": [{"role": "robot", "content": "hi"}]}, 400, "role"),
+    ({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}, 404, "does not exist"),
+    ({"model": "tiny-chat", "messages": [{"role": "user", "content": "word " * 400}]}, 400, "context"),
+    ({"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 400, "max_tokens"),
+    ({"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}, 400, "limit"),
+    ({"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "logprobs": True}, 400, "logprobs"),
+    ({"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]},
+     400, "client-declared tools"),
+    ({"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "temprature": 0}, 400, "temprature"),
+])
+def test_bad_requests_get_an_openai_style_error(server, body, status, message):
+    content = body if isinstance(body, str) else json.dumps(body)
+    response = httpx.post(f"{server}/v1/chat/completions", content=content,
+                          headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    assert response.status_code == status and message in response.json()["error"]["message"]
+    assert httpx.get(f"{server}/health").json()["status"] == "ok"
+
+
+def test_the_api_key_guards_everything_but_health(server):
+    wrong = openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError):
+        wrong.models.list()
+    assert httpx.post(f"{server}/v1/completions", json={"model": "tiny-chat", "prompt": "x"}).status_code == 401
+    assert httpx.get(f"{server}/health").status_code == 200
+
+
+def test_concurrent_requests_are_decoded_together_and_a_vanished_client_frees_its_place(client, server):
+    with httpx.stream("POST", f"{server}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+                      json={"model": "tiny-chat", "messages": [{"role": "user", "content": QUESTION}],
+                            "stream": True, "max_tokens": 64, "temperature": 1.0}) as response:
+        next(response.iter_lines())  # the client reads the first event, then goes away
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda seed: _ask(client, temperature=0, seed=seed), range(8)))
+    assert all(r.choices[0].message.content == "Let me compute. Done." for r in replies)
+    assert httpx.get(f"{server}/health").json()["largest_batch"] > 1
