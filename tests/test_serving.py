@@ -3,10 +3,12 @@
 import concurrent.futures
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -21,7 +23,12 @@ from chatforge.tools import default_toolbox, tool_exchange
 QUESTION = "What is 123 * 456?"
 # The recorded output is wrong on purpose: only a server that really runs the tool can show 56088.
 TRAINED_REPLY = "Let me compute. " + tool_exchange("calculator", "123 * 456", "11111") + "Done."
+MARKUP_QUESTION = "Show me markup."
+# Markdown to render, and HTML that must stay inert on the page.
+MARKUP_REPLY = ("**Bold** <img src=x onerror=\"document.title='pwned'\">"
+                "<script>document.title='pwned'</script>\n\n```\nx = 1\n```")
 KEY = "test-key"
+ARTIFACTS = Path(os.environ.get("CHATFORGE_TEST_ARTIFACTS", "test-artifacts"))
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +38,9 @@ def model_dir(tmp_path_factory, tokenizer):
     model = ChatForgeForCausalLM(small_config(tokenizer, initializer_range=0.1)).eval()
     set_generation_defaults(model, tokenizer)
     memorize(model, tokenizer, [[{"role": "user", "content": QUESTION},
-                                 {"role": "assistant", "content": TRAINED_REPLY}]])
+                                 {"role": "assistant", "content": TRAINED_REPLY}],
+                                [{"role": "user", "content": MARKUP_QUESTION},
+                                 {"role": "assistant", "content": MARKUP_REPLY}]], steps=400)
     folder = tmp_path_factory.mktemp("served") / "tiny-chat"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -164,3 +173,56 @@ def test_concurrent_requests_are_decoded_together_and_a_vanished_client_frees_it
         replies = list(pool.map(lambda seed: _ask(client, temperature=0, seed=seed), range(8)))
     assert all(r.choices[0].message.content == "Let me compute. Done." for r in replies)
     assert httpx.get(f"{server}/health").json()["largest_batch"] > 1
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Headless Chromium (Debian's ``chromium``) driven by Playwright."""
+    playwright_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        pytest.skip("no Chromium: apt-get install chromium (CI's .ci/run installs it)")
+    with playwright_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+def _ask_on_page(page, question: str) -> None:
+    """Type ``question`` and wait until its reply has finished streaming (the send button is back)."""
+    from playwright.sync_api import expect
+
+    replies = page.locator(".assistant").count()
+    page.fill("#prompt", question)
+    page.press("#prompt", "Enter")
+    page.locator(".assistant").nth(replies).wait_for()
+    expect(page.locator("#send")).to_be_enabled(timeout=60_000)
+
+
+def test_the_chat_page_streams_replies_shows_tool_calls_and_keeps_markup_inert(server, browser):
+    page = browser.new_page()
+    page.goto(server)
+    page.click("#settings summary")
+    page.fill("#api-key", KEY)
+    page.fill("#temperature", "0")
+    page.evaluate("""() => {
+        window.lengths = [];
+        new MutationObserver(() => {
+            const reply = document.querySelector('.assistant');
+            if (reply) window.lengths.push(reply.textContent.length);
+        }).observe(document.querySelector('#messages'), {subtree: true, childList: true, characterData: true});
+    }""")
+    _ask_on_page(page, QUESTION)
+    lengths = page.evaluate("window.lengths")
+    assert len(set(lengths)) > 5 and lengths == sorted(lengths)  # the reply grew piece by piece
+    assert page.inner_text(".tool-call") == "calculator call: 123 * 456"
+    assert page.inner_text(".tool-output") == "calculator output: 56088"
+    assert page.inner_text(".assistant").startswith("Let me compute.")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "chat-page.png"))
+    page.click("#new-chat")  # the model learned the next question without a conversation before it
+    assert page.locator(".message").count() == 0
+    _ask_on_page(page, MARKUP_QUESTION)
+    reply = page.locator(".assistant")
+    assert reply.locator("strong").inner_text() == "Bold" and reply.locator("pre code").inner_text() == "x = 1\n"
+    assert page.title() == "chatforge" and reply.locator("script, img[onerror]").count() == 0

@@ -1,5 +1,5 @@
 """The HTTP server: OpenAI's chat-completions and completions APIs over the batcher (FastAPI, with server-sent
-events from ``sse-starlette`` for streams).
+events from ``sse-starlette`` for streams), and the chat page at ``/``.
 
 Built-in tools run on the server inside the assistant's turn; the client sees each call and its output as a
 ``chatforge_tool_call`` / ``chatforge_tool_output`` delta in a stream, and as ``chatforge_tools`` (name,
@@ -13,16 +13,24 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from jinja2 import TemplateError
 from sse_starlette import EventSourceResponse
 
 from ..inference.engine import ChatEvent, Engine, SamplingParams
 from .batching import Batcher, Job
 from .protocol import ChatCompletionRequest, CompletionRequest
+
+#: The chat page (``GET /``) and its scripts.
+STATIC = Path(__file__).parent / "static"
+#: The page runs only its own scripts and talks only to this server, whatever a reply contains.
+PAGE_POLICY = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+               "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 
 
 @dataclass(frozen=True)
@@ -123,6 +131,12 @@ def create_app(engine: Engine, model_name: str, use_tools: bool = False, api_key
         finally:
             for job in jobs:
                 job.cancelled.set()
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_POLICY})
 
     @app.get("/health")
     async def health():
