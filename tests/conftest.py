@@ -89,6 +89,15 @@ def small_config(tokenizer, **overrides) -> ChatForgeConfig:
     return config_for_tokenizer(tokenizer, "tiny", **{**fields, **overrides})
 
 
+def small_llama_config(tokenizer, **fields):
+    """A 2-layer Llama (GQA 4 query / 2 key-value heads) over ``tokenizer``'s vocabulary."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                       pad_token_id=tokenizer.pad_token_id, **fields)
+
+
 @pytest.fixture
 def model(tokenizer):
     """A randomly initialised 2-layer ChatForge model (GQA 4 query / 2 key-value heads); a wide init

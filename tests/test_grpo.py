@@ -4,8 +4,8 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from conftest import small_config
-from transformers import LlamaConfig, LlamaForCausalLM
+from conftest import small_config, small_llama_config
+from transformers import LlamaForCausalLM
 from trl import DatasetMixtureConfig, GRPOConfig, ModelConfig
 
 from chatforge.data import DataCollatorForChat
@@ -67,9 +67,7 @@ def unsure_model_dir(request, tmp_path, tokenizer):
     """A small model (ChatForge or Llama) that answers every question with 1 or 2, about half and half."""
     torch.manual_seed(0)
     model = (ChatForgeForCausalLM(small_config(tokenizer)) if request.param == "chatforge" else LlamaForCausalLM(
-        LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                    pad_token_id=tokenizer.pad_token_id)))
+        small_llama_config(tokenizer)))
     set_generation_defaults(model, tokenizer)
     conversations = [[{"role": "user", "content": q}, {"role": "assistant", "content": f"The answer is {n}."}]
                      for q in QUESTIONS for n in (1, 2)]

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import launch_processes, small_config
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+from conftest import launch_processes, small_config, small_llama_config
+from transformers import AutoModelForCausalLM, LlamaForCausalLM, LlamaForSequenceClassification
 from trl import ModelConfig
 
 from chatforge.data import DataCollatorForChat
@@ -33,17 +33,11 @@ def test_gae_matches_discounted_returns_and_ignores_padding():
     assert one_step[0, 0].item() == pytest.approx(0.0 + 0.9 * 0.4 - 0.2)
 
 
-def _llama_config(tokenizer, **fields) -> LlamaConfig:
-    return LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                       pad_token_id=tokenizer.pad_token_id, **fields)
-
-
 def _two_minded_policy(tokenizer, family: str = "chatforge"):
     """A small policy that answers every prompt "Yes." or "No.", about half and half."""
     torch.manual_seed(0)
     policy = (ChatForgeForCausalLM(small_config(tokenizer)) if family == "chatforge"
-              else LlamaForCausalLM(_llama_config(tokenizer)))
+              else LlamaForCausalLM(small_llama_config(tokenizer)))
     set_generation_defaults(policy, tokenizer)
     conversations = [[{"role": "user", "content": p}, {"role": "assistant", "content": a}]
                      for p in PROMPTS for a in ("Yes.", "No.")]
@@ -61,7 +55,7 @@ def _yes_reward_model(tokenizer, family: str = "chatforge"):
     torch.manual_seed(1)
     model = (ChatForgeForSequenceClassification(small_config(tokenizer, num_labels=1,
                                                              pad_token_id=tokenizer.pad_token_id))
-             if family == "chatforge" else LlamaForSequenceClassification(_llama_config(tokenizer, num_labels=1)))
+             if family == "chatforge" else LlamaForSequenceClassification(small_llama_config(tokenizer, num_labels=1)))
 
     def encode(reply):
         return [tokenizer.apply_chat_template([{"role": "user", "content": p}, {"role": "assistant", "content": reply}],

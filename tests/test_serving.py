@@ -1,8 +1,10 @@
 """``chatforge serve`` as a real process on 127.0.0.1, driven by the official ``openai`` client and raw HTTP."""
 
 import concurrent.futures
+import contextlib
 import json
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -14,7 +16,8 @@ import httpx
 import openai
 import pytest
 import torch
-from conftest import memorize, small_config
+from conftest import memorize, small_config, small_llama_config
+from transformers import LlamaForCausalLM
 
 from chatforge.inference.engine import Engine, SamplingParams
 from chatforge.modeling import ChatForgeForCausalLM, set_generation_defaults
@@ -53,13 +56,12 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(model_dir):
-    """``chatforge serve`` with the calculator and an API key; its base URL."""
+@contextlib.contextmanager
+def serving(folder: Path, *options: str):
+    """``chatforge serve FOLDER OPTIONS`` on a free port of 127.0.0.1, stopped afterwards; its base URL."""
     port = _free_port()
-    process = subprocess.Popen([sys.executable, "-m", "chatforge.cli", "serve", str(model_dir), "--port", str(port),
-                                "--tools", "calculator", "--api-key", KEY, "--max-tokens", "64"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    process = subprocess.Popen([sys.executable, "-m", "chatforge.cli", "serve", str(folder), "--port", str(port),
+                                *options], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env={**os.environ, "OMP_NUM_THREADS": "1"})
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
@@ -70,9 +72,18 @@ def server(model_dir):
         except httpx.TransportError:
             time.sleep(0.2)
         assert process.poll() is None, process.stdout.read()
-    yield url
-    process.terminate()
-    process.wait(30)
+    try:
+        yield url
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    """The tiny chat model served with the calculator and an API key."""
+    with serving(model_dir, "--tools", "calculator", "--api-key", KEY, "--max-tokens", "64") as url:
+        yield url
 
 
 @pytest.fixture
@@ -173,6 +184,52 @@ def test_concurrent_requests_are_decoded_together_and_a_vanished_client_frees_it
         replies = list(pool.map(lambda seed: _ask(client, temperature=0, seed=seed), range(8)))
     assert all(r.choices[0].message.content == "Let me compute. Done." for r in replies)
     assert httpx.get(f"{server}/health").json()["largest_batch"] > 1
+
+
+def test_mixed_load_answers_every_well_formed_request_in_full(client, server):
+    """64 requests at once: a tenth malformed, a tenth of the streams dropped after their first event; every
+    well-formed one that stays is answered in full, and the server stays healthy."""
+    rng = random.Random(0)
+    kinds = ["malformed"] * 6 + ["dropped"] * 6 + ["whole"] * 26 + ["streamed"] * 26
+    rng.shuffle(kinds)
+    body = {"model": "tiny-chat", "messages": [{"role": "user", "content": QUESTION}], "temperature": 0}
+    headers = {"Authorization": f"Bearer {KEY}"}
+
+    def request(kind: str):
+        if kind == "malformed":
+            return httpx.post(f"{server}/v1/chat/completions", headers=headers, timeout=120,
+                              json={**body, "messages": [{"role": "user"}], "n": "two"}).status_code
+        if kind == "dropped":
+            with httpx.stream("POST", f"{server}/v1/chat/completions", headers=headers, timeout=120,
+                              json={**body, "stream": True}) as response:
+                return next(response.iter_lines()).startswith("data:")
+        if kind == "whole":
+            return _ask(client, temperature=0).choices[0].message.content
+        return "".join(c.choices[0].delta.content or "" for c in _ask(client, temperature=0, stream=True))
+
+    with concurrent.futures.ThreadPoolExecutor(64) as pool:
+        outcomes = list(pool.map(request, kinds))
+    for kind, outcome in zip(kinds, outcomes):
+        expected = {"malformed": 400, "dropped": True}.get(kind, "Let me compute. Done.")
+        assert outcome == expected, kind
+    assert httpx.get(f"{server}/health").json()["status"] == "ok"
+    assert _ask(client, temperature=0).choices[0].message.content == "Let me compute. Done."
+
+
+def test_a_llama_family_model_folder_is_served_too(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(small_llama_config(tokenizer)).eval()
+    set_generation_defaults(model, tokenizer)
+    memorize(model, tokenizer, [[{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi there."}]])
+    model.save_pretrained(tmp_path / "tiny-llama")
+    tokenizer.save_pretrained(tmp_path / "tiny-llama")
+    with serving(tmp_path / "tiny-llama") as url:
+        llama = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        reply = llama.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "Hello?"}],
+                                              temperature=0)
+        streamed = "".join(c.choices[0].delta.content or "" for c in llama.chat.completions.create(
+            model="tiny-llama", messages=[{"role": "user", "content": "Hello?"}], temperature=0, stream=True))
+    assert reply.choices[0].message.content == streamed == "Hi there." and reply.choices[0].finish_reason == "stop"
 
 
 @pytest.fixture(scope="module")
