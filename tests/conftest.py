@@ -143,3 +143,22 @@ def memorize(model, tokenizer, conversations: list[list[dict]], steps: int = 150
         optimizer.zero_grad()
     assert loss.item() < 0.05, f"the model did not memorise the conversations (loss {loss.item():.3f})"
     return model.eval()
+
+
+def assert_drawn_from(tokens: list[int], probs: torch.Tensor, min_expected: float = 10.0) -> float:
+    """Pearson's chi-square test that ``tokens`` were drawn from ``probs``, over bins of tokens (taken in order of
+    probability) each expected at least ``min_expected`` times; the p-value."""
+    from scipy.stats import chisquare
+
+    counts = torch.bincount(torch.tensor(tokens), minlength=len(probs)).double()
+    expected = probs.double() * len(tokens)
+    observed_bins, expected_bins, observed, expecting = [], [], 0.0, 0.0
+    for token in probs.argsort(descending=True).tolist():
+        observed, expecting = observed + counts[token].item(), expecting + expected[token].item()
+        if expecting >= min_expected:
+            observed_bins.append(observed)
+            expected_bins.append(expecting)
+            observed, expecting = 0.0, 0.0
+    observed_bins[-1] += observed
+    expected_bins[-1] += expecting
+    return chisquare(observed_bins, expected_bins).pvalue

@@ -3,7 +3,7 @@ import io
 
 import pytest
 import torch
-from conftest import memorize
+from conftest import assert_drawn_from, memorize
 
 from chatforge.inference.chat_cli import chat_loop
 from chatforge.inference.engine import Engine, SamplingParams, end_of_turn_token
@@ -30,25 +30,6 @@ def test_seeded_sampling_is_reproducible_and_samples_differ(model, tokenizer):
     assert first == engine.complete(["The river", "In 1990 the"], params, n=3)
     assert len(first) == 2 and all(len(samples) == 3 for samples in first)
     assert len(set(first[0])) > 1  # stochastic across the n samples
-
-
-def assert_drawn_from(tokens: list[int], probs: torch.Tensor, min_expected: float = 10.0) -> float:
-    """Pearson's chi-square test that ``tokens`` were drawn from ``probs``, over bins of tokens (taken in order of
-    probability) each expected at least ``min_expected`` times; the p-value."""
-    from scipy.stats import chisquare
-
-    counts = torch.bincount(torch.tensor(tokens), minlength=len(probs)).double()
-    expected = probs.double() * len(tokens)
-    observed_bins, expected_bins, observed, expecting = [], [], 0.0, 0.0
-    for token in probs.argsort(descending=True).tolist():
-        observed, expecting = observed + counts[token].item(), expecting + expected[token].item()
-        if expecting >= min_expected:
-            observed_bins.append(observed)
-            expected_bins.append(expecting)
-            observed, expecting = 0.0, 0.0
-    observed_bins[-1] += observed
-    expected_bins[-1] += expecting
-    return chisquare(observed_bins, expected_bins).pvalue
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])

@@ -16,11 +16,12 @@ import httpx
 import openai
 import pytest
 import torch
-from conftest import memorize, small_config, small_llama_config
+from conftest import assert_drawn_from, memorize, small_config, small_llama_config
 from transformers import LlamaForCausalLM
 
 from chatforge.inference.engine import Engine, SamplingParams
 from chatforge.modeling import ChatForgeForCausalLM, set_generation_defaults
+from chatforge.serving.sampling import sample_tokens
 from chatforge.tools import default_toolbox, tool_exchange
 
 QUESTION = "What is 123 * 456?"
@@ -54,6 +55,25 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def test_batched_sampling_draws_each_row_from_its_own_distribution(model, tokenizer):
+    """One batch, three settings: temperature 1 and 0.7 rows follow their softmax (a goodness-of-fit test on the
+    model's next-token distribution), top-p 0.5 does not, temperature 0 is the argmax; a row's seed fixes it."""
+    prompt = tokenizer("The history of", add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt])).logits[0, -1].float()
+    settings = [SamplingParams(temperature=1.0, top_k=None), SamplingParams(temperature=0.7, top_k=None),
+                SamplingParams(temperature=1.0, top_k=None, top_p=0.5), SamplingParams(temperature=0)]
+    generators = [torch.Generator().manual_seed(row) for row in range(4)]
+    draws = [sample_tokens(logits.expand(4, -1).clone(), settings, generators) for _ in range(3000)]
+    columns = list(zip(*draws))
+    for row, temperature in ((0, 1.0), (1, 0.7)):
+        assert assert_drawn_from(list(columns[row]), torch.softmax(logits.double() / temperature, -1)) > 1e-3
+    assert assert_drawn_from(list(columns[2]), torch.softmax(logits.double(), -1)) < 1e-6
+    assert set(columns[3]) == {int(logits.argmax())}
+    again = [torch.Generator().manual_seed(row) for row in range(4)]
+    assert sample_tokens(logits.expand(4, -1).clone(), settings[::-1], again[::-1])[::-1] == list(draws[0])
 
 
 @contextlib.contextmanager
@@ -212,7 +232,8 @@ def test_mixed_load_answers_every_well_formed_request_in_full(client, server):
     for kind, outcome in zip(kinds, outcomes):
         expected = {"malformed": 400, "dropped": True}.get(kind, "Let me compute. Done.")
         assert outcome == expected, kind
-    assert httpx.get(f"{server}/health").json()["status"] == "ok"
+    health = httpx.get(f"{server}/health").json()
+    assert health["status"] == "ok" and health["joined"] > 0  # some joined a running batch, and came out right
     assert _ask(client, temperature=0).choices[0].message.content == "Let me compute. Done."
 
 

@@ -25,6 +25,7 @@ from sse_starlette import EventSourceResponse
 from ..inference.engine import ChatEvent, Engine, SamplingParams
 from .batching import Batcher, Job
 from .protocol import ChatCompletionRequest, CompletionRequest
+from .relay import EventRelay
 
 #: The chat page (``GET /``) and its scripts.
 STATIC = Path(__file__).parent / "static"
@@ -112,22 +113,21 @@ def create_app(engine: Engine, model_name: str, use_tools: bool = False, api_key
                      tools: bool) -> AsyncIterator[tuple[int, ChatEvent]]:
         """Each choice's events as the batcher makes them (choice ``p * n + i`` is sample i of prompt p); the
         jobs are cancelled when the consumer stops (a client that went away frees its sequences)."""
-        loop, arrived = asyncio.get_running_loop(), asyncio.Queue()
-        jobs = []
+        relay, jobs = EventRelay(asyncio.get_running_loop()), []
         for p, ids in enumerate(prompts):
             def emit(index: int, event: ChatEvent, offset: int = p * n) -> None:
-                loop.call_soon_threadsafe(arrived.put_nowait, (offset + index, event))
+                relay.emit(offset + index, event)
             jobs.append(Job(ids, params, emit, n=n, use_tools=tools))
             state["batcher"].submit(jobs[-1])
         remaining = len(prompts) * n
         try:
             while remaining:
-                index, event = await arrived.get()
-                if event.kind == "done":
-                    remaining -= 1
-                    if event.finish_reason == "error":
-                        raise APIError(500, f"generation failed: {event.text}", kind="server_error")
-                yield index, event
+                for index, event in await relay.burst():
+                    if event.kind == "done":
+                        remaining -= 1
+                        if event.finish_reason == "error":
+                            raise APIError(500, f"generation failed: {event.text}", kind="server_error")
+                    yield index, event
         finally:
             for job in jobs:
                 job.cancelled.set()
@@ -141,7 +141,8 @@ def create_app(engine: Engine, model_name: str, use_tools: bool = False, api_key
     @app.get("/health")
     async def health():
         batcher = state["batcher"]
-        return {"status": "ok", "model": model_name, "batches": batcher.batches, "largest_batch": batcher.largest_batch}
+        return {"status": "ok", "model": model_name, "batches": batcher.batches, "largest_batch": batcher.largest_batch,
+                "joined": batcher.joined}
 
     @app.get("/v1/models", dependencies=[Depends(authorized)])
     async def models():

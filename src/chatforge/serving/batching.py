@@ -1,7 +1,8 @@
-"""Concurrent requests decoded together: one worker thread owns the model and steps every waiting sequence
+"""Concurrent requests decoded together: one worker thread owns the model and steps every active sequence
 as one batch, each with its own sampling settings, random stream, stop conditions and tools.
 
-Sequences that arrive while a batch runs join the next one. Within a batch, a sequence whose tool is running
+Sequences that arrive while a batch runs are prefilled and join it at the next step (their cache rows are
+left-padded to the batch's width). Within a batch, a sequence whose tool is running
 (in a thread pool, so that a slow tool stalls no one) steps with a masked position until the tool's output is
 fed to it; finished and cancelled sequences leave the batch (their cache rows are dropped).
 """
@@ -16,11 +17,14 @@ from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field
 
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from ..inference.detokenize import IncrementalText
 from ..inference.engine import ChatEvent, Engine, SamplingParams
 from ..tokenization.tokenization_chatforge import TOOL_CALL_START
 from ..tools import ToolError, format_tool_output, parse_tool_call
+from .sampling import sample_tokens
 from .stops import StopStrings
 
 
@@ -120,33 +124,65 @@ class _Sequence:
         return self.tool is not None and not self.tool.done()
 
 
-def sample_token(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    """One token from a row of logits: greedy at temperature 0, else temperature, top-k and top-p as asked."""
-    if params.temperature == 0:
-        return int(logits.argmax())
-    logits = logits / params.temperature
-    if params.top_k:
-        kth = torch.topk(logits, min(params.top_k, logits.numel())).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if params.top_p is not None and params.top_p < 1:
-        ordered, order = torch.sort(logits, descending=True)
-        cumulative = torch.softmax(ordered, -1).cumsum(-1)
-        beyond = cumulative - torch.softmax(ordered, -1) >= params.top_p  # keeps the token that crosses top_p
-        logits = logits.scatter(0, order[beyond], float("-inf"))
-    return int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
+@dataclass
+class _Batch:
+    """The sequences decoding together: their cache, attention mask (left-padded), fed lengths, last logits and
+    whether each row's logits follow a token it was fed."""
+
+    sequences: list[_Sequence]
+    cache: DynamicCache
+    mask: torch.Tensor
+    lengths: torch.Tensor
+    logits: torch.Tensor
+    fresh: list[bool]
+
+    def keep(self, rows: list[int]) -> None:
+        index = torch.tensor(rows, device=self.mask.device)
+        self.cache.batch_select_indices(index)
+        self.mask, self.lengths, self.logits = self.mask[index], self.lengths[index], self.logits[index]
+        self.sequences = [self.sequences[row] for row in rows]
+        self.fresh = [self.fresh[row] for row in rows]
+
+    def joinable(self) -> bool:
+        """Whether rows can be added: full-attention layers only (a sliding window's cache cannot be padded)."""
+        return all(type(layer) is DynamicLayer for layer in self.cache.layers)
+
+    def join(self, other: "_Batch") -> None:
+        """Append ``other``'s rows, left-padding the shorter cache and mask (keys keep their rotary positions)."""
+        width = max(self.mask.shape[1], other.mask.shape[1])
+        for mine, theirs in zip(self.cache.layers, other.cache.layers):
+            mine.keys = torch.cat([_left_pad(mine.keys, width, 2), _left_pad(theirs.keys, width, 2)])
+            mine.values = torch.cat([_left_pad(mine.values, width, 2), _left_pad(theirs.values, width, 2)])
+        self.mask = torch.cat([_left_pad(self.mask, width, 1), _left_pad(other.mask, width, 1)])
+        self.lengths = torch.cat([self.lengths, other.lengths])
+        self.logits = torch.cat([self.logits, other.logits])
+        self.sequences += other.sequences
+        self.fresh += other.fresh
+
+
+def _left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
+    missing = width - tensor.shape[dim]
+    if missing == 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim)
 
 
 class Batcher:
-    """The worker that decodes submitted jobs in batches of at most ``max_batch`` sequences."""
+    """The worker that decodes submitted jobs in batches of at most ``max_batch`` sequences; jobs that arrive
+    while a batch runs join it at the next step where there is room (continuous batching)."""
 
     def __init__(self, engine: Engine, max_batch: int = 32, tool_threads: int = 4):
         self.engine = engine
         self.max_batch = max_batch
         self.context = getattr(engine.model.config, "max_position_embeddings", None)
         self.waiting: queue.Queue[Job | None] = queue.Queue()
+        self.held: Job | None = None  # taken from the queue, waiting for room
+        self.closing = False
         self.tools = ThreadPoolExecutor(tool_threads, thread_name_prefix="chatforge-tool")
         self.suppressed = engine.tokenizer.convert_tokens_to_ids(TOOL_CALL_START) if engine.tools_supported else None
-        self.batches = self.largest_batch = 0
+        self.batches = self.largest_batch = self.joined = 0
         self.worker = threading.Thread(target=self._serve, name="chatforge-batcher", daemon=True)
         self.worker.start()
 
@@ -158,29 +194,42 @@ class Batcher:
         self.worker.join()
         self.tools.shutdown(wait=False, cancel_futures=True)
 
-    def _serve(self) -> None:
-        while (job := self.waiting.get()) is not None:
-            jobs = [job]  # (a job cancelled while it waited ends at the first step)
-            while sum(j.n for j in jobs) < self.max_batch:
+    def _take(self, room: int, block: bool) -> list[Job]:
+        """Jobs of at most ``room`` sequences in all (the first one waits for a job when ``block``)."""
+        jobs = []
+        while not self.closing:
+            if self.held is not None:
+                job, self.held = self.held, None
+            else:
                 try:
-                    following = self.waiting.get_nowait()
+                    job = self.waiting.get(block=block and not jobs)
                 except queue.Empty:
                     break
-                if following is None:
-                    self.waiting.put(None)
-                    break
-                jobs.append(following)
-            self.batches += 1
-            self.largest_batch = max(self.largest_batch, sum(j.n for j in jobs))
-            try:
-                self._decode(jobs)
-            except Exception as error:  # every sequence of the batch learns why, the worker lives on
-                for j in jobs:
-                    for index in range(j.n):
-                        j.emit(index, ChatEvent("done", finish_reason="error", text=f"{type(error).__name__}: {error}"))
+            if job is None:
+                self.closing = True
+            elif jobs and sum(j.n for j in jobs) + job.n > room:
+                self.held = job
+                break
+            else:
+                jobs.append(job)
+        return jobs
 
-    @torch.inference_mode()
-    def _decode(self, jobs: list[Job]) -> None:
+    def _serve(self) -> None:
+        while jobs := self._take(self.max_batch, block=True):
+            self.batches += 1
+            batch = None
+            try:
+                batch = self._prefill(jobs)
+                self._decode(batch)
+            except Exception as error:  # every sequence of the batch learns why, the worker lives on
+                for sequence in batch.sequences if batch else [_Sequence(j, i, self.engine, self.engine.device)
+                                                                for j in jobs for i in range(j.n)]:
+                    if not sequence.finished:
+                        sequence.job.emit(sequence.index, ChatEvent("done", finish_reason="error",
+                                                                    text=f"{type(error).__name__}: {error}"))
+
+    def _prefill(self, jobs: list[Job]) -> _Batch:
+        """The jobs' prompts run through the model together (left-padded): a batch ready to decode."""
         engine, device = self.engine, self.engine.device
         sequences = [_Sequence(job, index, engine, device) for job in jobs for index in range(job.n)]
         prompts = [job.prompt_ids for job in jobs for _ in range(job.n)]
@@ -191,59 +240,77 @@ class Batcher:
             ids[row, width - len(prompt):] = torch.as_tensor(prompt)
             mask[row, width - len(prompt):] = 1
         ids, mask = ids.to(device), mask.to(device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        output = engine.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-        cache, logits, lengths = output.cache, output.logits[:, -1].float(), mask.sum(-1)
-        fresh = [True] * len(sequences)  # the row's logits follow a token it was fed
+        with torch.inference_mode():
+            output = engine.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                                  use_cache=True)
+        return _Batch(sequences, output.cache, mask, mask.sum(-1), output.logits[:, -1].float(),
+                      [True] * len(sequences))
+
+    @torch.inference_mode()
+    def _decode(self, batch: _Batch) -> None:
+        engine, device = self.engine, self.engine.device
         while True:
-            feed = []
-            for row, sequence in enumerate(sequences):
-                feed.append(self._next_input(sequence, logits[row], fresh[row]))
-            keep = [row for row, sequence in enumerate(sequences) if not sequence.finished]
+            if len(batch.sequences) < self.max_batch and batch.joinable() and (joining := self._take(
+                    self.max_batch - len(batch.sequences), block=False)):
+                batch.join(self._prefill(joining))
+                self.joined += sum(job.n for job in joining)
+            self.largest_batch = max(self.largest_batch, len(batch.sequences))
+            feed = self._inputs(batch)
+            keep = [row for row, sequence in enumerate(batch.sequences) if not sequence.finished]
             if not keep:
                 return
-            if len(keep) < len(sequences):
-                index = torch.tensor(keep, device=device)
-                cache.batch_select_indices(index)
-                mask, lengths = mask[index], lengths[index]
-                sequences, feed = [sequences[row] for row in keep], [feed[row] for row in keep]
+            if len(keep) < len(batch.sequences):
+                feed = [feed[row] for row in keep]
+                batch.keep(keep)
             if all(token is None for token in feed):  # every sequence waits on a tool
-                running = [s.tool for s in sequences if s.tool is not None]
+                running = [s.tool for s in batch.sequences if s.tool is not None]
                 if not running:
                     raise RuntimeError("no sequence of the batch can step")
                 wait_for_futures(running, return_when="FIRST_COMPLETED")
-                fresh = [False] * len(sequences)
+                batch.fresh = [False] * len(batch.sequences)
                 continue
             real = torch.tensor([token is not None for token in feed], device=device, dtype=torch.long)
             step = torch.tensor([[engine.pad_id if token is None else token] for token in feed], device=device)
-            mask = torch.cat([mask, real[:, None]], 1)
-            output = engine.model(input_ids=step, attention_mask=mask, position_ids=lengths[:, None], cache=cache,
-                                  use_cache=True)
-            cache, logits, lengths = output.cache, output.logits[:, -1].float(), lengths + real
-            fresh = real.bool().tolist()
+            batch.mask = torch.cat([batch.mask, real[:, None]], 1)
+            output = engine.model(input_ids=step, attention_mask=batch.mask, position_ids=batch.lengths[:, None],
+                                  cache=batch.cache, use_cache=True)
+            batch.cache, batch.logits = output.cache, output.logits[:, -1].float()
+            batch.lengths = batch.lengths + real
+            batch.fresh = real.bool().tolist()
 
-    def _next_input(self, sequence: _Sequence, logits: torch.Tensor, fresh: bool) -> int | None:
-        """The token this sequence feeds at this step (None: a masked step while its tool runs)."""
+    def _inputs(self, batch: _Batch) -> list[int | None]:
+        """The token each sequence feeds at this step (None: finished, or a masked step while its tool runs):
+        forced tool-output tokens, or tokens sampled for all the others at once."""
+        feed, sampling = [], []
+        for row, sequence in enumerate(batch.sequences):
+            token = self._forced_input(sequence)
+            if token is None and not sequence.finished and not sequence.waiting and batch.fresh[row]:
+                sampling.append(row)
+            feed.append(token)
+        if sampling:
+            logits = batch.logits[sampling]
+            if self.suppressed is not None:  # without tools, the model answers in its own words
+                without = [i for i, row in enumerate(sampling) if not batch.sequences[row].job.use_tools]
+                logits[without, self.suppressed] = float("-inf")
+            chosen = [batch.sequences[row] for row in sampling]
+            tokens = sample_tokens(logits, [s.job.params for s in chosen], [s.generator for s in chosen])
+            for row, sequence, token in zip(sampling, chosen, tokens):
+                sequence.sampled(token, self.tools)
+                if not sequence.finished and self.context and sequence.length >= self.context:
+                    sequence.finish("length")  # no position left to feed the token at
+                feed[row] = None if sequence.finished else self._fed(sequence, token)
+        return feed
+
+    def _forced_input(self, sequence: _Sequence) -> int | None:
+        """A tool-output token the sequence must feed next, if any (ending it if its client went away)."""
         if sequence.finished:
             return None
         if sequence.job.cancelled.is_set():
             sequence.finish("cancelled")
             return None
-        if sequence.tool is not None:
-            if sequence.waiting:
-                return None
+        if sequence.tool is not None and not sequence.waiting:
             sequence.tool_returned()
-        if sequence.forced:
-            return self._fed(sequence, sequence.forced.popleft())
-        if not fresh:
-            return None
-        if self.suppressed is not None and not sequence.job.use_tools:
-            logits[self.suppressed] = float("-inf")  # without tools, the model answers in its own words
-        token = sample_token(logits, sequence.job.params, sequence.generator)
-        sequence.sampled(token, self.tools)
-        if not sequence.finished and self.context and sequence.length >= self.context:
-            sequence.finish("length")  # no position left to feed the token at
-        return None if sequence.finished else self._fed(sequence, token)
+        return self._fed(sequence, sequence.forced.popleft()) if sequence.forced else None
 
     @staticmethod
     def _fed(sequence: _Sequence, token: int) -> int:
@@ -251,4 +318,4 @@ class Batcher:
         return token
 
 
-__all__ = ["Batcher", "Job", "sample_token"]
+__all__ = ["Batcher", "Job"]
