@@ -208,6 +208,8 @@ def _speedrun(args: argparse.Namespace) -> None:
         print(f"  report card: {output / 'report.md'} (figures in {output / 'report.json'})")
     if (output / "export/grpo").exists():
         print(f"  chat model:  {output / 'export/grpo'}   (chatforge chat {output / 'export/grpo'})")
+        print(f"  serve it:    chatforge serve {output / 'export/grpo'} --tools calculator,python"
+              "   (OpenAI API and chat page on http://127.0.0.1:8000)")
 
 
 def _eval(args: argparse.Namespace) -> None:
