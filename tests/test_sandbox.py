@@ -185,9 +185,34 @@ def test_no_program_reaches_the_host_network_or_its_sockets(listeners):
         run_python(f"import socket\nsocket.create_connection({addresses['tcp']!r}, timeout=2)")
 
 
-def test_the_sandbox_has_an_empty_network_namespace():
-    interfaces = execute("print([line.split(':')[0].strip() for line in open('/proc/net/dev')][2:])").stdout
-    assert interfaces.strip() == "['lo']"
+def test_no_program_changes_a_kernel_setting():
+    """As root, the sandbox is uid 0 to the kernel: a writable /proc/sys would let it set the host's sysctls
+    (``kernel.core_pattern`` runs a program as root on the host). Judged by the host's own value of a harmless
+    one, put back if the test fails."""
+    setting = "/proc/sys/kernel/core_uses_pid"
+    before = open(setting).read()
+    flipped = "0" if before.strip() == "1" else "1"
+    program = UNHOOK + f"""
+import os
+for attempt in (lambda: open({setting!r}, 'w').write({flipped!r}), lambda: os.mkdir('proc'),
+                lambda: __import__('ctypes').CDLL(None).mount(b'proc', b'proc', b'proc', 0, None)):
+    try:
+        attempt()
+    except Exception as e:
+        print(e)
+if os.path.isdir('proc'):
+    try:
+        open('proc/sys/kernel/core_uses_pid', 'w').write({flipped!r})
+    except OSError as e:
+        print(e)
+"""
+    try:
+        execute(program)
+        assert open(setting).read() == before
+    finally:
+        if open(setting).read() != before:
+            with open(setting, "w") as restore:
+                restore.write(before)
 
 
 def test_no_program_reads_or_signals_its_caller(monkeypatch):

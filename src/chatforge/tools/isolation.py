@@ -3,7 +3,7 @@
 Under ``bubblewrap`` (the default) each run gets new user, pid, network, ipc, uts and cgroup namespaces, uid and
 gid 65534 with every capability dropped and no way to create further user namespaces, a root filesystem that
 holds only ``/usr`` and the interpreter's installation (read-only), the shared packages (read-only), a fresh
-``/dev`` and ``/proc`` of its own, and a size-limited tmpfs as working directory; it runs in a new session,
+``/dev`` (no ``/proc``, no ``/sys``), and a size-limited tmpfs as working directory; it runs in a new session,
 dies with its caller, and a seccomp filter refuses the system calls a calculator-and-numpy program never makes
 (new processes, sockets, tracing, other processes' memory, mounts, namespaces, kernel keyrings, BPF, io_uring,
 modules...).
@@ -160,8 +160,8 @@ def _bubblewrap_options(disk_bytes: int) -> list[str]:
             bound.append(tree)
     for name, source in _shared_packages().items():
         options += ["--ro-bind", source, f"{PACKAGES_DIR}/{name}"]
-    return options + ["--dev", "/dev", "--proc", "/proc", "--size", str(disk_bytes), "--tmpfs", WORKDIR,
-                      "--chdir", WORKDIR]
+    # No /proc (nor /sys): a root caller's sandbox is uid 0 to the kernel, and /proc/sys would take its writes.
+    return options + ["--dev", "/dev", "--size", str(disk_bytes), "--tmpfs", WORKDIR, "--chdir", WORKDIR]
 
 
 def _package_sources() -> list[str]:
