@@ -89,10 +89,10 @@ class _Sequence:
         self.text(self.segment.add(token))
         if self.finished:
             return
-        if self.job.use_tools and token == engine.tool_call_end_id:
+        if self.job.use_tools and token == engine.tool_call_end_id and self.budget > 0:
             self.calling = False
             self._call_tool(tools)
-        elif self.budget <= 0:
+        elif self.budget <= 0:  # (a call that closes on the last token is not run, as in Engine.chat)
             self.text(self.segment.flush())
             if not self.finished:
                 self.finish("length")
@@ -272,7 +272,9 @@ class Batcher:
             real = torch.tensor([token is not None for token in feed], device=device, dtype=torch.long)
             step = torch.tensor([[engine.pad_id if token is None else token] for token in feed], device=device)
             batch.mask = torch.cat([batch.mask, real[:, None]], 1)
-            output = engine.model(input_ids=step, attention_mask=batch.mask, position_ids=batch.lengths[:, None],
+            # Without padding or masked steps, every row attends to all it has: no mask to build.
+            mask = None if bool(batch.mask.all()) else batch.mask
+            output = engine.model(input_ids=step, attention_mask=mask, position_ids=batch.lengths[:, None],
                                   cache=batch.cache, use_cache=True)
             batch.cache, batch.logits = output.cache, output.logits[:, -1].float()
             batch.lengths = batch.lengths + real

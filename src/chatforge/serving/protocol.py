@@ -10,8 +10,6 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-#: Request fields accepted and ignored (they do not change a reply).
-IGNORED_FIELDS = ("user", "metadata", "store", "service_tier")
 #: Fields refused unless they hold the value that leaves sampling unchanged.
 NO_OP_VALUES = {"presence_penalty": 0, "frequency_penalty": 0, "logit_bias": None, "logprobs": None,
                 "top_logprobs": None, "response_format": None, "echo": False, "suffix": None, "best_of": None}
@@ -128,4 +126,4 @@ class CompletionRequest(_Sampling):
         return self.max_tokens
 
 
-__all__ = ["ChatCompletionRequest", "CompletionRequest", "IGNORED_FIELDS", "Message", "NO_OP_VALUES"]
+__all__ = ["ChatCompletionRequest", "CompletionRequest", "Message", "NO_OP_VALUES"]
