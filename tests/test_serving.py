@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import contextlib
+import copy
 import json
 import os
 import random
@@ -251,6 +252,20 @@ def test_a_llama_family_model_folder_is_served_too(tmp_path, tokenizer):
         streamed = "".join(c.choices[0].delta.content or "" for c in llama.chat.completions.create(
             model="tiny-llama", messages=[{"role": "user", "content": "Hello?"}], temperature=0, stream=True))
     assert reply.choices[0].message.content == streamed == "Hi there." and reply.choices[0].finish_reason == "stop"
+
+
+def test_a_base_model_without_a_chat_template_completes_and_refuses_chat_clearly(tmp_path, tokenizer, model):
+    base = copy.deepcopy(tokenizer)
+    base.chat_template = None
+    model.save_pretrained(tmp_path / "tiny-base")
+    base.save_pretrained(tmp_path / "tiny-base")
+    with serving(tmp_path / "tiny-base") as url:
+        chat = httpx.post(f"{url}/v1/chat/completions", json={"model": "tiny-base", "messages": [
+            {"role": "user", "content": "hi"}]})
+        completion = httpx.post(f"{url}/v1/completions", json={"model": "tiny-base", "prompt": "The river",
+                                                               "max_tokens": 4, "temperature": 0})
+    assert chat.status_code == 400 and "/v1/completions" in chat.json()["error"]["message"]
+    assert completion.status_code == 200 and completion.json()["usage"]["completion_tokens"] == 4
 
 
 @pytest.fixture(scope="module")

@@ -158,6 +158,8 @@ def create_app(engine: Engine, model_name: str, use_tools: bool = False, api_key
                                                             return_dict=False))
         except TemplateError as error:
             raise APIError(400, f"messages: {error}", param="messages") from None
+        except ValueError as error:  # no chat template: a base model
+            raise APIError(400, f"{error}; for a base model use /v1/completions", param="messages") from None
         params = _params(request, budget(ids, request.token_limit()))
         stream = events([ids], params, request.n, use_tools and engine.toolbox is not None)
         reply = ChatReply(model_name, request.n, len(ids), request.stream_options)
