@@ -190,17 +190,13 @@ def _params(request, max_tokens: int) -> SamplingParams:
 class ChatReply:
     """Builds ``chat.completion`` responses and ``chat.completion.chunk`` streams from choice events."""
 
-    kind, chunk_kind = "chat.completion", "chat.completion.chunk"
+    kind, chunk_kind, prefix = "chat.completion", "chat.completion.chunk", "chatcmpl"
 
     def __init__(self, model: str, choices: int, prompt_tokens: int, stream_options=None):
         self.model, self.choices, self.prompt_tokens = model, choices, prompt_tokens
         self.include_usage = bool(stream_options and stream_options.include_usage)
-        self.id, self.created = f"{self.prefix()}-{uuid.uuid4().hex}", int(time.time())
+        self.id, self.created = f"{self.prefix}-{uuid.uuid4().hex}", int(time.time())
         self.completion_tokens = 0
-
-    @staticmethod
-    def prefix() -> str:
-        return "chatcmpl"
 
     def usage(self) -> dict:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
@@ -270,10 +266,7 @@ class TextReply(ChatReply):
     """``text_completion`` responses and streams (``/v1/completions``)."""
 
     kind = chunk_kind = "text_completion"
-
-    @staticmethod
-    def prefix() -> str:
-        return "cmpl"
+    prefix = "cmpl"
 
     def delta(self, event: ChatEvent) -> dict | None:
         return {"text": event.text} if event.kind == "text" else None

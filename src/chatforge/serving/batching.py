@@ -40,6 +40,7 @@ class Job:
     n: int = 1
     use_tools: bool = False
     cancelled: threading.Event = field(default_factory=threading.Event)
+    ended: set[int] = field(default_factory=set)  # the sequences whose ``done`` was emitted
 
 
 class _Sequence:
@@ -64,6 +65,7 @@ class _Sequence:
         if (tail := self.stops.flush()) and not self.calling:
             self.job.emit(self.index, ChatEvent("text", tail))
         self.finished = True
+        self.job.ended.add(self.index)
         self.job.emit(self.index, ChatEvent("done", finish_reason=reason, stop_token=stop_token, tokens=self.generated))
 
     def text(self, piece: str) -> None:
@@ -217,16 +219,13 @@ class Batcher:
     def _serve(self) -> None:
         while jobs := self._take(self.max_batch, block=True):
             self.batches += 1
-            batch = None
             try:
-                batch = self._prefill(jobs)
-                self._decode(batch)
+                self._decode(self._prefill(jobs), jobs)
             except Exception as error:  # every sequence of the batch learns why, the worker lives on
-                for sequence in batch.sequences if batch else [_Sequence(j, i, self.engine, self.engine.device)
-                                                                for j in jobs for i in range(j.n)]:
-                    if not sequence.finished:
-                        sequence.job.emit(sequence.index, ChatEvent("done", finish_reason="error",
-                                                                    text=f"{type(error).__name__}: {error}"))
+                failure = ChatEvent("done", finish_reason="error", text=f"{type(error).__name__}: {error}")
+                for job in jobs:
+                    for index in set(range(job.n)) - job.ended:
+                        job.emit(index, failure)
 
     def _prefill(self, jobs: list[Job]) -> _Batch:
         """The jobs' prompts run through the model together (left-padded): a batch ready to decode."""
@@ -247,11 +246,13 @@ class Batcher:
                       [True] * len(sequences))
 
     @torch.inference_mode()
-    def _decode(self, batch: _Batch) -> None:
+    def _decode(self, batch: _Batch, jobs: list[Job]) -> None:
+        """Step ``batch`` until every sequence has ended; jobs that join it are added to ``jobs``."""
         engine, device = self.engine, self.engine.device
         while True:
             if len(batch.sequences) < self.max_batch and batch.joinable() and (joining := self._take(
                     self.max_batch - len(batch.sequences), block=False)):
+                jobs += joining
                 batch.join(self._prefill(joining))
                 self.joined += sum(job.n for job in joining)
             self.largest_batch = max(self.largest_batch, len(batch.sequences))

@@ -164,7 +164,8 @@ def _bubblewrap_options(disk_bytes: int) -> list[str]:
     return options + ["--dev", "/dev", "--size", str(disk_bytes), "--tmpfs", WORKDIR, "--chdir", WORKDIR]
 
 
-def _package_sources() -> list[str]:
+@cache
+def _package_sources() -> tuple[str, ...]:
     """The installed directories of SHARED_PACKAGES (and the native libraries their wheels ship beside them)."""
     sources = []
     for name in SHARED_PACKAGES:
@@ -173,7 +174,7 @@ def _package_sources() -> list[str]:
             continue
         package = Path(spec.submodule_search_locations[0])
         sources += [str(path) for path in (package, package.with_name(f"{name}.libs")) if path.is_dir()]
-    return sources
+    return tuple(sources)
 
 
 def _shared_packages() -> dict[str, str]:
