@@ -129,11 +129,13 @@ def learn_texts(model, tokenizer, texts: list[str], steps: int) -> None:
     model.eval()
 
 
-def memorize(model, tokenizer, conversations: list[list[dict]], steps: int = 150, lr: float = 1e-2):
-    """Train ``model`` on the assistant tokens of ``conversations`` until it has learnt them by heart."""
+def memorize(model, tokenizer, conversations: list[list[dict] | dict], steps: int = 150, lr: float = 1e-2):
+    """Train ``model`` on the assistant tokens of ``conversations`` (message lists, or examples with ``messages``
+    and ``tools``) until it has learnt them by heart."""
     from chatforge.data import DataCollatorForChat
 
-    batch = DataCollatorForChat(tokenizer)([{"messages": messages} for messages in conversations])
+    examples = [c if isinstance(c, dict) else {"messages": c} for c in conversations]
+    batch = DataCollatorForChat(tokenizer)(examples)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
     for _ in range(steps):

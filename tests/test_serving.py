@@ -23,6 +23,7 @@ from transformers import LlamaForCausalLM
 from chatforge.inference.engine import Engine, SamplingParams
 from chatforge.modeling import ChatForgeForCausalLM, set_generation_defaults
 from chatforge.serving.sampling import sample_tokens
+from chatforge.serving.tool_calls import ToolCallReader
 from chatforge.tools import default_toolbox, tool_exchange
 
 QUESTION = "What is 123 * 456?"
@@ -32,20 +33,31 @@ MARKUP_QUESTION = "Show me markup."
 # Markdown to render, and HTML that must stay inert on the page.
 MARKUP_REPLY = ("**Bold** <img src=x onerror=\"document.title='pwned'\">"
                 "<script>document.title='pwned'</script>\n\n```\nx = 1\n```")
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+WEATHER_QUESTION = [{"role": "user", "content": "Weather in Paris?"}]
+WEATHER_CALL = {"id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+WEATHER_ANSWERED = [*WEATHER_QUESTION, {"role": "assistant", "content": None, "tool_calls": [WEATHER_CALL]},
+                    {"role": "tool", "tool_call_id": "call_1", "content": "18 C, sunny"}]
+WEATHER_REPLY = "It is 18 C and sunny."
 KEY = "test-key"
 ARTIFACTS = Path(os.environ.get("CHATFORGE_TEST_ARTIFACTS", "test-artifacts"))
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory, tokenizer):
-    """A tiny model that answers QUESTION with a calculator call, saved as a folder."""
+    """A tiny model that answers QUESTION with a calculator call, and calls a declared weather tool, saved as a
+    folder."""
     torch.manual_seed(0)
-    model = ChatForgeForCausalLM(small_config(tokenizer, initializer_range=0.1)).eval()
+    model = ChatForgeForCausalLM(small_config(tokenizer, initializer_range=0.1, max_position_embeddings=384)).eval()
     set_generation_defaults(model, tokenizer)
     memorize(model, tokenizer, [[{"role": "user", "content": QUESTION},
                                  {"role": "assistant", "content": TRAINED_REPLY}],
                                 [{"role": "user", "content": MARKUP_QUESTION},
-                                 {"role": "assistant", "content": MARKUP_REPLY}]], steps=400)
+                                 {"role": "assistant", "content": MARKUP_REPLY}],
+                                {"messages": [*WEATHER_ANSWERED, {"role": "assistant", "content": WEATHER_REPLY}],
+                                 "tools": [WEATHER]}], steps=400)
     folder = tmp_path_factory.mktemp("served") / "tiny-chat"
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
@@ -133,12 +145,34 @@ def test_a_streamed_reply_is_the_whole_reply_in_pieces(client):
     chunks = list(_ask(client, temperature=0, stream=True, stream_options={"include_usage": True}))
     deltas = [chunk.choices[0].delta for chunk in chunks if chunk.choices]
     text = "".join(delta.content or "" for delta in deltas)
-    assert text == "Let me compute. Done." and sum(bool(delta.content) for delta in deltas) > 3
+    # (how many pieces the text comes in depends on how fast the client reads; the tool call always splits it)
+    assert text == "Let me compute. Done." and sum(bool(delta.content) for delta in deltas) >= 2
     extras = [delta.model_extra for delta in deltas if delta.model_extra]
     assert extras == [{"chatforge_tool_call": {"name": "calculator", "arguments": "123 * 456"}},
                       {"chatforge_tool_output": {"name": "calculator", "output": "56088"}}]
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     assert chunks[-1].usage.completion_tokens == _ask(client, temperature=0).usage.completion_tokens
+
+
+def test_declared_tools_come_back_as_tool_calls_and_their_results_are_answered(client):
+    """The tool is the client's: the model's call ends the reply as OpenAI ``tool_calls`` (the server's own
+    calculator is not run for it), and the conversation goes on once the client sends the result."""
+    called = client.chat.completions.create(model="tiny-chat", messages=WEATHER_QUESTION, tools=[WEATHER],
+                                            temperature=0)
+    choice = called.choices[0]
+    assert choice.finish_reason == "tool_calls" and not choice.message.content
+    assert [(c.type, c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls] == [
+        ("function", "get_weather", {"city": "Paris"})]
+    streamed = list(client.chat.completions.create(model="tiny-chat", messages=WEATHER_QUESTION, tools=[WEATHER],
+                                                   temperature=0, stream=True))
+    calls = [call for chunk in streamed for call in chunk.choices[0].delta.tool_calls or []]
+    assert [(c.index, c.function.name, c.function.arguments) for c in calls] == [
+        (0, "get_weather", choice.message.tool_calls[0].function.arguments)]
+    assert streamed[-1].choices[0].finish_reason == "tool_calls"
+    answered = client.chat.completions.create(model="tiny-chat", messages=WEATHER_ANSWERED, tools=[WEATHER],
+                                              temperature=0)
+    assert answered.choices[0].message.content == WEATHER_REPLY and answered.choices[0].finish_reason == "stop"
+    assert answered.choices[0].message.tool_calls is None
 
 
 def test_seeds_n_and_stop_strings(client):
@@ -172,12 +206,16 @@ def test_completions_continue_a_plain_prompt(client):
     ({"model": "tiny-chat", "messages": []}, 400, "messages"),
     ({"model": "tiny-chat", "messages": [{"role": "robot", "content": "hi"}]}, 400, "role"),
     ({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}]}, 404, "does not exist"),
-    ({"model": "tiny-chat", "messages": [{"role": "user", "content": "word " * 400}]}, 400, "context"),
+    ({"model": "tiny-chat", "messages": [{"role": "user", "content": "word " * 500}]}, 400, "context"),
     ({"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 400, "max_tokens"),
     ({"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100}, 400, "limit"),
     ({"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "logprobs": True}, 400, "logprobs"),
     ({"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]},
-     400, "client-declared tools"),
+     400, "tools.0.function"),
+    ({"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "tools": [WEATHER],
+      "tool_choice": "required"}, 400, "tool_choice"),
+    ({"model": "tiny-chat", "messages": [{"role": "user", "content": "hi", "tool_calls": [WEATHER_CALL]}]},
+     400, "only assistant messages"),
     ({"model": "tiny-chat", "messages": [{"role": "user", "content": "hi"}], "temprature": 0}, 400, "temprature"),
 ])
 def test_bad_requests_get_an_openai_style_error(server, body, status, message):
@@ -262,9 +300,12 @@ def test_a_base_model_without_a_chat_template_completes_and_refuses_chat_clearly
     with serving(tmp_path / "tiny-base") as url:
         chat = httpx.post(f"{url}/v1/chat/completions", json={"model": "tiny-base", "messages": [
             {"role": "user", "content": "hi"}]})
+        tools = httpx.post(f"{url}/v1/chat/completions", json={"model": "tiny-base", "messages": WEATHER_QUESTION,
+                                                               "tools": [WEATHER]})
         completion = httpx.post(f"{url}/v1/completions", json={"model": "tiny-base", "prompt": "The river",
                                                                "max_tokens": 4, "temperature": 0})
     assert chat.status_code == 400 and "/v1/completions" in chat.json()["error"]["message"]
+    assert tools.status_code == 400 and "does not take tools" in tools.json()["error"]["message"]
     assert completion.status_code == 200 and completion.json()["usage"]["completion_tokens"] == 4
 
 
@@ -319,3 +360,18 @@ def test_the_chat_page_streams_replies_shows_tool_calls_and_keeps_markup_inert(s
     reply = page.locator(".assistant")
     assert reply.locator("strong").inner_text() == "Bold" and reply.locator("pre code").inner_text() == "x = 1\n"
     assert page.title() == "chatforge" and reply.locator("script, img[onerror]").count() == 0
+
+
+def test_a_call_in_plain_text_becomes_the_argument_of_a_one_parameter_tool(tokenizer):
+    """ChatForge's own tools take one text argument; declared as a one-parameter tool, the call's text becomes
+    that parameter's value, so that ``arguments`` is always a JSON object."""
+    calculator = {"type": "function", "function": {"name": "calculator", "parameters": {
+        "type": "object", "properties": {"expression": {"type": "string"}}}}}
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": QUESTION}], tools=[calculator],
+                                           tokenize=False, add_generation_prompt=True)
+    reader = ToolCallReader(tokenizer.response_template, prompt, [calculator])
+    pieces = [*reader.feed("Let me compute. <|tool_call_start|>calcul"),
+              *reader.feed("ator\n123 * 456<|tool_call_end|>"), *reader.close()]
+    assert "".join(p for p in pieces if isinstance(p, str)) == "Let me compute. "
+    [call] = [p for p in pieces if not isinstance(p, str)]
+    assert (call.name, json.loads(call.arguments)) == ("calculator", {"expression": "123 * 456"})

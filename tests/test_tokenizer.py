@@ -111,6 +111,48 @@ def test_assistant_mask_covers_exactly_the_assistant_replies(tokenizer):
     assert [tokenizer.decode(span) for span in spans] == ["2+2 = 4.<|im_end|>", "You're welcome.<|im_end|>"]
 
 
+CALCULATOR = {"type": "function", "function": {"name": "calculator", "description": "Arithmetic.", "parameters": {
+    "type": "object", "properties": {"expression": {"type": "string"}}, "required": ["expression"]}}}
+CALLED = [{"role": "user", "content": "What is 6 * 7?"},
+          {"role": "assistant", "content": "Let me see.", "tool_calls": [
+              {"id": "c1", "type": "function",
+               "function": {"name": "calculator", "arguments": '{"expression": "6*7"}'}}]},
+          {"role": "tool", "tool_call_id": "c1", "content": "42"},
+          {"role": "assistant", "content": "It is 42."}]
+
+
+def test_declared_tools_and_their_calls_render_as_the_engine_writes_them(tokenizer):
+    """Tools are listed in the system turn; a call and the tool's reply sit inside one assistant turn, as the
+    engine lays them out when it runs tools itself; the loss covers the calls but not the outputs."""
+    rendered = tokenizer.apply_chat_template(CHAT[:1] + CALLED, tools=[CALCULATOR], tokenize=False)
+    assert rendered.startswith("<|im_start|>system<|im_sep|>You are chatforge.\n\nYou can call these tools.")
+    assert '\n{"type": "function", "function": {"name": "calculator"' in rendered
+    assert rendered.endswith(
+        "<|im_start|>user<|im_sep|>What is 6 * 7?<|im_end|><|im_start|>assistant<|im_sep|>Let me see."
+        '<|tool_call_start|>calculator\n{"expression": "6*7"}<|tool_call_end|><|tool_output_start|>42'
+        "<|tool_output_end|>It is 42.<|im_end|>")
+    assert tokenizer.apply_chat_template(CALLED[:3], tools=[CALCULATOR], tokenize=False,
+                                         add_generation_prompt=True).endswith("<|tool_output_end|>")
+    encoded = tokenizer.apply_chat_template(CALLED, tools=[CALCULATOR], tokenize=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+    trained = tokenizer.decode([t for t, flag in zip(encoded["input_ids"], encoded["assistant_masks"]) if flag])
+    assert trained == ('Let me see.<|tool_call_start|>calculator\n{"expression": "6*7"}<|tool_call_end|>'
+                       "It is 42.<|im_end|>")
+
+
+def test_parse_response_reads_calls_back_out_of_a_generated_turn(tokenizer, tmp_path):
+    tokenizer.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    prompt = loaded.apply_chat_template(CALLED[:1], tools=[CALCULATOR], tokenize=False, add_generation_prompt=True)
+    parsed = loaded.parse_response('Let me see.<|tool_call_start|>calculator\n{"expression": "6*7"}'
+                                   "<|tool_call_end|>", prefix=prompt, tools=[CALCULATOR])
+    assert parsed == {"role": "assistant", "content": "Let me see.", "tool_calls": [
+        {"type": "function", "function": {"name": "calculator", "arguments": {"expression": "6*7"}}}]}
+    after_output = loaded.apply_chat_template(CALLED[:3], tools=[CALCULATOR], tokenize=False,
+                                              add_generation_prompt=True)
+    assert loaded.parse_response("It is 42.", prefix=after_output) == {"role": "assistant", "content": "It is 42."}
+
+
 def test_save_and_load_through_auto_tokenizer(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path)
     loaded = AutoTokenizer.from_pretrained(tmp_path)

@@ -83,7 +83,8 @@ class DataCollatorForPackedPretraining:
 class DataCollatorForChat:
     """Tokenize conversations with the chat template; labels only on the assistant's tokens.
 
-    Examples hold ``messages`` (a list of ``{"role", "content"}``) or are already tokenized with
+    Examples hold ``messages`` (a list of ``{"role", "content"}``, with the ``tools`` they may call as JSON
+    schemas beside them) or are already tokenized with
     ``input_ids`` and ``assistant_masks`` (as ``apply_chat_template(..., return_assistant_tokens_mask=True)``
     returns them). Every non-assistant token, and padding, gets label -100. The template must mark
     assistant content with ``{% generation %}``, as ChatForge's does.
@@ -114,7 +115,8 @@ class DataCollatorForChat:
         if not any(m.get("role") == "assistant" for m in example["messages"]):
             raise ValueError(f"example {index}: conversation has no assistant message to train on")
         encoded = self.tokenizer.apply_chat_template(
-            example["messages"], tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+            example["messages"], tools=example.get("tools"), tokenize=True, return_dict=True,
+            return_assistant_tokens_mask=True
         )
         if not any(encoded["assistant_masks"]):
             raise ValueError(

@@ -3,10 +3,13 @@ events from ``sse-starlette`` for streams), and the chat page at ``/``.
 
 Built-in tools run on the server inside the assistant's turn; the client sees each call and its output as a
 ``chatforge_tool_call`` / ``chatforge_tool_output`` delta in a stream, and as ``chatforge_tools`` (name,
-arguments, output) beside the content of a whole message. Errors use OpenAI's ``{"error": {...}}`` shape.
+arguments, output) beside the content of a whole message. Tools a request declares itself are the client's to
+run: the model's calls come back as OpenAI ``tool_calls`` (finish reason ``tool_calls``), and the server's own
+tools are not used for that request. Errors use OpenAI's ``{"error": {...}}`` shape.
 """
 
 import asyncio
+import dataclasses
 import json
 import time
 import uuid
@@ -26,7 +29,10 @@ from ..inference.engine import ChatEvent, Engine, SamplingParams
 from .batching import Batcher, Job
 from .protocol import ChatCompletionRequest, CompletionRequest
 from .relay import EventRelay
+from .tool_calls import ToolCall, ToolCallReader, tool_call_template
 
+#: What a reply is built from: the batcher's events, and the calls read out of a reply for declared tools.
+Event = ChatEvent | ToolCall
 #: The chat page (``GET /``) and its scripts.
 STATIC = Path(__file__).parent / "static"
 #: The page runs only its own scripts and talks only to this server, whatever a reply contains.
@@ -63,6 +69,7 @@ def create_app(engine: Engine, model_name: str, use_tools: bool = False, api_key
     """The server of one model. ``use_tools``: run the engine's toolbox inside the assistant's turn."""
     state: dict = {}
     context = getattr(engine.model.config, "max_position_embeddings", None)
+    response_template, no_tools_why = tool_call_template(engine.tokenizer, engine.model)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -110,14 +117,14 @@ def create_app(engine: Engine, model_name: str, use_tools: bool = False, api_key
         return min(asked or limits.default_max_tokens, room)
 
     async def events(prompts: list[list[int]], params: SamplingParams, n: int,
-                     tools: bool) -> AsyncIterator[tuple[int, ChatEvent]]:
+                     tool_calls: str) -> AsyncIterator[tuple[int, ChatEvent]]:
         """Each choice's events as the batcher makes them (choice ``p * n + i`` is sample i of prompt p); the
         jobs are cancelled when the consumer stops (a client that went away frees its sequences)."""
         relay, jobs = EventRelay(asyncio.get_running_loop()), []
         for p, ids in enumerate(prompts):
             def emit(index: int, event: ChatEvent, offset: int = p * n) -> None:
                 relay.emit(offset + index, event)
-            jobs.append(Job(ids, params, emit, n=n, use_tools=tools))
+            jobs.append(Job(ids, params, emit, n=n, tool_calls=tool_calls))
             state["batcher"].submit(jobs[-1])
         remaining = len(prompts) * n
         try:
@@ -152,17 +159,25 @@ def create_app(engine: Engine, model_name: str, use_tools: bool = False, api_key
     @app.post("/v1/chat/completions", dependencies=[Depends(authorized)])
     async def chat_completions(request: ChatCompletionRequest):
         checked_model(request.model)
-        messages = [{"role": m.role, "content": m.text()} for m in request.messages]
+        declared = request.declared_tools()
+        if declared and no_tools_why:
+            raise APIError(400, f"tools: {no_tools_why}", param="tools")
         try:
-            ids = list(engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+            ids = list(engine.tokenizer.apply_chat_template([m.for_template() for m in request.messages],
+                                                            tools=declared, add_generation_prompt=True, tokenize=True,
                                                             return_dict=False))
         except TemplateError as error:
             raise APIError(400, f"messages: {error}", param="messages") from None
         except ValueError as error:  # no chat template: a base model
             raise APIError(400, f"{error}; for a base model use /v1/completions", param="messages") from None
         params = _params(request, budget(ids, request.token_limit()))
-        stream = events([ids], params, request.n, use_tools and engine.toolbox is not None)
-        reply = ChatReply(model_name, request.n, len(ids), request.stream_options)
+        tool_calls = "return" if declared else "run" if use_tools and engine.toolbox is not None else "suppress"
+        stream = events([ids], params, request.n, tool_calls)
+        readers = None
+        if declared:
+            prompt = engine.tokenizer.decode(ids)
+            readers = [ToolCallReader(response_template, prompt, declared) for _ in range(request.n)]
+        reply = ChatReply(model_name, request.n, len(ids), request.stream_options, readers)
         if request.stream:
             return EventSourceResponse(reply.chunks(stream))
         return await reply.whole(stream)
@@ -172,7 +187,7 @@ def create_app(engine: Engine, model_name: str, use_tools: bool = False, api_key
         checked_model(request.model)
         prompts = [engine.tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in request.prompt]
         params = _params(request, min(budget(ids, request.token_limit()) for ids in prompts))
-        stream = events(prompts, params, request.n, tools=False)
+        stream = events(prompts, params, request.n, "suppress")
         reply = TextReply(model_name, len(prompts) * request.n, sum(map(len, prompts)) * request.n,
                           request.stream_options)
         if request.stream:
@@ -192,11 +207,28 @@ class ChatReply:
 
     kind, chunk_kind, prefix = "chat.completion", "chat.completion.chunk", "chatcmpl"
 
-    def __init__(self, model: str, choices: int, prompt_tokens: int, stream_options=None):
+    def __init__(self, model: str, choices: int, prompt_tokens: int, stream_options=None,
+                 readers: list[ToolCallReader] | None = None):
         self.model, self.choices, self.prompt_tokens = model, choices, prompt_tokens
         self.include_usage = bool(stream_options and stream_options.include_usage)
         self.id, self.created = f"{self.prefix}-{uuid.uuid4().hex}", int(time.time())
         self.completion_tokens = 0
+        self.readers = readers
+        self.calls = [0] * choices
+
+    async def read(self, stream: AsyncIterator[tuple[int, ChatEvent]]) -> AsyncIterator[tuple[int, Event]]:
+        """The choices' events, with text read for declared tools (when the request has them): what is not a
+        call stays text, each call comes as a :class:`ToolCall`, and a choice that called ends with
+        ``tool_calls``."""
+        async for index, event in stream:
+            if self.readers is None or event.kind not in ("text", "done"):
+                yield index, event
+                continue
+            reader = self.readers[index]
+            for piece in reader.feed(event.text) if event.kind == "text" else reader.close():
+                yield index, ChatEvent("text", piece) if isinstance(piece, str) else piece
+            if event.kind == "done":
+                yield index, dataclasses.replace(event, finish_reason="tool_calls") if reader.calls else event
 
     def usage(self) -> dict:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
@@ -206,8 +238,11 @@ class ChatReply:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model, "choices": choices,
                 **extra}
 
-    def delta(self, event: ChatEvent) -> dict | None:
+    def delta(self, index: int, event: Event) -> dict | None:
         """The stream delta of one event (None: nothing to send)."""
+        if isinstance(event, ToolCall):
+            self.calls[index] += 1
+            return {"tool_calls": [event.openai(self.calls[index] - 1)]}
         if event.kind == "text":
             return {"content": event.text}
         if event.kind == "tool_call":
@@ -227,11 +262,11 @@ class ChatReply:
         for index in range(self.choices):
             if (opening := self.opening(index)) is not None:
                 yield {"data": json.dumps(self.envelope(self.chunk_kind, [opening], **usage))}
-        async for index, event in stream:
-            if event.kind == "done":
+        async for index, event in self.read(stream):
+            if isinstance(event, ChatEvent) and event.kind == "done":
                 self.completion_tokens += event.tokens
                 choice = self.streamed_choice(index, {}, event.finish_reason)
-            elif (delta := self.delta(event)) is not None:
+            elif (delta := self.delta(index, event)) is not None:
                 choice = self.streamed_choice(index, delta)
             else:
                 continue
@@ -242,8 +277,11 @@ class ChatReply:
 
     async def whole(self, stream: AsyncIterator[tuple[int, ChatEvent]]) -> dict:
         texts, tools, finish = [[] for _ in range(self.choices)], [[] for _ in range(self.choices)], {}
-        async for index, event in stream:
-            if event.kind == "text":
+        calls = [[] for _ in range(self.choices)]
+        async for index, event in self.read(stream):
+            if isinstance(event, ToolCall):
+                calls[index].append(event.openai())
+            elif event.kind == "text":
                 texts[index].append(event.text)
             elif event.kind == "tool_call":
                 tools[index].append({"name": event.tool, "arguments": event.text})
@@ -254,11 +292,13 @@ class ChatReply:
             elif event.kind == "done":
                 self.completion_tokens += event.tokens
                 finish[index] = event.finish_reason
-        return self.envelope(self.kind, [self.whole_choice(i, "".join(texts[i]), tools[i], finish[i])
+        return self.envelope(self.kind, [self.whole_choice(i, "".join(texts[i]), tools[i], finish[i], calls[i])
                                          for i in range(self.choices)], usage=self.usage())
 
-    def whole_choice(self, index: int, text: str, tools: list[dict], finish_reason: str) -> dict:
-        message = {"role": "assistant", "content": text, **({"chatforge_tools": tools} if tools else {})}
+    def whole_choice(self, index: int, text: str, tools: list[dict], finish_reason: str,
+                     calls: list[dict]) -> dict:
+        message = {"role": "assistant", "content": text or (None if calls else ""),
+                   **({"tool_calls": calls} if calls else {}), **({"chatforge_tools": tools} if tools else {})}
         return {"index": index, "message": message, "finish_reason": finish_reason}
 
 
@@ -268,7 +308,7 @@ class TextReply(ChatReply):
     kind = chunk_kind = "text_completion"
     prefix = "cmpl"
 
-    def delta(self, event: ChatEvent) -> dict | None:
+    def delta(self, index: int, event: ChatEvent) -> dict | None:
         return {"text": event.text} if event.kind == "text" else None
 
     def opening(self, index: int) -> dict | None:
@@ -277,7 +317,8 @@ class TextReply(ChatReply):
     def streamed_choice(self, index: int, delta: dict, finish_reason: str | None = None) -> dict:
         return {"index": index, "text": delta.get("text", ""), "logprobs": None, "finish_reason": finish_reason}
 
-    def whole_choice(self, index: int, text: str, tools: list[dict], finish_reason: str) -> dict:
+    def whole_choice(self, index: int, text: str, tools: list[dict], finish_reason: str,
+                     calls: list[dict]) -> dict:
         return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
 
 

@@ -27,18 +27,22 @@ from ..tools import ToolError, format_tool_output, parse_tool_call
 from .sampling import sample_tokens
 from .stops import StopStrings
 
+#: What a job does with the model's tool calls: keep it from starting one, run the engine's tools inside the turn,
+#: or return them (text passed on verbatim, markup included, and a ChatForge call ending the sequence).
+TOOL_CALLS = ("suppress", "run", "return")
+
 
 @dataclass
 class Job:
     """One request: ``n`` sequences continuing ``prompt_ids``. ``emit(index, event)`` receives each sequence's
     :class:`ChatEvent` s from the worker thread (``done`` last, with ``tokens`` generated); ``cancelled`` set by
-    the caller ends its sequences at the next step."""
+    the caller ends its sequences at the next step. ``tool_calls``: one of :data:`TOOL_CALLS`."""
 
     prompt_ids: list[int]
     params: SamplingParams
     emit: Callable[[int, ChatEvent], None]
     n: int = 1
-    use_tools: bool = False
+    tool_calls: str = "suppress"
     cancelled: threading.Event = field(default_factory=threading.Event)
     ended: set[int] = field(default_factory=set)  # the sequences whose ``done`` was emitted
 
@@ -72,8 +76,9 @@ class _Sequence:
         """Pass on generated text up to a tool call (reported by its own events) or a stop string."""
         if self.calling or not piece:
             return
-        piece, start, _ = piece.partition(TOOL_CALL_START)
-        self.calling = bool(start)
+        if self.job.tool_calls != "return":
+            piece, start, _ = piece.partition(TOOL_CALL_START)
+            self.calling = bool(start)
         shown, stopped = self.stops.feed(piece)
         if shown:
             self.job.emit(self.index, ChatEvent("text", shown))
@@ -91,7 +96,9 @@ class _Sequence:
         self.text(self.segment.add(token))
         if self.finished:
             return
-        if self.job.use_tools and token == engine.tool_call_end_id and self.budget > 0:
+        if self.job.tool_calls == "return" and token == engine.tool_call_end_id:
+            self.finish("tool_calls")
+        elif self.job.tool_calls == "run" and token == engine.tool_call_end_id and self.budget > 0:
             self.calling = False
             self._call_tool(tools)
         elif self.budget <= 0:  # (a call that closes on the last token is not run, as in Engine.chat)
@@ -293,7 +300,7 @@ class Batcher:
         if sampling:
             logits = batch.logits[sampling]
             if self.suppressed is not None:  # without tools, the model answers in its own words
-                without = [i for i, row in enumerate(sampling) if not batch.sequences[row].job.use_tools]
+                without = [i for i, row in enumerate(sampling) if batch.sequences[row].job.tool_calls == "suppress"]
                 logits[without, self.suppressed] = float("-inf")
             chosen = [batch.sequences[row] for row in sampling]
             tokens = sample_tokens(logits, [s.job.params for s in chosen], [s.generator for s in chosen])
@@ -321,4 +328,4 @@ class Batcher:
         return token
 
 
-__all__ = ["Batcher", "Job"]
+__all__ = ["TOOL_CALLS", "Batcher", "Job"]

@@ -21,6 +21,21 @@ class TextPart(BaseModel):
     text: str
 
 
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    arguments: str
+
+
+class ToolCallMessage(BaseModel):
+    """A call the assistant made, as the client sends it back in the conversation."""
+
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
 class Message(BaseModel):
     """One chat message; content as a string or as text parts."""
 
@@ -29,11 +44,43 @@ class Message(BaseModel):
     content: str | list[TextPart] | None = None
     name: str | None = None
     tool_call_id: str | None = None
+    tool_calls: list[ToolCallMessage] | None = None
+
+    @model_validator(mode="after")
+    def _calls_from_the_assistant(self):
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages have tool_calls")
+        return self
 
     def text(self) -> str:
         if isinstance(self.content, list):
             return "".join(part.text for part in self.content)
         return self.content or ""
+
+    def for_template(self) -> dict:
+        """The message as chat templates take it."""
+        message = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            message["tool_calls"] = [call.model_dump() for call in self.tool_calls]
+        if self.tool_call_id is not None:
+            message["tool_call_id"] = self.tool_call_id
+        return message
+
+
+class Function(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    description: str | None = None
+    parameters: dict | None = None
+    strict: bool | None = None
+
+
+class ToolDeclaration(BaseModel):
+    """A tool the client declares (OpenAI's ``tools`` entries)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: Function
 
 
 class StreamOptions(BaseModel):
@@ -90,16 +137,15 @@ class ChatCompletionRequest(_Sampling):
     messages: list[Message] = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    tools: list[dict] | None = None
-    tool_choice: str | dict | None = None
+    tools: list[ToolDeclaration] | None = None
+    tool_choice: Literal["none", "auto"] | None = None
     parallel_tool_calls: bool | None = None
 
-    @model_validator(mode="after")
-    def _no_client_tools(self):
-        if self.tools or self.tool_choice not in (None, "none", "auto"):
-            raise ValueError("client-declared tools are not supported by this server; start it with --tools to "
-                             "let the assistant use its own (calculator, python, search)")
-        return self
+    def declared_tools(self) -> list[dict] | None:
+        """The tools to render for the model (None with ``tool_choice="none"``, as in OpenAI's API)."""
+        if not self.tools or self.tool_choice == "none":
+            return None
+        return [tool.model_dump(exclude_none=True) for tool in self.tools]
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
@@ -126,4 +172,4 @@ class CompletionRequest(_Sampling):
         return self.max_tokens
 
 
-__all__ = ["ChatCompletionRequest", "CompletionRequest", "Message", "NO_OP_VALUES"]
+__all__ = ["ChatCompletionRequest", "CompletionRequest", "Message", "NO_OP_VALUES", "ToolDeclaration"]

@@ -3,6 +3,7 @@
 from .tokenization_chatforge import (
     CHAT_ROLES,
     CHAT_TEMPLATE,
+    RESPONSE_TEMPLATE,
     SPECIAL_TOKENS,
     ChatForgeTokenizer,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "CHAT_ROLES",
     "CHAT_TEMPLATE",
     "GPT4_SPLIT_PATTERN",
+    "RESPONSE_TEMPLATE",
     "SPECIAL_TOKENS",
     "ChatForgeTokenizer",
     "bytes_per_token",

@@ -5,6 +5,8 @@ between messages. This file is copied next to saved tokenizers (``auto_map``), s
 nothing but transformers.
 """
 
+import re
+
 from transformers import PreTrainedTokenizerFast
 
 ENDOFTEXT = "<|endoftext|>"
@@ -32,50 +34,106 @@ SPECIAL_TOKENS = [
 
 CHAT_ROLES = ("system", "user", "assistant", "tool")
 
+#: How declared tools are introduced to the model (in the system turn, one JSON schema per line after it).
+TOOLS_PREAMBLE = ("You can call these tools. To call one, write its name on a line of its own, then its arguments as "
+                  "JSON.")
+
 #: Jinja chat template; ``{% generation %}`` marks the tokens an assistant-only loss trains on: the
 #: assistant's text and tool calls, not the tool output segments the engine inserts.
+#:
+#: Tools declared with ``tools=`` (JSON schemas, as ``apply_chat_template`` takes them) are listed in the
+#: system turn. An assistant message with ``tool_calls`` (OpenAI's or transformers' shape) writes each call
+#: as ``<|tool_call_start|>name\n{arguments}<|tool_call_end|>`` and leaves its turn open: the ``tool`` messages
+#: after it become output segments inside that turn, and the next assistant message (or the generation
+#: prompt) continues it, exactly the layout the engine produces when it runs the tools itself.
 CHAT_TEMPLATE = (
+    "{%- set ns = namespace(open=false) -%}"
+    "{%- if tools -%}"
+    "{{- '@START@system@SEP@' -}}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}{{- messages[0]['content'] + '\n\n' -}}{%- endif -%}"
+    "{{- '@PREAMBLE@' -}}"
+    "{%- for tool in tools -%}{{- '\n' + (tool | tojson) -}}{%- endfor -%}"
+    "{{- '@END@' -}}"
+    "{%- endif -%}"
     "{%- for message in messages -%}"
     "{%- if message['role'] not in ['system', 'user', 'assistant', 'tool'] -%}"
     "{{- raise_exception('Unknown chat role ' + message['role'] + ' in message ' ~ loop.index0"
     " ~ '; expected system, user, assistant or tool') -}}"
     "{%- endif -%}"
-    "{%- if message['content'] is not string -%}"
+    "{%- set calls = message['tool_calls'] if message['role'] == 'assistant' and message['tool_calls'] else [] -%}"
+    "{%- set given = message['content'] is defined and message['content'] is not none -%}"
+    "{%- set content = message['content'] if given else ('' if calls else none) -%}"
+    "{%- if content is not string -%}"
     "{{- raise_exception('Message ' ~ loop.index0 ~ ' has non-string content') -}}"
     "{%- endif -%}"
-    "{{- '" + IM_START + "' + message['role'] + '" + IM_SEP + "' -}}"
+    "{%- if tools and loop.first and message['role'] == 'system' -%}{%- continue -%}{%- endif -%}"
+    "{%- if message['role'] == 'tool' and ns.open -%}"
+    "{{- '@OUT_START@' + content + '@OUT_END@' -}}"
+    "{%- continue -%}"
+    "{%- endif -%}"
+    "{%- if ns.open and message['role'] != 'assistant' -%}{{- '@END@' -}}{%- set ns.open = false -%}{%- endif -%}"
+    "{%- if not ns.open -%}{{- '@START@' + message['role'] + '@SEP@' -}}{%- endif -%}"
     "{%- if message['role'] == 'assistant' -%}"
     "{%- set message_index = loop.index0 -%}"
-    "{%- set segments = message['content'].split('" + TOOL_OUTPUT_START + "') -%}"
+    "{%- set segments = content.split('@OUT_START@') -%}"
     "{%- generation -%}{{- segments[0] -}}{%- endgeneration -%}"
     "{%- for segment in segments[1:] -%}"
-    "{%- set parts = segment.split('" + TOOL_OUTPUT_END + "', 1) -%}"
+    "{%- set parts = segment.split('@OUT_END@', 1) -%}"
     "{%- if parts | length < 2 -%}"
-    "{{- raise_exception('Message ' ~ message_index ~ ' has " + TOOL_OUTPUT_START + " without "
-    + TOOL_OUTPUT_END + "') -}}"
+    "{{- raise_exception('Message ' ~ message_index ~ ' has @OUT_START@ without @OUT_END@') -}}"
     "{%- endif -%}"
-    "{{- '" + TOOL_OUTPUT_START + "' + parts[0] + '" + TOOL_OUTPUT_END + "' -}}"
+    "{{- '@OUT_START@' + parts[0] + '@OUT_END@' -}}"
     "{%- generation -%}{{- parts[1] -}}{%- endgeneration -%}"
     "{%- endfor -%}"
-    "{%- generation -%}{{- '" + IM_END + "' -}}{%- endgeneration -%}"
+    "{%- for call in calls -%}"
+    "{%- set call = call['function'] if call['function'] is defined else call -%}"
+    "{%- set arguments = call['arguments'] if call['arguments'] is string else call['arguments'] | tojson -%}"
+    "{%- generation -%}{{- '@CALL_START@' + call['name'] + '\n' + arguments + '@CALL_END@' -}}{%- endgeneration -%}"
+    "{%- endfor -%}"
+    "{%- set ns.open = calls | length > 0 -%}"
+    "{%- if not ns.open -%}{%- generation -%}{{- '@END@' -}}{%- endgeneration -%}{%- endif -%}"
     "{%- else -%}"
-    "{{- message['content'] + '" + IM_END + "' -}}"
+    "{{- content + '@END@' -}}"
     "{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '" + IM_START + "assistant" + IM_SEP + "' -}}{%- endif -%}"
+    "{%- if add_generation_prompt and not ns.open -%}{{- '@START@assistant@SEP@' -}}{%- endif -%}"
 )
+for marker, token in (("@START@", IM_START), ("@SEP@", IM_SEP), ("@END@", IM_END), ("@OUT_START@", TOOL_OUTPUT_START),
+                      ("@OUT_END@", TOOL_OUTPUT_END), ("@CALL_START@", TOOL_CALL_START), ("@CALL_END@", TOOL_CALL_END),
+                      ("@PREAMBLE@", TOOLS_PREAMBLE)):
+    CHAT_TEMPLATE = CHAT_TEMPLATE.replace(marker, token)
+
+#: What transformers needs to read a generated turn back into a message (``tokenizer.parse_response``): text
+#: as ``content``, each ``<|tool_call_start|>name\n{arguments}<|tool_call_end|>`` as a ``tool_calls`` entry
+#: (arguments that are not JSON are kept as text).
+RESPONSE_TEMPLATE = {
+    "defaults": {"role": "assistant"},
+    "start_anchor": [IM_SEP, TOOL_OUTPUT_END],
+    "fields": {
+        "tool_calls": {
+            "open_pattern": re.escape(TOOL_CALL_START) + r"(?P<name>[^\n]*)\n",
+            "close": TOOL_CALL_END,
+            "repeats": True,
+            "content": "json",
+            "content_args": {"allow_non_json": True},
+            "transform": {"type": "function", "function": {"name": "{name}", "arguments": "{content}"}},
+        },
+        "content": {"close": IM_END, "content": "text"},
+    },
+}
 
 
 class ChatForgeTokenizer(PreTrainedTokenizerFast):
     """Byte-level BPE tokenizer of ChatForge models (train one with ``chatforge tokenizer train``).
 
     Any string round-trips exactly: ``decode(encode(s)) == s``. Its chat template renders
-    ``<|im_start|>role<|im_sep|>content<|im_end|>`` turns and marks assistant replies for
-    ``return_assistant_tokens_mask``.
+    ``<|im_start|>role<|im_sep|>content<|im_end|>`` turns (declared tools and tool calls included) and marks
+    assistant replies for ``return_assistant_tokens_mask``; ``parse_response`` reads a generated turn back into a
+    message with ``tool_calls``.
     """
 
     model_input_names = ["input_ids", "attention_mask"]
     padding_side = "right"
 
 
-__all__ = ["CHAT_ROLES", "CHAT_TEMPLATE", "SPECIAL_TOKENS", "ChatForgeTokenizer"]
+__all__ = ["CHAT_ROLES", "CHAT_TEMPLATE", "RESPONSE_TEMPLATE", "SPECIAL_TOKENS", "TOOLS_PREAMBLE", "ChatForgeTokenizer"]

@@ -1,0 +1,91 @@
+"""Client-declared tools (OpenAI's ``tools`` field): rendered through the model's chat template, and the model's
+calls read back out of its text as ``tool_calls`` with transformers' response parser.
+
+A model takes declared tools when its chat template uses ``tools`` and transformers knows how to parse its
+replies: the tokenizer's ``response_template`` (ChatForge tokenizers carry one), or the one ``transformers serve``
+keeps for the model's family (Qwen, Gemma 4, ...).
+"""
+
+import json
+import uuid
+from dataclasses import dataclass
+
+from jinja2 import TemplateError
+from transformers.cli.serving.utils import get_response_template
+from transformers.utils.chat_parsing import ResponseParser
+
+#: A tool and a message to find out whether a chat template shows declared tools to the model.
+_PROBE_TOOL = {"type": "function", "function": {"name": "probe_tool", "description": "A probe.",
+                                                "parameters": {"type": "object", "properties": {}}}}
+_PROBE_CHAT = [{"role": "user", "content": "Hello."}]
+
+
+def _renders_tools(tokenizer) -> bool:
+    try:
+        with_tools = tokenizer.apply_chat_template(_PROBE_CHAT, tools=[_PROBE_TOOL], tokenize=False)
+        return with_tools != tokenizer.apply_chat_template(_PROBE_CHAT, tokenize=False)
+    except (ValueError, TemplateError):  # no chat template, or one that fails on tools
+        return False
+
+
+def tool_call_template(tokenizer, model) -> tuple[dict | None, str | None]:
+    """``(response template, None)`` for a model that takes declared tools, else ``(None, why not)``."""
+    if not _renders_tools(tokenizer):
+        return None, "this model's chat template does not take tools"
+    template = get_response_template(tokenizer, model)
+    if template is None:
+        return None, ("this model's tool calls cannot be read back: its tokenizer has no response_template "
+                      "(transformers' format for parsing replies)")
+    return template, None
+
+
+@dataclass
+class ToolCall:
+    """One call in OpenAI's shape: ``arguments`` a JSON string."""
+
+    name: str
+    arguments: str
+    id: str
+
+    def openai(self, index: int | None = None) -> dict:
+        call = {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+        return call if index is None else {"index": index, **call}
+
+
+class ToolCallReader:
+    """Reads one generated turn as it streams: :meth:`feed` and :meth:`close` return the new pieces of text
+    and the :class:`ToolCall` s completed so far, in order."""
+
+    def __init__(self, template: dict, prompt: str, tools: list[dict]):
+        self.parser = ResponseParser(template, prefix=prompt, tools=tools)
+        self.parameters = {tool["function"]["name"]: list(tool["function"].get("parameters", {}).get("properties", {}))
+                           for tool in tools}
+        self.calls = 0
+
+    def feed(self, text: str) -> list[str | ToolCall]:
+        return self._read(self.parser.feed(text))
+
+    def close(self) -> list[str | ToolCall]:
+        return self._read(self.parser.finalize()[1])
+
+    def _read(self, events: list[dict]) -> list[str | ToolCall]:
+        out = []
+        for event in events:
+            if event["type"] == "region_chunk" and event.get("field") == "content" and not event.get("dirty"):
+                out.append(event.get("text") or "")
+            elif event["type"] == "region_close" and event.get("field") == "tool_calls":
+                values = event["value"] if isinstance(event["value"], list) else [event["value"]]
+                out += [self._call(value["function"]) for value in values]
+        return [piece for piece in out if piece != ""]
+
+    def _call(self, function: dict) -> ToolCall:
+        """Arguments as a JSON string; text that is not JSON becomes the value of a one-parameter tool's parameter
+        (ChatForge's own tools take one text argument), or a JSON string otherwise."""
+        name, arguments = function["name"], function["arguments"]
+        if isinstance(arguments, str) and len(self.parameters.get(name, ())) == 1:
+            arguments = {self.parameters[name][0]: arguments}
+        self.calls += 1
+        return ToolCall(name, json.dumps(arguments, ensure_ascii=False), f"call_{uuid.uuid4().hex[:24]}")
+
+
+__all__ = ["ToolCall", "ToolCallReader", "tool_call_template"]
