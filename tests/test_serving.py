@@ -18,7 +18,7 @@ import openai
 import pytest
 import torch
 from conftest import assert_drawn_from, memorize, small_config, small_llama_config
-from transformers import LlamaForCausalLM
+from transformers import LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from chatforge.inference.engine import Engine, SamplingParams
 from chatforge.modeling import ChatForgeForCausalLM, set_generation_defaults
@@ -276,20 +276,94 @@ def test_mixed_load_answers_every_well_formed_request_in_full(client, server):
     assert _ask(client, temperature=0).choices[0].message.content == "Let me compute. Done."
 
 
-def test_a_llama_family_model_folder_is_served_too(tmp_path, tokenizer):
+#: SmolLM2's chat template (ChatML with newlines; it takes no tools), with the loss markers training needs.
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{%- generation -%}{{- message['content'] + '<|im_end|>' -}}{%- endgeneration -%}"
+    "{%- else -%}{{- message['content'] + '<|im_end|>' -}}{%- endif -%}"
+    "{{- '\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}")
+
+#: Qwen 2.5's way with tools (signatures in <tools>, calls as <tool_call> JSON, results as <tool_response>),
+#: condensed.
+QWEN_TEMPLATE = (
+    "{%- if tools -%}"
+    "{{- '<|im_start|>system\\n# Tools\\n\\nYou may call functions. Signatures in <tools></tools>:\\n<tools>' -}}"
+    "{%- for tool in tools -%}{{- '\\n' + (tool | tojson) -}}{%- endfor -%}"
+    "{{- '\\n</tools>\\nReturn each call as <tool_call>\\n{\"name\": ..., \"arguments\": {...}}\\n</tool_call>"
+    "<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{{- '<|im_start|>assistant\\n' -}}"
+    "{%- generation -%}"
+    "{{- message['content'] or '' -}}"
+    "{%- for call in message['tool_calls'] or [] -%}"
+    "{{- '<tool_call>\\n{\"name\": \"' + call['function']['name'] + '\", \"arguments\": '"
+    " + call['function']['arguments'] + '}\\n</tool_call>' -}}"
+    "{%- endfor -%}"
+    "{{- '<|im_end|>' -}}"
+    "{%- endgeneration -%}"
+    "{{- '\\n' -}}"
+    "{%- elif message['role'] == 'tool' -%}"
+    "{{- '<|im_start|>user\\n<tool_response>\\n' + message['content'] + '\\n</tool_response><|im_end|>\\n' -}}"
+    "{%- else -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}")
+
+
+def _hub_style_folder(folder: Path, model, tokenizer, template: str, conversations: list) -> Path:
+    """``model`` taught ``conversations`` under ``template``, saved with a tokenizer that carries that template
+    (and no ChatForge response template), as a chat model downloaded from the Hub is."""
+    own = copy.deepcopy(tokenizer)
+    own.chat_template, own.response_template = template, None
     torch.manual_seed(0)
-    model = LlamaForCausalLM(small_llama_config(tokenizer)).eval()
-    set_generation_defaults(model, tokenizer)
-    memorize(model, tokenizer, [[{"role": "user", "content": "Hello?"}, {"role": "assistant", "content": "Hi there."}]])
-    model.save_pretrained(tmp_path / "tiny-llama")
-    tokenizer.save_pretrained(tmp_path / "tiny-llama")
-    with serving(tmp_path / "tiny-llama") as url:
+    set_generation_defaults(model, own)
+    memorize(model, own, conversations, steps=300)
+    model.save_pretrained(folder)
+    own.save_pretrained(folder)
+    return folder
+
+
+def test_a_llama_family_model_folder_with_its_own_template_is_served_too(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    folder = _hub_style_folder(tmp_path / "tiny-llama", LlamaForCausalLM(small_llama_config(tokenizer)), tokenizer,
+                               CHATML_TEMPLATE, [[{"role": "user", "content": "Hello?"},
+                                                 {"role": "assistant", "content": "Hi there."}]])
+    with serving(folder) as url:
         llama = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         reply = llama.chat.completions.create(model="tiny-llama", messages=[{"role": "user", "content": "Hello?"}],
                                               temperature=0)
         streamed = "".join(c.choices[0].delta.content or "" for c in llama.chat.completions.create(
             model="tiny-llama", messages=[{"role": "user", "content": "Hello?"}], temperature=0, stream=True))
+        with pytest.raises(openai.BadRequestError, match="does not take tools"):
+            llama.chat.completions.create(model="tiny-llama", messages=WEATHER_QUESTION, tools=[WEATHER])
     assert reply.choices[0].message.content == streamed == "Hi there." and reply.choices[0].finish_reason == "stop"
+
+
+def test_a_qwen_family_model_returns_tool_calls_in_its_own_format(tmp_path, tokenizer):
+    """Qwen's template and call format; the calls are read with the response template transformers keeps for
+    the family (the tokenizer has none)."""
+    torch.manual_seed(0)
+    config = Qwen2Config(**small_llama_config(tokenizer, max_position_embeddings=512).to_dict()
+                         | {"model_type": "qwen2"})
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    folder = _hub_style_folder(tmp_path / "tiny-qwen", Qwen2ForCausalLM(config), tokenizer, QWEN_TEMPLATE, [
+        {"messages": [*WEATHER_QUESTION, {"role": "assistant", "content": "", "tool_calls": [call]}],
+         "tools": [WEATHER]}])
+    with serving(folder) as url:
+        qwen = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        reply = qwen.chat.completions.create(model="tiny-qwen", messages=WEATHER_QUESTION, tools=[WEATHER],
+                                             temperature=0)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and not choice.message.content
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls] == [
+        ("get_weather", {"city": "Paris"})]
 
 
 def test_a_base_model_without_a_chat_template_completes_and_refuses_chat_clearly(tmp_path, tokenizer, model):
@@ -375,3 +449,6 @@ def test_a_call_in_plain_text_becomes_the_argument_of_a_one_parameter_tool(token
     assert "".join(p for p in pieces if isinstance(p, str)) == "Let me compute. "
     [call] = [p for p in pieces if not isinstance(p, str)]
     assert (call.name, json.loads(call.arguments)) == ("calculator", {"expression": "123 * 456"})
+    cut_off = ToolCallReader(tokenizer.response_template, prompt, [calculator])
+    assert [*cut_off.feed("<|tool_call_start|>calculator\n123 *"), *cut_off.close()] == ["123 *"]
+    assert cut_off.calls == 0

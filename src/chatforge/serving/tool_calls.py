@@ -6,6 +6,7 @@ replies: the tokenizer's ``response_template`` (ChatForge tokenizers carry one),
 keeps for the model's family (Qwen, Gemma 4, ...).
 """
 
+import copy
 import json
 import uuid
 from dataclasses import dataclass
@@ -54,28 +55,44 @@ class ToolCall:
 
 class ToolCallReader:
     """Reads one generated turn as it streams: :meth:`feed` and :meth:`close` return the new pieces of text
-    and the :class:`ToolCall` s completed so far, in order."""
+    and the :class:`ToolCall` s completed so far, in order. A call the model wrote wrongly (cut off, or not
+    JSON where the format wants JSON) stays in the text, where the client can see it."""
 
     def __init__(self, template: dict, prompt: str, tools: list[dict]):
+        template = copy.deepcopy(template)
+        for field in template["fields"].values():
+            if field.get("content") == "json":
+                field.setdefault("content_args", {})["allow_non_json"] = True
         self.parser = ResponseParser(template, prefix=prompt, tools=tools)
         self.parameters = {tool["function"]["name"]: list(tool["function"].get("parameters", {}).get("properties", {}))
                            for tool in tools}
         self.calls = 0
+        self.call_text = ""  # what the model has written of the call being read
 
     def feed(self, text: str) -> list[str | ToolCall]:
         return self._read(self.parser.feed(text))
 
     def close(self) -> list[str | ToolCall]:
-        return self._read(self.parser.finalize()[1])
+        return self._read(self.parser.finalize()[1], cut_off=True)
 
-    def _read(self, events: list[dict]) -> list[str | ToolCall]:
+    def _read(self, events: list[dict], cut_off: bool = False) -> list[str | ToolCall]:
+        """Text and calls from parser events; a call closed only by the end of the reply was ``cut_off``."""
         out = []
         for event in events:
-            if event["type"] == "region_chunk" and event.get("field") == "content" and not event.get("dirty"):
+            field, kind = event.get("field"), event["type"]
+            if kind == "region_chunk" and field == "content" and not event.get("dirty"):
                 out.append(event.get("text") or "")
-            elif event["type"] == "region_close" and event.get("field") == "tool_calls":
+            elif kind == "region_open" and field == "tool_calls":
+                self.call_text = ""
+            elif kind == "region_chunk" and field == "tool_calls":
+                self.call_text += event.get("text") or ""
+            elif kind == "region_close" and field == "tool_calls":
                 values = event["value"] if isinstance(event["value"], list) else [event["value"]]
-                out += [self._call(value["function"]) for value in values]
+                if cut_off or not all(isinstance(v.get("function"), dict) and "name" in v["function"]
+                                      for v in values):
+                    out.append(self.call_text)
+                else:
+                    out += [self._call(value["function"]) for value in values]
         return [piece for piece in out if piece != ""]
 
     def _call(self, function: dict) -> ToolCall:
