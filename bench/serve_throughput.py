@@ -2,9 +2,10 @@
 same load, same run.
 
 For 1, 4 and 16 concurrent streaming clients (the official ``openai`` client), each server answers the same
-requests (``--max-tokens`` tokens each, sampled at temperature 1 with fixed seeds); prints aggregate generated
-tokens/s, time to first token (p50/p95) and the ratio chatforge / transformers at each concurrency, and
-chatforge's scaling (tokens/s at 16 clients over 1 client).
+requests (``--requests`` replies of ``--max-tokens`` tokens, sampled at temperature 1 with fixed seeds), in
+``--rounds`` measurements that alternate between the two servers (both stay up); prints the median aggregate
+generated tokens/s, time to first token (p50/p95 over every request) and the ratio chatforge / transformers at
+each concurrency, and chatforge's scaling (tokens/s at 16 clients over 1 client).
 
     python bench/serve_throughput.py                            # a fresh tiny-preset model
     python bench/serve_throughput.py --model runs/tiny/export/sft
@@ -79,16 +80,21 @@ def one_request(client: openai.OpenAI, model: str, seed: int, max_tokens: int) -
     return (first if first is not None else time.perf_counter() - started), tokens
 
 
-def load(url: str, model: str, clients: int, requests_per_client: int, max_tokens: int) -> dict:
+def load(url: str, model: str, clients: int, requests: int, max_tokens: int) -> dict:
+    """``requests`` streamed replies (rounded up to a multiple of ``clients``) sent by ``clients`` threads."""
     client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=600)
-    one_request(client, model, 0, 4)  # warm-up (transformers serve loads the model on first use)
-    seeds = range(1, clients * requests_per_client + 1)
+    seeds = range(1, clients * -(-requests // clients) + 1)
     started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(lambda seed: one_request(client, model, seed, max_tokens), seeds))
     elapsed = time.perf_counter() - started
-    firsts = sorted(first for first, _ in results)
-    return {"tokens_per_s": sum(tokens for _, tokens in results) / elapsed,
+    return {"tokens_per_s": sum(tokens for _, tokens in results) / elapsed, "ttfts": [first for first, _ in results]}
+
+
+def summary(rounds: list[dict]) -> dict:
+    """The median tokens/s of the rounds, and time-to-first-token percentiles over all their requests."""
+    firsts = sorted(first for measured in rounds for first in measured["ttfts"])
+    return {"tokens_per_s": statistics.median(measured["tokens_per_s"] for measured in rounds),
             "ttft_p50": statistics.median(firsts), "ttft_p95": firsts[min(len(firsts) - 1, int(0.95 * len(firsts)))]}
 
 
@@ -103,9 +109,12 @@ def main() -> None:
     parser.add_argument("--model", default=None, help="model folder (default: a fresh model of --preset)")
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--clients", default="1,4,16")
-    parser.add_argument("--requests-per-client", type=int, default=2)
+    parser.add_argument("--requests", type=int, default=32, help="replies per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per server and concurrency, "
+                                                              "alternating between the servers")
     parser.add_argument("--max-tokens", type=int, default=64)
     args = parser.parse_args()
+    counts = list(map(int, args.clients.split(",")))
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(args.model) if args.model else fresh_model(Path(scratch) / "bench-model", args.preset)
         servers = {
@@ -114,25 +123,35 @@ def main() -> None:
             "transformers": lambda port: [sys.executable, "-c", TRANSFORMERS_SERVE, str(folder), "--port", str(port),
                                           "--device", "cpu", "--continuous-batching"],
         }
-        figures = {}
-        for name, command in servers.items():
-            port = free_port()
-            process = start(command(port), port)
-            try:
-                for clients in map(int, args.clients.split(",")):
-                    figures[name, clients] = load(f"http://127.0.0.1:{port}", str(folder), clients,
-                                                  args.requests_per_client, args.max_tokens)
-            finally:
+        urls, processes = {}, []
+        try:
+            for name, command in servers.items():
+                port = free_port()
+                processes.append(start(command(port), port))
+                urls[name] = f"http://127.0.0.1:{port}"
+                warm_up = openai.OpenAI(base_url=f"{urls[name]}/v1", api_key="unused", max_retries=0, timeout=600)
+                one_request(warm_up, str(folder), 0, 4)  # transformers serve loads the model on first use
+            rounds = {(name, clients): [] for name in servers for clients in counts}
+            for clients in counts:
+                for _ in range(args.rounds):  # alternating, so that both servers see the same machine
+                    for name in servers:
+                        rounds[name, clients].append(load(urls[name], str(folder), clients, args.requests,
+                                                          args.max_tokens))
+        finally:
+            for process in processes:
                 process.terminate()
                 process.wait(60)
+    figures = {key: summary(measured) for key, measured in rounds.items()}
     print(f"{'clients':>7} {'server':<13} {'tokens/s':>9} {'TTFT p50 s':>11} {'TTFT p95 s':>11}")
-    for clients in map(int, args.clients.split(",")):
+    for clients in counts:
         for name in servers:
             f = figures[name, clients]
             print(f"{clients:>7} {name:<13} {f['tokens_per_s']:>9.1f} {f['ttft_p50']:>11.3f} {f['ttft_p95']:>11.3f}")
         ratio = figures["chatforge", clients]["tokens_per_s"] / figures["transformers", clients]["tokens_per_s"]
-        print(f"{clients:>7} {'ratio':<13} {ratio:>9.2f}x  (chatforge / transformers serve)")
-    counts = list(map(int, args.clients.split(",")))
+        each = [ours["tokens_per_s"] / theirs["tokens_per_s"]
+                for ours, theirs in zip(rounds["chatforge", clients], rounds["transformers", clients])]
+        print(f"{clients:>7} {'ratio':<13} {ratio:>9.2f}x  (chatforge / transformers serve; rounds: "
+              f"{', '.join(f'{r:.2f}x' for r in each)})")
     scaling = figures["chatforge", counts[-1]]["tokens_per_s"] / figures["chatforge", counts[0]]["tokens_per_s"]
     print(f"chatforge tokens/s at {counts[-1]} clients / at {counts[0]}: {scaling:.2f}x")
 
