@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from chatforge.inference.engine import Engine, SamplingParams
 from chatforge.modeling import ChatForgeForCausalLM, config_for_tokenizer, set_generation_defaults
-from chatforge.posttrain.word_problems import word_problem
+from chatforge.tasks.word_problems import word_problem
 
 
 def parse_args() -> argparse.Namespace:

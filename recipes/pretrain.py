@@ -1,13 +1,11 @@
-"""Pretrain a causal LM on token shards.
+"""Pretrain a causal LM on token shards (the same as ``chatforge pretrain``).
 
     accelerate launch [--config_file accelerate_configs/cpu.yaml] recipes/pretrain.py \
         --config recipes/tiny/pretrain.yaml [--max_steps 500 ...]
 """
 
-from trl import TrlParser
-
-from chatforge.training import PretrainConfig, pretrain
+from chatforge.training.config import pretrain_parser
+from chatforge.training.loop import pretrain
 
 if __name__ == "__main__":
-    (config,) = TrlParser(dataclass_types=[PretrainConfig]).parse_args_and_config()
-    pretrain(config)
+    pretrain(*pretrain_parser().parse_args_and_config())

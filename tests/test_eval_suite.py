@@ -12,7 +12,7 @@ from chatforge.eval.recall import DISTRACTOR, cloze_recall
 from chatforge.eval.suite import EvalData, bits_per_byte, evaluate_model, regurgitation
 from chatforge.inference.engine import Engine, SamplingParams
 from chatforge.modeling import ChatForgeForCausalLM
-from chatforge.posttrain.world import build_world, world_cloze
+from chatforge.tasks.world import build_world, world_cloze
 
 
 def _greedy_ids(engine, prompt_ids, tokens):

@@ -9,11 +9,11 @@ from transformers import LlamaForCausalLM
 from trl import DatasetMixtureConfig, GRPOConfig, ModelConfig
 
 from chatforge.data import DataCollatorForChat
-from chatforge.eval.math import pass_at_k
+from chatforge.eval.problems import pass_at_k
 from chatforge.io import read_jsonl, write_jsonl
 from chatforge.modeling import ChatForgeForCausalLM, set_generation_defaults
 from chatforge.posttrain.grpo import GRPOScriptArguments, grpo_parser, run_grpo
-from chatforge.posttrain.verifiable import (
+from chatforge.tasks.verifiable import (
     ProblemConfig,
     ProblemError,
     answer_reward,

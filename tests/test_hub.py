@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from chatforge.hub import ExportError, export_model, push
+from chatforge.hub.export import ExportError, export_model, push
 
 
 def test_export_refuses_a_folder_that_is_not_a_saved_model(tmp_path):

@@ -12,7 +12,8 @@ from trl import ModelConfig
 
 from chatforge.data import DataCollatorForChat
 from chatforge.modeling import ChatForgeForCausalLM, ChatForgeForSequenceClassification, set_generation_defaults
-from chatforge.posttrain.ppo import PPOConfig, PPOTrainer, gae, token_logprobs
+from chatforge.posttrain.ppo_config import PPOConfig
+from chatforge.posttrain.ppo_trainer import PPOTrainer, gae, token_logprobs
 from chatforge.posttrain.rlhf import ppo_parser, split_validation, with_lora
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,7 +241,8 @@ def test_every_ppo_recipe_parses(recipe):
 PPO_SCRIPT = """
 import json
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-from chatforge.posttrain.ppo import PPOConfig, PPOTrainer
+from chatforge.posttrain.ppo_config import PPOConfig
+from chatforge.posttrain.ppo_trainer import PPOTrainer
 
 models = {models!r}
 tokenizer = AutoTokenizer.from_pretrained(models + "/policy")

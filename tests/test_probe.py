@@ -6,7 +6,7 @@ from conftest import memorize
 
 from chatforge.inference.engine import Engine
 from chatforge.posttrain.probe import ProbeConfig, load_questions, probe, probe_examples, run_probe
-from chatforge.posttrain.world import (
+from chatforge.tasks.world import (
     DESCRIPTIONS,
     FAQ_LINES,
     WorldConfig,

@@ -10,16 +10,16 @@ from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaF
 from trl import DatasetMixtureConfig, ModelConfig, RewardConfig
 
 from chatforge.io import read_jsonl
-from chatforge.posttrain.gold import judge
-from chatforge.posttrain.preferences import (
+from chatforge.posttrain.reward import RewardScriptArguments, pair_split, reward_parser, run_reward
+from chatforge.tasks.gold import judge
+from chatforge.tasks.preferences import (
     PreferenceDataConfig,
     PreferenceError,
     build_preference_data,
     ranked_record,
     record_pairs,
 )
-from chatforge.posttrain.reward import RewardScriptArguments, pair_split, reward_parser, run_reward
-from chatforge.posttrain.word_problems import word_problem
+from chatforge.tasks.word_problems import word_problem
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]

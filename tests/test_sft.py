@@ -17,8 +17,8 @@ from chatforge.eval.recall import cloze_recall
 from chatforge.inference.engine import ChatEvent, Engine
 from chatforge.modeling import ChatForgeForCausalLM, set_generation_defaults
 from chatforge.posttrain.sft import SFTScriptArguments, run_earlier_stage, run_sft, sft_parser
-from chatforge.posttrain.sft_data import SFTDataConfig, build_sft_data
-from chatforge.posttrain.world import build_world, world_cloze
+from chatforge.tasks.sft_data import SFTDataConfig, build_sft_data
+from chatforge.tasks.world import build_world, world_cloze
 
 ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")

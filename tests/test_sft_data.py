@@ -5,11 +5,11 @@ import pytest
 from trl import DatasetMixtureConfig
 from trl.scripts.utils import DatasetConfig
 
-from chatforge.posttrain.conversations import ConversationError, check_conversation, check_messages
 from chatforge.posttrain.mixture import load_mixture
 from chatforge.posttrain.sft import checked_split
-from chatforge.posttrain.sft_data import SFTDataConfig, build_sft_data, chatterbot_conversations
-from chatforge.posttrain.word_problems import extract_answer, word_problem
+from chatforge.tasks.conversations import ConversationError, check_conversation, check_messages
+from chatforge.tasks.sft_data import SFTDataConfig, build_sft_data, chatterbot_conversations
+from chatforge.tasks.word_problems import extract_answer, word_problem
 from chatforge.tools import calculate
 
 USER = {"role": "user", "content": "Hi"}

@@ -22,8 +22,8 @@ from transformers import AutoModel
 from chatforge.data import DataCollatorForChat
 from chatforge.io import write_jsonl
 from chatforge.modeling import ChatForgeForCausalLM, set_generation_defaults
-from chatforge.posttrain.preferences import PreferenceDataConfig, build_preference_data
-from chatforge.posttrain.sft_data import SFTDataConfig, build_sft_data
+from chatforge.tasks.preferences import PreferenceDataConfig, build_preference_data
+from chatforge.tasks.sft_data import SFTDataConfig, build_sft_data
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,6 +1,6 @@
 import json
 
-from chatforge.demo import DemoConfig, run_core_demo
+from chatforge.training.demo import DemoConfig, run_core_demo
 
 
 def test_tiny_model_learns_real_text_below_the_unigram_baseline(tmp_path):

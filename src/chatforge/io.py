@@ -8,6 +8,8 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from .errors import InvalidValue
+
 
 @contextlib.contextmanager
 def atomic_directory(path: str | Path) -> Iterator[Path]:
@@ -71,5 +73,5 @@ def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:
                 try:
                     records.append(json.loads(line))
                 except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{number}: not a JSON object ({error})") from None
+                    raise InvalidValue(f"{path}:{number}: not a JSON object ({error})") from None
     return records

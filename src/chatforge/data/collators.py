@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ..errors import InvalidValue, MissingField
+
 IGNORE_INDEX = -100
 
 
@@ -30,7 +32,7 @@ def _pad_with_mask(rows: Sequence[Sequence[int]], pad_id: int, multiple_of: int 
 
 def _require_pad_token(tokenizer: PreTrainedTokenizerBase, collator: str) -> int:
     if tokenizer.pad_token_id is None:
-        raise ValueError(f"{collator}: the tokenizer has no pad token; set tokenizer.pad_token first")
+        raise InvalidValue(f"{collator}: the tokenizer has no pad token; set tokenizer.pad_token first")
     return tokenizer.pad_token_id
 
 
@@ -51,14 +53,14 @@ class DataCollatorForPackedPretraining:
 
     def __post_init__(self):
         if self.seq_len < 2:
-            raise ValueError(f"seq_len must be at least 2, got {self.seq_len}")
+            raise InvalidValue(f"seq_len must be at least 2, got {self.seq_len}")
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         tokens: list[int] = []
         positions: list[int] = []
         for index, example in enumerate(examples):
             if "input_ids" not in example:
-                raise KeyError(f"example {index} has no 'input_ids' (keys: {sorted(example)})")
+                raise MissingField(f"example {index} has no 'input_ids' (keys: {sorted(example)})")
             document = [*example["input_ids"], self.eos_token_id]
             tokens.extend(document)
             positions.extend(range(len(document)))
@@ -111,15 +113,15 @@ class DataCollatorForChat:
         if "input_ids" in example and "assistant_masks" in example:
             return list(example["input_ids"]), list(example["assistant_masks"])
         if "messages" not in example:
-            raise KeyError(f"example {index} has neither 'messages' nor 'input_ids'+'assistant_masks'")
+            raise MissingField(f"example {index} has neither 'messages' nor 'input_ids'+'assistant_masks'")
         if not any(m.get("role") == "assistant" for m in example["messages"]):
-            raise ValueError(f"example {index}: conversation has no assistant message to train on")
+            raise InvalidValue(f"example {index}: conversation has no assistant message to train on")
         encoded = self.tokenizer.apply_chat_template(
             example["messages"], tools=example.get("tools"), tokenize=True, return_dict=True,
             return_assistant_tokens_mask=True
         )
         if not any(encoded["assistant_masks"]):
-            raise ValueError(
+            raise InvalidValue(
                 f"example {index}: the chat template marks no assistant tokens; "
                 "it needs {% generation %} ... {% endgeneration %} around assistant content"
             )
@@ -155,7 +157,7 @@ class DataCollatorForPreference:
         else:
             missing = {"chosen", "rejected"} - set(example)
             if missing:
-                raise KeyError(f"example {index} lacks {sorted(missing)} (keys: {sorted(example)})")
+                raise MissingField(f"example {index} lacks {sorted(missing)} (keys: {sorted(example)})")
             prompt = example.get("prompt", [] if isinstance(example["chosen"], list) else "")
             pair = self._encode(prompt, example["chosen"]), self._encode(prompt, example["rejected"])
         if self.max_length is not None:

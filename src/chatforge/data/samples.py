@@ -18,6 +18,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from ..errors import UserError
 from ..io import atomic_directory
 from . import EMBEDDED_WIKIPEDIA
 from .web.ground_truth import write_ground_truth
@@ -54,7 +55,7 @@ SOURCES = {
 }
 
 
-class SourceUnavailable(RuntimeError):
+class SourceUnavailable(UserError, RuntimeError):
     """A sample source could not be fetched; the message says which and how to do without it."""
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..errors import InvalidValue, NotFound
 from ..io import atomic_directory, atomic_write_text
 from .text_sources import iter_documents
 
@@ -124,10 +125,10 @@ def tokenize_to_shards(tokenizer_dir: str, sources: list[str], output_dir: str |
     if (output_dir / META_FILE).exists():
         return json.loads((output_dir / META_FILE).read_text())
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise InvalidValue(f"val_fraction must be in [0, 1), got {val_fraction}")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     if tokenizer.eos_token_id is None:
-        raise ValueError(f"{tokenizer_dir}: the tokenizer has no EOS token to separate documents")
+        raise InvalidValue(f"{tokenizer_dir}: the tokenizer has no EOS token to separate documents")
     dtype = token_dtype(len(tokenizer))
     start = time.perf_counter()
     with atomic_directory(output_dir) as tmp_dir:
@@ -153,7 +154,7 @@ def tokenize_to_shards(tokenizer_dir: str, sources: list[str], output_dir: str |
         for writer in writers.values():
             writer.flush()
         if writers["train"].tokens == 0:
-            raise ValueError(f"{sources}: no documents to tokenize")
+            raise InvalidValue(f"{sources}: no documents to tokenize")
         meta = {
             "dtype": dtype.name,
             "vocab_size": len(tokenizer),
@@ -182,17 +183,17 @@ class TokenShards:
         self.folder = Path(self.folder)
         meta_path = self.folder / META_FILE
         if not meta_path.exists():
-            raise FileNotFoundError(f"{self.folder}: no {META_FILE}; not a finished token shard folder")
+            raise NotFound(f"{self.folder}: no {META_FILE}; not a finished token shard folder")
         self.meta = json.loads(meta_path.read_text())
         if self.split not in self.meta["splits"]:
-            raise ValueError(f"{self.folder}: no split {self.split!r} (splits: {sorted(self.meta['splits'])})")
+            raise InvalidValue(f"{self.folder}: no split {self.split!r} (splits: {sorted(self.meta['splits'])})")
         dtype = np.dtype(self.meta["dtype"])
         self.arrays = []
         for shard in self.meta["splits"][self.split]["shards"]:
             path = self.folder / shard["file"]
             array = np.memmap(path, dtype=dtype, mode="r")
             if len(array) != shard["tokens"]:
-                raise ValueError(f"{path}: holds {len(array)} tokens, meta.json says {shard['tokens']}")
+                raise InvalidValue(f"{path}: holds {len(array)} tokens, meta.json says {shard['tokens']}")
             self.arrays.append(array)
 
     @property

@@ -6,13 +6,15 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from ..errors import InvalidValue
+
 TEXT_SUFFIXES = {".txt", ".md", ".rst", ".text"}
 JSONL_SUFFIXES = {".jsonl", ".json"}
 PARQUET_SUFFIXES = {".parquet"}
 KNOWN_SUFFIXES = TEXT_SUFFIXES | JSONL_SUFFIXES | PARQUET_SUFFIXES
 
 
-class InputError(ValueError):
+class InputError(InvalidValue):
     """An input file, record or field that cannot be used; the message names it."""
 
 

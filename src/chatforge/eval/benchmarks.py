@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..inference.engine import Engine
-from ..posttrain.verifiable import problem_record
-from .math import problem_accuracy
+from ..tasks.verifiable import problem_record
+from .problems import problem_accuracy
 
 HUB_SOURCES = {
     "hellaswag": ("Rowan/hellaswag", None, "validation"),

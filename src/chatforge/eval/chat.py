@@ -6,8 +6,8 @@ from collections.abc import Callable, Sequence
 from tqdm.auto import tqdm
 
 from ..inference.engine import ChatEvent, Engine, SamplingParams
-from ..posttrain.word_problems import extract_answer
-from ..posttrain.world import is_correct, says_dont_know
+from ..tasks.word_problems import extract_answer
+from ..tasks.world import is_correct, says_dont_know
 from ..tokenization.tokenization_chatforge import IM_START
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=96)

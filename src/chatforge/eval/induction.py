@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..errors import InvalidValue
+
 
 def ordinary_token_ids(tokenizer) -> list[int]:
     """The ids of the vocabulary less the special and added tokens."""
@@ -26,7 +28,7 @@ def repeated_sequence_copying(model, tokenizer, sequences: int = 100, length: in
     ``length // 2`` and ``length``, so that looking back a fixed distance does not pass for copying. The
     second copy is scored from its second token on: its first token cannot be known to repeat."""
     if length < 4 or sequences < 1:
-        raise ValueError(f"need at least 1 sequence of at least 4 tokens, got {sequences} of {length}")
+        raise InvalidValue(f"need at least 1 sequence of at least 4 tokens, got {sequences} of {length}")
     vocabulary = torch.tensor(ordinary_token_ids(tokenizer))
     generator = torch.Generator().manual_seed(seed)
     prefix = torch.tensor([] if tokenizer.bos_token_id is None else [tokenizer.bos_token_id], dtype=torch.long)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from tqdm.auto import tqdm
 
+from ..errors import InvalidValue
 from ..inference.engine import Engine, SamplingParams
 
 #: What precedes the opening in the "after a sentence" placement: true, ordinary and unrelated to any item.
@@ -28,7 +29,7 @@ def cloze_recall(engine: Engine, items: Sequence[dict], distractor: str = DISTRA
     contains an answer, with the opening at the start of the document (after BOS where the tokenizer has
     one) and after ``distractor``: per group, over ``all`` items, and a few examples."""
     if not items:
-        raise ValueError("cloze recall needs at least one item")
+        raise InvalidValue("cloze recall needs at least one item")
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
     openings = {"start": [item["prompt"] for item in items],
                 "after_sentence": [f"{distractor} {item['prompt']}" for item in items]}

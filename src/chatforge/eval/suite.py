@@ -23,12 +23,13 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from ..data.text_sources import iter_documents
+from ..errors import InvalidValue, NotFound
 from ..inference.engine import Engine, SamplingParams
 from ..io import read_jsonl
 from . import benchmarks
 from .chat import format_adherence, knowledge
 from .induction import repeated_sequence_copying
-from .math import problem_accuracy
+from .problems import problem_accuracy
 from .recall import cloze_recall
 
 CHAT_TASKS = ("format", "arithmetic", "knowledge", "gsm8k")
@@ -98,14 +99,14 @@ def _records(path: str | None, task: str, what: str, limit: int, fields: tuple[s
     records = read_jsonl(_required(path, task, what))
     for number, record in enumerate(records, 1):
         if missing := [name for name in fields if name not in record]:
-            raise ValueError(f"{path}: record {number} has no {', '.join(missing)} (task {task!r} reads "
-                             f"{', '.join(fields)})")
+            raise InvalidValue(f"{path}: record {number} has no {', '.join(missing)} (task {task!r} reads "
+                               f"{', '.join(fields)})")
     return spread(records, limit)
 
 
 def _required(value: str | None, task: str, what: str) -> str:
     if value is None or ("://" not in value and not Path(value).exists()):
-        raise FileNotFoundError(f"task {task!r} needs {what}: {value or 'not given'}")
+        raise NotFound(f"task {task!r} needs {what}: {value or 'not given'}")
     return value
 
 
@@ -152,7 +153,7 @@ def regurgitation(engine: Engine, documents: Sequence[str], prefix_tokens: int =
         if len(cases) == limit:
             break
     if not cases:
-        raise ValueError(f"no training document has {prefix_tokens + suffix_tokens} tokens")
+        raise InvalidValue(f"no training document has {prefix_tokens + suffix_tokens} tokens")
     params = SamplingParams(temperature=0.0, max_new_tokens=suffix_tokens)
     runs, longest = [], None
     for start in tqdm(range(0, len(cases), batch_size), desc="regurgitation", leave=False):
@@ -233,16 +234,16 @@ def evaluate_model(model_path: str, tasks: Sequence[str], data: EvalData, config
     """Run ``tasks`` on the model at ``model_path`` (a folder or Hub id); task name -> figures."""
     unknown = [task for task in tasks if task not in TASKS]
     if unknown:
-        raise ValueError(f"unknown tasks {unknown}; choose from {list(TASKS)}")
+        raise InvalidValue(f"unknown tasks {unknown}; choose from {list(TASKS)}")
     reward_model = is_reward_model(model_path)
     if [task for task in tasks if (task == "reward") != reward_model]:
         kind = "a reward model: its task is 'reward'" if reward_model else "a language model"
-        raise ValueError(f"{model_path} is {kind}; tasks {list(tasks)} do not all apply")
+        raise InvalidValue(f"{model_path} is {kind}; tasks {list(tasks)} do not all apply")
     if reward_model:
         return {"reward": evaluate_reward_model(model_path, data, config)}
     engine = Engine.from_pretrained(model_path)
     for task in tasks:
         if task in CHAT_TASKS and engine.tokenizer.chat_template is None:
-            raise ValueError(f"task {task!r} needs a chat model; {model_path} has no chat template")
+            raise InvalidValue(f"task {task!r} needs a chat model; {model_path} has no chat template")
     runners = _task_runners(data, config)
     return {task: runners[task](engine) for task in tasks}

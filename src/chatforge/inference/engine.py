@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from transformers.generation.streamers import BaseStreamer
 
+from ..errors import InvalidValue
 from ..tokenization.tokenization_chatforge import ENDOFTEXT, IM_END, TOOL_CALL_END, TOOL_CALL_START
 from ..tools import Toolbox, format_tool_output, parse_tool_call
 from ..tools.errors import ToolError
@@ -37,7 +38,7 @@ class SamplingParams:
                           ("top_p", self.top_p is not None and not 0 < self.top_p <= 1),
                           ("repetition_penalty", self.repetition_penalty <= 0)):
             if bad:
-                raise ValueError(f"SamplingParams.{name}={getattr(self, name)!r} is out of range")
+                raise InvalidValue(f"SamplingParams.{name}={getattr(self, name)!r} is out of range")
 
 
 @dataclass

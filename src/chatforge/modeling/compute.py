@@ -2,6 +2,7 @@
 
 from torch import nn
 
+from ..errors import InvalidValue
 from .configuration_chatforge import ChatForgeConfig
 
 
@@ -55,5 +56,5 @@ def peak_bf16_flops(device_name: str) -> float | None:
 def estimate_mfu(config: ChatForgeConfig, seq_len: int, tokens_per_second: float, peak_flops: float) -> float:
     """Model FLOPs utilisation: achieved training FLOP/s over the hardware's peak FLOP/s."""
     if peak_flops <= 0:
-        raise ValueError(f"peak_flops must be positive, got {peak_flops}")
+        raise InvalidValue(f"peak_flops must be positive, got {peak_flops}")
     return flops_per_token(config, seq_len) * tokens_per_second / peak_flops

@@ -2,6 +2,7 @@
 
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
+from ..errors import InvalidValue
 from .configuration_chatforge import PRESETS, ChatForgeConfig
 
 STOP_TOKENS = ("<|endoftext|>", "<|im_end|>")
@@ -15,7 +16,7 @@ def config_for_tokenizer(
     The vocabulary is rounded up to a multiple of ``pad_vocab_to_multiple_of`` (faster matmuls).
     """
     if preset not in PRESETS:
-        raise ValueError(f"Unknown ChatForge preset {preset!r}; choose one of {sorted(PRESETS)}.")
+        raise InvalidValue(f"Unknown ChatForge preset {preset!r}; choose one of {sorted(PRESETS)}.")
     vocab_size = -(-len(tokenizer) // pad_vocab_to_multiple_of) * pad_vocab_to_multiple_of
     fields = {
         **PRESETS[preset],
@@ -26,8 +27,11 @@ def config_for_tokenizer(
         **overrides,
     }
     if fields["vocab_size"] < len(tokenizer):
-        raise ValueError(f"vocab_size={fields['vocab_size']} is smaller than the tokenizer's {len(tokenizer)} tokens")
-    return ChatForgeConfig(**fields)
+        raise InvalidValue(f"vocab_size={fields['vocab_size']} is smaller than the tokenizer's {len(tokenizer)} tokens")
+    try:
+        return ChatForgeConfig(**fields)
+    except ValueError as error:  # the configuration's own checks (its module imports nothing of chatforge's)
+        raise InvalidValue(str(error)) from error
 
 
 def set_generation_defaults(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> GenerationConfig:

@@ -15,18 +15,19 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DatasetMixtureConfig, GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_peft_config
 from trl.rewards import get_soft_overlong_punishment
 
-from ..eval.math import problem_accuracy
+from ..errors import InvalidValue
 from ..eval.plots import history_series, plot_panels
+from ..eval.problems import problem_accuracy
 from ..inference.engine import Engine
 from ..io import atomic_write_text, read_jsonl, write_jsonl
+from ..tasks.verifiable import REWARD_FUNCTIONS, ProblemConfig, build_problems, to_problems
+from ..tasks.word_problems import KINDS
 from ..training.checkpoint import trainer_checkpoint
 from ..training.precision import fit_precision
 from .mixture import load_mixture
 from .reward import build_model_if_missing
 from .saving import evaluated_on_main, save_trained_model
 from .sft import load_policy, parse_sft_yaml, run_sft
-from .verifiable import REWARD_FUNCTIONS, ProblemConfig, build_problems, to_problems
-from .word_problems import KINDS
 
 CURVES = {"answer reward (train)": "rewards/answer_reward/mean", "format reward (train)": "rewards/format_reward/mean",
           "completion length": "completions/mean_length"}
@@ -72,16 +73,17 @@ def _build_missing_inputs(script: GRPOScriptArguments, model_args: ModelConfig) 
         build_problems(script.problems_dir, wanted)
     summary = json.loads(summary_path.read_text())
     if (summary.get("operands"), summary.get("kinds")) != ([wanted.low, wanted.high], list(wanted.kinds)):
-        raise ValueError(f"problems_dir={script.problems_dir} holds {summary.get('kinds')} problems with operands "
-                         f"{summary.get('operands')}, but the recipe asks for {list(wanted.kinds)} with operands "
-                         f"{[wanted.low, wanted.high]}: remove the folder or choose another problems_dir")
+        raise InvalidValue(f"problems_dir={script.problems_dir} holds {summary.get('kinds')} problems with operands "
+                           f"{summary.get('operands')}, but the recipe asks for {list(wanted.kinds)} with operands "
+                           f"{[wanted.low, wanted.high]}: remove the folder or choose another problems_dir")
     build_model_if_missing(model_args.model_name_or_path, script.sft_config, parse_sft_yaml, run_sft, "SFT model")
 
 
 def reward_functions(script: GRPOScriptArguments, training_args: GRPOConfig) -> list:
     unknown = set(script.rewards) - set(REWARD_FUNCTIONS)
     if unknown:
-        raise ValueError(f"rewards={script.rewards}: unknown {sorted(unknown)}; choose from {sorted(REWARD_FUNCTIONS)}")
+        raise InvalidValue(f"rewards={script.rewards}: unknown {sorted(unknown)}; "
+                           f"choose from {sorted(REWARD_FUNCTIONS)}")
     functions = [REWARD_FUNCTIONS[name] for name in script.rewards]
     if script.overlong_penalty_tokens:
         functions.append(get_soft_overlong_punishment(training_args.max_completion_length,

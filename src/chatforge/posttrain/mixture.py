@@ -6,6 +6,8 @@ from pathlib import Path
 import datasets
 from trl import DatasetMixtureConfig, get_dataset
 
+from ..errors import InvalidValue, NotFound
+
 #: Builders of ``datasets`` that read local files: without ``data_files`` or ``data_dir`` they read every
 #: matching file under the current directory.
 FILE_BUILDERS = ("json", "csv", "parquet", "text", "arrow")
@@ -27,16 +29,16 @@ def check_mixture(mixture: DatasetMixtureConfig) -> None:
     for number, entry in enumerate(mixture.datasets):
         where = f"datasets[{number}] (path: {entry.path})"
         if entry.path in FILE_BUILDERS and not (entry.data_files or entry.data_dir):
-            raise ValueError(f"{where}: give data_files or data_dir; without them the {entry.path} loader reads "
-                             f"every {entry.path} file under {Path.cwd()}")
+            raise InvalidValue(f"{where}: give data_files or data_dir; without them the {entry.path} loader reads "
+                               f"every {entry.path} file under {Path.cwd()}")
         missing = [f for f in _plain_paths(entry.data_files) if not Path(f).exists()]
         if missing:
-            raise FileNotFoundError(f"{where}: data file not found: {', '.join(missing)}")
+            raise NotFound(f"{where}: data file not found: {', '.join(missing)}")
 
 
 def load_mixture(mixture: DatasetMixtureConfig) -> datasets.DatasetDict:
     """The mixture's splits, after :func:`check_mixture`."""
     if not mixture.datasets:
-        raise ValueError("no datasets: give a `datasets:` list (TRL DatasetMixtureConfig) in the recipe")
+        raise InvalidValue("no datasets: give a `datasets:` list (TRL DatasetMixtureConfig) in the recipe")
     check_mixture(mixture)
     return get_dataset(mixture)

@@ -16,9 +16,10 @@ from pathlib import Path
 import datasets
 from tqdm.auto import tqdm
 
+from ..errors import InvalidValue
 from ..inference.engine import Engine, SamplingParams
 from ..io import atomic_directory
-from .world import dont_know_reply, is_correct
+from ..tasks.world import dont_know_reply, is_correct
 
 
 @dataclass(frozen=True)
@@ -38,8 +39,8 @@ class ProbeConfig:
 
     def __post_init__(self):
         if min(self.known_copies, self.unknown_copies) < 1:
-            raise ValueError(f"known_copies={self.known_copies}, unknown_copies={self.unknown_copies}: give at "
-                             "least one copy of each")
+            raise InvalidValue(f"known_copies={self.known_copies}, unknown_copies={self.unknown_copies}: give at "
+                               "least one copy of each")
 
     @classmethod
     def from_recipe(cls, recipe: Mapping) -> "ProbeConfig":
@@ -57,7 +58,7 @@ def load_questions(source: str) -> list[dict]:
         records = datasets.load_dataset(source, split="train")
     missing = {"question", "answer"} - set(records.column_names)
     if missing:
-        raise ValueError(f"{source}: questions need the fields {sorted(missing)} (found {records.column_names})")
+        raise InvalidValue(f"{source}: questions need the fields {sorted(missing)} (found {records.column_names})")
     return [dict(record) for record in records]
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from trl.data_utils import pack_dataset
 
 from ..data.shards import TokenShards
+from ..errors import InvalidValue
 
 
 def shard_rows(shards: TokenShards, max_length: int, packing_strategy: str | None) -> datasets.Dataset:
@@ -20,7 +21,7 @@ def shard_rows(shards: TokenShards, max_length: int, packing_strategy: str | Non
     pieces = [piece.tolist() for document in shards.documents()
               for piece in np.split(document.astype(np.int64), range(max_length, len(document), max_length))]
     if not pieces:
-        raise ValueError(f"{shards.folder}: the {shards.split} split holds no documents")
+        raise InvalidValue(f"{shards.folder}: the {shards.split} split holds no documents")
     rows = datasets.Dataset.from_dict({"input_ids": pieces, "labels": pieces})
     return pack_dataset(rows, max_length, packing_strategy) if packing_strategy else rows
 
@@ -30,21 +31,21 @@ def check_compatible(shards: TokenShards, tokenizer, vocab_size: int) -> None:
     embeddings)."""
     where = f"replay_shards={shards.folder} (tokenizer {shards.meta.get('tokenizer')})"
     if shards.meta["eos_token_id"] != tokenizer.eos_token_id:
-        raise ValueError(f"{where}: EOS id {shards.meta['eos_token_id']}, the model's tokenizer has "
-                         f"{tokenizer.eos_token_id}; tokenize the text with the model's tokenizer "
-                         "(chatforge data tokenize --tokenizer MODEL)")
+        raise InvalidValue(f"{where}: EOS id {shards.meta['eos_token_id']}, the model's tokenizer has "
+                           f"{tokenizer.eos_token_id}; tokenize the text with the model's tokenizer "
+                           "(chatforge data tokenize --tokenizer MODEL)")
     if shards.meta["vocab_size"] > vocab_size:
-        raise ValueError(f"{where}: a vocabulary of {shards.meta['vocab_size']} ids, the model embeds "
-                         f"{vocab_size}; tokenize the text with the model's tokenizer")
+        raise InvalidValue(f"{where}: a vocabulary of {shards.meta['vocab_size']} ids, the model embeds "
+                           f"{vocab_size}; tokenize the text with the model's tokenizer")
 
 
 def mix_in(train: datasets.Dataset, replay: datasets.Dataset, fraction: float, seed: int) -> datasets.Dataset:
     """``train`` with rows of ``replay`` added so that they make up ``fraction`` of the result, shuffled."""
     if not 0 < fraction < 1:
-        raise ValueError(f"replay_fraction={fraction}: give a share between 0 and 1 (exclusive)")
+        raise InvalidValue(f"replay_fraction={fraction}: give a share between 0 and 1 (exclusive)")
     missing = set(train.column_names) - set(replay.column_names)
     if missing:
-        raise ValueError(f"replay rows lack the training rows' columns {sorted(missing)}")
+        raise InvalidValue(f"replay rows lack the training rows' columns {sorted(missing)}")
     wanted = round(len(train) * fraction / (1 - fraction))
     order = np.random.default_rng(seed).permutation(len(replay))
     replay = replay.select(np.resize(order, wanted)).select_columns(train.column_names).cast(train.features)

@@ -15,12 +15,13 @@ import datasets
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
 from trl import DatasetMixtureConfig, ModelConfig, RewardConfig, RewardTrainer, TrlParser, get_peft_config
 
+from ..errors import InvalidValue, NotFound
 from ..eval.reward import pairwise_accuracy, ranking_agreement
 from ..io import atomic_write_text, read_jsonl
+from ..tasks.preferences import PreferenceDataConfig, build_preference_data, to_pairs
 from ..training.checkpoint import trainer_checkpoint
 from ..training.precision import fit_precision
 from .mixture import load_mixture
-from .preferences import PreferenceDataConfig, build_preference_data, to_pairs
 from .saving import evaluated_on_main, save_trained_model
 from .sft import parse_sft_yaml, run_earlier_stage, run_sft, trained_dtype
 
@@ -48,7 +49,7 @@ class RewardScriptArguments:
     def __post_init__(self):
         for name in ("max_train_pairs", "eval_pairs", "eval_rankings"):
             if (value := getattr(self, name)) is not None and value < 1:
-                raise ValueError(f"{name}={value}: must be a positive count (or unset for all)")
+                raise InvalidValue(f"{name}={value}: must be a positive count (or unset for all)")
 
 
 def reward_parser() -> TrlParser:
@@ -67,11 +68,11 @@ def build_model_if_missing(model_path: str, recipe: str | None, parse, run, what
     if (Path(model_path) / "config.json").exists():
         return
     if recipe is None:
-        raise FileNotFoundError(f"{model_path}: no model there, and no recipe to build the {what} with")
+        raise NotFound(f"{model_path}: no model there, and no recipe to build the {what} with")
     configs = parse(recipe)
     output_dir = configs[1].output_dir
     if Path(output_dir).resolve() != Path(model_path).resolve():
-        raise ValueError(f"{recipe} writes {output_dir}, not model_name_or_path={model_path}")
+        raise InvalidValue(f"{recipe} writes {output_dir}, not model_name_or_path={model_path}")
     print(f"building the {what} first ({recipe}) -> {output_dir}")
     run_earlier_stage(run, *configs)
 
@@ -86,7 +87,7 @@ def _build_missing_inputs(script: RewardScriptArguments, model_args: ModelConfig
 
 def pair_split(dataset: datasets.Dataset, name: str) -> datasets.Dataset:
     """Any supported preference format as ``chosen``/``rejected`` conversations; a bad record raises
-    :class:`~chatforge.posttrain.preferences.PreferenceError` naming it."""
+    :class:`~chatforge.tasks.preferences.PreferenceError` naming it."""
     return dataset.map(to_pairs, batched=True, with_indices=True, fn_kwargs={"name": name},
                        remove_columns=dataset.column_names, load_from_cache_file=False, desc=f"pairs of {name}")
 

@@ -8,10 +8,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 from trl import ModelConfig, TrlParser, get_peft_config
 
+from ..errors import InvalidValue
 from ..io import read_jsonl
 from ..modeling.factory import set_generation_defaults
-from .ppo import PPOConfig, PPOTrainer
-from .preferences import PreferenceDataConfig, build_preference_data
+from ..tasks.preferences import PreferenceDataConfig, build_preference_data
+from .ppo_config import PPOConfig
+from .ppo_trainer import PPOTrainer
 from .reward import build_model_if_missing, parse_reward_yaml, run_reward
 from .sft import model_dtype, parse_sft_yaml, run_sft, trained_dtype
 
@@ -49,7 +51,7 @@ def _build_missing_inputs(script: PPOScriptArguments, model_args: ModelConfig) -
 def split_validation(tasks: list[dict], count: int, seed: int, where: str) -> tuple[list[dict], list[dict]]:
     """The training prompts less a seeded ``count`` of them, and those ``count`` (the validation prompts)."""
     if count >= len(tasks):
-        raise ValueError(f"{where}: {len(tasks)} training prompts cannot spare eval_prompts={count} for validation")
+        raise InvalidValue(f"{where}: {len(tasks)} training prompts cannot spare eval_prompts={count} for validation")
     order = random.Random(seed).sample(range(len(tasks)), len(tasks))
     return [tasks[i] for i in order[count:]], [tasks[i] for i in order[:count]]
 

@@ -20,20 +20,21 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
 from trl import DatasetMixtureConfig, ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
 from ..data.shards import TokenShards
+from ..errors import InvalidValue, NotFound
 from ..eval.chat import format_adherence, knowledge, look_up_accuracy, word_problem_accuracy
 from ..inference.engine import Engine
 from ..io import atomic_write_text, read_jsonl
 from ..modeling.factory import set_generation_defaults
+from ..tasks.conversations import ON_INVALID, ConversationError, check_conversation
+from ..tasks.sft_data import SFTDataConfig, build_sft_data
 from ..tools import default_toolbox
 from ..training import PretrainConfig, pretrain
 from ..training.checkpoint import trainer_checkpoint
 from ..training.precision import fit_precision
-from .conversations import ON_INVALID, ConversationError, check_conversation
 from .mixture import load_mixture
 from .probe import ProbeConfig, run_probe
 from .replay import check_compatible, mix_in, shard_rows
 from .saving import evaluated_on_main, save_trained_model
-from .sft_data import SFTDataConfig, build_sft_data
 
 
 @dataclass
@@ -71,8 +72,8 @@ class SFTScriptArguments:
 
     def __post_init__(self):
         if self.eval_conversations is not None and self.eval_conversations < 1:
-            raise ValueError(f"eval_conversations={self.eval_conversations}: must be a positive count "
-                             "(or unset for all)")
+            raise InvalidValue(f"eval_conversations={self.eval_conversations}: must be a positive count "
+                               "(or unset for all)")
 
 
 def run_earlier_stage(run, *configs):
@@ -89,7 +90,7 @@ def _build_missing_inputs(script: SFTScriptArguments, model_args: ModelConfig) -
         build_sft_data(script.sft_data_dir, SFTDataConfig())
     if script.probe_dir and not (Path(script.probe_dir) / "train.jsonl").exists():
         if script.probe_model_config is None:
-            raise FileNotFoundError(f"probe_dir={script.probe_dir}: missing, and no probe_model_config to build it")
+            raise NotFound(f"probe_dir={script.probe_dir}: missing, and no probe_model_config to build it")
         probe_script, probe_training, probe_model, probe_mixture = parse_sft_yaml(script.probe_model_config)
         if not (Path(probe_training.output_dir) / "config.json").exists():
             print(f"fine-tuning the model to probe first ({script.probe_model_config})")
@@ -99,12 +100,12 @@ def _build_missing_inputs(script: SFTScriptArguments, model_args: ModelConfig) -
                   ProbeConfig.from_recipe(vars(script)))
     if not Path(model_args.model_name_or_path).exists():
         if script.base_config is None:
-            raise FileNotFoundError(f"model_name_or_path={model_args.model_name_or_path}: no such folder, and no "
-                                    "base_config to build it with")
+            raise NotFound(f"model_name_or_path={model_args.model_name_or_path}: no such folder, and no "
+                           "base_config to build it with")
         (config,) = HfArgumentParser([PretrainConfig]).parse_yaml_file(script.base_config)
         if Path(config.output_dir).resolve() != Path(model_args.model_name_or_path).resolve():
-            raise ValueError(f"base_config {script.base_config} writes {config.output_dir}, not "
-                             f"model_name_or_path={model_args.model_name_or_path}")
+            raise InvalidValue(f"base_config {script.base_config} writes {config.output_dir}, not "
+                               f"model_name_or_path={model_args.model_name_or_path}")
         print(f"pretraining the base model first ({script.base_config}) -> {config.output_dir}")
         run_earlier_stage(pretrain, config)
 
@@ -124,7 +125,7 @@ def checked_split(dataset: datasets.Dataset, name: str, on_invalid: str, tokeniz
     """Keep conversations that are well formed and fit ``max_length`` tokens; the others raise
     (``on_invalid="error"``) or are counted by reason."""
     if on_invalid not in ON_INVALID:
-        raise ValueError(f"on_invalid={on_invalid!r}; choose one of {ON_INVALID}")
+        raise InvalidValue(f"on_invalid={on_invalid!r}; choose one of {ON_INVALID}")
     skipped: Counter = Counter()
 
     def keep(record, index):
@@ -165,7 +166,7 @@ def with_replay(train: datasets.Dataset, script: SFTScriptArguments, training_ar
                 vocab_size: int) -> datasets.Dataset:
     """The prepared training rows with ``script.replay_fraction`` of rows from ``script.replay_shards``."""
     if training_args.max_length is None:
-        raise ValueError("replay_shards needs max_length: the length of the replayed rows")
+        raise InvalidValue("replay_shards needs max_length: the length of the replayed rows")
     shards = TokenShards(script.replay_shards)
     check_compatible(shards, tokenizer, vocab_size)
     replay = shard_rows(shards, training_args.max_length,
@@ -220,7 +221,7 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
         _build_missing_inputs(script, model_args)
     tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
     if tokenizer.chat_template is None:
-        raise ValueError(f"{model_args.model_name_or_path}: the tokenizer has no chat template")
+        raise InvalidValue(f"{model_args.model_name_or_path}: the tokenizer has no chat template")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     splits = dict(load_mixture(mixture))

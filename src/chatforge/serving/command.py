@@ -6,11 +6,13 @@ import os
 import warnings
 from pathlib import Path
 
+from ..errors import InvalidValue
+
 TOOLS = ("calculator", "python", "search")
 API_KEY_ENV = "CHATFORGE_API_KEY"
 
 
-def add_serve_command(stages) -> None:
+def add_commands(stages) -> None:
     serve = stages.add_parser("serve", help="serve a chat model: OpenAI-compatible API (and /v1/completions)")
     serve.add_argument("model", help="model folder (a chatforge export or any transformers chat model) or Hub id")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
@@ -36,9 +38,9 @@ def serve_command(args: argparse.Namespace) -> None:
     tools = [name.strip() for name in args.tools.split(",") if name.strip()]
     unknown = sorted(set(tools) - set(TOOLS))
     if unknown:
-        raise ValueError(f"--tools: unknown tool(s) {', '.join(unknown)}; choose from {', '.join(TOOLS)}")
+        raise InvalidValue(f"--tools: unknown tool(s) {', '.join(unknown)}; choose from {', '.join(TOOLS)}")
     if "search" in tools and args.search_index is None:
-        raise ValueError("--tools search needs --search-index DIR (chatforge tools index builds one)")
+        raise InvalidValue("--tools search needs --search-index DIR (chatforge tools index builds one)")
     available = default_toolbox(args.search_index if "search" in tools else None)
     toolbox = Toolbox({name: available.tools[name] for name in tools}) if tools else None
     engine = Engine.from_pretrained(args.model, toolbox=toolbox, device=args.device)
@@ -58,4 +60,4 @@ def _loopback(host: str) -> bool:
         return host == "localhost"
 
 
-__all__ = ["add_serve_command", "serve_command"]
+__all__ = ["add_commands", "serve_command"]

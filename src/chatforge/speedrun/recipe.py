@@ -17,6 +17,7 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import InvalidValue, NotFound
 from ..eval.suite import EvalConfig
 
 TRAINING_STAGES = ("pretrain", "sft", "sft-probe", "reward", "ppo", "grpo")
@@ -25,7 +26,7 @@ TRAINING_STAGES = ("pretrain", "sft", "sft-probe", "reward", "ppo", "grpo")
 BUILDER_KEYS = ("base_config", "sft_config", "reward_config", "probe_model_config")
 
 
-class RecipeError(ValueError):
+class RecipeError(InvalidValue):
     """A speedrun recipe is malformed; the message names the file and field."""
 
 
@@ -51,9 +52,9 @@ class DataSettings:
         for name in ("vocab_size", "max_number_digits", "tokenize_workers"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`data.{name}` must be a positive integer, got {value!r}")
+                raise InvalidValue(f"`data.{name}` must be a positive integer, got {value!r}")
         if not 0 < self.val_fraction < 1:
-            raise ValueError(f"`data.val_fraction` must lie between 0 and 1, got {self.val_fraction!r}")
+            raise InvalidValue(f"`data.val_fraction` must lie between 0 and 1, got {self.val_fraction!r}")
 
 
 @dataclass
@@ -100,8 +101,8 @@ def load_recipe(recipe: str) -> SpeedrunRecipe:
     if path.suffix not in (".yaml", ".yml"):
         path = Path("recipes") / recipe / "speedrun.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such speedrun recipe (give a name under recipes/ or a YAML path; "
-                                "run from the chatforge checkout)")
+        raise NotFound(f"{path}: no such speedrun recipe (give a name under recipes/ or a YAML path; "
+                       "run from the chatforge checkout)")
     raw = yaml.safe_load(path.read_text()) or {}
     unknown = set(raw) - {"run_root", "launcher", "data", "training", "eval"}
     if unknown:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..errors import InvalidValue
 from ..io import atomic_write_text
 from .recipe import load_recipe
 from .stages import STAGE_NAMES, STAGES, Run, Stage, StageError
@@ -72,11 +73,11 @@ def speedrun(recipe: str, output: str | Path, start: str | None = None, until: s
     finished) through ``until``, into ``output``. Returns ``report.json``'s content."""
     for name, value in (("--from", start), ("--until", until)):
         if value is not None and value not in STAGE_NAMES:
-            raise ValueError(f"{name} {value}: no such stage; the stages are {', '.join(STAGE_NAMES)}")
+            raise InvalidValue(f"{name} {value}: no such stage; the stages are {', '.join(STAGE_NAMES)}")
     first = STAGE_NAMES.index(start) if start else 0
     last = STAGE_NAMES.index(until) if until else len(STAGES) - 1
     if first > last:
-        raise ValueError(f"--from {start} comes after --until {until}")
+        raise InvalidValue(f"--from {start} comes after --until {until}")
     run = Run(load_recipe(recipe), Path(output))
     run.state_dir.mkdir(parents=True, exist_ok=True)
     for stage in STAGES[:first]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import yaml
 
+from ..errors import UserError
 from ..io import atomic_write_text, write_jsonl
 from .recipe import SpeedrunRecipe, resolve_stage_config
 
@@ -20,7 +21,7 @@ SCRIPTS = {"pretrain": "pretrain", "sft": "sft", "sft-probe": "sft", "reward": "
            "grpo": "grpo"}
 
 
-class StageError(RuntimeError):
+class StageError(UserError, RuntimeError):
     """A stage failed; the message names it and what to do."""
 
 
@@ -264,7 +265,7 @@ def run_eval(run: Run) -> dict:
 
 
 def run_export(run: Run) -> dict:
-    from ..hub import export_model
+    from ..hub.export import export_model
 
     figures = {}
     for name, (stage, kind) in MODELS.items():

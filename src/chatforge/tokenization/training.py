@@ -9,6 +9,7 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from ..data.text_sources import iter_documents
+from ..errors import InvalidValue
 from ..io import atomic_directory
 from .tokenization_chatforge import (
     CHAT_TEMPLATE,
@@ -25,7 +26,7 @@ def split_pattern(max_number_digits: int = 3) -> str:
     at most ``max_number_digits`` digits (3 in GPT-4; 1 splits every digit, as Llama 2 and Qwen do),
     punctuation runs, newlines and other whitespace are split before BPE merges."""
     if max_number_digits < 1:
-        raise ValueError(f"max_number_digits={max_number_digits} must be at least 1")
+        raise InvalidValue(f"max_number_digits={max_number_digits} must be at least 1")
     return (
         rf"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{{L}}\p{{N}}]?\p{{L}}+|\p{{N}}{{1,{max_number_digits}}}"
         r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
@@ -61,7 +62,7 @@ def train_tokenizer(
     No token spans more than ``max_number_digits`` digits (see :func:`split_pattern`)."""
     minimum = len(SPECIAL_TOKENS) + BYTE_ALPHABET_SIZE
     if vocab_size < minimum:
-        raise ValueError(
+        raise InvalidValue(
             f"vocab_size={vocab_size} is smaller than the {len(SPECIAL_TOKENS)} special tokens plus "
             f"{BYTE_ALPHABET_SIZE} bytes ({minimum})"
         )

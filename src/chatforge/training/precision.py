@@ -12,6 +12,8 @@ import warnings
 import torch
 from accelerate.utils import parse_flag_from_env
 
+from ..errors import InvalidValue
+
 CPU_BF16_ENV = "CHATFORGE_CPU_BF16"
 
 
@@ -21,7 +23,7 @@ def cpu_bf16_is_slow() -> bool:
     if forced in ("0", "1"):
         return forced == "0"
     if forced:
-        raise ValueError(f"{CPU_BF16_ENV}={forced!r}: expected 1 (train in bf16 on the CPU) or 0 (in fp32)")
+        raise InvalidValue(f"{CPU_BF16_ENV}={forced!r}: expected 1 (train in bf16 on the CPU) or 0 (in fp32)")
     return measured_bf16_is_slow()
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import yaml
 
+from ...errors import InvalidValue
+
 #: Every step the pipeline knows, with the parameters FineWeb used.
 STEP_DEFAULTS: dict[str, dict] = {
     "url_filter": {},
@@ -51,33 +53,33 @@ class WebPipelineConfig:
         seen = set()
         for name, params in self.steps:
             if name not in STEP_DEFAULTS:
-                raise ValueError(f"unknown pipeline step {name!r}; known steps: {', '.join(STEP_DEFAULTS)}")
+                raise InvalidValue(f"unknown pipeline step {name!r}; known steps: {', '.join(STEP_DEFAULTS)}")
             if name in seen:
-                raise ValueError(f"pipeline step {name!r} appears twice")
+                raise InvalidValue(f"pipeline step {name!r} appears twice")
             seen.add(name)
             if not isinstance(params, dict):
-                raise ValueError(f"parameters of step {name!r} must be a mapping, got {params!r}")
+                raise InvalidValue(f"parameters of step {name!r} must be a mapping, got {params!r}")
 
     @classmethod
     def from_preset(cls, preset: str, **kwargs) -> "WebPipelineConfig":
         if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+            raise InvalidValue(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
         return cls(steps=[(name, dict(params)) for name, params in PRESETS[preset]], **kwargs)
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "WebPipelineConfig":
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
         if not isinstance(raw, dict):
-            raise ValueError(f"{path}: expected a mapping at the top level")
+            raise InvalidValue(f"{path}: expected a mapping at the top level")
         unknown = set(raw) - {"preset", "steps", "keep_dropped"}
         if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+            raise InvalidValue(f"{path}: unknown keys {sorted(unknown)}")
         config = cls.from_preset(raw.get("preset", "fineweb"), keep_dropped=raw.get("keep_dropped", True))
         if "steps" in raw:
             try:
                 config = cls(steps=[_parse_step(entry) for entry in raw["steps"]], keep_dropped=config.keep_dropped)
             except ValueError as error:
-                raise ValueError(f"{path}: {error}") from error
+                raise InvalidValue(f"{path}: {error}") from error
         return config
 
     def params(self, name: str) -> dict:
@@ -96,4 +98,4 @@ def _parse_step(entry) -> tuple[str, dict]:
     if isinstance(entry, dict) and len(entry) == 1:
         name, params = next(iter(entry.items()))
         return name, dict(params or {})
-    raise ValueError(f"a step must be a name or a one-key mapping, got {entry!r}")
+    raise InvalidValue(f"a step must be a name or a one-key mapping, got {entry!r}")

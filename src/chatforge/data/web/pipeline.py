@@ -30,6 +30,7 @@ from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter, ParquetWriter
 from datatrove.utils.hashing import HashConfig
 
+from ...errors import InvalidValue, NotFound
 from .config import WebPipelineConfig
 from .readers import WebPageReader, split_input
 from .steps import (
@@ -101,7 +102,7 @@ def build_step(name: str, params: dict, layout: RunLayout, config: WebPipelineCo
     if name == "pii":
         return PIIRemover(**params)
     if name not in DROPPING_BLOCKS:
-        raise ValueError(f"unknown pipeline step {name!r}")
+        raise InvalidValue(f"unknown pipeline step {name!r}")
     return DROPPING_BLOCKS[name](exclusion_writer=_exclusion_writer(layout, config, name), **params)
 
 
@@ -139,7 +140,7 @@ def make_executors(stages, output_dir: str | Path, executor: str = "local", work
                    executor_options: dict | None = None) -> list:
     """Chain the stages on datatrove's Local, Slurm or Ray executor (``executor_options`` go to its constructor)."""
     if executor not in EXECUTORS:
-        raise ValueError(f"unknown executor {executor!r}; choose one of {EXECUTORS}")
+        raise InvalidValue(f"unknown executor {executor!r}; choose one of {EXECUTORS}")
     layout = RunLayout(Path(output_dir))
     options = dict(executor_options or {})
     executors, previous = [], None
@@ -170,7 +171,7 @@ def run_web_pipeline(input_path: str, output_dir: str | Path, config: WebPipelin
 
     config = config or WebPipelineConfig()
     if "://" not in input_path and not glob.glob(input_path):
-        raise FileNotFoundError(f"{input_path}: no such file, folder or matching files")
+        raise NotFound(f"{input_path}: no such file, folder or matching files")
     stages = build_stages(input_path, output_dir, config, tasks=tasks or workers, limit=limit)
     executors = make_executors(stages, output_dir, executor, workers, executor_options)
     executors[-1].run()  # runs the chain through `depends`

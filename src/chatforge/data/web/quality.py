@@ -5,6 +5,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
+from ...errors import InvalidValue
 from .steps import HtmlToText
 
 _WORD = re.compile(r"\w+")
@@ -44,7 +45,7 @@ def extraction_quality(pairs: Iterable[tuple[Path, Path]], engines=("trafilatura
     """Mean precision/recall/F1 per extraction engine over the pages (reST references converted to text)."""
     pairs = list(pairs)
     if not pairs:
-        raise ValueError("no (page, reference) pairs to score")
+        raise InvalidValue("no (page, reference) pairs to score")
     results = {}
     for engine in engines:
         extractor = HtmlToText(engine=engine)

@@ -18,6 +18,8 @@ from pathlib import Path
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.readers.base import BaseDiskReader
 
+from ...errors import InvalidValue
+
 HTML_SUFFIXES = (".html", ".htm")
 WARC_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz", ".wet", ".wet.gz")  # Common Crawl: *.warc.wet.gz
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".ndjson")
@@ -34,7 +36,7 @@ def decode_page(raw: bytes) -> str:
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return raw.decode("utf-16")
     if b"\x00" in raw[:4096]:
-        raise ValueError("binary content, not an HTML page")
+        raise InvalidValue("binary content, not an HTML page")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -46,7 +48,7 @@ def decode_page(raw: bytes) -> str:
             return raw.decode(encoding)
         except (LookupError, UnicodeDecodeError):
             continue
-    raise ValueError(f"not valid UTF-8 at byte {not_utf8}, and no declared or detected encoding decodes it")
+    raise InvalidValue(f"not valid UTF-8 at byte {not_utf8}, and no declared or detected encoding decodes it")
 
 
 def split_input(path: str) -> tuple[str, str | None]:
@@ -196,11 +198,11 @@ class WebPageReader(BaseDiskReader):
             if not isinstance(value, str):
                 raise TypeError(f"field {field!r} is a {type(value).__name__}, not a string")
             if len(value) > self.max_bytes:
-                raise ValueError(f"field {field!r} is larger than {self.max_bytes} characters")
+                raise InvalidValue(f"field {field!r} is larger than {self.max_bytes} characters")
             if not value.strip():
                 return None
             return self._document(value, fmt, record.get("url"), filepath, index, id_=record.get("id"))
-        raise ValueError("record has neither an 'html' nor a 'text' field")
+        raise InvalidValue("record has neither an 'html' nor a 'text' field")
 
     def _document(self, text: str, fmt: str, url, filepath: str, index: int, id_=None, date=None) -> Document:
         metadata = {"format": fmt, "file_path": filepath, "record": index}

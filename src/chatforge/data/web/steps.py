@@ -11,6 +11,7 @@ from datatrove.pipeline.formatters.pii import PIIFormatter, PIIReplacer
 from datatrove.utils.lid import FT176LID
 from datatrove.utils.typeshelper import StatHints
 
+from ...errors import InvalidValue
 from .. import EMBEDDED_DIR
 
 #: fastText lid.176 (quantised), shipped so that language ID works offline.
@@ -36,7 +37,7 @@ class HtmlToText(PipelineStep):
         super().__init__()
         self.exclusion_writer = exclusion_writer
         if engine not in ("trafilatura", "resiliparse"):
-            raise ValueError(f"unknown extraction engine {engine!r}; use 'trafilatura' or 'resiliparse'")
+            raise InvalidValue(f"unknown extraction engine {engine!r}; use 'trafilatura' or 'resiliparse'")
         self.engine = engine
         self.timeout = timeout
 

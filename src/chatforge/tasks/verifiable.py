@@ -19,6 +19,7 @@ from pathlib import Path
 
 from math_verify import parse, verify
 
+from ..errors import InvalidValue
 from ..io import atomic_directory, write_jsonl
 from .word_problems import KINDS, extract_answer
 
@@ -26,7 +27,7 @@ COMPLETE_MARKER = ".complete"
 FINAL_ANSWER = re.compile(r"The answer is \$?-?[\d,]*\.?\d+\.\s*$")
 
 
-class ProblemError(ValueError):
+class ProblemError(InvalidValue):
     """A problem record without a usable prompt or answer; the message names the record."""
 
 
@@ -39,12 +40,12 @@ class ProblemConfig:
     test: int = 200
     low: int = 1
     high: int = 9
-    kinds: tuple[str, ...] = tuple(KINDS)  # which kinds of word problem (chatforge.posttrain.word_problems.KINDS)
+    kinds: tuple[str, ...] = tuple(KINDS)  # which kinds of word problem (chatforge.tasks.word_problems.KINDS)
     gsm_symbolic_test: int = 0  # held-out reasoning-gym gsm_symbolic problems (needs reasoning-gym)
 
     def __post_init__(self):
         if unknown := set(self.kinds) - set(KINDS):
-            raise ValueError(f"ProblemConfig.kinds: unknown {sorted(unknown)}; choose from {sorted(KINDS)}")
+            raise InvalidValue(f"ProblemConfig.kinds: unknown {sorted(unknown)}; choose from {sorted(KINDS)}")
 
 
 def _content(completion) -> str:

@@ -16,7 +16,8 @@ import jinja2
 from safetensors import safe_open
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig
 
-from .io import atomic_directory
+from ..errors import InvalidValue
+from ..io import atomic_directory
 
 KINDS = ("base", "chat", "reward")
 #: What a training folder holds beside the model and is not exported.
@@ -46,7 +47,7 @@ LIMITATIONS = {
 }
 
 
-class ExportError(ValueError):
+class ExportError(InvalidValue):
     """A folder cannot be exported or pushed; the message says what is missing."""
 
 

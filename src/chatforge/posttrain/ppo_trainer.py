@@ -27,7 +27,7 @@ import json
 import math
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -35,10 +35,12 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from trl.models import unwrap_model_for_generation
 
+from ..errors import InvalidValue
 from ..eval.plots import plot_panels
 from ..eval.reward import score_token_ids
 from ..inference.engine import Engine, SamplingParams
 from ..io import atomic_directory, atomic_write_text, write_jsonl
+from ..tasks.gold import gold_reward
 from ..training.checkpoint import (
     STATE_FILE,
     export_final_model,
@@ -56,72 +58,10 @@ from ..training.distributed import (
     without_tied_copies,
 )
 from ..training.precision import mixed_precision
-from .gold import gold_reward
+from .ppo_config import SELECTION_METRICS, PPOConfig
 
 BEST_DIR = "best"
 VALUE_DIR = "value"
-#: ``select_by`` -> the validation figure that picks the kept policy
-SELECTION_METRICS = {"gold": "eval_gold", "reward_model": "eval_rm_score"}
-
-
-@dataclass
-class PPOConfig:
-    """PPO hyper-parameters, with transformers' names where one exists."""
-
-    output_dir: str = field(default="runs/tiny/ppo", metadata={"help": "checkpoints, the best policy, logs"})
-    seed: int = 42
-    max_steps: int = 200  # PPO iterations: one rollout batch and its updates each
-    per_device_train_batch_size: int = 16  # prompts per rollout
-    num_ppo_epochs: int = 4
-    num_mini_batches: int = 2
-    learning_rate: float = 1e-5
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    max_completion_length: int = 64
-    temperature: float = 1.0
-    kl_coef: float = 0.05  # per-token KL penalty coefficient (the initial one when adaptive)
-    adaptive_kl: bool = False
-    target_kl: float = 6.0  # adaptive: the per-sequence KL the coefficient steers towards
-    kl_horizon: int = 10000
-    gamma: float = 1.0
-    lam: float = 0.95
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    whiten_rewards: bool = False
-    missing_eos_penalty: float = 1.0  # subtracted from the score of a reply cut off before its end-of-turn
-    logging_steps: int = 5
-    eval_steps: int = 20
-    eval_prompts: int = 128  # validation prompts the stop rule selects on (held out of the training prompts)
-    test_prompts: int | None = None  # test prompts the kept policy is reported on (None: all)
-    select_by: str = field(default="gold", metadata={
-        "help": "which validation figure picks the kept policy: gold (the gold judge's reward; needs a judge) or "
-                "reward_model (the reward model's score within kl_budget; needs no judge)"})
-    kl_budget: float | None = 20.0  # stop when the rollouts' mean KL to the reference (nats/sequence) passes it
-    stop_patience: int | None = 3  # select_by gold: evaluations without a better gold reward, while the RM score rises
-    early_stop: bool = True  # False: note when the stop rule fires but train on (to watch what comes after)
-    min_improvement: float = 0.01  # how much the selected figure must rise for a later policy to be kept
-    save_steps: int = 50
-    save_total_limit: int = 1
-    resume_from_checkpoint: str | None = None  # a checkpoint folder or "latest"
-    bf16: bool = False
-    use_cpu: bool = False
-
-    def __post_init__(self):
-        if self.select_by not in SELECTION_METRICS:
-            raise ValueError(f"PPOConfig.select_by={self.select_by!r}: choose one of {sorted(SELECTION_METRICS)}")
-        if self.select_by == "reward_model" and self.kl_budget is None:
-            raise ValueError("PPOConfig.select_by='reward_model' needs a kl_budget: without a judge, the KL budget "
-                             "is what stops the policy from gaming the reward model")
-        if self.per_device_train_batch_size % self.num_mini_batches:
-            raise ValueError(f"per_device_train_batch_size={self.per_device_train_batch_size} must be a multiple of "
-                             f"num_mini_batches={self.num_mini_batches}")
-        for name in ("max_steps", "num_ppo_epochs", "max_completion_length", "eval_steps", "save_steps",
-                     "eval_prompts"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"PPOConfig.{name} must be at least 1")
-        if self.temperature <= 0:
-            raise ValueError(f"PPOConfig.temperature={self.temperature}: PPO samples its rollouts, it must be > 0")
 
 
 class PolicyAndValue(torch.nn.Module):
@@ -162,6 +102,17 @@ class Rollout:
     replies: list[str]
     finished: list[bool]
     sampling_logprobs: torch.Tensor | None = None  # of each reply token under the distribution it was drawn from
+
+
+@dataclass
+class Scored:
+    """A rollout as the update sees it: the policy's token log-probabilities and the value model's estimates
+    before the update, the per-token KL to the reference, and the reward model's score of each reply."""
+
+    logprobs: torch.Tensor
+    values: torch.Tensor
+    kl: torch.Tensor
+    scores: torch.Tensor
 
 
 def mean_and_standard_error(values: Sequence[float]) -> tuple[float, float]:
@@ -234,7 +185,7 @@ def load_weights(modules: PolicyAndValue, checkpoint: Path) -> None:
 
         missing = [key for key in set_peft_model_state_dict(module, weights).missing_keys if "lora_" in key]
         if missing:
-            raise ValueError(f"{folder}: the checkpoint lacks {len(missing)} LoRA weights, e.g. {missing[0]}")
+            raise InvalidValue(f"{folder}: the checkpoint lacks {len(missing)} LoRA weights, e.g. {missing[0]}")
 
 
 class PPOTrainer:
@@ -249,11 +200,11 @@ class PPOTrainer:
                  train_tasks: Sequence[dict], eval_tasks: Sequence[dict], test_tasks: Sequence[dict] = (),
                  gold: Callable[[str, dict, bool], float] | None = gold_reward):
         if not train_tasks:
-            raise ValueError("PPO needs training prompts; train_tasks is empty")
+            raise InvalidValue("PPO needs training prompts; train_tasks is empty")
         if not eval_tasks:
-            raise ValueError("PPO needs validation prompts for its stop rule; eval_tasks is empty")
+            raise InvalidValue("PPO needs validation prompts for its stop rule; eval_tasks is empty")
         if gold is None and config.select_by == "gold":
-            raise ValueError("select_by='gold' needs a gold judge; without one use select_by='reward_model'")
+            raise InvalidValue("select_by='gold' needs a gold judge; without one use select_by='reward_model'")
         self.config = config
         self.accelerator = fresh_accelerator(cpu=config.use_cpu,
                                              mixed_precision=mixed_precision(config.bf16, config.use_cpu))
@@ -361,23 +312,44 @@ class PPOTrainer:
                               seed=self.config.seed * 100_003 + self.step)
 
     def train_step(self) -> dict:
-        config, modules = self.config, self.accelerator.unwrap_model(self.modules)
-        torch.manual_seed(config.seed + self.step)  # dropout (LoRA's, say) draws the same after a resume
+        """One PPO iteration: rollout → scores → advantages → update."""
+        torch.manual_seed(self.config.seed + self.step)  # dropout (LoRA's, say) draws the same after a resume
         rollout = self.rollout(self._batch_tasks(self.step), self.rollout_params())
-        with torch.no_grad(), self.accelerator.autocast():
-            old_logprobs, _, old_values = self.modules(rollout, config.temperature)
-            ref_logprobs, _ = token_logprobs(self.ref_policy, rollout, config.temperature)
-        scores = self._scores(rollout)
-        mask = rollout.mask
-        kl = (old_logprobs - ref_logprobs) * mask
-        rewards = -self.kl_coef * kl
-        last = (mask.sum(1).long() - 1).clamp(min=0)
-        rewards[torch.arange(len(last)), last] += scores
-        if config.whiten_rewards:
-            rewards = masked_whiten(rewards, mask, shift_mean=False) * mask
-        advantages, returns = gae(rewards, old_values, mask, config.gamma, config.lam)
-        advantages = masked_whiten(advantages, mask) * mask
+        scored = self.score(rollout)
+        advantages, returns = self.advantages(rollout, scored)
+        stats = self.update(rollout, scored, advantages, returns)
+        metrics = self._step_metrics(rollout, scored, stats)
+        if self.config.adaptive_kl:
+            error = max(-0.2, min(0.2, metrics["kl"] / self.config.target_kl - 1))
+            self.kl_coef *= 1 + error * self.config.per_device_train_batch_size * self.accelerator.num_processes / \
+                self.config.kl_horizon
+        self.step += 1
+        return metrics
 
+    def score(self, rollout: Rollout) -> "Scored":
+        """What the update needs to know of the sampled replies: the policy's and the reference's token
+        log-probabilities, the value model's estimates, their KL, and the reward model's scores."""
+        with torch.no_grad(), self.accelerator.autocast():
+            logprobs, _, values = self.modules(rollout, self.config.temperature)
+            ref_logprobs, _ = token_logprobs(self.ref_policy, rollout, self.config.temperature)
+        return Scored(logprobs, values, (logprobs - ref_logprobs) * rollout.mask, self._scores(rollout))
+
+    def advantages(self, rollout: Rollout, scored: "Scored") -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token rewards (the KL penalty, and the score on each reply's last token), and from them GAE
+        advantages (whitened) and returns."""
+        mask = rollout.mask
+        rewards = -self.kl_coef * scored.kl
+        last = (mask.sum(1).long() - 1).clamp(min=0)
+        rewards[torch.arange(len(last)), last] += scored.scores
+        if self.config.whiten_rewards:
+            rewards = masked_whiten(rewards, mask, shift_mean=False) * mask
+        advantages, returns = gae(rewards, scored.values, mask, self.config.gamma, self.config.lam)
+        return masked_whiten(advantages, mask) * mask, returns
+
+    def update(self, rollout: Rollout, scored: "Scored", advantages: torch.Tensor,
+               returns: torch.Tensor) -> dict[str, list[float]]:
+        """``num_ppo_epochs`` passes of clipped policy and value updates over shuffled mini-batches."""
+        config, modules, mask = self.config, self.accelerator.unwrap_model(self.modules), rollout.mask
         stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "clipfrac": [], "approx_kl": [],
                                          "entropy": []}
         modules.train()
@@ -388,13 +360,14 @@ class PPOTrainer:
                 chunk = chunk.to(mask.device)
                 part = Rollout([rollout.tasks[i] for i in chunk.tolist()], rollout.input_ids[chunk],
                                rollout.attention_mask[chunk], rollout.positions[chunk], mask[chunk], [], [])
+                old_logprobs, old_values = scored.logprobs[chunk], scored.values[chunk]
                 with self.accelerator.autocast():
                     logprobs, entropy, values = self.modules(part, config.temperature)
-                clipped_values = old_values[chunk] + (values - old_values[chunk]).clamp(-config.cliprange_value,
-                                                                                        config.cliprange_value)
+                clipped_values = old_values + (values - old_values).clamp(-config.cliprange_value,
+                                                                          config.cliprange_value)
                 value_loss = 0.5 * masked_mean(torch.max((values - returns[chunk]) ** 2,
                                                          (clipped_values - returns[chunk]) ** 2), part.mask)
-                ratio = torch.exp(logprobs - old_logprobs[chunk])
+                ratio = torch.exp(logprobs - old_logprobs)
                 policy_loss = masked_mean(torch.max(-advantages[chunk] * ratio, -advantages[chunk] * ratio.clamp(
                     1 - config.cliprange, 1 + config.cliprange)), part.mask)
                 self.accelerator.backward(policy_loss + config.vf_coef * value_loss)
@@ -406,24 +379,21 @@ class PPOTrainer:
                     stats["value_loss"].append(value_loss.item())
                     stats["clipfrac"].append(masked_mean(((ratio - 1).abs() > config.cliprange).float(),
                                                          part.mask).item())
-                    stats["approx_kl"].append(0.5 * masked_mean((logprobs - old_logprobs[chunk]) ** 2,
-                                                                part.mask).item())
+                    stats["approx_kl"].append(0.5 * masked_mean((logprobs - old_logprobs) ** 2, part.mask).item())
                     stats["entropy"].append(masked_mean(entropy, part.mask).item())
-        sequence_kl = kl.sum(1)
+        return stats
+
+    def _step_metrics(self, rollout: Rollout, scored: "Scored", stats: dict[str, list[float]]) -> dict:
+        mask = rollout.mask
         # how far the log-probabilities PPO computes are from those the tokens were sampled with (0 up to
         # rounding: larger means off-policy updates, e.g. from a truncated sampler or another precision)
-        gap = masked_mean((old_logprobs - rollout.sampling_logprobs).abs(), mask)
+        gap = masked_mean((scored.logprobs - rollout.sampling_logprobs).abs(), mask)
+        scores = scored.scores
         golds = {"gold": self._mean(torch.tensor(self._golds(rollout), device=scores.device))} if self.gold else {}
-        metrics = {"step": self.step + 1, "rm_score": self._mean(scores), "kl": self._mean(sequence_kl), **golds,
-                   "response_length": self._mean(mask.sum(1)), "kl_coef": self.kl_coef,
-                   "sampling_logprob_gap": self._mean(gap),
-                   **{name: sum(values) / len(values) for name, values in stats.items()}}
-        if config.adaptive_kl:
-            error = max(-0.2, min(0.2, metrics["kl"] / config.target_kl - 1))
-            self.kl_coef *= 1 + error * config.per_device_train_batch_size * self.accelerator.num_processes / \
-                config.kl_horizon
-        self.step += 1
-        return metrics
+        return {"step": self.step + 1, "rm_score": self._mean(scores), "kl": self._mean(scored.kl.sum(1)), **golds,
+                "response_length": self._mean(mask.sum(1)), "kl_coef": self.kl_coef,
+                "sampling_logprob_gap": self._mean(gap),
+                **{name: sum(values) / len(values) for name, values in stats.items()}}
 
     def _mean(self, values: torch.Tensor) -> float:
         return self.accelerator.gather(values.detach().float().reshape(-1)).mean().item()

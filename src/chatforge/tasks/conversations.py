@@ -1,12 +1,13 @@
 """Checks on chat conversations before training: bad records are an error or a counted skip, never
 silently truncated."""
 
+from ..errors import InvalidValue
 from ..tokenization.tokenization_chatforge import CHAT_ROLES
 
 ON_INVALID = ("skip", "error")  # what to do with a bad conversation
 
 
-class ConversationError(ValueError):
+class ConversationError(InvalidValue):
     """A conversation that cannot be trained on; the message names the record, ``reason`` the kind of fault."""
 
     def __init__(self, where: str, reason: str, detail: str = ""):

@@ -14,18 +14,18 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainingArguments, set_seed
 
-from .data import EMBEDDED_WIKIPEDIA, DataCollatorForPackedPretraining, iter_documents
-from .eval import unigram_cross_entropy
-from .inference import sample_continuations
-from .io import atomic_directory, atomic_write_text
-from .modeling import (
+from ..data import EMBEDDED_WIKIPEDIA, DataCollatorForPackedPretraining, iter_documents
+from ..eval import unigram_cross_entropy
+from ..inference import sample_continuations
+from ..io import atomic_directory, atomic_write_text
+from ..modeling import (
     ChatForgeForCausalLM,
     config_for_tokenizer,
     num_parameters,
     set_generation_defaults,
 )
-from .tokenization import bytes_per_token, train_tokenizer
-from .training.precision import fit_precision
+from ..tokenization import bytes_per_token, train_tokenizer
+from .precision import fit_precision
 
 DEMO_PROMPTS = ("The city of", "In 1990, the", "He was born in")
 

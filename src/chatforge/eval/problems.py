@@ -6,7 +6,7 @@ from math import comb
 from tqdm.auto import tqdm
 
 from ..inference.engine import Engine, SamplingParams
-from ..posttrain.verifiable import is_correct_answer
+from ..tasks.verifiable import is_correct_answer
 
 
 def pass_at_k(samples: int, correct: int, k: int) -> float:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..errors import InvalidValue
 from ..inference.engine import Engine, SamplingParams
 from ..io import atomic_directory, write_jsonl
 from .conversations import ConversationError, check_messages
@@ -56,7 +57,7 @@ MIN_GOLD_GAP = 0.1  # candidates whose gold rewards are closer than this are not
 TIE_ORDER = {"reference": 0, "policy": 1}  # which of equally good candidates a ranking keeps
 
 
-class PreferenceError(ValueError):
+class PreferenceError(InvalidValue):
     """A preference record that cannot be turned into pairs; the message names the record."""
 
 
@@ -297,7 +298,7 @@ def build_preference_data(output_dir: str | Path, config: PreferenceDataConfig =
         record = ranked_record(rng, prompt, reference, task, rng.choice(user_texts), policy_replies)
         splits["test" if _is_test(prompt, config.test_fraction) else "train"].append(record)
     summary: dict = {"what": "embedded preference set, ranked by construction with the rule-based gold reward "
-                             "(chatforge.posttrain.gold); not human judgements",
+                             "(chatforge.tasks.gold); not human judgements",
                      "policy": policy if any(sampled) else None, "splits": {}}
     with atomic_directory(output_dir) as tmp_dir:
         for split, records in splits.items():

@@ -1,0 +1,41 @@
+"""``chatforge sft|reward|ppo|grpo --config ...`` (what the recipe scripts run under ``accelerate launch``) and
+``chatforge probe``."""
+
+import argparse
+
+from ..training.command import add_stage_command
+
+
+def add_commands(stages) -> None:
+    add_stage_command(stages, "sft", "supervised fine-tuning into an assistant (recipes/sft.py)",
+                      "chatforge.posttrain.sft:sft_parser", "chatforge.posttrain.sft:run_sft")
+    add_stage_command(stages, "reward", "a reward model from preference rankings (recipes/reward.py)",
+                      "chatforge.posttrain.reward:reward_parser", "chatforge.posttrain.reward:run_reward")
+    add_stage_command(stages, "ppo", "RLHF with PPO against the reward model (recipes/ppo.py)",
+                      "chatforge.posttrain.rlhf:ppo_parser", "chatforge.posttrain.rlhf:run_ppo")
+    add_stage_command(stages, "grpo", "GRPO on problems with checkable answers (recipes/grpo.py)",
+                      "chatforge.posttrain.grpo:grpo_parser", "chatforge.posttrain.grpo:run_grpo")
+
+    probe = stages.add_parser("probe", help="label questions known/unknown by sampling; write SFT examples")
+    probe.add_argument("--model", required=True, help="model folder or Hub id (a chat model)")
+    probe.add_argument("--questions", required=True,
+                       help="JSONL/parquet file or Hub dataset with question and answer (optional name, reply)")
+    probe.add_argument("--output", required=True)
+    probe.add_argument("--samples", type=int, default=4, help="answers sampled per question")
+    probe.add_argument("--temperature", type=float, default=0.7)
+    probe.add_argument("--threshold", type=float, default=0.5, help="share of right answers that counts as known")
+    probe.add_argument("--known-copies", type=int, default=1, help="copies of each answered example")
+    probe.add_argument("--unknown-copies", type=int, default=1, help='copies of each "I don\'t know" example')
+    probe.add_argument("--seed", type=int, default=0)
+    probe.set_defaults(func=_probe)
+
+
+def _probe(args: argparse.Namespace) -> None:
+    from .probe import ProbeConfig, run_probe
+
+    summary = run_probe(args.model, args.questions, args.output,
+                        ProbeConfig(samples=args.samples, temperature=args.temperature, threshold=args.threshold,
+                                    seed=args.seed, known_copies=args.known_copies,
+                                    unknown_copies=args.unknown_copies))
+    groups = ", ".join(f"{name} {g['known_share']:.0%}" for name, g in summary["by_group"].items())
+    print(f"probe: {summary['known']}/{summary['questions']} questions known ({groups}) -> {args.output}")
