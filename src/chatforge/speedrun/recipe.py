@@ -19,6 +19,7 @@ import yaml
 
 from ..errors import InvalidValue, NotFound
 from ..eval.suite import EvalConfig
+from ..recipes import recipe_file, shipped_names
 
 TRAINING_STAGES = ("pretrain", "sft", "sft-probe", "reward", "ppo", "grpo")
 #: Recipe keys that build a missing input with another recipe. The speedrun orders the stages itself, so it
@@ -78,11 +79,6 @@ class SpeedrunRecipe:
     def name(self) -> str:
         return self.path.parent.name
 
-    @property
-    def scripts_dir(self) -> Path:
-        """The stage launchers (``pretrain.py``, ``sft.py``, ...): the folder above the recipe's own."""
-        return self.path.parent.parent
-
 
 def _section(raw: dict, key: str, cls, path: Path):
     values = raw.get(key) or {}
@@ -96,13 +92,11 @@ def _section(raw: dict, key: str, cls, path: Path):
 
 
 def load_recipe(recipe: str) -> SpeedrunRecipe:
-    """A recipe name (``tiny`` reads ``recipes/tiny/speedrun.yaml``) or the path of a speedrun YAML."""
-    path = Path(recipe)
-    if path.suffix not in (".yaml", ".yml"):
-        path = Path("recipes") / recipe / "speedrun.yaml"
+    """A shipped recipe's name (``tiny`` reads ``recipes/tiny/speedrun.yaml``) or the path of a speedrun YAML."""
+    path = Path(recipe) if Path(recipe).suffix in (".yaml", ".yml") else recipe_file(f"{recipe}/speedrun.yaml")
     if not path.is_file():
-        raise NotFound(f"{path}: no such speedrun recipe (give a name under recipes/ or a YAML path; "
-                       "run from the chatforge checkout)")
+        raise NotFound(f"{path}: no such speedrun recipe (give one of {', '.join(shipped_names())} or the path "
+                       "of a speedrun YAML)")
     raw = yaml.safe_load(path.read_text()) or {}
     unknown = set(raw) - {"run_root", "launcher", "data", "training", "eval"}
     if unknown:
@@ -121,9 +115,10 @@ def load_recipe(recipe: str) -> SpeedrunRecipe:
     for stage, entry in training_raw.items():
         if not isinstance(entry, dict) or "recipe" not in entry or set(entry) - {"recipe", "overrides"}:
             raise RecipeError(f"{path}: training.{stage} needs `recipe` (a YAML path) and optional `overrides`")
-        if not Path(entry["recipe"]).is_file():
+        stage_recipe = recipe_file(entry["recipe"])
+        if not stage_recipe.is_file():
             raise RecipeError(f"{path}: training.{stage}.recipe={entry['recipe']}: no such file")
-        training[stage] = StageRecipe(Path(entry["recipe"]), dict(entry.get("overrides") or {}))
+        training[stage] = StageRecipe(stage_recipe, dict(entry.get("overrides") or {}))
     return SpeedrunRecipe(path=path, run_root=raw["run_root"].rstrip("/"), launcher=launcher,
                           data=_section(raw, "data", DataSettings, path), training=training,
                           eval=_section(raw, "eval", EvalConfig, path))

@@ -16,9 +16,10 @@ from ..errors import UserError
 from ..io import atomic_write_text, write_jsonl
 from .recipe import SpeedrunRecipe, resolve_stage_config
 
-#: The training stages each run a launcher of ``recipes/``; sft-probe is SFT with the probe's examples.
-SCRIPTS = {"pretrain": "pretrain", "sft": "sft", "sft-probe": "sft", "reward": "reward", "ppo": "ppo",
-           "grpo": "grpo"}
+#: The ``chatforge`` command each training stage runs (in a process of its own, through the recipe's launcher);
+#: sft-probe is SFT with the probe's examples.
+COMMANDS = {"pretrain": "pretrain", "sft": "sft", "sft-probe": "sft", "reward": "reward", "ppo": "ppo",
+            "grpo": "grpo"}
 
 
 class StageError(UserError, RuntimeError):
@@ -157,11 +158,12 @@ def launcher_command(recipe: SpeedrunRecipe) -> list[str]:
 
 
 def train(run: Run, stage: str) -> None:
-    """Run the stage's recipe launcher on its resolved config (written to ``speedrun/configs/``)."""
+    """Run the stage's command through the recipe's launcher (``python -m chatforge.cli sft ...``, or
+    ``accelerate launch ... -m chatforge.cli sft ...``) on its resolved config (written to
+    ``speedrun/configs/``)."""
     config_path = run.state_dir / "configs" / f"{stage}.yaml"
     atomic_write_text(config_path, yaml.safe_dump(run.config(stage), sort_keys=False))
-    script = run.recipe.scripts_dir / f"{SCRIPTS[stage]}.py"
-    command = [*launcher_command(run.recipe), str(script), "--config", str(config_path)]
+    command = [*launcher_command(run.recipe), "-m", "chatforge.cli", COMMANDS[stage], "--config", str(config_path)]
     print("$ " + " ".join(command), flush=True)
     result = subprocess.run(command)
     if result.returncode != 0:

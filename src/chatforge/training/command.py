@@ -4,6 +4,8 @@
 import argparse
 import importlib
 
+from ..recipes import recipe_file
+
 
 def add_stage_command(stages, name: str, help: str, parser: str, run: str) -> None:
     """``chatforge NAME [--config YAML] [--field value ...]``: the arguments go to the stage's ``TrlParser``
@@ -21,7 +23,19 @@ def _function(path: str):
 def _run_stage(args: argparse.Namespace) -> None:
     parser = _function(args.stage_parser)()
     parser.prog = f"chatforge {args.stage}"
-    _function(args.stage_run)(*parser.parse_args_and_config(args.arguments))
+    _function(args.stage_run)(*parser.parse_args_and_config(_shipped_config(args.arguments)))
+
+
+def _shipped_config(arguments: list[str]) -> list[str]:
+    """``arguments`` with a ``--config`` that names a shipped recipe (``recipes/tiny/sft.yaml``, found without
+    the checkout) made its path."""
+    arguments = list(arguments)
+    for index, argument in enumerate(arguments):
+        if argument == "--config" and index + 1 < len(arguments):
+            arguments[index + 1] = str(recipe_file(arguments[index + 1]))
+        elif argument.startswith("--config="):
+            arguments[index] = f"--config={recipe_file(argument.split('=', 1)[1])}"
+    return arguments
 
 
 def add_commands(stages) -> None:
