@@ -1,6 +1,6 @@
 """Build ChatForge models that match a tokenizer."""
 
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import InvalidValue
 from .configuration_chatforge import PRESETS, ChatForgeConfig
@@ -41,3 +41,12 @@ def set_generation_defaults(model: PreTrainedModel, tokenizer: PreTrainedTokeniz
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     return model.generation_config
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of a model folder or Hub id, padding with its end-of-text token where it has no pad token
+    (batched training and generation need one)."""
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM
 from trl import DatasetMixtureConfig, GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_peft_config
 from trl.rewards import get_soft_overlong_punishment
 
@@ -20,6 +20,7 @@ from ..eval.plots import history_series, plot_panels
 from ..eval.problems import problem_accuracy
 from ..inference.engine import Engine
 from ..io import atomic_write_text, read_jsonl, write_jsonl
+from ..modeling.factory import load_tokenizer
 from ..tasks.verifiable import REWARD_FUNCTIONS, ProblemConfig, build_problems, to_problems
 from ..tasks.word_problems import KINDS
 from ..training.checkpoint import trainer_checkpoint
@@ -110,9 +111,7 @@ def run_grpo(script: GRPOScriptArguments, training_args: GRPOConfig, model_args:
     fit_precision(training_args)
     if script.build_missing_inputs:
         _build_missing_inputs(script, model_args)
-    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(model_args.model_name_or_path)
     if mixture.datasets:
         train = load_mixture(mixture)["train"]
     else:

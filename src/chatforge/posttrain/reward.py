@@ -12,12 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+from transformers import AutoModelForSequenceClassification, set_seed
 from trl import DatasetMixtureConfig, ModelConfig, RewardConfig, RewardTrainer, TrlParser, get_peft_config
 
 from ..errors import InvalidValue, NotFound
 from ..eval.reward import pairwise_accuracy, ranking_agreement
 from ..io import atomic_write_text, read_jsonl
+from ..modeling.factory import load_tokenizer
 from ..tasks.preferences import PreferenceDataConfig, build_preference_data, to_pairs
 from ..training.checkpoint import trainer_checkpoint
 from ..training.precision import fit_precision
@@ -119,9 +120,7 @@ def run_reward(script: RewardScriptArguments, training_args: RewardConfig, model
     fit_precision(training_args)
     if script.build_missing_inputs:
         _build_missing_inputs(script, model_args)
-    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(model_args.model_name_or_path)
     splits = {name: pair_split(split, name) for name, split in load_mixture(mixture).items()}
     held_out = Path(script.preference_data_dir) / "pairs_test.jsonl"
     if "test" not in splits and held_out.exists():

@@ -5,12 +5,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from ..errors import InvalidValue
 from ..io import read_jsonl
-from ..modeling.factory import set_generation_defaults
+from ..modeling.factory import load_tokenizer, set_generation_defaults
 from ..tasks.preferences import PreferenceDataConfig, build_preference_data
 from .ppo_config import PPOConfig
 from .ppo_trainer import PPOTrainer
@@ -74,9 +74,7 @@ def run_ppo(script: PPOScriptArguments, config: PPOConfig, model_args: ModelConf
     if script.build_missing_inputs:
         _build_missing_inputs(script, model_args)
     dtype = model_dtype(model_args)
-    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(model_args.model_name_or_path)
     torch.manual_seed(config.seed)
     # the policy and value model train with fp32 master weights (trained_dtype); the reference matches the policy
     # (the KL starts at zero), the frozen reward model takes dtype

@@ -16,7 +16,7 @@ from pathlib import Path
 import datasets
 import torch
 from accelerate.state import AcceleratorState
-from transformers import AutoModelForCausalLM, AutoTokenizer, HfArgumentParser
+from transformers import AutoModelForCausalLM, HfArgumentParser
 from trl import DatasetMixtureConfig, ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 
 from ..data.shards import TokenShards
@@ -24,7 +24,7 @@ from ..errors import InvalidValue, NotFound
 from ..eval.chat import format_adherence, knowledge, look_up_accuracy, word_problem_accuracy
 from ..inference.engine import Engine
 from ..io import atomic_write_text, read_jsonl
-from ..modeling.factory import set_generation_defaults
+from ..modeling.factory import load_tokenizer, set_generation_defaults
 from ..tasks.conversations import ON_INVALID, ConversationError, check_conversation
 from ..tasks.sft_data import SFTDataConfig, build_sft_data
 from ..tools import default_toolbox
@@ -219,11 +219,9 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
     fit_precision(training_args)
     if script.build_missing_inputs:
         _build_missing_inputs(script, model_args)
-    tokenizer = AutoTokenizer.from_pretrained(model_args.model_name_or_path)
+    tokenizer = load_tokenizer(model_args.model_name_or_path)
     if tokenizer.chat_template is None:
         raise InvalidValue(f"{model_args.model_name_or_path}: the tokenizer has no chat template")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     splits = dict(load_mixture(mixture))
     held_out = Path(script.sft_data_dir) / "test.jsonl"
     if "test" not in splits and held_out.exists():

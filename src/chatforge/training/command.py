@@ -1,5 +1,5 @@
-"""``chatforge pretrain --config ...`` (what ``recipes/pretrain.py`` runs under ``accelerate launch``) and
-``chatforge demo``."""
+"""``chatforge pretrain --config ...`` (what ``recipes/pretrain.py`` runs under ``accelerate launch``), and the
+stage commands of the training stages above it."""
 
 import argparse
 import importlib
@@ -41,20 +41,4 @@ def _shipped_config(arguments: list[str]) -> list[str]:
 def add_commands(stages) -> None:
     add_stage_command(stages, "pretrain", "pretrain a causal LM on token shards (recipes/pretrain.py)",
                       "chatforge.training.config:pretrain_parser", "chatforge.training.loop:pretrain")
-    demo = stages.add_parser("demo", help="core demo: tokenizer + tiny model on embedded text, then samples")
-    demo.add_argument("--output", default="runs/core-demo")
-    demo.add_argument("--max-steps", type=int, default=300)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(func=_demo)
 
-
-def _demo(args: argparse.Namespace) -> None:
-    from .demo import DemoConfig, run_core_demo
-
-    summary = run_core_demo(DemoConfig(output_dir=args.output, max_steps=args.max_steps, seed=args.seed))
-    for prompt, continuation in summary["samples"].items():
-        print(f"  {prompt!r} -> {continuation!r}")
-    print(f"core demo: {summary['parameters'] / 1e6:.2f}M-parameter model, validation loss "
-          f"{summary['val_loss_before']:.3f} -> {summary['val_loss_after']:.3f} nats/token "
-          f"(unigram baseline {summary['unigram_val_loss']:.3f}) in {summary['seconds']} s; "
-          f"model in {summary['model_dir']}")
