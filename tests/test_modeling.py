@@ -7,6 +7,7 @@ import pytest
 import torch
 from conftest import small_config
 from transformers import (
+    AttentionInterface,
     AutoModel,
     AutoModelForCausalLM,
     AutoModelForSequenceClassification,
@@ -75,6 +76,35 @@ def test_packed_documents_do_not_attend_across_boundaries(model, tokenizer, docu
             alone = model(input_ids=document).logits[0]
             torch.testing.assert_close(packed_logits[start:start + document.shape[1]], alone, atol=1e-5, rtol=1e-4)
             start += document.shape[1]
+
+
+def _attention_by_document(module, query, key, value, attention_mask, scaling, dropout=0.0, position_ids=None,
+                           **kwargs):
+    """Attention that, like varlen flash attention, gets no mask and finds each packed document from the positions
+    restarting at 0."""
+    documents = (position_ids == 0).cumsum(-1)
+    causal = torch.ones(query.shape[2], key.shape[2], dtype=torch.bool, device=query.device).tril()
+    mask = (documents[:, :, None] == documents[:, None, :]) & causal
+    groups = module.num_key_value_groups
+    output = torch.nn.functional.scaled_dot_product_attention(
+        query, key.repeat_interleave(groups, 1), value.repeat_interleave(groups, 1), attn_mask=mask[:, None],
+        scale=scaling)
+    return output.transpose(1, 2).contiguous(), None
+
+
+def test_an_attention_kernel_without_a_mask_gets_the_positions_it_needs_to_keep_documents_apart(
+        model, tokenizer, documents):
+    """A registered kernel with no mask builder gets ``attention_mask=None`` (as flash attention does): packed
+    rows stay apart only if ``position_ids`` reach it."""
+    AttentionInterface.register("by_document", _attention_by_document)
+    docs = [tokenizer.encode(text, add_special_tokens=False)[:40] for text in documents[:3]]
+    packed = DataCollatorForPackedPretraining(tokenizer.eos_token_id, tokenizer.pad_token_id, seq_len=128)(
+        [{"input_ids": ids} for ids in docs])
+    with torch.no_grad():
+        expected = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"]).logits
+        model.set_attn_implementation("by_document")
+        got = model(input_ids=packed["input_ids"], position_ids=packed["position_ids"]).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
 def test_save_load_round_trip_gives_identical_logits(model, saved_model_dir, tokenizer):

@@ -311,6 +311,7 @@ class ChatForgeModel(ChatForgePreTrainedModel):
                 position_embeddings=position_embeddings,
                 attention_mask=causal_mask,
                 cache=cache,
+                position_ids=position_ids,  # kernels without a mask (flash attention) find documents from them
                 **kwargs,
             )
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), cache=cache)
