@@ -180,30 +180,33 @@ def _weights(folder: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def one_process_run(inputs, tmp_path_factory):
-    """The reference of the sharded runs: one process, accumulating two batches a step (their global batch)."""
+    """The reference of the sharded runs: one process with their global batch, so accumulating two batches a
+    step."""
     output = tmp_path_factory.mktemp("one_process")
-    run = subprocess.run([sys.executable, str(RECIPE), *_distributed_args(inputs), "--output_dir", str(output),
-                          "--gradient_accumulation_steps", "2"], capture_output=True, text=True,
-                         timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1", **CPU_ONLY})
+    run = subprocess.run([sys.executable, str(RECIPE), *_distributed_args(inputs), "--output_dir", str(output)],
+                         capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", **CPU_ONLY})
     assert run.returncode == 0, run.stderr[-3000:]
+    assert "4 rows per device x 1 process(es) x 2 accumulation steps = 512 tokens per optimizer step" in run.stdout
     return output
 
 
 def _distributed_args(inputs: Path) -> list[str]:
     return ["--dataset_dir", str(inputs / "shards"), "--tokenizer_name_or_path", str(inputs / "tokenizer"),
             "--max_steps", "4", "--warmup_steps", "1", "--per_device_train_batch_size", "4", "--max_seq_length", "64",
-            "--eval_steps", "2", "--eval_batches", "1", "--sample_steps", "2", "--save_steps", "2", "--no_bf16"]
+            "--eval_steps", "2", "--eval_batches", "1", "--sample_steps", "2", "--save_steps", "2", "--no_bf16",
+            "--global_batch_size", "8"]
 
 
 @pytest.mark.parametrize("sharding", ["ddp", "fsdp2"])
 def test_two_processes_sample_save_and_resume_to_the_weights_of_one(inputs, tmp_path, one_process_run, sharding):
     """Two processes (data parallel, or FSDP2 with every parameter sharded) sample and checkpoint mid-run; the
     checkpoints hold whole weights, a run resumed from one ends where an unbroken run ends, and both match one
-    process accumulating the same global batch."""
-    recipe = [RECIPE, *_distributed_args(inputs), "--output_dir", tmp_path / "two",
-              "--gradient_accumulation_steps", "1"]
+    process with the same global batch (which accumulates two batches where the two processes take one each)."""
+    recipe = [RECIPE, *_distributed_args(inputs), "--output_dir", tmp_path / "two"]
     two = launch_processes(recipe, fsdp2=sharding == "fsdp2", **CPU_ONLY)
     assert "on 2 process(es)" in two.stdout
+    assert "4 rows per device x 2 process(es) x 1 accumulation steps = 512 tokens per optimizer step" in two.stdout
     if sharding == "fsdp2":  # each process holds shards of every parameter, not a silent fallback to DDP
         reports = re.findall(r"FSDP2 sharded parameters: (\d+) of (\d+)", two.stdout)
         assert len(reports) == 2 and all(sharded == total != "0" for sharded, total in reports)

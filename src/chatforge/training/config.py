@@ -31,6 +31,10 @@ class PretrainConfig:
         default=3, metadata={"help": "most digits one token of a tokenizer built here may hold (1: single digits)"})
     max_seq_length: int = field(default=256, metadata={"help": "tokens per training row"})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "rows per process per micro-batch"})
+    global_batch_size: int | None = field(
+        default=None, metadata={"help": "rows per optimizer step over all processes: gradient_accumulation_steps "
+                                        "is then derived from it and the number of processes, so that 1 or 8 GPUs "
+                                        "train on the same tokens per step"})
     gradient_accumulation_steps: int = field(
         default=1, metadata={"help": "micro-batches per optimizer step"})
     max_steps: int = field(default=1000, metadata={"help": "optimizer steps to train for"})
@@ -90,8 +94,24 @@ class PretrainConfig:
         if self.attn_implementation not in attention_implementations() and "/" not in self.attn_implementation:
             raise InvalidValue(f"PretrainConfig.attn_implementation={self.attn_implementation!r}: use one of "
                                f"{sorted(attention_implementations())} or a Hub kernel ('org/name')")
+        if self.global_batch_size is not None and self.global_batch_size % self.per_device_train_batch_size:
+            raise InvalidValue(f"PretrainConfig.global_batch_size={self.global_batch_size}: must be a multiple of "
+                               f"per_device_train_batch_size={self.per_device_train_batch_size}")
         if not 0 <= self.warmup_steps < self.max_steps:
             raise InvalidValue(f"PretrainConfig.warmup_steps={self.warmup_steps}: must be in [0, max_steps)")
+
+
+def accumulation_steps(config: PretrainConfig, processes: int) -> int:
+    """Micro-batches per optimizer step: ``gradient_accumulation_steps``, or what makes ``global_batch_size`` rows
+    over ``processes`` processes."""
+    if config.global_batch_size is None:
+        return config.gradient_accumulation_steps
+    per_micro_step = config.per_device_train_batch_size * processes
+    if config.global_batch_size % per_micro_step:
+        raise InvalidValue(f"PretrainConfig.global_batch_size={config.global_batch_size} is not a multiple of "
+                           f"per_device_train_batch_size={config.per_device_train_batch_size} x {processes} "
+                           "processes; choose a batch size or a number of processes that divides it")
+    return config.global_batch_size // per_micro_step
 
 
 def attention_implementations() -> set[str]:

@@ -28,7 +28,7 @@ from ..modeling import (
     set_generation_defaults,
 )
 from .checkpoint import STATE_FILE, export_final_model, resolve_checkpoint, save_checkpoint, set_rng_state
-from .config import PretrainConfig
+from .config import PretrainConfig, accumulation_steps
 from .data import StreamingWindows, WindowSampler, validation_batches
 from .distributed import (
     fresh_accelerator,
@@ -169,8 +169,11 @@ def pretrain(config: PretrainConfig) -> dict:
         tracked = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(config).items()}
         accelerator.init_trackers("pretrain", config=tracked)
     unwrapped = accelerator.unwrap_model(model)
+    accumulation = accumulation_steps(config, accelerator.num_processes)
     tokens_per_micro = config.per_device_train_batch_size * config.max_seq_length
-    tokens_per_step = tokens_per_micro * config.gradient_accumulation_steps * accelerator.num_processes
+    tokens_per_step = tokens_per_micro * accumulation * accelerator.num_processes
+    accelerator.print(f"{config.per_device_train_batch_size} rows per device x {accelerator.num_processes} process(es) "
+                      f"x {accumulation} accumulation steps = {tokens_per_step:,} tokens per optimizer step")
     stepper = torch.compile(model) if config.torch_compile else model
     on_gpu = accelerator.device.type == "cuda"
     peak = peak_bf16_flops(torch.cuda.get_device_name()) if on_gpu and accelerator.mixed_precision == "bf16" else None
@@ -180,14 +183,14 @@ def pretrain(config: PretrainConfig) -> dict:
     for step in progress:
         step_start = time.perf_counter()
         loss_sum = torch.zeros((), device=accelerator.device)
-        for micro in range(config.gradient_accumulation_steps):
-            batch = model_inputs(sampler.batch(step * config.gradient_accumulation_steps + micro),
+        for micro in range(accumulation):
+            batch = model_inputs(sampler.batch(step * accumulation + micro),
                                  accelerator.device, config.document_masking)
-            last_micro = micro == config.gradient_accumulation_steps - 1
+            last_micro = micro == accumulation - 1
             with contextlib.nullcontext() if last_micro else accelerator.no_sync(model), accelerator.autocast():
                 micro_sum = next_token_loss_sum(stepper, batch)
             # Mean over every token of the step on every rank (DDP averages the ranks' gradients).
-            accelerator.backward(micro_sum / (tokens_per_micro * config.gradient_accumulation_steps))
+            accelerator.backward(micro_sum / (tokens_per_micro * accumulation))
             loss_sum += micro_sum.detach()
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         lr = scheduler.get_last_lr()[0]
