@@ -98,6 +98,8 @@ def _run(stage: str, inputs: Path, output: Path, sharding: str | None, **overrid
         run = subprocess.run([sys.executable, *recipe], capture_output=True, text=True, timeout=900,
                              env={**os.environ, "OMP_NUM_THREADS": "1", **CPU_ONLY})
         assert run.returncode == 0, run.stderr[-3000:]
+    if sharding and stage != "sft":  # (the SFT runs here skip it) one evaluation before training, on rank 0
+        assert re.findall(r"evaluating the model before training on process (\d) of (\d)", run.stdout) == [("0", "2")]
     if sharding == "fsdp2":  # each process holds shards of the parameters, not a silent fallback to DDP
         models = [(sharded, total) for sharded, total in re.findall(r"FSDP2 sharded parameters: (\d+) of (\d+)",
                                                                     run.stdout) if total != "0"]

@@ -27,7 +27,7 @@ from ..training.checkpoint import trainer_checkpoint
 from ..training.precision import fit_precision
 from .mixture import load_mixture
 from .reward import build_model_if_missing
-from .saving import evaluated_on_main, save_trained_model
+from .saving import evaluated_before_training, evaluated_on_main, save_trained_model
 from .sft import load_policy, parse_sft_yaml, run_sft
 
 CURVES = {"answer reward (train)": "rewards/answer_reward/mean", "format reward (train)": "rewards/format_reward/mean",
@@ -119,7 +119,8 @@ def run_grpo(script: GRPOScriptArguments, training_args: GRPOConfig, model_args:
     train = train.map(to_problems, batched=True, with_indices=True, fn_kwargs={"name": "train"},
                       remove_columns=train.column_names, load_from_cache_file=False, desc="problems")
     model = load_policy(model_args, tokenizer)
-    before = held_out_evaluation(model, tokenizer, script, training_args.max_completion_length)
+    before = evaluated_before_training(model, lambda: held_out_evaluation(
+        model, tokenizer, script, training_args.max_completion_length))
     trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(script, training_args), args=training_args,
                           train_dataset=train, processing_class=tokenizer, peft_config=get_peft_config(model_args))
     trainer.train(resume_from_checkpoint=trainer_checkpoint(training_args.output_dir,

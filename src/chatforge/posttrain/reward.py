@@ -23,7 +23,7 @@ from ..tasks.preferences import PreferenceDataConfig, build_preference_data, to_
 from ..training.checkpoint import trainer_checkpoint
 from ..training.precision import fit_precision
 from .mixture import load_mixture
-from .saving import evaluated_on_main, save_trained_model
+from .saving import evaluated_before_training, evaluated_on_main, save_trained_model
 from .sft import parse_sft_yaml, run_earlier_stage, run_sft, trained_dtype
 
 
@@ -130,7 +130,8 @@ def run_reward(script: RewardScriptArguments, training_args: RewardConfig, model
         splits["train"] = splits["train"].shuffle(seed=training_args.seed).select(range(script.max_train_pairs))
     set_seed(training_args.seed)  # the new score head starts the same on every process, and in every run
     model = load_reward_model(model_args, tokenizer)
-    untrained = held_out_evaluation(model, tokenizer, script, splits.get("test"))
+    untrained = evaluated_before_training(model, lambda: held_out_evaluation(model, tokenizer, script,
+                                                                             splits.get("test")))
     evaluates = training_args.eval_strategy != "no"  # else the trainer need not tokenize the held-out pairs
     trainer = RewardTrainer(model=model, args=training_args, train_dataset=splits["train"],
                             eval_dataset=splits.get("test") if evaluates else None, processing_class=tokenizer,

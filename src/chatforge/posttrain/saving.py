@@ -1,4 +1,5 @@
-"""Saving what a TRL trainer trained: the whole weights however the run was sharded, LoRA adapters merged."""
+"""Saving what a TRL trainer trained (the whole weights however the run was sharded, LoRA adapters merged), and
+evaluating a stage's model before and after training once per run, on the main process and its device."""
 
 import contextlib
 import shutil
@@ -37,3 +38,20 @@ def evaluated_on_main(trainer, auto_class, output_dir: str):
     trainer.accelerator.wait_for_everyone()
     yield auto_class.from_pretrained(output_dir) if trainer.accelerator.is_main_process else None
     trainer.accelerator.wait_for_everyone()
+
+
+def evaluated_before_training(model, evaluate: Callable[[], dict]) -> dict | None:
+    """``evaluate()`` of the freshly loaded ``model``, moved to this process's device, on the main process only
+    (the others wait, and get None): one evaluation per run, on the accelerator, not one per process on the
+    CPU."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    figures = None
+    if state.is_main_process:
+        print(f"evaluating the model before training on process {state.process_index} of {state.num_processes} "
+              f"({state.device})", flush=True)
+        model.to(state.device)
+        figures = evaluate()
+    state.wait_for_everyone()
+    return figures

@@ -34,7 +34,7 @@ from ..training.precision import fit_precision
 from .mixture import load_mixture
 from .probe import ProbeConfig, run_probe
 from .replay import check_compatible, mix_in, shard_rows
-from .saving import evaluated_on_main, save_trained_model
+from .saving import evaluated_before_training, evaluated_on_main, save_trained_model
 
 
 @dataclass
@@ -235,7 +235,8 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
                                                                  training_args.max_length)
     training_args.assistant_only_loss = True
     model = load_policy(model_args, tokenizer)
-    base_figures = held_out_evaluation(model, tokenizer, script) if script.eval_base_model else None
+    base_figures = (evaluated_before_training(model, lambda: held_out_evaluation(model, tokenizer, script))
+                    if script.eval_base_model else None)
     if model_args.use_peft and not model_args.lora_target_modules:
         model_args.lora_target_modules = "all-linear"
     trainer = SFTTrainer(model=model, args=training_args, train_dataset=checked["train"],
