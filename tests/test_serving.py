@@ -24,6 +24,7 @@ from chatforge.inference.engine import Engine, SamplingParams
 from chatforge.modeling import ChatForgeForCausalLM, set_generation_defaults
 from chatforge.serving.sampling import sample_tokens
 from chatforge.serving.tool_calls import ToolCallReader
+from chatforge.tokenization import RESPONSE_TEMPLATE
 from chatforge.tools import default_toolbox, tool_exchange
 
 QUESTION = "What is 123 * 456?"
@@ -318,10 +319,10 @@ QWEN_TEMPLATE = (
 
 
 def _hub_style_folder(folder: Path, model, tokenizer, template: str, conversations: list) -> Path:
-    """``model`` taught ``conversations`` under ``template``, saved with a tokenizer that carries that template
-    (and no ChatForge response template), as a chat model downloaded from the Hub is."""
+    """``model`` taught ``conversations`` under ``template``, saved with a tokenizer that carries that template, as
+    a chat model downloaded from the Hub is."""
     own = copy.deepcopy(tokenizer)
-    own.chat_template, own.response_template = template, None
+    own.chat_template = template
     torch.manual_seed(0)
     set_generation_defaults(model, own)
     memorize(model, own, conversations, steps=300)
@@ -443,12 +444,12 @@ def test_a_call_in_plain_text_becomes_the_argument_of_a_one_parameter_tool(token
         "type": "object", "properties": {"expression": {"type": "string"}}}}}
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": QUESTION}], tools=[calculator],
                                            tokenize=False, add_generation_prompt=True)
-    reader = ToolCallReader(tokenizer.response_template, prompt, [calculator])
+    reader = ToolCallReader(RESPONSE_TEMPLATE, prompt, [calculator])
     pieces = [*reader.feed("Let me compute. <|tool_call_start|>calcul"),
               *reader.feed("ator\n123 * 456<|tool_call_end|>"), *reader.close()]
     assert "".join(p for p in pieces if isinstance(p, str)) == "Let me compute. "
     [call] = [p for p in pieces if not isinstance(p, str)]
     assert (call.name, json.loads(call.arguments)) == ("calculator", {"expression": "123 * 456"})
-    cut_off = ToolCallReader(tokenizer.response_template, prompt, [calculator])
+    cut_off = ToolCallReader(RESPONSE_TEMPLATE, prompt, [calculator])
     assert [*cut_off.feed("<|tool_call_start|>calculator\n123 *"), *cut_off.close()] == ["123 *"]
     assert cut_off.calls == 0

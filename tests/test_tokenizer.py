@@ -1,3 +1,4 @@
+import copy
 import subprocess
 import sys
 
@@ -8,6 +9,7 @@ from transformers import AutoTokenizer
 
 from chatforge.cli import main
 from chatforge.tokenization import (
+    RESPONSE_TEMPLATE,
     SPECIAL_TOKENS,
     ChatForgeTokenizer,
     render_tokens,
@@ -141,7 +143,11 @@ def test_declared_tools_and_their_calls_render_as_the_engine_writes_them(tokeniz
 
 
 def test_parse_response_reads_calls_back_out_of_a_generated_turn(tokenizer, tmp_path):
-    tokenizer.save_pretrained(tmp_path)
+    """With ChatForge's response template set (it is saved with the tokenizer), transformers' ``parse_response``
+    reads calls back."""
+    with_template = copy.deepcopy(tokenizer)
+    with_template.response_template = RESPONSE_TEMPLATE
+    with_template.save_pretrained(tmp_path)
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     prompt = loaded.apply_chat_template(CALLED[:1], tools=[CALCULATOR], tokenize=False, add_generation_prompt=True)
     parsed = loaded.parse_response('Let me see.<|tool_call_start|>calculator\n{"expression": "6*7"}'

@@ -1,9 +1,10 @@
 """Client-declared tools (OpenAI's ``tools`` field): rendered through the model's chat template, and the model's
 calls read back out of its text as ``tool_calls`` with transformers' response parser.
 
-A model takes declared tools when its chat template uses ``tools`` and transformers knows how to parse its
-replies: the tokenizer's ``response_template`` (ChatForge tokenizers carry one), or the one ``transformers serve``
-keeps for the model's family (Qwen, Gemma 4, ...).
+A model takes declared tools when its chat template uses ``tools`` and its replies can be parsed: with the
+tokenizer's ``response_template``, the one ``transformers serve`` keeps for the model's family (Qwen, Gemma 4,
+...), or ChatForge's :data:`~chatforge.tokenization.RESPONSE_TEMPLATE` for a tokenizer with ChatForge's tool-call
+tokens.
 """
 
 import copy
@@ -14,6 +15,8 @@ from dataclasses import dataclass
 from jinja2 import TemplateError
 from transformers.cli.serving.utils import get_response_template
 from transformers.utils.chat_parsing import ResponseParser
+
+from ..tokenization.tokenization_chatforge import RESPONSE_TEMPLATE, TOOL_CALL_START
 
 #: A tool and a message to find out whether a chat template shows declared tools to the model.
 _PROBE_TOOL = {"type": "function", "function": {"name": "probe_tool", "description": "A probe.",
@@ -33,7 +36,9 @@ def tool_call_template(tokenizer, model) -> tuple[dict | None, str | None]:
     """``(response template, None)`` for a model that takes declared tools, else ``(None, why not)``."""
     if not _renders_tools(tokenizer):
         return None, "this model's chat template does not take tools"
-    template = get_response_template(tokenizer, model)
+    template = get_response_template(tokenizer, model)  # the tokenizer's own, else its family's
+    if template is None and TOOL_CALL_START in tokenizer.get_vocab():
+        template = RESPONSE_TEMPLATE
     if template is None:
         return None, ("this model's tool calls cannot be read back: its tokenizer has no response_template "
                       "(transformers' format for parsing replies)")

@@ -105,7 +105,9 @@ for marker, token in (("@START@", IM_START), ("@SEP@", IM_SEP), ("@END@", IM_END
 
 #: What transformers needs to read a generated turn back into a message (``tokenizer.parse_response``): text
 #: as ``content``, each ``<|tool_call_start|>name\n{arguments}<|tool_call_end|>`` as a ``tool_calls`` entry
-#: (arguments that are not JSON are kept as text).
+#: (arguments that are not JSON are kept as text). ``chatforge serve`` uses it; set it as a tokenizer's
+#: ``response_template`` to parse with transformers. Saved tokenizers do not carry it: TRL's GRPOTrainer would then
+#: hand its reward functions parsed messages instead of the decoded text they are written for.
 RESPONSE_TEMPLATE = {
     "defaults": {"role": "assistant"},
     "start_anchor": [IM_SEP, TOOL_OUTPUT_END],
@@ -128,8 +130,8 @@ class ChatForgeTokenizer(PreTrainedTokenizerFast):
 
     Any string round-trips exactly: ``decode(encode(s)) == s``. Its chat template renders
     ``<|im_start|>role<|im_sep|>content<|im_end|>`` turns (declared tools and tool calls included) and marks
-    assistant replies for ``return_assistant_tokens_mask``; ``parse_response`` reads a generated turn back into a
-    message with ``tool_calls``.
+    assistant replies for ``return_assistant_tokens_mask``; with :data:`RESPONSE_TEMPLATE` as its
+    ``response_template``, ``parse_response`` reads a generated turn back into a message with ``tool_calls``.
     """
 
     model_input_names = ["input_ids", "attention_mask"]

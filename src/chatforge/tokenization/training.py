@@ -1,6 +1,5 @@
 """Train a ChatForge byte-level BPE tokenizer with the ``tokenizers`` library."""
 
-import copy
 import itertools
 import time
 from collections.abc import Iterable, Iterator
@@ -15,7 +14,6 @@ from .tokenization_chatforge import (
     CHAT_TEMPLATE,
     ENDOFTEXT,
     PAD,
-    RESPONSE_TEMPLATE,
     SPECIAL_TOKENS,
     ChatForgeTokenizer,
 )
@@ -81,7 +79,6 @@ def train_tokenizer(
         pad_token=PAD,
         extra_special_tokens=[t for t in SPECIAL_TOKENS if t not in (ENDOFTEXT, PAD)],
         chat_template=CHAT_TEMPLATE,
-        response_template=copy.deepcopy(RESPONSE_TEMPLATE),
         clean_up_tokenization_spaces=False,
         model_max_length=model_max_length,
     )
