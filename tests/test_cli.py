@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from chatforge.cli import build_parser
-from chatforge.training.command import _function
+from chatforge.training.command import named_function
 
 STAGE_PARSERS = {"pretrain": "chatforge.training.config:pretrain_parser", "sft": "chatforge.posttrain.sft:sft_parser",
                  "reward": "chatforge.posttrain.reward:reward_parser", "ppo": "chatforge.posttrain.rlhf:ppo_parser",
@@ -21,7 +21,7 @@ def _chatforge(*arguments: str) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("stage", sorted(STAGE_PARSERS))
 def test_every_setting_of_a_training_stage_says_what_it_does(stage):
     """``chatforge STAGE --help`` shows each field's help; ours and TRL's alike must have one."""
-    parser = _function(STAGE_PARSERS[stage])()
+    parser = named_function(STAGE_PARSERS[stage])()
     silent = [f"{cls.__name__}.{f.name}" for cls in parser.dataclass_types for f in dataclasses.fields(cls)
               if f.init and not f.metadata.get("help")]
     assert silent == []

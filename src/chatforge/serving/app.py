@@ -214,7 +214,6 @@ class ChatReply:
         self.id, self.created = f"{self.prefix}-{uuid.uuid4().hex}", int(time.time())
         self.completion_tokens = 0
         self.readers = readers
-        self.calls = [0] * choices
 
     async def read(self, stream: AsyncIterator[tuple[int, ChatEvent]]) -> AsyncIterator[tuple[int, Event]]:
         """The choices' events, with text read for declared tools (when the request has them): what is not a
@@ -241,8 +240,7 @@ class ChatReply:
     def delta(self, index: int, event: Event) -> dict | None:
         """The stream delta of one event (None: nothing to send)."""
         if isinstance(event, ToolCall):
-            self.calls[index] += 1
-            return {"tool_calls": [event.openai(self.calls[index] - 1)]}
+            return {"tool_calls": [event.openai(streamed=True)]}
         if event.kind == "text":
             return {"content": event.text}
         if event.kind == "tool_call":

@@ -46,6 +46,10 @@ class Job:
     cancelled: threading.Event = field(default_factory=threading.Event)
     ended: set[int] = field(default_factory=set)  # the sequences whose ``done`` was emitted
 
+    def __post_init__(self):
+        if self.tool_calls not in TOOL_CALLS:
+            raise ValueError(f"Job.tool_calls={self.tool_calls!r}: one of {TOOL_CALLS}")
+
 
 class _Sequence:
     """One sequence's state inside a batch."""

@@ -47,15 +47,16 @@ def tool_call_template(tokenizer, model) -> tuple[dict | None, str | None]:
 
 @dataclass
 class ToolCall:
-    """One call in OpenAI's shape: ``arguments`` a JSON string."""
+    """One call in OpenAI's shape: ``arguments`` a JSON string; ``index`` its place among the reply's calls."""
 
     name: str
     arguments: str
     id: str
+    index: int
 
-    def openai(self, index: int | None = None) -> dict:
+    def openai(self, streamed: bool = False) -> dict:
         call = {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
-        return call if index is None else {"index": index, **call}
+        return {"index": self.index, **call} if streamed else call
 
 
 class ToolCallReader:
@@ -107,7 +108,8 @@ class ToolCallReader:
         if isinstance(arguments, str) and len(self.parameters.get(name, ())) == 1:
             arguments = {self.parameters[name][0]: arguments}
         self.calls += 1
-        return ToolCall(name, json.dumps(arguments, ensure_ascii=False), f"call_{uuid.uuid4().hex[:24]}")
+        return ToolCall(name, json.dumps(arguments, ensure_ascii=False), f"call_{uuid.uuid4().hex[:24]}",
+                        self.calls - 1)
 
 
 __all__ = ["ToolCall", "ToolCallReader", "tool_call_template"]

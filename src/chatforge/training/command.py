@@ -15,15 +15,16 @@ def add_stage_command(stages, name: str, help: str, parser: str, run: str) -> No
     stage.set_defaults(func=_run_stage, stage_parser=parser, stage_run=run, passes_arguments=True)
 
 
-def _function(path: str):
+def named_function(path: str):
+    """The function a ``module:function`` path names."""
     module, name = path.split(":")
     return getattr(importlib.import_module(module), name)
 
 
 def _run_stage(args: argparse.Namespace) -> None:
-    parser = _function(args.stage_parser)()
+    parser = named_function(args.stage_parser)()
     parser.prog = f"chatforge {args.stage}"
-    _function(args.stage_run)(*parser.parse_args_and_config(_shipped_config(args.arguments)))
+    named_function(args.stage_run)(*parser.parse_args_and_config(_shipped_config(args.arguments)))
 
 
 def _shipped_config(arguments: list[str]) -> list[str]:
