@@ -5,6 +5,7 @@ import pytest
 import torch
 from conftest import assert_drawn_from, memorize
 
+from chatforge.inference.batching import chat_many
 from chatforge.inference.chat_cli import chat_loop
 from chatforge.inference.engine import Engine, SamplingParams, end_of_turn_token
 from chatforge.inference.prompts import assistant_prompt, few_shot_prompt
@@ -107,6 +108,36 @@ def test_a_call_closed_but_never_opened_is_answered_with_an_error(model, tokeniz
     assert outputs and outputs[0].tool is None and outputs[0].text.startswith("error: no <|tool_call_start|>")
     assert not any(event.kind == "tool_call" for event in events)
     assert events[-1].kind == "done" and events[-1].text.startswith("<|tool_call_end|><|tool_output_start|>error")
+
+
+def _merged(events) -> list[tuple]:
+    """Events as (kind, text, tool), consecutive text pieces joined; ``done`` as its finish reason, stop token
+    and token count."""
+    merged = []
+    for event in events:
+        if event.kind == "done":
+            merged.append(("done", event.finish_reason, event.stop_token, event.tokens))
+        elif event.kind == "text" and merged and merged[-1][0] == "text":
+            merged[-1] = ("text", merged[-1][1] + event.text, None)
+        else:
+            merged.append((event.kind, event.text, event.tool))
+    return merged
+
+
+@pytest.mark.parametrize("use_tools", [True, False])
+def test_conversations_decoded_together_reply_as_each_alone(model, tokenizer, use_tools):
+    trained = memorize(model, tokenizer, [[{"role": "user", "content": QUESTION},
+                                           {"role": "assistant", "content": TRAINED_REPLY}],
+                                          [{"role": "user", "content": "Hello!"},
+                                           {"role": "assistant", "content": "Hi there, how can I help?"}]])
+    engine = Engine(trained, tokenizer, toolbox=default_toolbox())
+    conversations = [[{"role": "user", "content": text}] for text in (QUESTION, "Hello!", "Tell me a story", QUESTION)]
+    together = chat_many(engine, conversations, GREEDY, use_tools=use_tools, max_batch=3)
+    alone = [list(engine.chat(messages, GREEDY, use_tools=use_tools)) for messages in conversations]
+    assert [_merged(events) for events in together] == [_merged(events) for events in alone]
+    assert [events[-1].text for events in together] == [
+        "".join(event.text for event in events if event.kind == "text") for events in alone]
+    assert ("tool_output", "56088", "calculator") in _merged(together[0]) if use_tools else "56088" not in str(together)
 
 
 def test_continuing_on_the_cache_matches_a_fresh_forward_pass(tool_model, tokenizer):

@@ -22,7 +22,7 @@ from transformers import LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from chatforge.inference.engine import Engine, SamplingParams
 from chatforge.modeling import ChatForgeForCausalLM, set_generation_defaults
-from chatforge.serving.sampling import sample_tokens
+from chatforge.inference.batch_sampling import sample_tokens
 from chatforge.serving.tool_calls import ToolCallReader
 from chatforge.tokenization import RESPONSE_TEMPLATE
 from chatforge.tools import default_toolbox, tool_exchange

@@ -5,6 +5,7 @@ from collections.abc import Callable, Sequence
 
 from tqdm.auto import tqdm
 
+from ..inference.batching import chat_many
 from ..inference.engine import ChatEvent, Engine, SamplingParams
 from ..tasks.word_problems import extract_answer
 from ..tasks.world import is_correct, says_dont_know
@@ -18,8 +19,8 @@ def format_adherence(engine: Engine, prompts: Sequence[list[dict]], params: Samp
     """Share of replies that are non-empty, start no new turn and end with the template's end-of-turn token
     (``<|im_end|>`` for ChatForge) within the token budget; a few (prompt, reply) pairs for the report."""
     adherent, shown = 0, []
-    for messages in tqdm(prompts, desc="format adherence", leave=False):
-        *_, last = engine.chat(messages, params, use_tools=False)
+    replies = chat_many(engine, list(prompts), params, use_tools=False, desc="format adherence")
+    for messages, (*_, last) in zip(prompts, replies):
         ended = last.finish_reason == "stop" and engine.end_of_turn in (None, last.stop_token)
         ok = ended and bool(last.text.strip()) and IM_START not in last.text
         adherent += ok
@@ -32,12 +33,14 @@ def tool_task_accuracy(engine: Engine, tasks: Sequence[dict], use_tools: bool, j
                        name: str, params: SamplingParams = GREEDY,
                        diagnostics: dict[str, Callable[[list[ChatEvent], dict], bool]] | None = None) -> dict:
     """Share of tasks (``question`` + reference) whose reply ``judge`` accepts; ``tool_calls`` counts the
-    replies that called a tool; each of ``diagnostics`` (a test of a reply's events) adds the share it holds for."""
+    replies that called a tool; each of ``diagnostics`` (a test of a reply's events) adds the share it holds for.
+    The tasks are generated together, each pausing for its own tool calls."""
     correct, calls = 0, 0
     diagnostics = diagnostics or {}
     held = dict.fromkeys(diagnostics, 0)
-    for task in tqdm(tasks, desc=f"{name} ({'with' if use_tools else 'without'} tools)", leave=False):
-        events = list(engine.chat([{"role": "user", "content": task["question"]}], params, use_tools=use_tools))
+    replies = chat_many(engine, [[{"role": "user", "content": task["question"]}] for task in tasks], params,
+                        use_tools=use_tools, desc=f"{name} ({'with' if use_tools else 'without'} tools)")
+    for task, events in zip(tasks, replies):
         calls += any(event.kind == "tool_call" for event in events)
         correct += judge(events[-1].text, task)
         for key, test in diagnostics.items():

@@ -26,7 +26,7 @@ from jinja2 import TemplateError
 from sse_starlette import EventSourceResponse
 
 from ..inference.engine import ChatEvent, Engine, SamplingParams
-from .batching import Batcher, Job
+from ..inference.batching import Batcher, Job
 from .protocol import ChatCompletionRequest, CompletionRequest
 from .relay import EventRelay
 from .tool_calls import ToolCall, ToolCallReader, tool_call_template

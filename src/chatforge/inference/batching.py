@@ -17,14 +17,15 @@ from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from ..inference.detokenize import IncrementalText
-from ..inference.engine import ChatEvent, Engine, SamplingParams
+from .detokenize import IncrementalText
+from .engine import ChatEvent, Engine, SamplingParams
 from ..tokenization.tokenization_chatforge import TOOL_CALL_START
 from ..tools import ToolError, format_tool_output, parse_tool_call
-from .sampling import sample_tokens
+from .batch_sampling import sample_tokens
 from .stops import StopStrings
 
 #: What a job does with the model's tool calls: keep it from starting one, run the engine's tools inside the turn,
@@ -332,4 +333,38 @@ class Batcher:
         return token
 
 
-__all__ = ["TOOL_CALLS", "Batcher", "Job"]
+def chat_many(engine: Engine, conversations: list[list[dict]], params: SamplingParams = SamplingParams(),
+              use_tools: bool = True, max_batch: int = 32, desc: str | None = None) -> list[list[ChatEvent]]:
+    """The events of the assistant's reply to each conversation, as :meth:`Engine.chat` yields them, the
+    conversations decoded together (``max_batch`` at a time, each pausing for its own tool calls). The ``done``
+    event's ``text`` is the reply's text (tool calls and outputs are their own events)."""
+    tools = "run" if use_tools and engine.toolbox and engine.tools_supported else "suppress"
+    replies: list[list[ChatEvent]] = [[] for _ in conversations]
+    finished: queue.Queue[int] = queue.Queue()
+
+    def collector(row: int) -> Callable[[int, ChatEvent], None]:
+        def emit(_: int, event: ChatEvent) -> None:
+            replies[row].append(event)
+            if event.kind == "done":
+                finished.put(row)
+        return emit
+
+    batcher = Batcher(engine, max_batch=max_batch)
+    try:
+        for row, messages in enumerate(conversations):
+            ids = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                       return_dict=False)
+            batcher.submit(Job(list(ids), params, collector(row), tool_calls=tools))
+        for _ in tqdm(conversations, desc=desc, leave=False, disable=desc is None):
+            finished.get()
+    finally:
+        batcher.close()
+    for events in replies:
+        done = events[-1]
+        if done.finish_reason == "error":
+            raise RuntimeError(f"batched generation failed: {done.text}")
+        done.text = "".join(event.text for event in events if event.kind == "text")
+    return replies
+
+
+__all__ = ["TOOL_CALLS", "Batcher", "Job", "chat_many"]

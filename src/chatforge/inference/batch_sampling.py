@@ -2,7 +2,7 @@
 
 import torch
 
-from ..inference.engine import SamplingParams
+from .engine import SamplingParams
 
 
 def truncate(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
