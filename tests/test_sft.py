@@ -6,19 +6,22 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
-from conftest import learn_texts, small_config
+from conftest import CHATML_TEMPLATE, learn_texts, small_config, small_llama_config
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from trl import DatasetMixtureConfig, ModelConfig, SFTConfig
 from trl.chat_template_utils import llama3_chat_template
 
 from chatforge.data.shards import tokenize_to_shards
+from chatforge.errors import InvalidValue
 from chatforge.eval.chat import answer_copies_tool_output, call_copies_expression
 from chatforge.eval.recall import cloze_recall
 from chatforge.inference.engine import ChatEvent, Engine
 from chatforge.modeling import ChatForgeForCausalLM, set_generation_defaults
+from chatforge.modeling.tool_protocol import add_tool_protocol
 from chatforge.posttrain.sft import SFTScriptArguments, run_earlier_stage, run_sft, sft_parser
 from chatforge.tasks.sft_data import SFTDataConfig, build_sft_data
 from chatforge.tasks.world import build_world, world_cloze
+from chatforge.tokenization.turn_format import tool_chat_template
 
 ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
@@ -96,6 +99,45 @@ def test_sft_of_a_llama_with_llama_3s_own_chat_template(tmp_path, tokenizer, sft
     assert figures["eval_loss"] < figures["eval_loss_before"] - 1.0
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").config.model_type == "llama"
     assert Engine(llama, tokenizer).end_of_turn == "<|eot_id|>"
+
+
+def _smol_llama(folder: Path, smollm2: Path, tool_protocol: bool) -> Path:
+    """A 2-layer Llama with SmolLM2's tokenizer and ChatML template (which TRL cannot patch), given ChatForge's
+    tool protocol or not, saved to ``folder``."""
+    tokenizer = AutoTokenizer.from_pretrained(smollm2)
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(small_llama_config(tokenizer))
+    if tool_protocol:
+        add_tool_protocol(llama, tokenizer)
+    llama.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_sft_of_a_chatml_model_stops_before_any_work_and_names_the_ways_out(tmp_path, smollm2, sft_data):
+    script, training, model, mixture = _args(tmp_path, _smol_llama(tmp_path / "smol", smollm2, False), sft_data)
+    script.eval_base_model = True
+    with pytest.raises(InvalidValue, match="chatforge model add-tools MODEL.*chat_template_path"):
+        run_sft(script, training, model, mixture)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("given_as", ["tool protocol", "template file"])
+def test_sft_of_a_chatml_model_given_a_training_template(tmp_path, smollm2, sft_data, given_as):
+    """ChatForge's tool-aware template in ChatML turns (``chatforge model add-tools``), or a ChatML template with
+    generation markers given as a .jinja file: assistant-only loss trains, and the chat evaluation runs the tools
+    where the vocabulary has their tokens."""
+    folder = _smol_llama(tmp_path / "smol", smollm2, given_as == "tool protocol")
+    script, training, model, mixture = _args(tmp_path, folder, sft_data, max_steps=30)
+    expected = tool_chat_template(AutoTokenizer.from_pretrained(smollm2))
+    if given_as == "template file":
+        expected = CHATML_TEMPLATE
+        (tmp_path / "chatml.jinja").write_text(expected)
+        training.chat_template_path = str(tmp_path / "chatml.jinja")
+    figures = run_sft(script, training, model, mixture)
+    assert figures["eval_loss"] < figures["eval_loss_before"] - 1.0
+    assert AutoTokenizer.from_pretrained(tmp_path / "out").chat_template == expected
+    assert ("word_problems_with_tools" in figures["sft"]) == (given_as == "tool protocol")
 
 
 def test_replaying_pretraining_text_keeps_facts_that_plain_sft_overwrites(tmp_path, tokenizer, sft_data):

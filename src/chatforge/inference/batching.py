@@ -21,11 +21,11 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from .detokenize import IncrementalText
-from .engine import ChatEvent, Engine, SamplingParams
 from ..tokenization.tokenization_chatforge import TOOL_CALL_START
 from ..tools import ToolError, format_tool_output, parse_tool_call
 from .batch_sampling import sample_tokens
+from .detokenize import IncrementalText
+from .engine import ChatEvent, Engine, SamplingParams
 from .stops import StopStrings
 
 #: What a job does with the model's tool calls: keep it from starting one, run the engine's tools inside the turn,

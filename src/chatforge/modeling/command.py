@@ -1,4 +1,4 @@
-"""``chatforge model info`` and ``chatforge model import-gguf``."""
+"""``chatforge model info``, ``chatforge model import-gguf`` and ``chatforge model add-tools``."""
 
 import argparse
 import json
@@ -17,6 +17,11 @@ def add_commands(stages) -> None:
     gguf.add_argument("--output", required=True, help="the folder to write: dequantized safetensors, tokenizer, "
                                                       "chat template, generation config")
     gguf.set_defaults(func=_import_gguf)
+    tools = commands.add_parser("add-tools", help="give a ChatML-style model (SmolLM2, Qwen, ...) ChatForge's "
+                                                  "tool-call tokens and tool-aware chat template")
+    tools.add_argument("model", help="a model folder")
+    tools.add_argument("--output", required=True, help="the folder to write")
+    tools.set_defaults(func=_add_tools)
 
 
 def _info(args: argparse.Namespace) -> None:
@@ -40,3 +45,10 @@ def _import_gguf(args: argparse.Namespace) -> None:
 
     folder = import_gguf(args.file, args.output)
     print(f"imported {args.file} -> {folder}")
+
+
+def _add_tools(args: argparse.Namespace) -> None:
+    from .tool_protocol import write_with_tool_protocol
+
+    added = write_with_tool_protocol(args.model, args.output)
+    print(f"{args.model} -> {args.output}: tool-aware chat template; tokens added: {', '.join(added) or 'none'}")

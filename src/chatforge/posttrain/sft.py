@@ -18,6 +18,7 @@ import torch
 from accelerate.state import AcceleratorState
 from transformers import AutoModelForCausalLM, HfArgumentParser
 from trl import DatasetMixtureConfig, ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
+from trl.chat_template_utils import get_training_chat_template
 
 from ..data.shards import TokenShards
 from ..errors import InvalidValue, NotFound
@@ -120,6 +121,27 @@ def parse_sft_yaml(path: str) -> tuple:
     return tuple(sft_parser().parse_args_and_config(args=["--config", path]))
 
 
+def prepare_chat_template(tokenizer, chat_template_path: str | None) -> None:
+    """Give ``tokenizer`` the template of a ``.jinja`` file given as ``chat_template_path`` (as TRL does, so that
+    evaluation uses it too), and fail before any expensive work where TRL's assistant-only loss cannot use the
+    template: one without ``{% generation %}`` markers that TRL does not know how to patch. (A tokenizer given as
+    ``chat_template_path`` is cloned and checked by TRL.)"""
+    if chat_template_path is not None:
+        if not chat_template_path.endswith((".jinja", ".j2")):
+            return
+        tokenizer.chat_template = Path(chat_template_path).read_text()
+    if tokenizer.chat_template is None:
+        raise InvalidValue(f"{tokenizer.name_or_path}: the tokenizer has no chat template")
+    try:
+        get_training_chat_template(tokenizer)
+    except ValueError as error:
+        raise InvalidValue(
+            f"{chat_template_path or tokenizer.name_or_path}: assistant-only loss needs a chat template with "
+            "{% generation %} markers, which TRL cannot add to this one. For a ChatML-style model (SmolLM2, Qwen, "
+            "...) `chatforge model add-tools MODEL --output DIR` writes ChatForge's (with tool calls); otherwise "
+            "give a template with the markers as chat_template_path (a .jinja file)") from error
+
+
 def checked_split(dataset: datasets.Dataset, name: str, on_invalid: str, tokenizer,
                   max_length: int | None) -> tuple[datasets.Dataset, dict]:
     """Keep conversations that are well formed and fit ``max_length`` tokens; the others raise
@@ -220,8 +242,7 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
     if script.build_missing_inputs:
         _build_missing_inputs(script, model_args)
     tokenizer = load_tokenizer(model_args.model_name_or_path)
-    if tokenizer.chat_template is None:
-        raise InvalidValue(f"{model_args.model_name_or_path}: the tokenizer has no chat template")
+    prepare_chat_template(tokenizer, training_args.chat_template_path)
     splits = dict(load_mixture(mixture))
     held_out = Path(script.sft_data_dir) / "test.jsonl"
     if "test" not in splits and held_out.exists():

@@ -25,8 +25,8 @@ from fastapi.staticfiles import StaticFiles
 from jinja2 import TemplateError
 from sse_starlette import EventSourceResponse
 
-from ..inference.engine import ChatEvent, Engine, SamplingParams
 from ..inference.batching import Batcher, Job
+from ..inference.engine import ChatEvent, Engine, SamplingParams
 from .protocol import ChatCompletionRequest, CompletionRequest
 from .relay import EventRelay
 from .tool_calls import ToolCall, ToolCallReader, tool_call_template

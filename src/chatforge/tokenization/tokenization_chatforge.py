@@ -5,6 +5,7 @@ between messages. This file is copied next to saved tokenizers (``auto_map``), s
 nothing but transformers.
 """
 
+import json
 import re
 
 from transformers import PreTrainedTokenizerFast
@@ -38,22 +39,20 @@ CHAT_ROLES = ("system", "user", "assistant", "tool")
 TOOLS_PREAMBLE = ("You can call these tools. To call one, write its name on a line of its own, then its arguments as "
                   "JSON.")
 
-#: Jinja chat template; ``{% generation %}`` marks the tokens an assistant-only loss trains on: the
-#: assistant's text and tool calls, not the tool output segments the engine inserts.
-#:
-#: Tools declared with ``tools=`` (JSON schemas, as ``apply_chat_template`` takes them) are listed in the
-#: system turn. An assistant message with ``tool_calls`` (OpenAI's or transformers' shape) writes each call
-#: as ``<|tool_call_start|>name\n{arguments}<|tool_call_end|>`` and leaves its turn open: the ``tool`` messages
-#: after it become output segments inside that turn, and the next assistant message (or the generation
-#: prompt) continues it, exactly the layout the engine produces when it runs the tools itself.
-CHAT_TEMPLATE = (
+#: Jinja chat template, with ``@...@`` markers that :func:`chat_template` fills in.
+_TEMPLATE = (
     "{%- set ns = namespace(open=false) -%}"
+    "{%- set default_system = @DEFAULT_SYSTEM@ -%}"
+    "{%- set system_given = messages and messages[0]['role'] == 'system' -%}"
     "{%- if tools -%}"
     "{{- '@START@system@SEP@' -}}"
-    "{%- if messages and messages[0]['role'] == 'system' -%}{{- messages[0]['content'] + '\n\n' -}}{%- endif -%}"
+    "{%- if system_given -%}{{- messages[0]['content'] + '\n\n' -}}"
+    "{%- elif default_system -%}{{- default_system + '\n\n' -}}{%- endif -%}"
     "{{- '@PREAMBLE@' -}}"
     "{%- for tool in tools -%}{{- '\n' + (tool | tojson) -}}{%- endfor -%}"
-    "{{- '@END@' -}}"
+    "{{- '@END@@AFTER@' -}}"
+    "{%- elif default_system and not system_given -%}"
+    "{{- '@START@system@SEP@' + default_system + '@END@@AFTER@' -}}"
     "{%- endif -%}"
     "{%- for message in messages -%}"
     "{%- if message['role'] not in ['system', 'user', 'assistant', 'tool'] -%}"
@@ -71,7 +70,8 @@ CHAT_TEMPLATE = (
     "{{- '@OUT_START@' + content + '@OUT_END@' -}}"
     "{%- continue -%}"
     "{%- endif -%}"
-    "{%- if ns.open and message['role'] != 'assistant' -%}{{- '@END@' -}}{%- set ns.open = false -%}{%- endif -%}"
+    "{%- if ns.open and message['role'] != 'assistant' -%}{{- '@END@@AFTER@' -}}{%- set ns.open = false -%}"
+    "{%- endif -%}"
     "{%- if not ns.open -%}{{- '@START@' + message['role'] + '@SEP@' -}}{%- endif -%}"
     "{%- if message['role'] == 'assistant' -%}"
     "{%- set message_index = loop.index0 -%}"
@@ -91,17 +91,41 @@ CHAT_TEMPLATE = (
     "{%- generation -%}{{- '@CALL_START@' + call['name'] + '\n' + arguments + '@CALL_END@' -}}{%- endgeneration -%}"
     "{%- endfor -%}"
     "{%- set ns.open = calls | length > 0 -%}"
-    "{%- if not ns.open -%}{%- generation -%}{{- '@END@' -}}{%- endgeneration -%}{%- endif -%}"
+    "{%- if not ns.open -%}{%- generation -%}{{- '@END@' -}}{%- endgeneration -%}{{- '@AFTER@' -}}{%- endif -%}"
     "{%- else -%}"
-    "{{- content + '@END@' -}}"
+    "{{- content + '@END@@AFTER@' -}}"
     "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt and not ns.open -%}{{- '@START@assistant@SEP@' -}}{%- endif -%}"
 )
-for marker, token in (("@START@", IM_START), ("@SEP@", IM_SEP), ("@END@", IM_END), ("@OUT_START@", TOOL_OUTPUT_START),
-                      ("@OUT_END@", TOOL_OUTPUT_END), ("@CALL_START@", TOOL_CALL_START), ("@CALL_END@", TOOL_CALL_END),
-                      ("@PREAMBLE@", TOOLS_PREAMBLE)):
-    CHAT_TEMPLATE = CHAT_TEMPLATE.replace(marker, token)
+
+
+def chat_template(separator: str = IM_SEP, after_end: str = "", default_system: str | None = None) -> str:
+    """The Jinja chat template of turns written ``<|im_start|>role{separator}content<|im_end|>{after_end}``:
+    ChatForge's own (``<|im_sep|>``, nothing after a turn) or ChatML's (a newline after the role and after each
+    turn, as SmolLM2 and Qwen write them), with ``default_system`` as the system turn of conversations that bring
+    none. ``{% generation %}`` marks the tokens an assistant-only loss trains on: the assistant's text and tool
+    calls, not the tool output segments the engine inserts.
+
+    Tools declared with ``tools=`` (JSON schemas, as ``apply_chat_template`` takes them) are listed in the
+    system turn. An assistant message with ``tool_calls`` (OpenAI's or transformers' shape) writes each call as
+    ``<|tool_call_start|>name\n{arguments}<|tool_call_end|>`` and leaves its turn open: the ``tool`` messages
+    after it become output segments inside that turn, and the next assistant message (or the generation prompt)
+    continues it, exactly the layout the engine produces when it runs the tools itself.
+    """
+    fills = {"@START@": IM_START, "@SEP@": separator, "@END@": IM_END, "@AFTER@": after_end,
+             "@OUT_START@": TOOL_OUTPUT_START, "@OUT_END@": TOOL_OUTPUT_END, "@CALL_START@": TOOL_CALL_START,
+             "@CALL_END@": TOOL_CALL_END, "@PREAMBLE@": TOOLS_PREAMBLE}
+    template = _TEMPLATE
+    for marker, text in fills.items():  # into single-quoted Jinja strings
+        template = template.replace(marker, text.replace("\\", "\\\\").replace("'", "\\'"))
+    return template.replace("@DEFAULT_SYSTEM@", "none" if default_system is None
+                            else json.dumps(default_system, ensure_ascii=False))
+
+
+#: ChatForge's chat template: ``<|im_start|>role<|im_sep|>content<|im_end|>`` per message, nothing between.
+CHAT_TEMPLATE = chat_template()
+
 
 #: What transformers needs to read a generated turn back into a message (``tokenizer.parse_response``): text
 #: as ``content``, each ``<|tool_call_start|>name\n{arguments}<|tool_call_end|>`` as a ``tool_calls`` entry
@@ -138,4 +162,5 @@ class ChatForgeTokenizer(PreTrainedTokenizerFast):
     padding_side = "right"
 
 
-__all__ = ["CHAT_ROLES", "CHAT_TEMPLATE", "RESPONSE_TEMPLATE", "SPECIAL_TOKENS", "TOOLS_PREAMBLE", "ChatForgeTokenizer"]
+__all__ = ["CHAT_ROLES", "CHAT_TEMPLATE", "RESPONSE_TEMPLATE", "SPECIAL_TOKENS", "TOOLS_PREAMBLE", "ChatForgeTokenizer",
+           "chat_template"]
