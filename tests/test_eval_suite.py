@@ -8,6 +8,7 @@ from conftest import learn_texts, small_config
 
 from chatforge.eval.benchmarks import arc_item, hellaswag_item, load_hub_records, multiple_choice_accuracy
 from chatforge.eval.induction import ordinary_token_ids, repeated_sequence_copying
+from chatforge.eval.intervals import wilson_interval
 from chatforge.eval.recall import DISTRACTOR, cloze_recall
 from chatforge.eval.suite import EvalData, bits_per_byte, evaluate_model, regurgitation
 from chatforge.inference.engine import Engine, SamplingParams
@@ -151,3 +152,9 @@ def test_cloze_recall_tells_facts_learnt_at_the_start_of_a_document_from_facts_l
     assert overall["at_start"]["items"] == 8
     example = figures["at_start"]["examples"][0]
     assert example["answer"][0] in example["start"] and example["prompt"] == items[0]["prompt"]
+
+
+def test_wilson_intervals_match_published_values():
+    # 81 of 263 (Newcombe 1998, Statistics in Medicine 17:857, table I's example): 0.2553 to 0.3662
+    assert [round(bound, 4) for bound in wilson_interval(81, 263)] == [0.2553, 0.3662]
+    assert wilson_interval(0, 10)[0] == 0 and wilson_interval(10, 10)[1] == 1

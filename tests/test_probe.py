@@ -5,7 +5,14 @@ import pytest
 from conftest import memorize
 
 from chatforge.inference.engine import Engine
-from chatforge.posttrain.probe import ProbeConfig, load_questions, probe, probe_examples, run_probe
+from chatforge.posttrain.probe import (
+    ProbeConfig,
+    known_or_not,
+    load_questions,
+    probe,
+    probe_examples,
+    run_probe,
+)
 from chatforge.tasks.world import (
     DESCRIPTIONS,
     FAQ_LINES,
@@ -54,6 +61,8 @@ def test_probing_labels_what_the_model_memorised_and_writes_matching_examples(mo
     labels = probe(engine, [KNOWN, UNKNOWN], ProbeConfig(samples=4, temperature=0.7))
     assert [label["known"] for label in labels] == [True, False]
     assert labels[0]["correct_share"] == 1.0 and len(labels[0]["sampled"]) == 4
+    assert [(item["group"], item["topic"]) for item in known_or_not(labels)] == [("known", KNOWN["group"]),
+                                                                                ("unknown", UNKNOWN["group"])]
     known, unknown = (example["messages"][1]["content"] for example in probe_examples(labels))
     assert known == KNOWN["reply"]
     assert says_dont_know(unknown)
@@ -67,8 +76,12 @@ def test_probing_labels_what_the_model_memorised_and_writes_matching_examples(mo
 def test_probe_command_writes_labels_examples_and_summary(tmp_path, saved_model_dir):
     questions = tmp_path / "questions.jsonl"
     questions.write_text("".join(json.dumps(q) + "\n" for q in (KNOWN, UNKNOWN)))
-    summary = run_probe(str(saved_model_dir), str(questions), tmp_path / "probe", ProbeConfig(samples=2))
+    summary = run_probe(str(saved_model_dir), str(questions), tmp_path / "probe", ProbeConfig(samples=2),
+                        held_out=str(questions))
     assert summary["questions"] == 2 and set(summary["by_group"]) == {"frequent", "unseen"}
+    held_out = [json.loads(line) for line in open(tmp_path / "probe/held_out.jsonl")]
+    assert [item["question"] for item in held_out] == [KNOWN["question"], UNKNOWN["question"]]
+    assert summary["held_out"] == {"questions": 2, "known": sum(item["group"] == "known" for item in held_out)}
     examples = [json.loads(line) for line in open(tmp_path / "probe/train.jsonl")]
     assert len(examples) == 2 and all(e["messages"][0]["role"] == "user" for e in examples)
     bad = tmp_path / "bad.jsonl"

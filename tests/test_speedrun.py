@@ -13,7 +13,7 @@ import yaml
 
 from chatforge.eval.suite import EvalData
 from chatforge.speedrun import STAGE_NAMES, RecipeError, StageError, load_recipe, speedrun
-from chatforge.speedrun.recipe import TRAINING_STAGES, rebase, resolve_stage_config
+from chatforge.speedrun.recipe import rebase, resolve_stage_config
 from chatforge.speedrun.runner import _check_ours
 from chatforge.speedrun.stages import STAGES, Run
 
@@ -31,11 +31,17 @@ def smoke_run(tmp_path_factory):
     return output, report
 
 
+def _stage_names(output: Path) -> list[str]:
+    """The stages of the smoke recipe: all but the import of a pretrained model."""
+    return [stage.name for stage in Run(load_recipe("smoke"), output).stages]
+
+
 def test_smoke_speedrun_runs_every_stage_and_reports_it(smoke_run):
     output, report = smoke_run
-    assert list(report) == [*STAGE_NAMES, "run"]
-    stage_seconds = sum(report[name]["seconds"] for name in STAGE_NAMES)
-    assert abs(stage_seconds - report["run"]["stages_seconds"]) < 0.1 * len(STAGE_NAMES)  # each rounded to 0.1 s
+    assert _stage_names(output) == [name for name in STAGE_NAMES if name != "import"]
+    assert list(report) == [*_stage_names(output), "run"]
+    stage_seconds = sum(report[name]["seconds"] for name in _stage_names(output))
+    assert abs(stage_seconds - report["run"]["stages_seconds"]) < 0.1 * len(report)  # each rounded to 0.1 s
     assert report["data"]["documents.input"] > report["data"]["documents.pii"] > 0
     assert report["corpus"]["val_documents"] > 0 and report["shards"]["val_tokens"] > 0
     assert 1.5 < report["tokenizer"]["held_out_bytes_per_token"] < 6
@@ -76,15 +82,17 @@ def test_eval_run_option_finds_the_held_out_files_where_the_stage_configs_put_th
 
 def test_finished_stages_are_skipped_and_from_reruns(smoke_run, capfd, monkeypatch):
     output, _ = smoke_run
-    before = {name: (output / "speedrun" / f"{name}.json").stat().st_mtime_ns for name in STAGE_NAMES}
+    names = _stage_names(output)
+    before = {name: (output / "speedrun" / f"{name}.json").stat().st_mtime_ns for name in names}
     monkeypatch.chdir(REPO)
     speedrun("smoke", output)
-    assert capfd.readouterr().out.count("finished earlier, skipped") == len(STAGE_NAMES)
+    assert capfd.readouterr().out.count("finished earlier, skipped") == len(names)
     speedrun("smoke", output, start="report")
-    after = {name: (output / "speedrun" / f"{name}.json").stat().st_mtime_ns for name in STAGE_NAMES}
-    assert [name for name in STAGE_NAMES if after[name] != before[name]] == ["report"]
-    with pytest.raises(ValueError, match="--from train: no such stage"):
-        speedrun("smoke", output, start="train")
+    after = {name: (output / "speedrun" / f"{name}.json").stat().st_mtime_ns for name in names}
+    assert [name for name in names if after[name] != before[name]] == ["report"]
+    for stage in ("train", "import"):
+        with pytest.raises(ValueError, match=f"--from {stage}: no such stage in recipe smoke"):
+            speedrun("smoke", output, start=stage)
 
 
 def test_an_interrupted_stage_resumes_from_its_checkpoint(smoke_run, capfd, monkeypatch):
@@ -165,14 +173,19 @@ def _write_recipe(tmp_path: Path, **changes) -> Path:
 def test_recipe_errors_name_the_file_and_field(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     with pytest.raises(FileNotFoundError, match="huge/speedrun.yaml: no such speedrun recipe \\(give one of "
-                                                "gpt2-124m, smoke, tiny or the path of a speedrun YAML\\)"):
+                                                "gpt2-124m, smoke, smollm2-135m, tiny or the path of a speedrun "
+                                                "YAML\\)"):
         load_recipe("huge")
     with pytest.raises(RecipeError, match="unknown fields \\['epochs'\\]"):
         load_recipe(str(_write_recipe(tmp_path, epochs=3)))
     training = yaml.safe_load((REPO / "recipes/smoke/speedrun.yaml").read_text())["training"]
-    del training["ppo"]
-    with pytest.raises(RecipeError, match="missing \\['ppo'\\]"):
+    del training["reward"]
+    with pytest.raises(RecipeError, match="training.ppo needs training.reward"):
         load_recipe(str(_write_recipe(tmp_path, training=training)))
+    with pytest.raises(RecipeError, match="either `training.pretrain` .* or `base_model`"):
+        load_recipe(str(_write_recipe(tmp_path, base_model={"gguf": "smollm2-135m-instruct"})))
+    with pytest.raises(RecipeError, match="unknown training stages \\['dpo'\\]"):
+        load_recipe(str(_write_recipe(tmp_path, training={**training, "dpo": training["sft"]})))
     with pytest.raises(RecipeError, match="`launcher` must be a non-empty list"):
         load_recipe(str(_write_recipe(tmp_path, launcher="python")))
     with pytest.raises(RecipeError, match="`data` takes the fields"):
@@ -199,7 +212,7 @@ def test_stage_configs_are_moved_under_the_output(tmp_path, monkeypatch):
     assert sft_probe["replay_shards"] == str(tmp_path / "shards")  # replays the speedrun's own shards
 
 
-@pytest.mark.parametrize("name", ["tiny", "smoke", "gpt2-124m"])
+@pytest.mark.parametrize("name", ["tiny", "smoke", "gpt2-124m", "smollm2-135m"])
 def test_every_stage_of_every_speedrun_recipe_parses(name, tmp_path, monkeypatch):
     from trl import TrlParser
 
@@ -213,7 +226,7 @@ def test_every_stage_of_every_speedrun_recipe_parses(name, tmp_path, monkeypatch
                "reward": reward_parser, "ppo": ppo_parser, "grpo": grpo_parser}
     monkeypatch.chdir(REPO)
     recipe = load_recipe(name)
-    for stage in TRAINING_STAGES:
+    for stage in recipe.training:
         config = resolve_stage_config(recipe, stage, tmp_path)
         if not torch.cuda.is_available() and not config.get("use_cpu"):
             config["bf16"] = False  # a GPU recipe: its fields are checked here, bf16 needs the GPU

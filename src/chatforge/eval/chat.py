@@ -10,6 +10,7 @@ from ..inference.engine import ChatEvent, Engine, SamplingParams
 from ..tasks.word_problems import extract_answer
 from ..tasks.world import is_correct, says_dont_know
 from ..tokenization.tokenization_chatforge import IM_START
+from .intervals import wilson_interval
 
 GREEDY = SamplingParams(temperature=0.0, max_new_tokens=96)
 
@@ -26,7 +27,8 @@ def format_adherence(engine: Engine, prompts: Sequence[list[dict]], params: Samp
         adherent += ok
         if len(shown) < examples:
             shown.append({"prompt": messages[-1]["content"], "reply": last.text, "adherent": ok})
-    return {"format_adherence": adherent / max(1, len(prompts)), "prompts": len(prompts), "examples": shown}
+    return {"format_adherence": adherent / max(1, len(prompts)), "prompts": len(prompts),
+            "interval_95": wilson_interval(adherent, len(prompts)), "examples": shown}
 
 
 def tool_task_accuracy(engine: Engine, tasks: Sequence[dict], use_tools: bool, judge: Callable[[str, dict], bool],
@@ -45,7 +47,8 @@ def tool_task_accuracy(engine: Engine, tasks: Sequence[dict], use_tools: bool, j
         correct += judge(events[-1].text, task)
         for key, test in diagnostics.items():
             held[key] += test(events, task)
-    return {"accuracy": correct / max(1, len(tasks)), "tasks": len(tasks), "tool_calls": calls,
+    return {"accuracy": correct / max(1, len(tasks)), "tasks": len(tasks),
+            "interval_95": wilson_interval(correct, len(tasks)), "tool_calls": calls,
             **{key: count / max(1, len(tasks)) for key, count in held.items()}}
 
 
@@ -83,8 +86,8 @@ def look_up_accuracy(engine: Engine, requests: Sequence[dict], use_tools: bool) 
 
 
 def knowledge(engine: Engine, questions: Sequence[dict], params: SamplingParams = GREEDY) -> dict:
-    """Per group of the fictional world (frequent / rare / unseen people): the share of questions answered
-    correctly and the share answered "I don't know"."""
+    """Per group of questions (the fictional world's frequent / rare / unseen people, or known / unknown as a probe
+    found): the share answered correctly and the share answered "I don't know", each with its 95% interval."""
     prompts = [engine.chat_prompt(q["question"]) for q in questions]
     replies = [batch[0] for start in tqdm(range(0, len(prompts), 32), desc="knowledge", leave=False)
                for batch in engine.complete(prompts[start:start + 32], params)]
@@ -96,6 +99,7 @@ def knowledge(engine: Engine, questions: Sequence[dict], params: SamplingParams 
         group["accuracy"] += is_correct(reply, question["answer"])
         group["dont_know_rate"] += says_dont_know(reply)
     for group in figures.values():
-        group["accuracy"] /= group["questions"]
-        group["dont_know_rate"] /= group["questions"]
+        for share in ("accuracy", "dont_know_rate"):
+            group[f"{share}_interval_95"] = wilson_interval(round(group[share]), group["questions"])
+            group[share] /= group["questions"]
     return figures

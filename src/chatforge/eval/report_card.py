@@ -112,12 +112,46 @@ def _pretraining(run: Path, report: dict) -> list[str]:
     return lines
 
 
+#: The SFT figures shown before and after, and what they are.
+TOOL_FIGURES = {"format_adherence": "chat-format adherence",
+                "word_problems_with_tools.accuracy": "word problems, with the calculator",
+                "word_problems_without_tools.accuracy": "word problems, without tools",
+                "world_search_with_tools.accuracy": "look-ups of unseen people, with search",
+                "world_search_without_tools.accuracy": "look-ups of unseen people, without tools"}
+KNOWLEDGE_FIGURES = {"knowledge.known.accuracy": "questions the probe found known: answered right",
+                     "knowledge.known.dont_know_rate": "questions the probe found known: \"I don't know\"",
+                     "knowledge.unknown.accuracy": "questions the probe found unknown: answered right",
+                     "knowledge.unknown.dont_know_rate": "questions the probe found unknown: \"I don't know\""}
+
+
+def _share(figures: dict, key: str) -> str:
+    """A share as a percentage, with its 95% interval and item count where the stage recorded them."""
+    if key not in figures:
+        return ""
+    if f"{key}.low" not in figures:
+        return f"{figures[key]:.1%}"
+    return f"{figures[key]:.1%} ({figures[key + '.low']:.0%}–{figures[key + '.high']:.0%}, n={figures[key + '.items']})"
+
+
+def _before_after(figures: dict, shown: dict[str, str], title: str) -> list[str]:
+    """A table of ``shown`` figures before (``base.*``: the model the stage started from) and after the stage."""
+    if not any(f"base.{key}" in figures for key in shown):
+        return []
+    rows = [[what, _share(figures, f"base.{key}"), _share(figures, key)] for key, what in shown.items()
+            if key in figures]
+    return [title, ""] + _table(["held-out task", "before", "after"], rows)
+
+
 def _sft(report: dict, evaluation: dict) -> list[str]:
     lines = ["## Supervised fine-tuning", ""]
-    sft, probe = report.get("sft-probe", {}), report.get("probe", {})
+    sft, probe = report.get("sft-probe") or report.get("sft", {}), report.get("probe", {})
     if sft:
         lines += [f"Held-out loss on conversations {sft['eval_loss_before']:.3f} → {sft['eval_loss']:.3f}; "
                   f"chat-format adherence {sft['format_adherence']:.1%}.", ""]
+    lines += _before_after(report.get("sft", {}), TOOL_FIGURES,
+                           "SFT with tools, before and after (greedy; 95% Wilson intervals):")
+    lines += _before_after(report.get("sft-probe", {}), KNOWLEDGE_FIGURES,
+                           "SFT with the probe's examples, on held-out questions labelled by the same probe:")
     if probe:
         shares = ", ".join(f"{k.removeprefix('known_share.')} {v:.0%}" for k, v in probe.items()
                            if k.startswith("known_share."))

@@ -33,6 +33,9 @@ from .problems import problem_accuracy
 from .recall import cloze_recall
 
 CHAT_TASKS = ("format", "arithmetic", "knowledge", "gsm8k")
+#: The :class:`EvalData` field each task reads.
+TASK_DATA = {"bpb": "val_text", "format": "prompts", "arithmetic": "problems", "knowledge": "questions",
+             "regurgitation": "corpus", "recall": "cloze", "reward": "pairs"}
 
 
 @dataclass
@@ -48,15 +51,24 @@ class EvalData:
     cloze: str | None = None  # {"prompt", "answer", "group"} fact openings
 
     @classmethod
-    def from_folders(cls, corpus: str | Path, sft_data: str | Path, problems: str | Path,
-                     preference_data: str | Path) -> "EvalData":
+    def from_folders(cls, corpus: str | Path, sft_data: str | Path, problems: str | Path | None,
+                     preference_data: str | Path | None) -> "EvalData":
         """The held-out files in a speedrun's corpus folder (``train.jsonl``/``val.jsonl``) and in the folders
-        that ``chatforge sft-data build``, ``problems build`` and ``preference-data build`` write."""
-        corpus, sft_data, problems, preference_data = map(Path, (corpus, sft_data, problems, preference_data))
+        that ``chatforge sft-data build``, ``problems build`` and ``preference-data build`` write (None: a run
+        without problems or preference data)."""
+        corpus, sft_data = Path(corpus), Path(sft_data)
         return cls(val_text=str(corpus / "val.jsonl"), prompts=str(sft_data / "test.jsonl"),
-                   problems=str(problems / "test.jsonl"), questions=str(sft_data / "world_qa_test.jsonl"),
-                   corpus=str(corpus / "train.jsonl"), pairs=str(preference_data / "pairs_test.jsonl"),
+                   problems=str(Path(problems) / "test.jsonl") if problems else None,
+                   questions=str(sft_data / "world_qa_test.jsonl"), corpus=str(corpus / "train.jsonl"),
+                   pairs=str(Path(preference_data) / "pairs_test.jsonl") if preference_data else None,
                    cloze=str(sft_data / "world_cloze_test.jsonl"))
+
+    def has_data_for(self, task: str) -> bool:
+        """Whether the held-out records ``task`` reads are there (tasks that read none always have them)."""
+        if task not in TASK_DATA:
+            return True
+        source = getattr(self, TASK_DATA[task])
+        return source is not None and ("://" in source or Path(source).exists())
 
     @classmethod
     def from_run(cls, run_dir: str | Path) -> "EvalData":

@@ -31,6 +31,9 @@ SUMMARIES = {
     "reward": "A reward model: it scores an assistant reply in its conversation (one number, higher is better). "
               "Used as the reward of RLHF with PPO.",
 }
+#: The summary of a pretrained chat model as the speedrun imported it, before any training here.
+IMPORTED = ("A pretrained chat model imported from a GGUF file, with chatforge's tool-call tokens and tool-aware "
+            "chat template added: it has not yet learnt to use them.")
 #: What reinforcement learning a chat model of these stages had after SFT.
 RL_STAGES = {"ppo": "Then tuned with PPO against the reward model (RLHF).",
              "grpo": "Then tuned with PPO against the reward model (RLHF), and with GRPO on word problems whose "
@@ -72,7 +75,8 @@ def _evaluation_rows(figures: dict) -> list[tuple[str, str, str]]:
     for task, values in figures.items():
         for metric, value in values.items():
             if isinstance(value, dict) and task == "knowledge":
-                rows += [(task, f"{metric} {key}", _format(v)) for key, v in value.items() if key != "questions"]
+                rows += [(task, f"{metric} {key}", _format(v)) for key, v in value.items()
+                         if key != "questions" and isinstance(v, float)]
             elif isinstance(value, dict) and task == "reward":
                 rows += [(task, f"{metric} {key}", _format(v)) for key, v in value.items()
                          if isinstance(v, (int, float))]
@@ -84,12 +88,15 @@ def _evaluation_rows(figures: dict) -> list[tuple[str, str, str]]:
 def _data_lines(kind: str, stage: str | None, report: dict) -> list[str]:
     corpus, pretrain = report.get("corpus", {}), report.get("pretrain", {})
     lines = []
+    if "model" in report.get("import", {}):
+        lines.append(f"Pretrained model: {report['import']['model']}, imported from its GGUF file (its own "
+                     "pretraining and instruction tuning).")
     if corpus:
         lines.append(f"Pretraining: {corpus.get('train_documents', 0):,} documents "
                      f"({corpus.get('train_characters', 0):,} characters): English Wikipedia paragraphs "
                      "(CC BY-SA 4.0), the documents of a generated fictional world, and web pages cleaned by "
                      f"chatforge's FineWeb-style pipeline; {pretrain.get('tokens', 0):,} tokens seen.")
-    if kind in ("chat", "reward"):
+    if kind in ("chat", "reward") and stage != "import":
         lines.append("SFT: chatterbot-corpus conversations, generated small talk, identity, refusals, word "
                      "problems, and calculator, Python and search tool use; \"I don't know\" replies where probing "
                      "found the model did not know the answer.")
@@ -115,7 +122,7 @@ def model_card(folder: Path, kind: str, run_dir: Path | None = None, model_name:
                                   undefined=jinja2.StrictUndefined).get_template("model_card.md.j2")
     return template.render(
         title=f"chatforge {recipe.parent.name} {model_name or kind}", kind=kind, stage=stage or "?", recipe=recipe,
-        summary=" ".join(filter(None, (SUMMARIES[kind], RL_STAGES.get(stage)))),
+        summary=IMPORTED if stage == "import" else " ".join(filter(None, (SUMMARIES[kind], RL_STAGES.get(stage)))),
         hardware=", ".join(hardware.get("gpus", [])) or f"{hardware.get('cpus', '?')} CPU cores",
         architecture=f"{config.model_type}: {config.num_hidden_layers} layers x {config.hidden_size}, "
                      f"{config.num_attention_heads} heads",

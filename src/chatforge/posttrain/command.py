@@ -21,6 +21,8 @@ def add_commands(stages) -> None:
     probe.add_argument("--questions", required=True,
                        help="JSONL/parquet file or Hub dataset with question and answer (optional name, reply)")
     probe.add_argument("--output", required=True)
+    probe.add_argument("--held-out", default=None, help="held-out questions to label known / unknown as well "
+                                                        "(written to OUTPUT/held_out.jsonl for the knowledge eval)")
     probe.add_argument("--samples", type=int, default=4, help="answers sampled per question")
     probe.add_argument("--temperature", type=float, default=0.7)
     probe.add_argument("--threshold", type=float, default=0.5, help="share of right answers that counts as known")
@@ -36,6 +38,6 @@ def _probe(args: argparse.Namespace) -> None:
     summary = run_probe(args.model, args.questions, args.output,
                         ProbeConfig(samples=args.samples, temperature=args.temperature, threshold=args.threshold,
                                     seed=args.seed, known_copies=args.known_copies,
-                                    unknown_copies=args.unknown_copies))
+                                    unknown_copies=args.unknown_copies), args.held_out)
     groups = ", ".join(f"{name} {g['known_share']:.0%}" for name, g in summary["by_group"].items())
     print(f"probe: {summary['known']}/{summary['questions']} questions known ({groups}) -> {args.output}")

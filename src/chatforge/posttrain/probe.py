@@ -4,6 +4,8 @@ teach it to answer those and say "I don't know" to the rest (the Llama 3 factual
     <output>/labels.jsonl     per question: the sampled answers, the share judged correct, known or not
     <output>/train.jsonl      SFT conversations: the reference reply where known, "I don't know …" where not
     <output>/summary.json     known share per group of questions
+    <output>/held_out.jsonl   held-out questions (with ``held_out``), grouped ``known`` / ``unknown`` by the same
+                              probe: the knowledge evaluation of the model trained on the examples
 """
 
 import json
@@ -90,10 +92,20 @@ def probe_examples(labels: list[dict], seed: int = 0, known_copies: int = 1, unk
     return examples
 
 
-def run_probe(model: str, questions: str, output_dir: str | Path, config: ProbeConfig = ProbeConfig()) -> dict:
-    """Probe ``model`` on ``questions`` and write labels, SFT examples and a summary to ``output_dir``."""
+def known_or_not(labels: list[dict]) -> list[dict]:
+    """Probed questions as knowledge-evaluation items grouped by what the probe found: ``group`` is ``known`` or
+    ``unknown`` (the question's own group kept as ``topic``)."""
+    return [{"question": label["question"], "answer": label["answer"], "reply": label.get("reply"),
+             "topic": label.get("group"), "group": "known" if label["known"] else "unknown"} for label in labels]
+
+
+def run_probe(model: str, questions: str, output_dir: str | Path, config: ProbeConfig = ProbeConfig(),
+              held_out: str | None = None) -> dict:
+    """Probe ``model`` on ``questions`` and write labels, SFT examples and a summary to ``output_dir``; with
+    ``held_out`` questions, also those, as ``held_out.jsonl`` grouped known / unknown (:func:`known_or_not`)."""
     engine = Engine.from_pretrained(model)
     labels = probe(engine, load_questions(questions), config)
+    held = known_or_not(probe(engine, load_questions(held_out), config)) if held_out else []
     by_group: dict = defaultdict(lambda: {"questions": 0, "known": 0})
     for label in labels:
         group = by_group[label.get("group", "all")]
@@ -102,9 +114,12 @@ def run_probe(model: str, questions: str, output_dir: str | Path, config: ProbeC
     summary = {"model": model, "questions": len(labels), "known": sum(label["known"] for label in labels),
                "by_group": {name: {**g, "known_share": g["known"] / g["questions"]} for name, g in by_group.items()},
                "config": vars(config)}
+    if held:
+        summary["held_out"] = {"questions": len(held), "known": sum(item["group"] == "known" for item in held)}
     examples = probe_examples(labels, config.seed, config.known_copies, config.unknown_copies)
     with atomic_directory(output_dir) as tmp_dir:
-        for name, records in (("labels.jsonl", labels), ("train.jsonl", examples)):
+        for name, records in (("labels.jsonl", labels), ("train.jsonl", examples),
+                              *((("held_out.jsonl", held),) if held else ())):
             with open(tmp_dir / name, "w", encoding="utf-8") as handle:
                 for record in records:
                     handle.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -54,11 +54,19 @@ class SFTScriptArguments:
         default=None, metadata={"help": "held-out conversations the held-out loss is measured on (all)"})
     eval_prompts: int = field(default=200, metadata={"help": "held-out prompts for format adherence"})
     eval_word_problems: int = field(default=200, metadata={"help": "held-out word problems, and look-ups"})
-    eval_world_questions: int | None = field(default=None, metadata={"help": "held-out world questions (all)"})
+    eval_world_questions: int | None = field(default=None, metadata={"help": "held-out knowledge questions (all)"})
+    knowledge_questions: str | None = field(
+        default=None, metadata={"help": "held-out knowledge questions ({question, answer, group}; default: the "
+                                        "fictional world's, world_qa_test.jsonl in sft_data_dir)"})
     eval_base_model: bool = field(default=True, metadata={"help": "also measure the model before SFT"})
     probe_dir: str | None = field(
         default=None, metadata={"help": "knowledge-probe examples this mixture uses (chatforge probe); with "
                                         "build_missing_inputs, built by probing the model of probe_model_config"})
+    probe_questions: str = field(default="world_probe.jsonl",
+                                 metadata={"help": "the questions the probe asks, in sft_data_dir"})
+    probe_held_out: str | None = field(
+        default=None, metadata={"help": "held-out questions in sft_data_dir that the probe also labels known / "
+                                        "unknown (probe_dir/held_out.jsonl: give it as knowledge_questions)"})
     probe_model_config: str | None = field(
         default=None, metadata={"help": "SFT recipe YAML whose output model is probed (run first if missing)"})
     probe_threshold: float = field(default=0.5, metadata={"help": "share of right sampled answers that makes a "
@@ -97,8 +105,10 @@ def _build_missing_inputs(script: SFTScriptArguments, model_args: ModelConfig) -
             print(f"fine-tuning the model to probe first ({script.probe_model_config})")
             run_earlier_stage(run_sft, probe_script, probe_training, probe_model, probe_mixture)
         print(f"probing {probe_training.output_dir} -> {script.probe_dir}")
-        run_probe(probe_training.output_dir, str(Path(script.sft_data_dir) / "world_probe.jsonl"), script.probe_dir,
-                  ProbeConfig.from_recipe(vars(script)))
+        data_dir = Path(script.sft_data_dir)
+        run_probe(probe_training.output_dir, str(data_dir / script.probe_questions), script.probe_dir,
+                  ProbeConfig.from_recipe(vars(script)),
+                  str(data_dir / script.probe_held_out) if script.probe_held_out else None)
     if not Path(model_args.model_name_or_path).exists():
         if script.base_config is None:
             raise NotFound(f"model_name_or_path={model_args.model_name_or_path}: no such folder, and no "
@@ -179,7 +189,8 @@ def held_out_evaluation(model, tokenizer, script: SFTScriptArguments) -> dict:
             if tasks := read_jsonl(data_dir / f"{name}_test.jsonl", limit):
                 figures[f"{name}_with_tools"] = measure(engine, tasks, use_tools=True)
                 figures[f"{name}_without_tools"] = measure(engine, tasks, use_tools=False)
-    if questions := read_jsonl(data_dir / "world_qa_test.jsonl", script.eval_world_questions):
+    if questions := read_jsonl(script.knowledge_questions or data_dir / "world_qa_test.jsonl",
+                               script.eval_world_questions):
         figures["knowledge"] = knowledge(engine, questions)
     return figures
 

@@ -6,10 +6,14 @@ training stages are launched.
     run_root: runs/tiny            # where the stage recipes write; the speedrun moves it under --output
     launcher: [python]             # or [accelerate, launch, --config_file, accelerate_configs/multi_gpu.yaml]
     data: {skip_debian: false, preset: fineweb, vocab_size: 4096, val_fraction: 0.05}
-    training:                      # every training stage: its recipe YAML and the speedrun's overrides
+    training:                      # the training stages it runs: each one's recipe YAML and overrides
       pretrain: {recipe: recipes/tiny/pretrain.yaml, overrides: {max_steps: 500}}
       ...
     eval: {prompts: 100, problems: 100, k: 8, ...}
+
+A recipe that post-trains a pretrained model names it instead of pretraining one (no data stages then):
+
+    base_model: {gguf: smollm2-135m-instruct}   # imported, given the tool protocol, as the SFT recipe's model
 """
 
 from dataclasses import dataclass, field, fields
@@ -22,6 +26,8 @@ from ..eval.suite import EvalConfig
 from ..recipes import recipe_file, shipped_names
 
 TRAINING_STAGES = ("pretrain", "sft", "sft-probe", "reward", "ppo", "grpo")
+#: What a training stage needs another one for (PPO scores with the reward model).
+STAGE_NEEDS = {"ppo": "reward"}
 #: Recipe keys that build a missing input with another recipe. The speedrun orders the stages itself, so it
 #: clears them: a missing input then stops the stage with an error instead of running a recipe elsewhere.
 BUILDER_KEYS = ("base_config", "sft_config", "reward_config", "probe_model_config")
@@ -59,6 +65,14 @@ class DataSettings:
 
 
 @dataclass
+class BaseModel:
+    """A pretrained model to post-train: imported from a GGUF file (a path, or a name that ``chatforge model
+    import-gguf`` knows) and given ChatForge's tool protocol."""
+
+    gguf: str
+
+
+@dataclass
 class StageRecipe:
     """A training stage: its recipe YAML and the values the speedrun sets in it."""
 
@@ -74,6 +88,7 @@ class SpeedrunRecipe:
     data: DataSettings
     training: dict[str, StageRecipe]
     eval: EvalConfig
+    base_model: BaseModel | None = None
 
     @property
     def name(self) -> str:
@@ -98,7 +113,7 @@ def load_recipe(recipe: str) -> SpeedrunRecipe:
         raise NotFound(f"{path}: no such speedrun recipe (give one of {', '.join(shipped_names())} or the path "
                        "of a speedrun YAML)")
     raw = yaml.safe_load(path.read_text()) or {}
-    unknown = set(raw) - {"run_root", "launcher", "data", "training", "eval"}
+    unknown = set(raw) - {"run_root", "launcher", "data", "training", "eval", "base_model"}
     if unknown:
         raise RecipeError(f"{path}: unknown fields {sorted(unknown)}")
     if not isinstance(raw.get("run_root"), str):
@@ -107,10 +122,17 @@ def load_recipe(recipe: str) -> SpeedrunRecipe:
     if not (isinstance(launcher, list) and launcher and all(isinstance(part, str) for part in launcher)):
         raise RecipeError(f"{path}: `launcher` must be a non-empty list of strings, got {launcher!r}")
     training_raw = raw.get("training") or {}
-    missing = [stage for stage in TRAINING_STAGES if stage not in training_raw]
-    if missing or set(training_raw) - set(TRAINING_STAGES):
-        raise RecipeError(f"{path}: `training` needs exactly the stages {list(TRAINING_STAGES)}; "
-                          f"missing {missing}, unknown {sorted(set(training_raw) - set(TRAINING_STAGES))}")
+    base_model = _section(raw, "base_model", BaseModel, path) if "base_model" in raw else None
+    if unknown := sorted(set(training_raw) - set(TRAINING_STAGES)):
+        raise RecipeError(f"{path}: unknown training stages {unknown}; they are {list(TRAINING_STAGES)}")
+    if "sft" not in training_raw:
+        raise RecipeError(f"{path}: `training` needs an sft stage")
+    if (base_model is None) == ("pretrain" not in training_raw):
+        raise RecipeError(f"{path}: give either `training.pretrain` (a model pretrained from the data) or "
+                          "`base_model` (a pretrained model to import), not both or neither")
+    for stage, needed in STAGE_NEEDS.items():
+        if stage in training_raw and needed not in training_raw:
+            raise RecipeError(f"{path}: training.{stage} needs training.{needed}")
     training = {}
     for stage, entry in training_raw.items():
         if not isinstance(entry, dict) or "recipe" not in entry or set(entry) - {"recipe", "overrides"}:
@@ -121,7 +143,7 @@ def load_recipe(recipe: str) -> SpeedrunRecipe:
         training[stage] = StageRecipe(stage_recipe, dict(entry.get("overrides") or {}))
     return SpeedrunRecipe(path=path, run_root=raw["run_root"].rstrip("/"), launcher=launcher,
                           data=_section(raw, "data", DataSettings, path), training=training,
-                          eval=_section(raw, "eval", EvalConfig, path))
+                          eval=_section(raw, "eval", EvalConfig, path), base_model=base_model)
 
 
 def rebase(value, run_root: str, output: Path):

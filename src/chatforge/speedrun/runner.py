@@ -13,7 +13,7 @@ import torch
 from ..errors import InvalidValue
 from ..io import atomic_write_text
 from .recipe import load_recipe
-from .stages import STAGE_NAMES, STAGES, Run, Stage, StageError
+from .stages import Run, Stage, StageError
 
 REPORT_FILE = "report.json"
 
@@ -58,7 +58,7 @@ def _check_ours(run: Run, stage: Stage) -> None:
 def write_report_json(run: Run) -> dict:
     """``report.json``: stage -> metric -> value for every finished stage, and ``run`` (recipe, hardware, time)."""
     report: dict = {}
-    for stage in STAGES:
+    for stage in run.stages:
         if _marker(run, stage).exists():
             record = json.loads(_marker(run, stage).read_text())
             report[stage.name] = {**record["figures"], "seconds": record["seconds"]}
@@ -71,34 +71,37 @@ def write_report_json(run: Run) -> dict:
 def speedrun(recipe: str, output: str | Path, start: str | None = None, until: str | None = None) -> dict:
     """Run the stages of ``recipe`` from ``start`` (rerun even when finished; earlier stages must have
     finished) through ``until``, into ``output``. Returns ``report.json``'s content."""
+    run = Run(load_recipe(recipe), Path(output))
+    stages = run.stages
+    names = [stage.name for stage in stages]
     for name, value in (("--from", start), ("--until", until)):
-        if value is not None and value not in STAGE_NAMES:
-            raise InvalidValue(f"{name} {value}: no such stage; the stages are {', '.join(STAGE_NAMES)}")
-    first = STAGE_NAMES.index(start) if start else 0
-    last = STAGE_NAMES.index(until) if until else len(STAGES) - 1
+        if value is not None and value not in names:
+            raise InvalidValue(f"{name} {value}: no such stage in recipe {run.recipe.name}; its stages are "
+                               f"{', '.join(names)}")
+    first = names.index(start) if start else 0
+    last = names.index(until) if until else len(stages) - 1
     if first > last:
         raise InvalidValue(f"--from {start} comes after --until {until}")
-    run = Run(load_recipe(recipe), Path(output))
     run.state_dir.mkdir(parents=True, exist_ok=True)
-    for stage in STAGES[:first]:
+    for stage in stages[:first]:
         if not _marker(run, stage).exists():
             raise StageError(f"--from {start}: the earlier stage {stage.name} has not finished in {output}")
     if start:
-        for stage in STAGES[first:last + 1]:
+        for stage in stages[first:last + 1]:
             _reset(run, stage)
-    for index, stage in enumerate(STAGES[first:last + 1], start=first + 1):
+    for index, stage in enumerate(stages[first:last + 1], start=first + 1):
         if _marker(run, stage).exists():
-            print(f"[{index}/{len(STAGES)}] {stage.name}: finished earlier, skipped", flush=True)
+            print(f"[{index}/{len(stages)}] {stage.name}: finished earlier, skipped", flush=True)
             continue
         _check_ours(run, stage)
         resuming = _started(run, stage).exists()
-        print(f"[{index}/{len(STAGES)}] {stage.name}: {stage.what}{' (resuming)' if resuming else ''}", flush=True)
+        print(f"[{index}/{len(stages)}] {stage.name}: {stage.what}{' (resuming)' if resuming else ''}", flush=True)
         _started(run, stage).touch()
         began = time.perf_counter()
         figures = stage.run(run)
         seconds = round(time.perf_counter() - began, 1)
         record = {"stage": stage.name, "seconds": seconds, "figures": figures}
         atomic_write_text(_marker(run, stage), json.dumps(record, indent=2, ensure_ascii=False))
-        print(f"[{index}/{len(STAGES)}] {stage.name}: done in {seconds:.0f} s", flush=True)
+        print(f"[{index}/{len(stages)}] {stage.name}: done in {seconds:.0f} s", flush=True)
         write_report_json(run)
     return write_report_json(run)

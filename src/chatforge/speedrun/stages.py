@@ -47,6 +47,39 @@ class Run:
     def state_dir(self) -> Path:
         return self.output / "speedrun"
 
+    @property
+    def stages(self) -> tuple["Stage", ...]:
+        """The stages this run's recipe has, in order."""
+        return tuple(stage for stage in STAGES if stage.applies(self.recipe))
+
+    @property
+    def models(self) -> dict[str, tuple[str, str]]:
+        """The models this run evaluates and exports: name -> (the stage that writes it, its kind). The base model
+        is a chat model where it was imported rather than pretrained; the SFT model is the probed one, if any."""
+        training = self.recipe.training
+        models = {"base": ("pretrain", "base") if "pretrain" in training else ("import", "chat"),
+                  "sft": ("sft-probe" if "sft-probe" in training else "sft", "chat")}
+        models |= {stage: (stage, "chat") for stage in ("ppo", "grpo") if stage in training}
+        return models | ({"reward": ("reward", "reward")} if "reward" in training else {})
+
+    def model_dir_of(self, name: str) -> Path:
+        """The folder of one of :attr:`models`."""
+        stage = self.models[name][0]
+        return self.imported_model_dir if stage == "import" else self.model_dir(stage)
+
+    @property
+    def imported_model_dir(self) -> Path:
+        """Where the import stage writes the base model: the folder the SFT recipe starts from."""
+        return Path(self.config("sft")["model_name_or_path"])
+
+
+def _always(recipe: SpeedrunRecipe) -> bool:
+    return True
+
+
+def _pretrained_here(recipe: SpeedrunRecipe) -> bool:
+    return "pretrain" in recipe.training
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -54,6 +87,7 @@ class Stage:
     run: Callable[[Run], dict]
     outputs: Callable[[Run], list[Path]]
     what: str
+    applies: Callable[[SpeedrunRecipe], bool] = _always
 
 
 def flatten(figures: dict, prefix: str = "") -> dict:
@@ -171,17 +205,37 @@ def train(run: Run, stage: str) -> None:
                          "Rerunning the speedrun resumes it from its last checkpoint.")
 
 
+#: The shares an SFT evaluation measures: where it keeps each (task, share, item count) and the key it gets here.
+_SHARES = (("format", "format_adherence", "prompts", "format_adherence"),
+           *((task, "accuracy", "tasks", f"{task}.accuracy") for task in (
+               "word_problems_with_tools", "word_problems_without_tools", "world_search_with_tools",
+               "world_search_without_tools")))
+
+
+def _chat_figures(figures: dict) -> dict:
+    """The headline figures of an SFT evaluation (``eval.json``'s ``sft`` or ``base``): each share, with its item
+    count and 95% interval, of the tasks and of accuracy and "I don't know" per group of knowledge questions."""
+    out = {}
+    for task, share, count, key in _SHARES:
+        if task in figures:
+            out |= {key: figures[task][share], f"{key}.items": figures[task][count]}
+            out[f"{key}.low"], out[f"{key}.high"] = figures[task]["interval_95"]
+    for group, values in figures.get("knowledge", {}).items():
+        for share in ("accuracy", "dont_know_rate"):
+            key, count = f"knowledge.{group}.{share}", values["questions"]
+            out |= {key: values[share], f"{key}.items": count}
+            out[f"{key}.low"], out[f"{key}.high"] = values[f"{share}_interval_95"]
+    return out
+
+
 def _sft_figures(folder: Path) -> dict:
+    """An SFT stage's figures: held-out loss, and the chat figures after SFT (and before, as ``base.*``, where the
+    stage measured the model it started from)."""
     figures = _read_json(folder / "eval.json")
-    sft = figures["sft"]
     out = {"eval_loss_before": figures["eval_loss_before"], "eval_loss": figures["eval_loss"],
-           "format_adherence": sft.get("format", {}).get("format_adherence")}
-    for name in ("word_problems_with_tools", "word_problems_without_tools", "world_search_with_tools"):
-        if name in sft:
-            out[f"{name}.accuracy"] = sft[name]["accuracy"]
-    for group, values in sft.get("knowledge", {}).items():
-        out[f"knowledge.{group}.accuracy"] = values["accuracy"]
-        out[f"knowledge.{group}.dont_know_rate"] = values["dont_know_rate"]
+           **_chat_figures(figures["sft"])}
+    if figures.get("base"):
+        out |= {f"base.{key}": value for key, value in _chat_figures(figures["base"]).items()}
     return out
 
 
@@ -198,6 +252,15 @@ def run_pretrain(run: Run) -> dict:
             "steps": summary["steps"], "tokens": summary["tokens"]}
 
 
+def run_import(run: Run) -> dict:
+    from ..modeling.gguf_import import import_gguf
+    from ..modeling.tool_protocol import write_with_tool_protocol
+
+    imported = import_gguf(run.recipe.base_model.gguf, run.output / "imported")
+    added = write_with_tool_protocol(imported, run.imported_model_dir)
+    return {"model": run.recipe.base_model.gguf, "tool_tokens_added": len(added)}
+
+
 def run_sft(run: Run) -> dict:
     train(run, "sft")
     return _sft_figures(run.model_dir("sft"))
@@ -205,13 +268,18 @@ def run_sft(run: Run) -> dict:
 
 def run_probe(run: Run) -> dict:
     from ..posttrain import probe
+    from ..posttrain.sft import SFTScriptArguments
 
     sft_probe = run.config("sft-probe")
-    questions = Path(run.config("sft")["sft_data_dir"]) / "world_probe.jsonl"
-    summary = probe.run_probe(str(run.model_dir("sft")), str(questions), sft_probe["probe_dir"],
-                              probe.ProbeConfig.from_recipe(sft_probe))
+    data_dir = Path(run.config("sft")["sft_data_dir"])
+    held_out = sft_probe.get("probe_held_out")
+    summary = probe.run_probe(str(run.model_dir("sft")),
+                              str(data_dir / sft_probe.get("probe_questions", SFTScriptArguments.probe_questions)),
+                              sft_probe["probe_dir"], probe.ProbeConfig.from_recipe(sft_probe),
+                              str(data_dir / held_out) if held_out else None)
     return {"questions": summary["questions"], "known": summary["known"],
-            **{f"known_share.{group}": g["known_share"] for group, g in summary["by_group"].items()}}
+            **{f"known_share.{group}": g["known_share"] for group, g in summary["by_group"].items()},
+            **{f"held_out.{key}": value for key, value in summary.get("held_out", {}).items()}}
 
 
 def run_sft_probe(run: Run) -> dict:
@@ -245,9 +313,6 @@ def run_grpo(run: Run) -> dict:
 
 # --- evaluation, export, report -------------------------------------------------------------------------------
 
-#: The models the speedrun evaluates and exports: name -> (stage that trains it, its kind).
-MODELS = {"base": ("pretrain", "base"), "sft": ("sft-probe", "chat"), "ppo": ("ppo", "chat"),
-          "grpo": ("grpo", "chat"), "reward": ("reward", "reward")}
 TASKS_BY_KIND = {"base": ["bpb", "format", "regurgitation", "induction", "recall"],
                  "chat": ["bpb", "format", "arithmetic", "knowledge", "induction", "recall"],
                  "reward": ["reward"]}
@@ -256,12 +321,15 @@ TASKS_BY_KIND = {"base": ["bpb", "format", "regurgitation", "induction", "recall
 def run_eval(run: Run) -> dict:
     from ..eval.suite import EvalData, evaluate_model
 
+    training = run.recipe.training
     data = EvalData.from_folders(run.output / "corpus", run.config("sft")["sft_data_dir"],
-                                 run.config("grpo")["problems_dir"], run.config("reward")["preference_data_dir"])
+                                 run.config("grpo")["problems_dir"] if "grpo" in training else None,
+                                 run.config("reward")["preference_data_dir"] if "reward" in training else None)
     results = {}
-    for name, (stage, kind) in MODELS.items():
-        print(f"evaluating {name} ({run.model_dir(stage)}): {', '.join(TASKS_BY_KIND[kind])}", flush=True)
-        results[name] = evaluate_model(str(run.model_dir(stage)), TASKS_BY_KIND[kind], data, run.recipe.eval)
+    for name, (_, kind) in run.models.items():
+        tasks = [task for task in TASKS_BY_KIND[kind] if data.has_data_for(task)]
+        print(f"evaluating {name} ({run.model_dir_of(name)}): {', '.join(tasks)}", flush=True)
+        results[name] = evaluate_model(str(run.model_dir_of(name)), tasks, data, run.recipe.eval)
     atomic_write_text(run.output / "eval.json", json.dumps(results, indent=2, ensure_ascii=False))
     return {key: value for key, value in flatten(results).items() if ".longest." not in key}
 
@@ -270,8 +338,8 @@ def run_export(run: Run) -> dict:
     from ..hub.export import export_model
 
     figures = {}
-    for name, (stage, kind) in MODELS.items():
-        folder = export_model(run.model_dir(stage), run.output / "export" / name, kind, run.output,
+    for name, (stage, kind) in run.models.items():
+        folder = export_model(run.model_dir_of(name), run.output / "export" / name, kind, run.output,
                               model_name=name, stage=stage)
         figures[name] = str(folder)
     return figures
@@ -280,7 +348,7 @@ def run_export(run: Run) -> dict:
 def run_report(run: Run) -> dict:
     from ..eval.report_card import write_report
 
-    path = write_report(run.output, {stage.name: stage.what for stage in STAGES})
+    path = write_report(run.output, {stage.name: stage.what for stage in run.stages})
     return {"report": str(path)}
 
 
@@ -288,20 +356,33 @@ def _training_outputs(stage: str) -> Callable[[Run], list[Path]]:
     return lambda run: [run.model_dir(stage)]
 
 
+def _has(stage: str) -> Callable[[SpeedrunRecipe], bool]:
+    """Whether a recipe has the training stage ``stage``."""
+    return lambda recipe: stage in recipe.training
+
+
 STAGES = (
-    Stage("samples", run_samples, lambda run: [run.output / "samples"], "sample corpus: prose and web pages"),
-    Stage("data", run_data, lambda run: [run.output / "data"], "FineWeb-style cleaning of the web pages"),
-    Stage("corpus", run_corpus, lambda run: [run.output / "corpus"], "pretraining documents, train/val split"),
-    Stage("tokenizer", run_tokenizer, lambda run: [run.output / "tokenizer"], "byte-level BPE"),
-    Stage("shards", run_shards, lambda run: [Path(run.config("pretrain")["dataset_dir"])], "token shards"),
-    Stage("pretrain", run_pretrain, _training_outputs("pretrain"), "base model: next-token prediction"),
+    Stage("samples", run_samples, lambda run: [run.output / "samples"], "sample corpus: prose and web pages",
+          _pretrained_here),
+    Stage("data", run_data, lambda run: [run.output / "data"], "FineWeb-style cleaning of the web pages",
+          _pretrained_here),
+    Stage("corpus", run_corpus, lambda run: [run.output / "corpus"], "pretraining documents, train/val split",
+          _pretrained_here),
+    Stage("tokenizer", run_tokenizer, lambda run: [run.output / "tokenizer"], "byte-level BPE", _pretrained_here),
+    Stage("shards", run_shards, lambda run: [Path(run.config("pretrain")["dataset_dir"])], "token shards",
+          _pretrained_here),
+    Stage("pretrain", run_pretrain, _training_outputs("pretrain"), "base model: next-token prediction",
+          _pretrained_here),
+    Stage("import", run_import, lambda run: [run.output / "imported", run.imported_model_dir],
+          "pretrained model imported, given the tool protocol", lambda recipe: recipe.base_model is not None),
     Stage("sft", run_sft, _training_outputs("sft"), "assistant: SFT on the conversation mixture"),
     Stage("probe", run_probe, lambda run: [Path(run.config("sft-probe")["probe_dir"])],
-          "what the assistant knows: labels for 'I don't know'"),
-    Stage("sft-probe", run_sft_probe, _training_outputs("sft-probe"), "SFT with the probe's examples"),
-    Stage("reward", run_reward, _training_outputs("reward"), "reward model from rankings"),
-    Stage("ppo", run_ppo, _training_outputs("ppo"), "RLHF with PPO, stopped before over-optimisation"),
-    Stage("grpo", run_grpo, _training_outputs("grpo"), "GRPO on problems with checkable answers"),
+          "what the assistant knows: labels for 'I don't know'", _has("sft-probe")),
+    *(Stage(stage, runner, _training_outputs(stage), what, _has(stage)) for stage, runner, what in (
+        ("sft-probe", run_sft_probe, "SFT with the probe's examples"),
+        ("reward", run_reward, "reward model from rankings"),
+        ("ppo", run_ppo, "RLHF with PPO, stopped before over-optimisation"),
+        ("grpo", run_grpo, "GRPO on problems with checkable answers"))),
     Stage("eval", run_eval, lambda run: [run.output / "eval.json"], "evaluation of every stage's model"),
     Stage("export", run_export, lambda run: [run.output / "export"], "Hub-ready folders with model cards"),
     Stage("report", run_report, lambda run: [run.output / "report.md"], "report card"),

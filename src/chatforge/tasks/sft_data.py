@@ -10,6 +10,8 @@
     <output>/world_qa_test.jsonl           questions about held-out people of every group (knowledge eval)
     <output>/world_search_test.jsonl       requests to look up held-out people (search-tool eval)
     <output>/world_cloze_test.jsonl        "<name> was born in" -> town or year, held-out people (recall eval)
+    <output>/country_probe.jsonl           real-world facts (the world's capitals, asked both ways) for knowledge
+    <output>/country_test.jsonl            probing of a pretrained model, and the held-out countries' questions
     <output>/search-index/                 BM25 index of the embedded pretraining corpus (the search tool's)
     <output>/summary.json, SOURCES.md      conversations per source and split; origin and license
 
@@ -33,6 +35,7 @@ from ..data import EMBEDDED_WIKIPEDIA, iter_documents
 from ..io import atomic_directory, write_jsonl
 from ..tools import SearchIndex, run_python, search_tool, strongest_available, tool_exchange
 from .conversations import check_messages
+from .country_facts import country_questions
 from .word_problems import word_problem
 from .world import WorldConfig, build_world, search_requests, world_cloze, world_documents, world_questions
 
@@ -245,6 +248,9 @@ def build_sft_data(output_dir: str | Path, config: SFTDataConfig = SFTDataConfig
         write_jsonl(tmp_dir / "world_qa_test.jsonl", (q for q in questions if q["split"] == "test"))
         write_jsonl(tmp_dir / "world_search_test.jsonl", (r for r in requests if r["split"] == "test"))
         write_jsonl(tmp_dir / "world_cloze_test.jsonl", (c for c in world_cloze(people) if c["split"] == "test"))
+        countries = country_questions()
+        for split in ("probe", "test"):
+            write_jsonl(tmp_dir / f"country_{split}.jsonl", (q for q in countries if q["split"] == split))
         index.save(tmp_dir / "search-index")
         summary["world"] = {"probe_questions": len(probe), "test_questions": len(questions) - len(probe)}
         (tmp_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")

@@ -1,0 +1,56 @@
+"""``chatforge speedrun --recipe smollm2-135m``: a pretrained model imported offline, given the tool protocol, then
+SFT with tools, evaluation, export and report; here with a few training steps and a few items per figure."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import skip_without_smollm2
+from transformers import AutoTokenizer
+
+from chatforge.eval.intervals import wilson_interval
+from chatforge.recipes import recipe_file
+from chatforge.speedrun import speedrun
+
+FEW = {"max_steps": 2, "per_device_train_batch_size": 1, "gradient_accumulation_steps": 1, "max_length": 256,
+       "warmup_steps": 0, "eval_prompts": 4, "eval_word_problems": 4, "eval_world_questions": 6,
+       "eval_conversations": 4}
+
+
+@pytest.fixture(scope="module")
+def smollm2_run(tmp_path_factory):
+    skip_without_smollm2()
+    folder = tmp_path_factory.mktemp("smollm2")
+    recipe = yaml.safe_load(recipe_file("smollm2-135m/speedrun.yaml").read_text())
+    recipe["training"]["sft"]["overrides"] = FEW
+    recipe["training"]["sft-probe"]["overrides"] = {**FEW, "eval_world_questions": None, "probe_samples": 1,
+                                                    "probe_max_new_tokens": 16}
+    recipe["eval"] = {"limit": 4, "k": 2}
+    (folder / "speedrun.yaml").write_text(yaml.safe_dump(recipe))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        report = speedrun(str(folder / "speedrun.yaml"), folder / "run")
+    return folder / "run", report
+
+
+def test_the_speedrun_imports_the_model_and_post_trains_it(smollm2_run):
+    output, report = smollm2_run
+    assert list(report) == ["import", "sft", "probe", "sft-probe", "eval", "export", "report", "run"]
+    assert report["import"]["tool_tokens_added"] == 4
+    sft = report["sft"]
+    assert sft["base.word_problems_with_tools.accuracy.items"] == sft["word_problems_with_tools.accuracy.items"] == 4
+    low, high = wilson_interval(round(sft["world_search_with_tools.accuracy"] * 4), 4)
+    assert (sft["world_search_with_tools.accuracy.low"], sft["world_search_with_tools.accuracy.high"]) == (low, high)
+    probed = report["sft-probe"]  # the held-out capitals, grouped by what the probe found the SFT model to know
+    assert report["probe"]["held_out.questions"] == 140 and report["probe"]["questions"] == 326
+    assert {"knowledge.known.accuracy", "knowledge.unknown.dont_know_rate",
+            "base.knowledge.known.accuracy"} <= set(probed)
+    evaluation = json.loads((output / "eval.json").read_text())
+    assert set(evaluation) == {"base", "sft"}
+    assert set(evaluation["sft"]) == {"format", "knowledge", "induction", "recall"}  # no pretraining data here
+    exported = Path(report["export"]["sft"])
+    assert "<|tool_call_start|>" in AutoTokenizer.from_pretrained(exported).get_vocab()
+    assert "imported from a GGUF file" in (output / "export/base/README.md").read_text()
+    card = (output / "report.md").read_text()
+    assert "| word problems, with the calculator |" in card and "## Exported models" in card
