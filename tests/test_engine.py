@@ -8,6 +8,7 @@ from conftest import assert_drawn_from, memorize
 from chatforge.inference.batching import chat_many
 from chatforge.inference.chat_cli import chat_loop
 from chatforge.inference.engine import Engine, SamplingParams, end_of_turn_token
+from chatforge.inference.open_calls import open_call_rows
 from chatforge.inference.prompts import assistant_prompt, few_shot_prompt
 from chatforge.tools import default_toolbox, tool_exchange
 
@@ -138,6 +139,21 @@ def test_conversations_decoded_together_reply_as_each_alone(model, tokenizer, us
     assert [events[-1].text for events in together] == [
         "".join(event.text for event in events if event.kind == "text") for events in alone]
     assert ("tool_output", "56088", "calculator") in _merged(together[0]) if use_tools else "56088" not in str(together)
+
+
+def test_a_call_once_opened_must_close_before_the_turn_ends(model, tokenizer):
+    """Taught to end its turn inside a call, the model cannot: the engine and the batcher keep end-of-turn tokens
+    out while a call is open, so the reply runs on (to its budget, or to a call end) instead of stopping there."""
+    unclosed = "<|tool_call_start|>calculator\n123 * 456"
+    engine = Engine(memorize(model, tokenizer, [[{"role": "user", "content": QUESTION},
+                                                 {"role": "assistant", "content": unclosed}]]),
+                    tokenizer, toolbox=default_toolbox())
+    alone = list(engine.chat([{"role": "user", "content": QUESTION}], GREEDY))
+    together = chat_many(engine, [[{"role": "user", "content": QUESTION}]], GREEDY)[0]
+    for events in (alone, together):
+        assert events[-1].finish_reason != "stop" or any(event.kind == "tool_call" for event in events)
+    ids = torch.tensor([[5, 9, 6, 9], [5, 9, 9, 9], [9, 9, 9, 9]])  # start=5, end=6: closed, open, none
+    assert open_call_rows(ids, 5, 6).tolist() == [False, True, False]
 
 
 def test_continuing_on_the_cache_matches_a_fresh_forward_pass(tool_model, tokenizer):

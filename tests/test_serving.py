@@ -338,6 +338,19 @@ def test_a_llama_family_model_folder_with_its_own_template_is_served_too(tmp_pat
     assert reply.choices[0].message.content == streamed == "Hi there." and reply.choices[0].finish_reason == "stop"
 
 
+def _returns_the_weather_call(folder: Path) -> None:
+    """The model of ``folder``, served and asked about the weather in Paris with the weather tool declared, returns
+    the call it learnt as ``tool_calls``."""
+    with serving(folder) as url:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        reply = client.chat.completions.create(model=folder.name, messages=WEATHER_QUESTION, tools=[WEATHER],
+                                               temperature=0)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and not choice.message.content
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls] == [
+        ("get_weather", {"city": "Paris"})]
+
+
 def test_a_qwen_family_model_returns_tool_calls_in_its_own_format(tmp_path, tokenizer):
     """Qwen's template and call format; the calls are read with the response template transformers keeps for
     the family (the tokenizer has none)."""
@@ -348,14 +361,7 @@ def test_a_qwen_family_model_returns_tool_calls_in_its_own_format(tmp_path, toke
     folder = _hub_style_folder(tmp_path / "tiny-qwen", Qwen2ForCausalLM(config), tokenizer, QWEN_TEMPLATE, [
         {"messages": [*WEATHER_QUESTION, {"role": "assistant", "content": "", "tool_calls": [call]}],
          "tools": [WEATHER]}])
-    with serving(folder) as url:
-        qwen = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
-        reply = qwen.chat.completions.create(model="tiny-qwen", messages=WEATHER_QUESTION, tools=[WEATHER],
-                                             temperature=0)
-    choice = reply.choices[0]
-    assert choice.finish_reason == "tool_calls" and not choice.message.content
-    assert [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls] == [
-        ("get_weather", {"city": "Paris"})]
+    _returns_the_weather_call(folder)
 
 
 def test_a_chatml_model_given_the_tool_protocol_returns_tool_calls(tmp_path, tokenizer):
@@ -366,14 +372,7 @@ def test_a_chatml_model_given_the_tool_protocol_returns_tool_calls(tmp_path, tok
     torch.manual_seed(0)
     folder = _hub_style_folder(tmp_path / "tiny-chatml", LlamaForCausalLM(small_llama_config(tokenizer)), tokenizer,
                                tool_chat_template(chatml), [{"messages": WEATHER_ANSWERED[:2], "tools": [WEATHER]}])
-    with serving(folder) as url:
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
-        reply = client.chat.completions.create(model="tiny-chatml", messages=WEATHER_QUESTION, tools=[WEATHER],
-                                               temperature=0)
-    choice = reply.choices[0]
-    assert choice.finish_reason == "tool_calls" and not choice.message.content
-    assert [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls] == [
-        ("get_weather", json.loads(WEATHER_CALL["function"]["arguments"]))]
+    _returns_the_weather_call(folder)
 
 
 def test_a_base_model_without_a_chat_template_completes_and_refuses_chat_clearly(tmp_path, tokenizer, model):

@@ -128,7 +128,7 @@ def test_sft_of_a_chatml_model_given_a_training_template(tmp_path, smollm2, sft_
     generation markers given as a .jinja file: assistant-only loss trains, and the chat evaluation runs the tools
     where the vocabulary has their tokens."""
     folder = _smol_llama(tmp_path / "smol", smollm2, given_as == "tool protocol")
-    script, training, model, mixture = _args(tmp_path, folder, sft_data, max_steps=30)
+    script, training, model, mixture = _args(tmp_path, folder, sft_data, max_steps=15)
     expected = tool_chat_template(AutoTokenizer.from_pretrained(smollm2))
     if given_as == "template file":
         expected = CHATML_TEMPLATE

@@ -13,7 +13,7 @@ from trl.chat_template_utils import get_training_chat_template
 
 from chatforge.errors import InvalidValue
 from chatforge.inference.engine import Engine, SamplingParams
-from chatforge.modeling.tool_protocol import TOOL_TOKENS, add_tool_protocol
+from chatforge.modeling.tool_protocol import STARTS_AS, TOOL_TOKENS, add_tool_protocol
 from chatforge.tokenization.turn_format import turn_format
 from chatforge.tools import default_toolbox, tool_exchange
 
@@ -39,6 +39,11 @@ def test_a_chatml_model_gets_the_tool_tokens_and_renders_its_conversations_as_be
     model = LlamaForCausalLM(small_llama_config(smol_tokenizer))
     added = add_tool_protocol(model, smol_tokenizer)
     assert added == list(TOOL_TOKENS) and model.get_input_embeddings().num_embeddings == len(smol_tokenizer)
+    ids = smol_tokenizer.convert_tokens_to_ids
+    assert not model.config.tie_word_embeddings
+    for matrix in (model.get_input_embeddings().weight, model.get_output_embeddings().weight):
+        for token, existing in STARTS_AS.items():  # a call starts where the model would end its turn
+            assert torch.equal(matrix[ids(token)], matrix[ids(existing)])
     for messages in CONVERSATIONS:
         for prompt in (False, True):
             assert smol_tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt) == \

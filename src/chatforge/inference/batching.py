@@ -69,6 +69,7 @@ class _Sequence:
         self.forced: deque[int] = deque()
         self.tool: Future | None = None
         self.finished = False
+        self.call_open = False  # a call was started and not yet closed: the turn cannot end
 
     def finish(self, reason: str, stop_token: str | None = None) -> None:
         if (tail := self.stops.flush()) and not self.calling:
@@ -95,6 +96,8 @@ class _Sequence:
         engine = self.engine
         self.generated += 1
         self.budget -= 1
+        if token in (engine.tool_call_start_id, engine.tool_call_end_id):
+            self.call_open = token == engine.tool_call_start_id
         if token in engine.stop_ids:
             self.finish("stop", engine.tokenizer.convert_ids_to_tokens(token))
             return
@@ -307,6 +310,9 @@ class Batcher:
             if self.suppressed is not None:  # without tools, the model answers in its own words
                 without = [i for i, row in enumerate(sampling) if batch.sequences[row].job.tool_calls == "suppress"]
                 logits[without, self.suppressed] = float("-inf")
+                calling = [i for i, row in enumerate(sampling) if batch.sequences[row].call_open]
+                if calling:  # a call, once opened, is closed before the turn can end (see open_calls)
+                    logits[torch.tensor(calling)[:, None], torch.tensor(self.engine.stop_ids)] = float("-inf")
             chosen = [batch.sequences[row] for row in sampling]
             tokens = sample_tokens(logits, [s.job.params for s in chosen], [s.generator for s in chosen])
             for row, sequence, token in zip(sampling, chosen, tokens):

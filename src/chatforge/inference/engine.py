@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from queue import Queue
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, LogitsProcessorList
 from transformers.generation.streamers import BaseStreamer
 
 from ..errors import InvalidValue
@@ -16,6 +16,7 @@ from ..tokenization.tokenization_chatforge import ENDOFTEXT, IM_END, TOOL_CALL_E
 from ..tools import Toolbox, format_tool_output, parse_tool_call
 from ..tools.errors import ToolError
 from .detokenize import IncrementalText
+from .open_calls import CloseOpenCalls
 
 
 @dataclass
@@ -96,8 +97,8 @@ class Engine:
         # every process generates until all are done: where each forward pass gathers sharded parameters (FSDP)
         self.synced_processes = synced_processes
         vocab = tokenizer.get_vocab()
-        self.tool_call_end_id = vocab.get(TOOL_CALL_END)
-        self.tools_supported = self.tool_call_end_id is not None and TOOL_CALL_START in vocab
+        self.tool_call_start_id, self.tool_call_end_id = vocab.get(TOOL_CALL_START), vocab.get(TOOL_CALL_END)
+        self.tools_supported = self.tool_call_end_id is not None and self.tool_call_start_id is not None
         configured = model.generation_config.eos_token_id
         configured = [configured] if isinstance(configured, int) else list(configured or [])
         self.end_of_turn = end_of_turn_token(tokenizer)
@@ -137,6 +138,9 @@ class Engine:
     def _generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, config: GenerationConfig,
                   cache=None, streamer: BaseStreamer | None = None):
         extra = {"tokenizer": self.tokenizer} if config.stop_strings else {}
+        if self.tools_supported:  # a call, once opened, is closed before the turn can end
+            extra["logits_processor"] = LogitsProcessorList([CloseOpenCalls(
+                self.tool_call_start_id, self.tool_call_end_id, self.stop_ids)])
         with torch.inference_mode():
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
                                        cache=cache, streamer=streamer, synced_gpus=self.synced_processes or None,
