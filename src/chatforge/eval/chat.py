@@ -28,7 +28,7 @@ def format_adherence(engine: Engine, prompts: Sequence[list[dict]], params: Samp
         if len(shown) < examples:
             shown.append({"prompt": messages[-1]["content"], "reply": last.text, "adherent": ok})
     return {"format_adherence": adherent / max(1, len(prompts)), "prompts": len(prompts),
-            "interval_95": wilson_interval(adherent, len(prompts)), "examples": shown}
+            "interval_95": list(wilson_interval(adherent, len(prompts))), "examples": shown}
 
 
 def tool_task_accuracy(engine: Engine, tasks: Sequence[dict], use_tools: bool, judge: Callable[[str, dict], bool],
@@ -48,7 +48,7 @@ def tool_task_accuracy(engine: Engine, tasks: Sequence[dict], use_tools: bool, j
         for key, test in diagnostics.items():
             held[key] += test(events, task)
     return {"accuracy": correct / max(1, len(tasks)), "tasks": len(tasks),
-            "interval_95": wilson_interval(correct, len(tasks)), "tool_calls": calls,
+            "interval_95": list(wilson_interval(correct, len(tasks))), "tool_calls": calls,
             **{key: count / max(1, len(tasks)) for key, count in held.items()}}
 
 
@@ -100,6 +100,6 @@ def knowledge(engine: Engine, questions: Sequence[dict], params: SamplingParams 
         group["dont_know_rate"] += says_dont_know(reply)
     for group in figures.values():
         for share in ("accuracy", "dont_know_rate"):
-            group[f"{share}_interval_95"] = wilson_interval(round(group[share]), group["questions"])
+            group[f"{share}_interval_95"] = list(wilson_interval(round(group[share]), group["questions"]))
             group[share] /= group["questions"]
     return figures

@@ -69,6 +69,7 @@ class SFTScriptArguments:
                                         "unknown (probe_dir/held_out.jsonl: give it as knowledge_questions)"})
     probe_model_config: str | None = field(
         default=None, metadata={"help": "SFT recipe YAML whose output model is probed (run first if missing)"})
+    probe_samples: int = field(default=4, metadata={"help": "answers the probe samples per question"})
     probe_threshold: float = field(default=0.5, metadata={"help": "share of right sampled answers that makes a "
                                                                    "question known to the probed model"})
     probe_known_copies: int = field(default=1, metadata={"help": "copies of each answered probe example"})
