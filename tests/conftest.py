@@ -19,8 +19,9 @@ from chatforge.modeling import (
 from chatforge.tokenization import train_tokenizer
 
 #: Modules that run longest, scheduled first so that parallel workers (``pytest -n``) finish together.
-LONGEST_MODULES = ("test_smollm2_speedrun.py", "test_speedrun.py", "test_sft.py", "test_pretrain.py", "test_ppo.py", "test_modeling.py",
-                   "test_web_pipeline.py", "test_eval_suite.py", "test_reward.py", "test_training.py")
+LONGEST_MODULES = ("test_smollm2_speedrun.py", "test_speedrun.py", "test_sft.py", "test_pretrain.py", "test_ppo.py",
+                   "test_modeling.py", "test_web_pipeline.py", "test_eval_suite.py", "test_reward.py",
+                   "test_training.py")
 
 
 #: A ChatML template (SmolLM2's turns) with ``{% generation %}`` markers on the assistant's tokens.
