@@ -106,6 +106,9 @@ class Engine:
         self.stop_ids = sorted({*configured, *named, *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None
                                                        else [])})
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.stop_ids[0]
+        # a call, once opened, is closed before the turn can end
+        self.logits_processors = LogitsProcessorList([CloseOpenCalls(
+            self.tool_call_start_id, self.tool_call_end_id, self.stop_ids)] if self.tools_supported else [])
 
     @classmethod
     def from_pretrained(cls, path: str, toolbox: Toolbox | None = None, device: str | None = None,
@@ -138,13 +141,10 @@ class Engine:
     def _generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, config: GenerationConfig,
                   cache=None, streamer: BaseStreamer | None = None):
         extra = {"tokenizer": self.tokenizer} if config.stop_strings else {}
-        if self.tools_supported:  # a call, once opened, is closed before the turn can end
-            extra["logits_processor"] = LogitsProcessorList([CloseOpenCalls(
-                self.tool_call_start_id, self.tool_call_end_id, self.stop_ids)])
         with torch.inference_mode():
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
                                        cache=cache, streamer=streamer, synced_gpus=self.synced_processes or None,
-                                       **extra)
+                                       logits_processor=self.logits_processors, **extra)
 
     @contextlib.contextmanager
     def _seeded(self, seed: int | None):

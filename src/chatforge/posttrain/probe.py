@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..errors import InvalidValue
 from ..inference.engine import Engine, SamplingParams
-from ..io import atomic_directory
+from ..io import atomic_directory, write_jsonl
 from ..tasks.world import dont_know_reply, is_correct
 
 
@@ -118,10 +118,9 @@ def run_probe(model: str, questions: str, output_dir: str | Path, config: ProbeC
         summary["held_out"] = {"questions": len(held), "known": sum(item["group"] == "known" for item in held)}
     examples = probe_examples(labels, config.seed, config.known_copies, config.unknown_copies)
     with atomic_directory(output_dir) as tmp_dir:
-        for name, records in (("labels.jsonl", labels), ("train.jsonl", examples),
-                              *((("held_out.jsonl", held),) if held else ())):
-            with open(tmp_dir / name, "w", encoding="utf-8") as handle:
-                for record in records:
-                    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        write_jsonl(tmp_dir / "labels.jsonl", labels)
+        write_jsonl(tmp_dir / "train.jsonl", examples)
+        if held:
+            write_jsonl(tmp_dir / "held_out.jsonl", held)
         (tmp_dir / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     return summary
