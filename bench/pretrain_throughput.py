@@ -32,7 +32,7 @@ from chatforge.modeling import (
 )
 from chatforge.training import PretrainConfig, pretrain
 from chatforge.training.data import WindowSampler
-from chatforge.training.inputs import build_missing_inputs
+from chatforge.training.inputs import embedded_inputs
 from chatforge.training.loop import build_model, lr_factor, model_inputs, next_token_loss_sum
 from chatforge.training.optim import build_optimizer
 from chatforge.training.precision import mixed_precision
@@ -122,7 +122,7 @@ def main() -> None:
                   torch_compile=args.compile, attn_implementation=args.attn,
                   document_masking=not args.no_document_masking)
     # A quarter of the embedded corpus held out: one validation batch of 32 x 1024 tokens fits.
-    build_missing_inputs(PretrainConfig(**config), val_fraction=0.25)
+    embedded_inputs(work, val_fraction=0.25)
     model_config = save_initial_model(PretrainConfig(**config), args.vocab_size, work / "init")
     config["model_name_or_path"] = str(work / "init")
     rates = {"loop": [], "bare": [], **({"reference": []} if args.reference else {})}

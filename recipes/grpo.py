@@ -4,7 +4,9 @@
         --config recipes/tiny/grpo.yaml [--model_name_or_path PATH --max_steps 200 ...]
 """
 
-from chatforge.posttrain.grpo import grpo_parser, run_grpo
+import sys
+
+from chatforge.cli import main
 
 if __name__ == "__main__":
-    run_grpo(*grpo_parser().parse_args_and_config())
+    main(["grpo", *sys.argv[1:]])  # the same as ``chatforge grpo``

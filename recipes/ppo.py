@@ -4,7 +4,9 @@
         --config recipes/tiny/ppo.yaml [--max_steps 100 --kl_coef 0.1 ...]
 """
 
-from chatforge.posttrain.rlhf import ppo_parser, run_ppo
+import sys
+
+from chatforge.cli import main
 
 if __name__ == "__main__":
-    run_ppo(*ppo_parser().parse_args_and_config())
+    main(["ppo", *sys.argv[1:]])  # the same as ``chatforge ppo``

@@ -4,7 +4,9 @@
         --config recipes/tiny/reward.yaml [--model_name_or_path PATH --max_steps 500 ...]
 """
 
-from chatforge.posttrain.reward import reward_parser, run_reward
+import sys
+
+from chatforge.cli import main
 
 if __name__ == "__main__":
-    run_reward(*reward_parser().parse_args_and_config())
+    main(["reward", *sys.argv[1:]])  # the same as ``chatforge reward``

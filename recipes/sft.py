@@ -4,7 +4,9 @@
         --config recipes/tiny/sft.yaml [--model_name_or_path PATH --max_steps 500 ...]
 """
 
-from chatforge.posttrain.sft import run_sft, sft_parser
+import sys
+
+from chatforge.cli import main
 
 if __name__ == "__main__":
-    run_sft(*sft_parser().parse_args_and_config())
+    main(["sft", *sys.argv[1:]])  # the same as ``chatforge sft``

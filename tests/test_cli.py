@@ -1,12 +1,14 @@
 """The command line: each package's commands, the training stages' settings with their help, and errors."""
 
 import dataclasses
+import shlex
 import subprocess
 import sys
 
 import pytest
 
-from chatforge.cli import build_parser
+from chatforge.cli import build_parser, main
+from chatforge.recipes import recipe_file
 from chatforge.training.command import named_function
 
 STAGE_PARSERS = {"pretrain": "chatforge.training.config:pretrain_parser", "sft": "chatforge.posttrain.sft:sft_parser",
@@ -42,3 +44,54 @@ def test_a_user_error_is_one_line_and_a_bad_option_is_refused(tmp_path):
     assert lines[0].startswith("chatforge speedrun: error: ") and "no such speedrun recipe" in lines[0]
     refused = _chatforge("eval", "model", "--tasks", "bpb", "--no-such-option")
     assert refused.returncode == 2 and "unrecognized arguments: --no-such-option" in refused.stderr
+
+
+def _error_of(*arguments: str) -> str:
+    """The one-line error ``chatforge ARGUMENTS`` stops with (run in this process)."""
+    with pytest.raises(SystemExit) as stopped:
+        main(list(arguments))
+    return str(stopped.value.code)
+
+
+@pytest.mark.parametrize("arguments, present, command", [
+    (["sft", "--config", "recipes/tiny/sft.yaml"], [], "chatforge pretrain --config recipes/tiny/pretrain.yaml"),
+    (["pretrain", "--config", "recipes/tiny/pretrain.yaml"], [],
+     "chatforge speedrun --recipe tiny --output runs/tiny --until shards"),
+    (["sft", "--config", "recipes/tiny/sft-probe.yaml"], ["runs/tiny/pretrain", "runs/tiny/sft-data"],
+     "chatforge sft --config recipes/tiny/sft-world.yaml"),
+    (["ppo", "--config=recipes/tiny/ppo.yaml"], ["runs/tiny/sft"], "chatforge reward --config recipes/tiny/reward.yaml"),
+    (["sft", "--config", "recipes/smollm2-135m/sft.yaml"], [],
+     "chatforge speedrun --recipe smollm2-135m --output runs/smollm2 --until import"),
+    (["sft", "--config", "mine/sft.yaml"], [], "chatforge pretrain --config mine/pretrain.yaml"),
+])
+def test_a_missing_input_names_the_command_that_makes_it(tmp_path, monkeypatch, arguments, present, command):
+    """A stage recipe builds nothing itself: the recipe beside it that writes the missing folder, or the speedrun
+    stage that does, is named (a user's own recipe folder as well as a shipped one)."""
+    monkeypatch.chdir(tmp_path)
+    for folder in present:
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "mine").mkdir()
+    for name in ("sft.yaml", "pretrain.yaml"):
+        (tmp_path / "mine" / name).write_text(recipe_file(f"tiny/{name}").read_text().replace("runs/tiny", "runs/mine"))
+    message = _error_of(*arguments)
+    assert "no model there" in message or "no token shards there" in message
+    assert message.endswith(f"make it with `{command}`"), message
+
+
+def test_the_commands_named_for_missing_data_make_what_the_stage_needs(tmp_path, monkeypatch, saved_model_dir):
+    """The problems, preference data and SFT data a stage lacks, made by the command its error names, pass the
+    stage's own check of its inputs."""
+    from chatforge.posttrain import grpo, rlhf, sft
+
+    monkeypatch.chdir(tmp_path)
+    model = str(saved_model_dir)
+    stages = {"grpo": (grpo.grpo_parser, grpo.check_inputs, ["--model_name_or_path", model]),
+              "ppo": (rlhf.ppo_parser, rlhf.check_inputs, ["--model_name_or_path", model, "--reward_model_path", model]),
+              "sft": (sft.sft_parser, sft.check_inputs, ["--model_name_or_path", model])}
+    for stage, (parser, check_inputs, overrides) in stages.items():
+        arguments = ["--config", str(recipe_file(f"tiny/{stage}.yaml")), *overrides]
+        command = _error_of(stage, *arguments).split("make it with `")[1].rstrip("`")
+        assert command.startswith("chatforge ") and command.split()[1] != stage
+        main(shlex.split(command)[1:])
+        script, _, model_args, *_ = parser().parse_args_and_config(arguments)
+        check_inputs(script, model_args)

@@ -33,12 +33,15 @@ def test_the_wheel_runs_the_shipped_recipes_from_any_folder(installed, tmp_path)
     where = subprocess.run([sys.executable, "-c", "import chatforge; print(chatforge.__file__)"], cwd=tmp_path,
                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(installed)})
     assert where.stdout.strip().startswith(str(installed))  # the wheel, not the checkout
+    missing = _chatforge(installed, tmp_path, "pretrain", "--config", "recipes/tiny/pretrain.yaml")
+    assert missing.stderr.strip().endswith(
+        "make it with `chatforge speedrun --recipe tiny --output runs/tiny --until shards`"), missing.stderr
     speedrun = _chatforge(installed, tmp_path, "speedrun", "--recipe", "smoke", "--output", "run", "--until",
-                          "samples")
+                          "shards")
     assert speedrun.returncode == 0, speedrun.stderr[-3000:]
     assert (tmp_path / "run/samples/SOURCES.md").exists()
-    short = {"output_dir": "pretrain", "dataset_dir": "shards", "tokenizer_name_or_path": "tokenizer",
-             "tokenizer_vocab_size": 512, "max_steps": 2, "warmup_steps": 0, "eval_steps": 2, "eval_batches": 1,
+    short = {"output_dir": "pretrain", "dataset_dir": "run/shards", "tokenizer_name_or_path": "run/tokenizer",
+             "max_steps": 2, "warmup_steps": 0, "eval_steps": 2, "eval_batches": 1,
              "save_steps": 2, "sample_steps": 2, "max_seq_length": 32, "per_device_train_batch_size": 2,
              "report_to": "none"}
     pretrain = _chatforge(installed, tmp_path, "pretrain", "--config", "recipes/tiny/pretrain.yaml",

@@ -28,14 +28,10 @@ RECIPE = Path(__file__).parents[1] / "recipes" / "pretrain.py"
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    """Tokenizer and shards built from the embedded corpus, as the tiny recipe does."""
-    from chatforge.training.inputs import build_missing_inputs
+    """Tokenizer and shards built from the embedded corpus."""
+    from chatforge.training.inputs import embedded_inputs
 
-    root = tmp_path_factory.mktemp("pretrain_inputs")
-    config = PretrainConfig(dataset_dir=str(root / "shards"), tokenizer_name_or_path=str(root / "tokenizer"),
-                            tokenizer_vocab_size=1024)
-    build_missing_inputs(config)
-    return root
+    return embedded_inputs(tmp_path_factory.mktemp("pretrain_inputs"), vocab_size=1024)
 
 
 def small(inputs: Path, output_dir: Path, **overrides) -> dict:
@@ -120,7 +116,6 @@ def test_schedules_warm_up_then_decay_to_the_floor():
 @pytest.mark.parametrize("yaml_text, message", [
     ("max_stepz: 10\n", "Unknown arguments from config file: ['--max_stepz', '10']"),
     ("per_device_train_batch_size: 0\n", "PretrainConfig.per_device_train_batch_size=0: must be positive"),
-    ("tokenizer_max_number_digits: 0\n", "PretrainConfig.tokenizer_max_number_digits=0: must be positive"),
     ("lr_scheduler_type: linear\n", "PretrainConfig.lr_scheduler_type='linear': use 'cosine' or 'wsd'"),
     ("attn_implementation: flash\n", "PretrainConfig.attn_implementation='flash': use one of"),
 ])

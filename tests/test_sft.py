@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from accelerate import Accelerator
 from conftest import CHATML_TEMPLATE, learn_texts, small_config, small_llama_config
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from trl import DatasetMixtureConfig, ModelConfig, SFTConfig
@@ -18,7 +17,7 @@ from chatforge.eval.recall import cloze_recall
 from chatforge.inference.engine import ChatEvent, Engine
 from chatforge.modeling import ChatForgeForCausalLM, set_generation_defaults
 from chatforge.modeling.tool_protocol import add_tool_protocol
-from chatforge.posttrain.sft import SFTScriptArguments, run_earlier_stage, run_sft, sft_parser
+from chatforge.posttrain.sft import SFTScriptArguments, run_sft, sft_parser
 from chatforge.tasks.sft_data import SFTDataConfig, build_sft_data
 from chatforge.tasks.world import build_world, world_cloze
 from chatforge.tokenization.turn_format import tool_chat_template
@@ -208,15 +207,3 @@ def test_eval_conversations_below_one_is_refused():
     with pytest.raises(ValueError, match="eval_conversations=0: must be a positive count"):
         sft_parser().parse_args_and_config(args=["--config", str(ROOT / "recipes/tiny/sft.yaml"),
                                                  "--eval_conversations", "0"])
-
-
-def test_a_stage_run_in_process_leaves_the_next_free_to_choose_its_precision():
-    """`recipes/ppo.py` builds a missing reward model (bf16) in-process, then starts its own Accelerator."""
-    run_earlier_stage(lambda: None)  # whatever earlier tests set up
-    try:
-        assert run_earlier_stage(lambda: Accelerator(cpu=True, mixed_precision="bf16").mixed_precision) == "bf16"
-        assert Accelerator(cpu=True, mixed_precision="no").mixed_precision == "no"
-        with pytest.raises(ValueError, match="already been initialized"):  # what happened without the reset
-            Accelerator(cpu=True, mixed_precision="bf16")
-    finally:
-        run_earlier_stage(lambda: None)

@@ -203,9 +203,9 @@ def test_stage_configs_are_moved_under_the_output(tmp_path, monkeypatch):
     recipe = load_recipe("tiny")
     pretrain = resolve_stage_config(recipe, "pretrain", tmp_path)
     assert pretrain["output_dir"] == str(tmp_path / "pretrain") and pretrain["max_steps"] == 450
-    assert pretrain["build_missing_inputs"] is False and pretrain["resume_from_checkpoint"] == "latest"
+    assert pretrain["resume_from_checkpoint"] == "latest"
     ppo = resolve_stage_config(recipe, "ppo", tmp_path)
-    assert ppo["model_name_or_path"] == str(tmp_path / "sft-probe") and "sft_config" not in ppo
+    assert ppo["model_name_or_path"] == str(tmp_path / "sft-probe")
     sft_probe = resolve_stage_config(recipe, "sft-probe", tmp_path)
     assert [d["data_files"] for d in sft_probe["datasets"]] == [str(tmp_path / "sft-data/train.jsonl"),
                                                                  str(tmp_path / "probe/train.jsonl")]
@@ -235,6 +235,9 @@ def test_every_stage_of_every_speedrun_recipe_parses(name, tmp_path, monkeypatch
         parsed = parsers[stage]().parse_args_and_config(["--config", str(path)])
         assert Path(config["output_dir"]).parent == tmp_path  # sft's is sft-world/, the recipe's own folder
         assert any(getattr(part, "output_dir", None) == config["output_dir"] for part in parsed)
+    if "sft-probe" in recipe.training:  # the probe asks the model of the stage before it
+        sft, sft_probe = (resolve_stage_config(recipe, stage, tmp_path) for stage in ("sft", "sft-probe"))
+        assert sft_probe["probe_model"] == sft["output_dir"]
 
 
 def test_outputs_the_speedrun_did_not_write_are_not_resumed(tmp_path, monkeypatch):

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import UserError
+from .errors import MissingInput, UserError
 
 #: The packages whose commands ``chatforge`` offers, in the order of the pipeline.
 COMMAND_PACKAGES = ("data", "tokenization", "modeling", "training", "tasks", "posttrain", "inference", "tools",
@@ -34,6 +34,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         args.func(args)
+    except MissingInput as error:
+        config = getattr(args, "config_file", None)
+        if error.make is None and config is not None:
+            from .speedrun.makers import how_to_make
+
+            error.make = how_to_make(error.path, config)
+        sys.exit(f"chatforge {args.stage}: error: {error}")
     except (UserError, FileNotFoundError) as error:
         sys.exit(f"chatforge {args.stage}: error: {error}")
 

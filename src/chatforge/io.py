@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .errors import InvalidValue
+from .errors import InvalidValue, MissingInput
 
 
 @contextlib.contextmanager
@@ -75,3 +75,10 @@ def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:
                 except json.JSONDecodeError as error:
                     raise InvalidValue(f"{path}:{number}: not a JSON object ({error})") from None
     return records
+
+
+def require_input(field: str, path: str | Path, what: str, make: str | None = None) -> None:
+    """Raise :class:`~chatforge.errors.MissingInput` unless ``path`` (named by the setting ``field``) exists;
+    ``make`` is the command that makes it."""
+    if not Path(path).exists():
+        raise MissingInput(field, str(path), what, make)

@@ -1,8 +1,12 @@
 """Build ChatForge models that match a tokenizer."""
 
+from pathlib import Path
+
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from ..errors import InvalidValue
+from ..errors import InvalidValue, MissingInput
 from .configuration_chatforge import PRESETS, ChatForgeConfig
 
 STOP_TOKENS = ("<|endoftext|>", "<|im_end|>")
@@ -50,3 +54,19 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def require_model(field: str, name_or_path: str) -> None:
+    """Raise :class:`~chatforge.errors.MissingInput` where the setting ``field`` names a local model folder that
+    is not there: a path that cannot be a Hub id, or one inside a local folder (``runs/sft`` where ``runs/`` is);
+    a Hub id, ``org/name``, is left to be downloaded."""
+    path = Path(name_or_path)
+    if path.exists():
+        return
+    try:
+        validate_repo_id(name_or_path)
+        local = path.parent.is_dir() and path.parent != Path(".")
+    except HFValidationError:
+        local = True
+    if local:
+        raise MissingInput(field, name_or_path, "model")

@@ -19,16 +19,15 @@ from ..errors import InvalidValue
 from ..eval.plots import history_series, plot_panels
 from ..eval.problems import problem_accuracy
 from ..inference.engine import Engine
-from ..io import atomic_write_text, read_jsonl, write_jsonl
-from ..modeling.factory import load_tokenizer
-from ..tasks.verifiable import REWARD_FUNCTIONS, ProblemConfig, build_problems, to_problems
+from ..io import atomic_write_text, read_jsonl, require_input, write_jsonl
+from ..modeling.factory import load_tokenizer, require_model
+from ..tasks.verifiable import REWARD_FUNCTIONS, ProblemConfig, to_problems
 from ..tasks.word_problems import KINDS
 from ..training.checkpoint import trainer_checkpoint
 from ..training.precision import fit_precision
 from .mixture import load_mixture
-from .reward import build_model_if_missing
 from .saving import evaluated_before_training, evaluated_on_main, save_trained_model
-from .sft import load_policy, parse_sft_yaml, run_sft
+from .sft import load_policy
 
 CURVES = {"answer reward (train)": "rewards/answer_reward/mean", "format reward (train)": "rewards/format_reward/mean",
           "completion length": "completions/mean_length"}
@@ -46,10 +45,6 @@ class GRPOScriptArguments:
     operand_high: int = field(default=9, metadata={"help": "largest operand of generated word problems"})
     problem_kinds: list[str] = field(default_factory=lambda: list(KINDS),
                                      metadata={"help": f"kinds of generated word problem, of {list(KINDS)}"})
-    build_missing_inputs: bool = field(
-        default=False, metadata={"help": "build missing problems, and a missing model with sft_config"})
-    sft_config: str | None = field(
-        default=None, metadata={"help": "SFT recipe YAML that builds model_name_or_path when it is missing"})
     rewards: list[str] = field(default_factory=lambda: ["answer", "format"],
                                metadata={"help": f"reward functions, of {sorted(REWARD_FUNCTIONS)}; weights are "
                                                  "GRPOConfig's reward_weights"})
@@ -66,18 +61,24 @@ def grpo_parser() -> TrlParser:
     return TrlParser(dataclass_types=[GRPOScriptArguments, GRPOConfig, ModelConfig, DatasetMixtureConfig])
 
 
-def _build_missing_inputs(script: GRPOScriptArguments, model_args: ModelConfig) -> None:
-    wanted = ProblemConfig(low=script.operand_low, high=script.operand_high, kinds=tuple(script.problem_kinds))
-    summary_path = Path(script.problems_dir) / "summary.json"
-    if not summary_path.exists():
-        print(f"building word problems -> {script.problems_dir}")
-        build_problems(script.problems_dir, wanted)
-    summary = json.loads(summary_path.read_text())
+def problem_config(script: GRPOScriptArguments) -> ProblemConfig:
+    """The generated problems a recipe asks for."""
+    return ProblemConfig(low=script.operand_low, high=script.operand_high, kinds=tuple(script.problem_kinds))
+
+
+def check_inputs(script: GRPOScriptArguments, model_args: ModelConfig) -> None:
+    """Stop before any work where an input is missing or the problems there are not the recipe's, naming the
+    command that makes them."""
+    require_model("model_name_or_path", model_args.model_name_or_path)
+    wanted = problem_config(script)
+    require_input("problems_dir", script.problems_dir, "problems", " ".join([
+        f"chatforge problems build --output {script.problems_dir} --low {wanted.low} --high {wanted.high}",
+        "--kinds", *wanted.kinds]))
+    summary = json.loads((Path(script.problems_dir) / "summary.json").read_text())
     if (summary.get("operands"), summary.get("kinds")) != ([wanted.low, wanted.high], list(wanted.kinds)):
         raise InvalidValue(f"problems_dir={script.problems_dir} holds {summary.get('kinds')} problems with operands "
                            f"{summary.get('operands')}, but the recipe asks for {list(wanted.kinds)} with operands "
                            f"{[wanted.low, wanted.high]}: remove the folder or choose another problems_dir")
-    build_model_if_missing(model_args.model_name_or_path, script.sft_config, parse_sft_yaml, run_sft, "SFT model")
 
 
 def reward_functions(script: GRPOScriptArguments, training_args: GRPOConfig) -> list:
@@ -109,8 +110,7 @@ def run_grpo(script: GRPOScriptArguments, training_args: GRPOConfig, model_args:
     (the trainer's log per step) and ``grpo.png`` go to ``output_dir``."""
     started = time.perf_counter()
     fit_precision(training_args)
-    if script.build_missing_inputs:
-        _build_missing_inputs(script, model_args)
+    check_inputs(script, model_args)
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     if mixture.datasets:
         train = load_mixture(mixture)["train"]

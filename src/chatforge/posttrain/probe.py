@@ -50,6 +50,19 @@ class ProbeConfig:
         return cls(**{f.name: recipe[f"probe_{f.name}"] for f in fields(cls) if f"probe_{f.name}" in recipe})
 
 
+#: The settings ``chatforge probe`` takes as options (``--known-copies``, ...).
+COMMAND_OPTIONS = ("samples", "temperature", "threshold", "known_copies", "unknown_copies", "seed")
+
+
+def probe_command(model: str, questions: str, output: str, config: ProbeConfig, held_out: str | None = None) -> str:
+    """The ``chatforge probe`` command line that probes ``model`` with ``config`` (its settings that differ from
+    the defaults)."""
+    options = [f"--{name.replace('_', '-')} {getattr(config, name)}" for name in COMMAND_OPTIONS
+               if getattr(config, name) != getattr(ProbeConfig, name)]
+    held = [f"--held-out {held_out}"] if held_out else []
+    return " ".join(["chatforge probe --model", model, "--questions", questions, "--output", output, *held, *options])
+
+
 def load_questions(source: str) -> list[dict]:
     """Questions with reference answers from a JSONL/parquet file or a Hub dataset (``question``, ``answer``;
     optional ``reply`` as the full reference reply, ``group``)."""

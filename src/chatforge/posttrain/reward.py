@@ -15,16 +15,16 @@ import datasets
 from transformers import AutoModelForSequenceClassification, set_seed
 from trl import DatasetMixtureConfig, ModelConfig, RewardConfig, RewardTrainer, TrlParser, get_peft_config
 
-from ..errors import InvalidValue, NotFound
+from ..errors import InvalidValue
 from ..eval.reward import pairwise_accuracy, ranking_agreement
-from ..io import atomic_write_text, read_jsonl
-from ..modeling.factory import load_tokenizer
-from ..tasks.preferences import PreferenceDataConfig, build_preference_data, to_pairs
+from ..io import atomic_write_text, read_jsonl, require_input
+from ..modeling.factory import load_tokenizer, require_model
+from ..tasks.preferences import to_pairs
 from ..training.checkpoint import trainer_checkpoint
 from ..training.precision import fit_precision
 from .mixture import load_mixture
 from .saving import evaluated_before_training, evaluated_on_main, save_trained_model
-from .sft import parse_sft_yaml, run_earlier_stage, run_sft, trained_dtype
+from .sft import trained_dtype
 
 
 @dataclass
@@ -34,13 +34,10 @@ class RewardScriptArguments:
     preference_data_dir: str = field(default="runs/tiny/preference-data",
                                      metadata={"help": "embedded preference set (chatforge preference-data build); "
                                                        "its held-out pairs and rankings are the evaluation"})
-    build_missing_inputs: bool = field(
-        default=False, metadata={"help": "build missing preference data, and a missing model with sft_config"})
-    sft_config: str | None = field(
-        default=None, metadata={"help": "SFT recipe YAML that builds model_name_or_path when it is missing"})
     policy_samples: int = field(
-        default=0, metadata={"help": "when the preference data is built here: replies sampled per prompt from "
-                                     "model_name_or_path (the policy RL starts from), ranked with the others"})
+        default=0, metadata={"help": "replies sampled per prompt from model_name_or_path (the policy RL starts "
+                                     "from) that the preference data ranks with the others: how the speedrun, or "
+                                     "the command named for a missing preference_data_dir, builds it"})
     max_train_pairs: int | None = field(
         default=None, metadata={"help": "train on this many pairs, a random subset drawn with the seed, for a quicker "
                                         "run (all by default)"})
@@ -58,32 +55,17 @@ def reward_parser() -> TrlParser:
     return TrlParser(dataclass_types=[RewardScriptArguments, RewardConfig, ModelConfig, DatasetMixtureConfig])
 
 
-def parse_reward_yaml(path: str) -> tuple:
-    """The four configs of a reward recipe YAML."""
-    return tuple(reward_parser().parse_args_and_config(args=["--config", path]))
+def preference_data_command(output: str, policy: str | None = None, policy_samples: int = 0) -> str:
+    """The ``chatforge preference-data build`` command line (with ``policy_samples`` replies of ``policy``)."""
+    sampled = f" --policy {policy} --policy-samples {policy_samples}" if policy and policy_samples else ""
+    return f"chatforge preference-data build --output {output}{sampled}"
 
 
-def build_model_if_missing(model_path: str, recipe: str | None, parse, run, what: str) -> None:
-    """Unless ``model_path`` holds a model, run the recipe YAML ``recipe`` (parsed by ``parse``, run by ``run``)
-    that writes it."""
-    if (Path(model_path) / "config.json").exists():
-        return
-    if recipe is None:
-        raise NotFound(f"{model_path}: no model there, and no recipe to build the {what} with")
-    configs = parse(recipe)
-    output_dir = configs[1].output_dir
-    if Path(output_dir).resolve() != Path(model_path).resolve():
-        raise InvalidValue(f"{recipe} writes {output_dir}, not model_name_or_path={model_path}")
-    print(f"building the {what} first ({recipe}) -> {output_dir}")
-    run_earlier_stage(run, *configs)
-
-
-def _build_missing_inputs(script: RewardScriptArguments, model_args: ModelConfig) -> None:
-    build_model_if_missing(model_args.model_name_or_path, script.sft_config, parse_sft_yaml, run_sft, "SFT model")
-    if not (Path(script.preference_data_dir) / "pairs_train.jsonl").exists():
-        print(f"building the embedded preference data -> {script.preference_data_dir}")
-        build_preference_data(script.preference_data_dir, PreferenceDataConfig(policy_samples=script.policy_samples),
-                              policy=model_args.model_name_or_path)
+def check_inputs(script: RewardScriptArguments, model_args: ModelConfig) -> None:
+    """Stop before any work where an input is missing, naming the command that makes it."""
+    require_model("model_name_or_path", model_args.model_name_or_path)
+    require_input("preference_data_dir", script.preference_data_dir, "preference data", preference_data_command(
+        script.preference_data_dir, model_args.model_name_or_path, script.policy_samples))
 
 
 def pair_split(dataset: datasets.Dataset, name: str) -> datasets.Dataset:
@@ -118,8 +100,7 @@ def run_reward(script: RewardScriptArguments, training_args: RewardConfig, model
     """Train a reward model on the mixture; save it to ``output_dir`` with ``eval.json``."""
     started = time.perf_counter()
     fit_precision(training_args)
-    if script.build_missing_inputs:
-        _build_missing_inputs(script, model_args)
+    check_inputs(script, model_args)
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     splits = {name: pair_split(split, name) for name, split in load_mixture(mixture).items()}
     held_out = Path(script.preference_data_dir) / "pairs_test.jsonl"

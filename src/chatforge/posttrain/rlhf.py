@@ -9,13 +9,12 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 from trl import ModelConfig, TrlParser, get_peft_config
 
 from ..errors import InvalidValue
-from ..io import read_jsonl
-from ..modeling.factory import load_tokenizer, set_generation_defaults
-from ..tasks.preferences import PreferenceDataConfig, build_preference_data
+from ..io import read_jsonl, require_input
+from ..modeling.factory import load_tokenizer, require_model, set_generation_defaults
 from .ppo_config import PPOConfig
 from .ppo_trainer import PPOTrainer
-from .reward import build_model_if_missing, parse_reward_yaml, run_reward
-from .sft import model_dtype, parse_sft_yaml, run_sft, trained_dtype
+from .reward import preference_data_command
+from .sft import model_dtype, trained_dtype
 
 
 @dataclass
@@ -28,10 +27,6 @@ class PPOScriptArguments:
                              metadata={"help": "tasks_train.jsonl (training prompts, eval_prompts of them held out "
                                                "for validation) and tasks_test.jsonl (test prompts): prompts with "
                                                "the gold reward's fields (chatforge preference-data build)"})
-    build_missing_inputs: bool = field(
-        default=False, metadata={"help": "build missing prompts, and missing models with sft_config/reward_config"})
-    sft_config: str | None = field(default=None, metadata={"help": "SFT recipe YAML that builds the policy"})
-    reward_config: str | None = field(default=None, metadata={"help": "reward recipe YAML that builds the RM"})
 
 
 def ppo_parser() -> TrlParser:
@@ -39,13 +34,13 @@ def ppo_parser() -> TrlParser:
     return TrlParser(dataclass_types=[PPOScriptArguments, PPOConfig, ModelConfig])
 
 
-def _build_missing_inputs(script: PPOScriptArguments, model_args: ModelConfig) -> None:
-    build_model_if_missing(model_args.model_name_or_path, script.sft_config, parse_sft_yaml, run_sft, "SFT model")
-    build_model_if_missing(script.reward_model_path, script.reward_config, parse_reward_yaml, run_reward,
-                           "reward model")
-    if not (Path(script.prompts_dir) / "tasks_train.jsonl").exists():
-        print(f"building the embedded preference data and prompts -> {script.prompts_dir}")
-        build_preference_data(script.prompts_dir, PreferenceDataConfig())
+def check_inputs(script: PPOScriptArguments, model_args: ModelConfig) -> None:
+    """Stop before any work where an input is missing, naming the command that makes it."""
+    require_model("model_name_or_path", model_args.model_name_or_path)
+    require_model("reward_model_path", script.reward_model_path)
+    if script.value_model_path:
+        require_model("value_model_path", script.value_model_path)
+    require_input("prompts_dir", script.prompts_dir, "prompts", preference_data_command(script.prompts_dir))
 
 
 def split_validation(tasks: list[dict], count: int, seed: int, where: str) -> tuple[list[dict], list[dict]]:
@@ -71,8 +66,7 @@ def with_lora(policy, model_args: ModelConfig):
 def run_ppo(script: PPOScriptArguments, config: PPOConfig, model_args: ModelConfig) -> dict:
     """PPO of the policy against the reward model (LoRA adapters on the policy with ``use_peft``); the kept
     policy, ``eval.json`` and ``ppo.png`` go to ``output_dir``."""
-    if script.build_missing_inputs:
-        _build_missing_inputs(script, model_args)
+    check_inputs(script, model_args)
     dtype = model_dtype(model_args)
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     torch.manual_seed(config.seed)

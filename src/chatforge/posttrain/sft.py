@@ -15,25 +15,22 @@ from pathlib import Path
 
 import datasets
 import torch
-from accelerate.state import AcceleratorState
-from transformers import AutoModelForCausalLM, HfArgumentParser
+from transformers import AutoModelForCausalLM
 from trl import DatasetMixtureConfig, ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
 from trl.chat_template_utils import get_training_chat_template
 
 from ..data.shards import TokenShards
-from ..errors import InvalidValue, NotFound
+from ..errors import InvalidValue, MissingInput
 from ..eval.chat import format_adherence, knowledge, look_up_accuracy, word_problem_accuracy
 from ..inference.engine import Engine
-from ..io import atomic_write_text, read_jsonl
-from ..modeling.factory import load_tokenizer, set_generation_defaults
+from ..io import atomic_write_text, read_jsonl, require_input
+from ..modeling.factory import load_tokenizer, require_model, set_generation_defaults
 from ..tasks.conversations import ON_INVALID, ConversationError, check_conversation
-from ..tasks.sft_data import SFTDataConfig, build_sft_data
 from ..tools import default_toolbox
-from ..training import PretrainConfig, pretrain
 from ..training.checkpoint import trainer_checkpoint
 from ..training.precision import fit_precision
 from .mixture import load_mixture
-from .probe import ProbeConfig, run_probe
+from .probe import ProbeConfig, probe_command
 from .replay import check_compatible, mix_in, shard_rows
 from .saving import evaluated_before_training, evaluated_on_main, save_trained_model
 
@@ -45,10 +42,6 @@ class SFTScriptArguments:
     sft_data_dir: str = field(default="runs/tiny/sft-data",
                               metadata={"help": "embedded SFT mixture (chatforge sft-data build); its test split "
                                                 "and word problems are the held-out evaluation"})
-    build_missing_inputs: bool = field(
-        default=False, metadata={"help": "build missing SFT data, and a missing base model with base_config"})
-    base_config: str | None = field(
-        default=None, metadata={"help": "pretraining YAML that builds model_name_or_path when it is missing"})
     on_invalid: str = field(default="skip", metadata={"help": "bad conversations: skip (counted) or error"})
     eval_conversations: int | None = field(
         default=None, metadata={"help": "held-out conversations the held-out loss is measured on (all)"})
@@ -60,15 +53,15 @@ class SFTScriptArguments:
                                         "fictional world's, world_qa_test.jsonl in sft_data_dir)"})
     eval_base_model: bool = field(default=True, metadata={"help": "also measure the model before SFT"})
     probe_dir: str | None = field(
-        default=None, metadata={"help": "knowledge-probe examples this mixture uses (chatforge probe); with "
-                                        "build_missing_inputs, built by probing the model of probe_model_config"})
+        default=None, metadata={"help": "knowledge-probe examples this mixture uses (chatforge probe)"})
+    probe_model: str | None = field(
+        default=None, metadata={"help": "the model whose probe made probe_dir (named in the command that makes a "
+                                        "missing probe_dir)"})
     probe_questions: str = field(default="world_probe.jsonl",
                                  metadata={"help": "the questions the probe asks, in sft_data_dir"})
     probe_held_out: str | None = field(
         default=None, metadata={"help": "held-out questions in sft_data_dir that the probe also labels known / "
                                         "unknown (probe_dir/held_out.jsonl: give it as knowledge_questions)"})
-    probe_model_config: str | None = field(
-        default=None, metadata={"help": "SFT recipe YAML whose output model is probed (run first if missing)"})
     probe_samples: int = field(default=4, metadata={"help": "answers the probe samples per question"})
     probe_threshold: float = field(default=0.5, metadata={"help": "share of right sampled answers that makes a "
                                                                    "question known to the probed model"})
@@ -86,50 +79,27 @@ class SFTScriptArguments:
                                "(or unset for all)")
 
 
-def run_earlier_stage(run, *configs):
-    """``run(*configs)`` in this process, then let the next ``Accelerator`` choose its own settings: Accelerate
-    refuses a second set-up that differs (bf16 after no mixed precision, ...). The distributed set-up is kept."""
-    result = run(*configs)
-    AcceleratorState._reset_state()
-    return result
-
-
-def _build_missing_inputs(script: SFTScriptArguments, model_args: ModelConfig) -> None:
-    if not (Path(script.sft_data_dir) / "train.jsonl").exists():
-        print(f"building the embedded SFT data -> {script.sft_data_dir}")
-        build_sft_data(script.sft_data_dir, SFTDataConfig())
-    if script.probe_dir and not (Path(script.probe_dir) / "train.jsonl").exists():
-        if script.probe_model_config is None:
-            raise NotFound(f"probe_dir={script.probe_dir}: missing, and no probe_model_config to build it")
-        probe_script, probe_training, probe_model, probe_mixture = parse_sft_yaml(script.probe_model_config)
-        if not (Path(probe_training.output_dir) / "config.json").exists():
-            print(f"fine-tuning the model to probe first ({script.probe_model_config})")
-            run_earlier_stage(run_sft, probe_script, probe_training, probe_model, probe_mixture)
-        print(f"probing {probe_training.output_dir} -> {script.probe_dir}")
+def check_inputs(script: SFTScriptArguments, model_args: ModelConfig) -> None:
+    """Stop before any work where an input is missing, naming the command that makes it."""
+    require_model("model_name_or_path", model_args.model_name_or_path)
+    require_input("sft_data_dir", script.sft_data_dir, "SFT data", f"chatforge sft-data build --output "
+                                                                    f"{script.sft_data_dir}")
+    if script.probe_dir and not Path(script.probe_dir).exists():
+        if script.probe_model is None:
+            raise MissingInput("probe_dir", script.probe_dir, "probe examples")
+        require_model("probe_model", script.probe_model)
         data_dir = Path(script.sft_data_dir)
-        run_probe(probe_training.output_dir, str(data_dir / script.probe_questions), script.probe_dir,
-                  ProbeConfig.from_recipe(vars(script)),
-                  str(data_dir / script.probe_held_out) if script.probe_held_out else None)
-    if not Path(model_args.model_name_or_path).exists():
-        if script.base_config is None:
-            raise NotFound(f"model_name_or_path={model_args.model_name_or_path}: no such folder, and no "
-                           "base_config to build it with")
-        (config,) = HfArgumentParser([PretrainConfig]).parse_yaml_file(script.base_config)
-        if Path(config.output_dir).resolve() != Path(model_args.model_name_or_path).resolve():
-            raise InvalidValue(f"base_config {script.base_config} writes {config.output_dir}, not "
-                               f"model_name_or_path={model_args.model_name_or_path}")
-        print(f"pretraining the base model first ({script.base_config}) -> {config.output_dir}")
-        run_earlier_stage(pretrain, config)
+        raise MissingInput("probe_dir", script.probe_dir, "probe examples", probe_command(
+            script.probe_model, str(data_dir / script.probe_questions), script.probe_dir,
+            ProbeConfig.from_recipe(vars(script)), str(data_dir / script.probe_held_out) if script.probe_held_out
+            else None))
+    if script.replay_shards:
+        require_input("replay_shards", script.replay_shards, "token shards")
 
 
 def sft_parser() -> TrlParser:
     """The parser of SFT recipes: YAML via ``--config``, ``--key value`` overrides."""
     return TrlParser(dataclass_types=[SFTScriptArguments, SFTConfig, ModelConfig, DatasetMixtureConfig])
-
-
-def parse_sft_yaml(path: str) -> tuple:
-    """The four configs of an SFT recipe YAML: script arguments, SFTConfig, ModelConfig, dataset mixture."""
-    return tuple(sft_parser().parse_args_and_config(args=["--config", path]))
 
 
 def prepare_chat_template(tokenizer, chat_template_path: str | None) -> None:
@@ -251,8 +221,7 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
     ``eval.json`` (held-out loss, format adherence, word problems with/without tools, skipped records)."""
     started = time.perf_counter()
     fit_precision(training_args)
-    if script.build_missing_inputs:
-        _build_missing_inputs(script, model_args)
+    check_inputs(script, model_args)
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     prepare_chat_template(tokenizer, training_args.chat_template_path)
     splits = dict(load_mixture(mixture))

@@ -28,9 +28,6 @@ from ..recipes import recipe_file, shipped_names
 TRAINING_STAGES = ("pretrain", "sft", "sft-probe", "reward", "ppo", "grpo")
 #: What a training stage needs another one for (PPO scores with the reward model).
 STAGE_NEEDS = {"ppo": "reward"}
-#: Recipe keys that build a missing input with another recipe. The speedrun orders the stages itself, so it
-#: clears them: a missing input then stops the stage with an error instead of running a recipe elsewhere.
-BUILDER_KEYS = ("base_config", "sft_config", "reward_config", "probe_model_config")
 
 
 class RecipeError(InvalidValue):
@@ -158,14 +155,10 @@ def rebase(value, run_root: str, output: Path):
 
 
 def resolve_stage_config(recipe: SpeedrunRecipe, stage: str, output: Path) -> dict:
-    """The stage's recipe as the speedrun runs it: rebased onto ``output``, with the overrides, no builders of
-    missing models (missing data sets are still built), resuming from the newest checkpoint when one is there."""
+    """The stage's recipe as the speedrun runs it: rebased onto ``output``, with the overrides, resuming from the
+    newest checkpoint when one is there."""
     entry = recipe.training[stage]
     config = rebase(yaml.safe_load(entry.recipe.read_text()) or {}, recipe.run_root, output)
     config.update(rebase(entry.overrides, recipe.run_root, output))
-    for key in BUILDER_KEYS:
-        config.pop(key, None)
-    if stage == "pretrain":
-        config["build_missing_inputs"] = False  # the speedrun's own data stages built the tokenizer and shards
     config["resume_from_checkpoint"] = "latest"
     return config

@@ -261,6 +261,21 @@ def run_import(run: Run) -> dict:
     return {"model": run.recipe.base_model.gguf, "tool_tokens_added": len(added)}
 
 
+def script_arguments(cls, stage_config: dict):
+    """The stage's script arguments (``SFTScriptArguments``, ...) as its resolved recipe sets them."""
+    from transformers import HfArgumentParser
+
+    return HfArgumentParser(cls).parse_dict(stage_config, allow_extra_keys=True)[0]
+
+
+def run_sft_data(run: Run) -> dict:
+    from ..tasks.sft_data import SFTDataConfig, build_sft_data
+
+    summary = build_sft_data(run.config("sft")["sft_data_dir"], SFTDataConfig())
+    return {f"{split}_conversations": sum(info[split] for info in summary["sources"].values())
+            for split in ("train", "test")}
+
+
 def run_sft(run: Run) -> dict:
     train(run, "sft")
     return _sft_figures(run.model_dir("sft"))
@@ -270,13 +285,11 @@ def run_probe(run: Run) -> dict:
     from ..posttrain import probe
     from ..posttrain.sft import SFTScriptArguments
 
-    sft_probe = run.config("sft-probe")
-    data_dir = Path(run.config("sft")["sft_data_dir"])
-    held_out = sft_probe.get("probe_held_out")
-    summary = probe.run_probe(str(run.model_dir("sft")),
-                              str(data_dir / sft_probe.get("probe_questions", SFTScriptArguments.probe_questions)),
-                              sft_probe["probe_dir"], probe.ProbeConfig.from_recipe(sft_probe),
-                              str(data_dir / held_out) if held_out else None)
+    script = script_arguments(SFTScriptArguments, run.config("sft-probe"))
+    data_dir = Path(script.sft_data_dir)
+    summary = probe.run_probe(script.probe_model, str(data_dir / script.probe_questions), script.probe_dir,
+                              probe.ProbeConfig.from_recipe(vars(script)),
+                              str(data_dir / script.probe_held_out) if script.probe_held_out else None)
     return {"questions": summary["questions"], "known": summary["known"],
             **{f"known_share.{group}": g["known_share"] for group, g in summary["by_group"].items()},
             **{f"held_out.{key}": value for key, value in summary.get("held_out", {}).items()}}
@@ -285,6 +298,20 @@ def run_probe(run: Run) -> dict:
 def run_sft_probe(run: Run) -> dict:
     train(run, "sft-probe")
     return _sft_figures(run.model_dir("sft-probe"))
+
+
+def run_preference_data(run: Run) -> dict:
+    """The preference set, with ``policy_samples`` replies of the model the reward recipe starts from."""
+    from ..posttrain.reward import RewardScriptArguments
+    from ..tasks.preferences import PreferenceDataConfig, build_preference_data
+
+    config = run.config("reward")
+    script = script_arguments(RewardScriptArguments, config)
+    summary = build_preference_data(script.preference_data_dir,
+                                    PreferenceDataConfig(policy_samples=script.policy_samples),
+                                    policy=config["model_name_or_path"])
+    return {f"{split}.{key}": info.get(key, 0) for split, info in summary["splits"].items()
+            for key in ("rankings", "pairs", "policy_replies")}
 
 
 def run_reward(run: Run) -> dict:
@@ -302,6 +329,15 @@ def run_ppo(run: Run) -> dict:
     for when in ("initial", "best", "last"):
         out.update({f"{when}.{key.removeprefix('eval_')}": value for key, value in flatten(figures[when]).items()})
     return out
+
+
+def run_problems(run: Run) -> dict:
+    from ..posttrain.grpo import GRPOScriptArguments, problem_config
+    from ..tasks.verifiable import build_problems
+
+    script = script_arguments(GRPOScriptArguments, run.config("grpo"))
+    summary = build_problems(script.problems_dir, problem_config(script))
+    return {"train": summary["train"], "test": summary["test"]}
 
 
 def run_grpo(run: Run) -> dict:
@@ -356,6 +392,11 @@ def _training_outputs(stage: str) -> Callable[[Run], list[Path]]:
     return lambda run: [run.model_dir(stage)]
 
 
+def _folder_of(stage: str, key: str) -> Callable[[Run], list[Path]]:
+    """The folder the setting ``key`` of the training stage ``stage`` names."""
+    return lambda run: [Path(run.config(stage)[key])]
+
+
 def _has(stage: str) -> Callable[[SpeedrunRecipe], bool]:
     """Whether a recipe has the training stage ``stage``."""
     return lambda recipe: stage in recipe.training
@@ -375,14 +416,21 @@ STAGES = (
           _pretrained_here),
     Stage("import", run_import, lambda run: [run.output / "imported", run.imported_model_dir],
           "pretrained model imported, given the tool protocol", lambda recipe: recipe.base_model is not None),
+    Stage("sft-data", run_sft_data, _folder_of("sft", "sft_data_dir"),
+          "conversations: chat, tool use, word problems, the world"),
     Stage("sft", run_sft, _training_outputs("sft"), "assistant: SFT on the conversation mixture"),
-    Stage("probe", run_probe, lambda run: [Path(run.config("sft-probe")["probe_dir"])],
+    Stage("probe", run_probe, _folder_of("sft-probe", "probe_dir"),
           "what the assistant knows: labels for 'I don't know'", _has("sft-probe")),
+    Stage("sft-probe", run_sft_probe, _training_outputs("sft-probe"), "SFT with the probe's examples",
+          _has("sft-probe")),
+    Stage("preference-data", run_preference_data, _folder_of("reward", "preference_data_dir"),
+          "rankings by a gold judge, and prompts for RL", _has("reward")),
     *(Stage(stage, runner, _training_outputs(stage), what, _has(stage)) for stage, runner, what in (
-        ("sft-probe", run_sft_probe, "SFT with the probe's examples"),
         ("reward", run_reward, "reward model from rankings"),
-        ("ppo", run_ppo, "RLHF with PPO, stopped before over-optimisation"),
-        ("grpo", run_grpo, "GRPO on problems with checkable answers"))),
+        ("ppo", run_ppo, "RLHF with PPO, stopped before over-optimisation"))),
+    Stage("problems", run_problems, _folder_of("grpo", "problems_dir"), "word problems with checkable answers",
+          _has("grpo")),
+    Stage("grpo", run_grpo, _training_outputs("grpo"), "GRPO on problems with checkable answers", _has("grpo")),
     Stage("eval", run_eval, lambda run: [run.output / "eval.json"], "evaluation of every stage's model"),
     Stage("export", run_export, lambda run: [run.output / "export"], "Hub-ready folders with model cards"),
     Stage("report", run_report, lambda run: [run.output / "report.md"], "report card"),

@@ -2,6 +2,8 @@
 
 import argparse
 
+from .word_problems import KINDS
+
 
 def add_commands(stages) -> None:
     sft_data = stages.add_parser("sft-data", help="the embedded SFT conversation mixture")
@@ -28,6 +30,8 @@ def add_commands(stages) -> None:
     problems_build.add_argument("--test", type=int, default=200)
     problems_build.add_argument("--low", type=int, default=1, help="smallest operand")
     problems_build.add_argument("--high", type=int, default=9, help="largest operand")
+    problems_build.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS,
+                                help="kinds of word problem")
     problems_build.add_argument("--gsm-symbolic-test", type=int, default=0,
                                 help="also write held-out reasoning-gym gsm_symbolic problems")
     problems_build.add_argument("--seed", type=int, default=0)
@@ -57,6 +61,6 @@ def _problems(args: argparse.Namespace) -> None:
     from .verifiable import ProblemConfig, build_problems
 
     summary = build_problems(args.output, ProblemConfig(seed=args.seed, train=args.train, test=args.test,
-                                                        low=args.low, high=args.high,
+                                                        low=args.low, high=args.high, kinds=tuple(args.kinds),
                                                         gsm_symbolic_test=args.gsm_symbolic_test))
     print(f"problems: {summary['train']} train, {summary['test']} test -> {args.output}")

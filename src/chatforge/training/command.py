@@ -3,6 +3,7 @@ stage commands of the training stages above it."""
 
 import argparse
 import importlib
+from pathlib import Path
 
 from ..recipes import recipe_file
 
@@ -24,19 +25,22 @@ def named_function(path: str):
 def _run_stage(args: argparse.Namespace) -> None:
     parser = named_function(args.stage_parser)()
     parser.prog = f"chatforge {args.stage}"
-    named_function(args.stage_run)(*parser.parse_args_and_config(_shipped_config(args.arguments)))
+    arguments, args.config_file = _shipped_config(args.arguments)
+    named_function(args.stage_run)(*parser.parse_args_and_config(arguments))
 
 
-def _shipped_config(arguments: list[str]) -> list[str]:
+def _shipped_config(arguments: list[str]) -> tuple[list[str], Path | None]:
     """``arguments`` with a ``--config`` that names a shipped recipe (``recipes/tiny/sft.yaml``, found without
-    the checkout) made its path."""
+    the checkout) made its path; and that path (None without ``--config``)."""
     arguments = list(arguments)
     for index, argument in enumerate(arguments):
-        if argument == "--config" and index + 1 < len(arguments):
-            arguments[index + 1] = str(recipe_file(arguments[index + 1]))
-        elif argument.startswith("--config="):
-            arguments[index] = f"--config={recipe_file(argument.split('=', 1)[1])}"
-    return arguments
+        name, equals, value = argument.partition("=")
+        if name != "--config" or not (equals or index + 1 < len(arguments)):
+            continue
+        path = recipe_file(value if equals else arguments[index + 1])
+        arguments[index:index + (1 if equals else 2)] = ["--config", str(path)]  # TRL reads this form only
+        return arguments, path
+    return arguments, None
 
 
 def add_commands(stages) -> None:

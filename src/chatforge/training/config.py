@@ -24,11 +24,6 @@ class PretrainConfig:
     model_name_or_path: str | None = field(
         default=None, metadata={"help": "start from this model (any AutoModelForCausalLM); else a new ChatForge model"})
     model_preset: str = field(default="tiny", metadata={"help": "ChatForge preset of a new model"})
-    build_missing_inputs: bool = field(
-        default=False, metadata={"help": "build a missing tokenizer and shards from the embedded samples first"})
-    tokenizer_vocab_size: int = field(default=4096, metadata={"help": "vocabulary of a tokenizer built here"})
-    tokenizer_max_number_digits: int = field(
-        default=3, metadata={"help": "most digits one token of a tokenizer built here may hold (1: single digits)"})
     max_seq_length: int = field(default=256, metadata={"help": "tokens per training row"})
     per_device_train_batch_size: int = field(default=16, metadata={"help": "rows per process per micro-batch"})
     global_batch_size: int | None = field(
@@ -80,8 +75,7 @@ class PretrainConfig:
             if not _matches(value, expected):
                 raise InvalidValue(f"PretrainConfig.{f.name}={value!r}: expected {_type_name(expected)}")
         positive = ("max_seq_length", "per_device_train_batch_size", "gradient_accumulation_steps", "max_steps",
-                    "logging_steps", "eval_steps", "eval_batches", "sample_steps", "save_steps", "save_total_limit",
-                    "tokenizer_max_number_digits")
+                    "logging_steps", "eval_steps", "eval_batches", "sample_steps", "save_steps", "save_total_limit")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise InvalidValue(f"PretrainConfig.{name}={getattr(self, name)!r}: must be positive")

@@ -1,4 +1,4 @@
-"""Build what a small pretraining run lacks (tokenizer, token shards) from the embedded corpus."""
+"""The embedded pretraining corpus, and a tokenizer and token shards made from it for quick experiments."""
 
 from pathlib import Path
 
@@ -7,7 +7,6 @@ from ..data.shards import tokenize_to_shards
 from ..io import atomic_directory
 from ..tasks.world import write_world_corpus
 from ..tokenization import train_tokenizer
-from .config import PretrainConfig
 
 
 def embedded_corpus(folder: str | Path) -> list[str]:
@@ -21,17 +20,15 @@ def embedded_corpus(folder: str | Path) -> list[str]:
     return [str(folder / "wikipedia.jsonl"), str(folder / "world.jsonl")]
 
 
-def build_missing_inputs(config: PretrainConfig, val_fraction: float = 0.1) -> None:
-    """Train the tokenizer and tokenize the embedded corpus (next to ``dataset_dir``, in ``corpus/``) where
-    those folders are missing."""
-    sources = embedded_corpus(Path(config.dataset_dir).parent / "corpus")
-    if not Path(config.tokenizer_name_or_path).exists():
-        print(f"building tokenizer ({config.tokenizer_vocab_size} tokens) -> {config.tokenizer_name_or_path}")
-        tokenizer = train_tokenizer(iter_documents(sources), config.tokenizer_vocab_size,
-                                    max_number_digits=config.tokenizer_max_number_digits)
-        with atomic_directory(config.tokenizer_name_or_path) as tmp_dir:
+def embedded_inputs(folder: str | Path, vocab_size: int = 4096, val_fraction: float = 0.1, seed: int = 0) -> Path:
+    """``folder/tokenizer`` trained on the embedded corpus and ``folder/shards`` of it (train and validation),
+    each made once; returns ``folder``."""
+    folder = Path(folder)
+    sources = embedded_corpus(folder / "corpus")
+    if not (folder / "tokenizer").exists():
+        tokenizer = train_tokenizer(iter_documents(sources), vocab_size)
+        with atomic_directory(folder / "tokenizer") as tmp_dir:
             tokenizer.save_pretrained(tmp_dir)
-    if not Path(config.dataset_dir).exists():
-        print(f"tokenizing the embedded corpus -> {config.dataset_dir}")
-        tokenize_to_shards(config.tokenizer_name_or_path, sources, config.dataset_dir,
-                           val_fraction=val_fraction, seed=config.seed)
+    if not (folder / "shards").exists():
+        tokenize_to_shards(str(folder / "tokenizer"), sources, folder / "shards", val_fraction=val_fraction, seed=seed)
+    return folder

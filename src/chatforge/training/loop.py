@@ -16,10 +16,9 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from ..data.shards import TokenShards
-from ..errors import NotFound
 from ..eval import unigram_cross_entropy
 from ..inference import sample_continuations
-from ..io import atomic_write_text
+from ..io import atomic_write_text, require_input
 from ..modeling import (
     ChatForgeForCausalLM,
     config_for_tokenizer,
@@ -27,6 +26,7 @@ from ..modeling import (
     peak_bf16_flops,
     set_generation_defaults,
 )
+from ..modeling.factory import require_model
 from .checkpoint import STATE_FILE, export_final_model, resolve_checkpoint, save_checkpoint, set_rng_state
 from .config import PretrainConfig, accumulation_steps
 from .data import StreamingWindows, WindowSampler, validation_batches
@@ -37,7 +37,6 @@ from .distributed import (
     optimizer_state,
     parameters_sharded,
 )
-from .inputs import build_missing_inputs
 from .optim import build_optimizer
 from .precision import mixed_precision
 
@@ -135,13 +134,9 @@ def pretrain(config: PretrainConfig) -> dict:
     accelerator = fresh_accelerator(mixed_precision=mixed_precision(config.bf16), log_with=trackers or None,
                                     project_dir=config.output_dir)
     output_dir = Path(config.output_dir)
-    if config.build_missing_inputs:
-        if accelerator.is_main_process:
-            build_missing_inputs(config)
-        accelerator.wait_for_everyone()
-    if config.dataset_name is None and not Path(config.dataset_dir).exists():
-        raise NotFound(f"PretrainConfig.dataset_dir={config.dataset_dir}: no such folder (build it with "
-                       "chatforge data tokenize, or set build_missing_inputs: true)")
+    if config.dataset_name is None:
+        require_input("dataset_dir", config.dataset_dir, "token shards")
+    require_model("tokenizer_name_or_path", config.tokenizer_name_or_path)
     set_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path)
     checkpoint = resolve_checkpoint(output_dir, config.resume_from_checkpoint)
