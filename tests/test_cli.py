@@ -59,7 +59,8 @@ def _error_of(*arguments: str) -> str:
      "chatforge speedrun --recipe tiny --output runs/tiny --until shards"),
     (["sft", "--config", "recipes/tiny/sft-probe.yaml"], ["runs/tiny/pretrain", "runs/tiny/sft-data"],
      "chatforge sft --config recipes/tiny/sft-world.yaml"),
-    (["ppo", "--config=recipes/tiny/ppo.yaml"], ["runs/tiny/sft"], "chatforge reward --config recipes/tiny/reward.yaml"),
+    (["ppo", "--config=recipes/tiny/ppo.yaml"], ["runs/tiny/sft"],
+     "chatforge reward --config recipes/tiny/reward.yaml"),
     (["sft", "--config", "recipes/smollm2-135m/sft.yaml"], [],
      "chatforge speedrun --recipe smollm2-135m --output runs/smollm2 --until import"),
     (["sft", "--config", "mine/sft.yaml"], [], "chatforge pretrain --config mine/pretrain.yaml"),
@@ -86,7 +87,8 @@ def test_the_commands_named_for_missing_data_make_what_the_stage_needs(tmp_path,
     monkeypatch.chdir(tmp_path)
     model = str(saved_model_dir)
     stages = {"grpo": (grpo.grpo_parser, grpo.check_inputs, ["--model_name_or_path", model]),
-              "ppo": (rlhf.ppo_parser, rlhf.check_inputs, ["--model_name_or_path", model, "--reward_model_path", model]),
+              "ppo": (rlhf.ppo_parser, rlhf.check_inputs,
+                      ["--model_name_or_path", model, "--reward_model_path", model]),
               "sft": (sft.sft_parser, sft.check_inputs, ["--model_name_or_path", model])}
     for stage, (parser, check_inputs, overrides) in stages.items():
         arguments = ["--config", str(recipe_file(f"tiny/{stage}.yaml")), *overrides]

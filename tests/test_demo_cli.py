@@ -1,6 +1,7 @@
 import json
 import math
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -12,22 +13,38 @@ from chatforge.data import iter_documents
 from chatforge.io import read_jsonl
 
 
+def _fresh_checkout(tmp_path: Path) -> Path:
+    shutil.copytree(Path(__file__).parents[1] / "recipes", tmp_path / "recipes")
+    return tmp_path
+
+
+def run_following_hints(arguments: list[str], cwd: Path, depth: int = 0) -> subprocess.CompletedProcess:
+    """``chatforge ARGUMENTS`` in ``cwd``; where it stops for a missing input, the command its error names is run
+    first (in the same way), then it again: what a user starting from nothing does."""
+    for _ in range(6):
+        run = subprocess.run([sys.executable, "-m", "chatforge.cli", *arguments], cwd=cwd, capture_output=True,
+                             text=True, timeout=3 * 3600)
+        if run.returncode == 0:
+            return run
+        hint = re.search(r"make it with `chatforge ([^`]+)`", run.stderr)
+        assert hint and depth < 6, run.stderr[-3000:]
+        run_following_hints(shlex.split(hint.group(1)), cwd, depth + 1)
+    raise AssertionError(f"chatforge {' '.join(arguments)} kept missing inputs")
+
+
 @pytest.mark.slow
 def test_tiny_pretrain_recipe_from_a_fresh_checkout(tmp_path):
-    """The tiny recipe builds its tokenizer and shards, then beats the unigram baseline and writes English words."""
-    recipe = Path(__file__).parents[1] / "recipes"
-    run = subprocess.run(
-        [sys.executable, str(recipe / "pretrain.py"), "--config", str(recipe / "tiny/pretrain.yaml"),
-         "--output_dir", str(tmp_path / "pretrain"), "--dataset_dir", str(tmp_path / "shards"),
-         "--tokenizer_name_or_path", str(tmp_path / "tokenizer"), "--report_to", "none"],
-        capture_output=True, text=True, timeout=3600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    records = [json.loads(line) for line in (tmp_path / "pretrain/metrics.jsonl").read_text().splitlines()]
+    """The tiny recipe, after the speedrun's data stages it names, beats the unigram baseline and writes English
+    words."""
+    run = run_following_hints(["pretrain", "--config", "recipes/tiny/pretrain.yaml", "--report_to", "none"],
+                              _fresh_checkout(tmp_path))
+    output = tmp_path / "runs/tiny"
+    records = [json.loads(line) for line in (output / "pretrain/metrics.jsonl").read_text().splitlines()]
     final = records[-1]
     baseline = float(re.search(r"unigram baseline ([\d.]+)", run.stdout).group(1))
     assert final["val_loss"] < baseline - 1.0
-    samples = json.loads((tmp_path / "pretrain/samples.jsonl").read_text().splitlines()[-1])["samples"]
-    documents = iter_documents([str(tmp_path / "corpus")])  # Wikipedia and the fictional world
+    samples = json.loads((output / "pretrain/samples.jsonl").read_text().splitlines()[-1])["samples"]
+    documents = iter_documents([str(output / "corpus/train.jsonl")])
     corpus_words = {word.lower() for doc in documents for word in re.findall(r"[A-Za-z]+", doc)}
     sampled = [w.lower() for text in samples.values() for w in re.findall(r"[A-Za-z]+", text)]
     assert sum(word in corpus_words for word in sampled) / len(sampled) >= 0.7
@@ -35,12 +52,9 @@ def test_tiny_pretrain_recipe_from_a_fresh_checkout(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_sft_recipe_from_a_fresh_checkout(tmp_path):
-    """recipes/tiny/sft.yaml pretrains its base model and builds its data, then answers in the chat format
+    """recipes/tiny/sft.yaml, after the commands it names (data, pretraining), answers in the chat format
     where the base model does not, and solves more word problems with its tools than without."""
-    shutil.copytree(Path(__file__).parents[1] / "recipes", tmp_path / "recipes")
-    run = subprocess.run([sys.executable, "recipes/sft.py", "--config", "recipes/tiny/sft.yaml"], cwd=tmp_path,
-                         capture_output=True, text=True, timeout=3600)
-    assert run.returncode == 0, run.stderr[-3000:]
+    run_following_hints(["sft", "--config", "recipes/tiny/sft.yaml"], _fresh_checkout(tmp_path))
     figures = json.loads((tmp_path / "runs/tiny/sft/eval.json").read_text())
     assert figures["eval_loss"] < figures["eval_loss_before"] - 2.0
     assert figures["sft"]["format"]["format_adherence"] >= 0.95 > 0.5 >= figures["base"]["format"]["format_adherence"]
@@ -52,13 +66,10 @@ def test_tiny_sft_recipe_from_a_fresh_checkout(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_knowledge_probing_recipe_from_a_fresh_checkout(tmp_path):
-    """recipes/tiny/sft-probe.yaml pretrains, fine-tunes the model to probe (sft-world.yaml) and probes it first;
-    it then says "I don't know" about unseen people, which the plain SFT model never does, and answers about
-    frequent people almost as often as the plain SFT model."""
-    shutil.copytree(Path(__file__).parents[1] / "recipes", tmp_path / "recipes")
-    run = subprocess.run([sys.executable, "recipes/sft.py", "--config", "recipes/tiny/sft-probe.yaml"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=5400)
-    assert run.returncode == 0, run.stderr[-3000:]
+    """recipes/tiny/sft-probe.yaml, after the commands it names (pretraining, sft-world.yaml, the probe), says
+    "I don't know" about unseen people, which the plain SFT model never does, and answers about frequent people
+    almost as often as the plain SFT model."""
+    run_following_hints(["sft", "--config", "recipes/tiny/sft-probe.yaml"], _fresh_checkout(tmp_path))
     plain, probed = (json.loads((tmp_path / f"runs/tiny/{name}/eval.json").read_text())["sft"]["knowledge"]
                      for name in ("sft-world", "sft-probe"))
     assert probed["unseen"]["dont_know_rate"] >= 0.8 > 0.2 >= plain["unseen"]["dont_know_rate"]
@@ -68,15 +79,13 @@ def test_tiny_knowledge_probing_recipe_from_a_fresh_checkout(tmp_path):
 
 @pytest.mark.slow
 def test_tiny_rl_recipes_from_a_fresh_checkout(tmp_path):
-    """recipes/tiny/ppo.yaml builds the base, SFT and reward models it needs; the reward model agrees with the
-    held-out rankings, PPO raises the held-out reward-model score within its KL budget and keeps a policy no
-    worse on test prompts (which its stop rule never saw), and GRPO raises the SFT model's held-out accuracy on
-    word problems."""
-    shutil.copytree(Path(__file__).parents[1] / "recipes", tmp_path / "recipes")
+    """recipes/tiny/ppo.yaml and grpo.yaml, after the commands they name (base, SFT and reward models, their
+    data): the reward model agrees with the held-out rankings, PPO raises the held-out reward-model score within
+    its KL budget and keeps a policy no worse on test prompts (which its stop rule never saw), and GRPO raises
+    the SFT model's held-out accuracy on word problems."""
+    checkout = _fresh_checkout(tmp_path)
     for recipe in ("ppo", "grpo"):
-        run = subprocess.run([sys.executable, f"recipes/{recipe}.py", "--config", f"recipes/tiny/{recipe}.yaml"],
-                             cwd=tmp_path, capture_output=True, text=True, timeout=5400)
-        assert run.returncode == 0, run.stderr[-3000:]
+        run_following_hints([recipe, "--config", f"recipes/tiny/{recipe}.yaml"], checkout)
     reward = json.loads((tmp_path / "runs/tiny/reward/eval.json").read_text())["reward_model"]
     assert reward["pairs"]["accuracy"] >= 0.8 and reward["rankings"]["kendall_tau"] >= 0.6
     ppo = json.loads((tmp_path / "runs/tiny/ppo/eval.json").read_text())

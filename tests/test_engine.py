@@ -3,7 +3,7 @@ import io
 
 import pytest
 import torch
-from conftest import assert_drawn_from, memorize
+from conftest import assert_drawn_from, learn_texts, memorize
 
 from chatforge.inference.batching import chat_many
 from chatforge.inference.chat_cli import chat_loop
@@ -206,3 +206,18 @@ def test_the_end_of_turn_token_comes_from_the_chat_template(tokenizer):
     tokenizer = copy.deepcopy(tokenizer)
     tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
     assert end_of_turn_token(tokenizer) is None
+
+
+def test_the_model_never_writes_a_tool_output_itself(model, tokenizer):
+    """A tool's output is the engine's to write: a model taught to make one up (its first reply token) writes
+    something else, alone and in the batcher."""
+    messages = [{"role": "user", "content": QUESTION}]
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    learn_texts(model, tokenizer, [prompt + "<|tool_output_start|>56088<|tool_output_end|>Done.<|im_end|>"], 60)
+    ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    first = model.generate(ids, max_new_tokens=1, do_sample=False)[0, -1].item()
+    assert tokenizer.convert_ids_to_tokens(first) == "<|tool_output_start|>"  # what the model would write
+    engine = Engine(model, tokenizer, toolbox=default_toolbox())
+    for events in (list(engine.chat(messages, GREEDY)), chat_many(engine, [messages], GREEDY)[0]):
+        assert not any(event.kind == "tool_output" for event in events)
+        assert "<|tool_output_start|>" not in events[-1].text and events[-1].text  # it wrote something else

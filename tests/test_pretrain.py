@@ -142,7 +142,7 @@ def test_wrong_types_are_refused(tmp_path, capsys):
 
 
 def test_missing_data_folder_is_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match=f"PretrainConfig.dataset_dir={tmp_path / 'nope'}: no such folder"):
+    with pytest.raises(FileNotFoundError, match=f"dataset_dir={tmp_path / 'nope'}: no token shards there"):
         pretrain(PretrainConfig(output_dir=str(tmp_path / "out"), dataset_dir=str(tmp_path / "nope")))
 
 

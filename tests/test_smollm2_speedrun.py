@@ -35,7 +35,7 @@ def smollm2_run(tmp_path_factory):
 
 def test_the_speedrun_imports_the_model_and_post_trains_it(smollm2_run):
     output, report = smollm2_run
-    assert list(report) == ["import", "sft", "probe", "sft-probe", "eval", "export", "report", "run"]
+    assert list(report) == ["import", "sft-data", "sft", "probe", "sft-probe", "eval", "export", "report", "run"]
     assert report["import"]["tool_tokens_added"] == 4
     sft = report["sft"]
     assert sft["base.word_problems_with_tools.accuracy.items"] == sft["word_problems_with_tools.accuracy.items"] == 4

@@ -198,7 +198,7 @@ class Batcher:
         self.held: Job | None = None  # taken from the queue, waiting for room
         self.closing = False
         self.tools = ThreadPoolExecutor(tool_threads, thread_name_prefix="chatforge-tool")
-        self.suppressed = engine.tokenizer.convert_tokens_to_ids(TOOL_CALL_START) if engine.tools_supported else None
+        self.suppressed = engine.tool_call_start_id if engine.tools_supported else None
         self.batches = self.largest_batch = self.joined = 0
         self.worker = threading.Thread(target=self._serve, name="chatforge-batcher", daemon=True)
         self.worker.start()
@@ -307,6 +307,7 @@ class Batcher:
             feed.append(token)
         if sampling:
             logits = batch.logits[sampling]
+            logits[:, self.engine.tool_output_ids] = float("-inf")  # the engine writes tool outputs
             if self.suppressed is not None:  # without tools, the model answers in its own words
                 without = [i for i, row in enumerate(sampling) if batch.sequences[row].job.tool_calls == "suppress"]
                 logits[without, self.suppressed] = float("-inf")

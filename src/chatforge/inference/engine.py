@@ -12,7 +12,14 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig, 
 from transformers.generation.streamers import BaseStreamer
 
 from ..errors import InvalidValue
-from ..tokenization.tokenization_chatforge import ENDOFTEXT, IM_END, TOOL_CALL_END, TOOL_CALL_START
+from ..tokenization.tokenization_chatforge import (
+    ENDOFTEXT,
+    IM_END,
+    TOOL_CALL_END,
+    TOOL_CALL_START,
+    TOOL_OUTPUT_END,
+    TOOL_OUTPUT_START,
+)
 from ..tools import Toolbox, format_tool_output, parse_tool_call
 from ..tools.errors import ToolError
 from .detokenize import IncrementalText
@@ -99,6 +106,8 @@ class Engine:
         vocab = tokenizer.get_vocab()
         self.tool_call_start_id, self.tool_call_end_id = vocab.get(TOOL_CALL_START), vocab.get(TOOL_CALL_END)
         self.tools_supported = self.tool_call_end_id is not None and self.tool_call_start_id is not None
+        # a tool's output is the engine's to write, never the model's
+        self.tool_output_ids = [vocab[token] for token in (TOOL_OUTPUT_START, TOOL_OUTPUT_END) if token in vocab]
         configured = model.generation_config.eos_token_id
         configured = [configured] if isinstance(configured, int) else list(configured or [])
         self.end_of_turn = end_of_turn_token(tokenizer)
@@ -247,7 +256,7 @@ class Engine:
         """
         tools = use_tools and bool(self.toolbox) and self.tools_supported
         # Without tools the model cannot open a call, so it has to answer in its own words.
-        suppress = [self.tokenizer.convert_tokens_to_ids(TOOL_CALL_START)] if self.tools_supported and not tools else []
+        suppress = self.tool_output_ids + ([self.tool_call_start_id] if self.tools_supported and not tools else [])
         ids = list(self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
                                                       return_dict=False))
         stop_ids = self.stop_ids + ([self.tool_call_end_id] if tools else [])

@@ -67,15 +67,17 @@ def problem_config(script: GRPOScriptArguments) -> ProblemConfig:
 
 
 def check_inputs(script: GRPOScriptArguments, model_args: ModelConfig) -> None:
-    """Stop before any work where an input is missing or the problems there are not the recipe's, naming the
-    command that makes them."""
+    """Stop before any work where an input is missing, naming the command that makes it, or where generated
+    problems there (those with a ``summary.json``) are not the ones the recipe asks for."""
     require_model("model_name_or_path", model_args.model_name_or_path)
     wanted = problem_config(script)
     require_input("problems_dir", script.problems_dir, "problems", " ".join([
         f"chatforge problems build --output {script.problems_dir} --low {wanted.low} --high {wanted.high}",
         "--kinds", *wanted.kinds]))
-    summary = json.loads((Path(script.problems_dir) / "summary.json").read_text())
-    if (summary.get("operands"), summary.get("kinds")) != ([wanted.low, wanted.high], list(wanted.kinds)):
+    summary_path = Path(script.problems_dir) / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    asked = ([wanted.low, wanted.high], list(wanted.kinds))
+    if summary is not None and (summary.get("operands"), summary.get("kinds")) != asked:
         raise InvalidValue(f"problems_dir={script.problems_dir} holds {summary.get('kinds')} problems with operands "
                            f"{summary.get('operands')}, but the recipe asks for {list(wanted.kinds)} with operands "
                            f"{[wanted.low, wanted.high]}: remove the folder or choose another problems_dir")
