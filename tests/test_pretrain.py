@@ -201,7 +201,8 @@ def test_two_processes_sample_save_and_resume_to_the_weights_of_one(inputs, tmp_
     recipe = [RECIPE, *_distributed_args(inputs), "--output_dir", tmp_path / "two"]
     two = launch_processes(recipe, fsdp2=sharding == "fsdp2", **CPU_ONLY)
     assert "on 2 process(es)" in two.stdout
-    assert "4 rows per device x 2 process(es) x 1 accumulation steps = 512 tokens per optimizer step" in two.stdout
+    assert ("4 rows per device x 2 process(es) x 1 accumulation steps = 512 tokens per optimizer step "
+            f"({'FSDP' if sharding == 'fsdp2' else 'MULTI_CPU'})") in two.stdout
     if sharding == "fsdp2":  # each process holds shards of every parameter, not a silent fallback to DDP
         reports = re.findall(r"FSDP2 sharded parameters: (\d+) of (\d+)", two.stdout)
         assert len(reports) == 2 and all(sharded == total != "0" for sharded, total in reports)
@@ -220,6 +221,27 @@ def test_two_processes_sample_save_and_resume_to_the_weights_of_one(inputs, tmp_
     assert losses(tmp_path / "two") == two_losses
     for name, weight in _weights(tmp_path / "two").items():
         torch.testing.assert_close(weight, expected[name], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_on_two_processes_trains_as_one_process(inputs, tmp_path, one_process_run, stage):
+    """ZeRO-2 (optimizer state and gradients sharded) and ZeRO-3 (parameters too) over two CPU processes: with no
+    dataloader to read them from, the run gives DeepSpeed its micro-batch and accumulation; its losses are one
+    process's, and its checkpoints hold whole weights (ZeRO-3's sums, reduce-scattered in another order, move
+    them by up to 1e-4 in four steps at lr 3e-3)."""
+    deepspeed = {"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": str(stage),
+                 "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": ""}
+    two = launch_processes([RECIPE, *_distributed_args(inputs), "--output_dir", tmp_path / "two"], **deepspeed)
+    assert (f"4 rows per device x 2 process(es) x 1 accumulation steps = 512 tokens per optimizer step "
+            f"(DeepSpeed ZeRO-{stage})") in two.stdout
+    one_losses, two_losses = losses(one_process_run), losses(tmp_path / "two")
+    assert two_losses.keys() == one_losses.keys() and all(
+        math.isclose(two_losses[s], one_losses[s], rel_tol=1e-5) for s in two_losses)
+    for folder in ("checkpoint-2", "."):
+        expected, saved = _weights(one_process_run / folder), _weights(tmp_path / "two" / folder)
+        assert saved.keys() == expected.keys()
+        for name, weight in saved.items():
+            torch.testing.assert_close(weight, expected[name], atol=1e-4 if stage == 3 else 1e-5, rtol=0)
 
 
 def test_streamed_text_dataset_trains_and_resumes_exactly(inputs, tmp_path):

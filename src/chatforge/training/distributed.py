@@ -6,12 +6,13 @@ Every process must call the functions that gather (:func:`optimizer_state`, and 
 """
 
 import contextlib
+import os
 import warnings
 
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
-from accelerate.utils import DistributedType
+from accelerate.utils import DistributedType, InitProcessGroupKwargs
 from transformers import PreTrainedModel
 
 
@@ -20,7 +21,35 @@ def fresh_accelerator(**kwargs) -> Accelerator:
     the mixed precision, and Accelerate refuses a different one. The distributed set-up (``PartialState``) is
     kept."""
     AcceleratorState._reset_state()
+    if not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
+        # DeepSpeed over CPU processes: Accelerate sets up the process group only with a backend named
+        kwargs.setdefault("kwargs_handlers", [InitProcessGroupKwargs(backend="gloo")])
     return Accelerator(**kwargs)
+
+
+def fill_deepspeed_config(accelerator: Accelerator, micro_batch: int, accumulation: int, max_grad_norm: float) -> None:
+    """Under DeepSpeed, give its config what a loop without a dataloader decides itself: rows per micro-batch and
+    accumulation steps (this run's, whatever the config says), clipping where it is ``auto``; let ZeRO take this
+    project's own optimizers, and ZeRO-3 gather whole weights for checkpoints."""
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is None:
+        return
+    config = plugin.deepspeed_config
+    config.update(train_micro_batch_size_per_gpu=micro_batch, gradient_accumulation_steps=accumulation,
+                  train_batch_size=micro_batch * accumulation * accelerator.num_processes)
+    if config.get("gradient_clipping", "auto") == "auto":
+        config["gradient_clipping"] = max_grad_norm
+    config.setdefault("zero_allow_untested_optimizer", True)
+    if plugin.zero_stage == 3:  # checkpoints hold whole weights, gathered from the shards
+        config["zero_optimization"]["stage3_gather_16bit_weights_on_model_save"] = True
+
+
+def sharding(accelerator: Accelerator) -> str:
+    """How the run is split over its processes, for the log: ``DeepSpeed ZeRO-3``, ``FSDP``, ``MULTI_CPU``, ..."""
+    plugin = accelerator.state.deepspeed_plugin
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and plugin is not None:
+        return f"DeepSpeed ZeRO-{plugin.zero_stage}"
+    return accelerator.distributed_type.value
 
 
 def parameters_sharded(accelerator: Accelerator) -> bool:

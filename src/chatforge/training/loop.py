@@ -1,7 +1,6 @@
 """The pretraining loop on Accelerate: next-token prediction over token shards, with live observation,
 checkpoints and exact resume."""
 
-import contextlib
 import json
 import math
 import time
@@ -31,11 +30,13 @@ from .checkpoint import STATE_FILE, export_final_model, resolve_checkpoint, save
 from .config import PretrainConfig, accumulation_steps
 from .data import StreamingWindows, WindowSampler, validation_batches
 from .distributed import (
+    fill_deepspeed_config,
     fresh_accelerator,
     load_optimizer_state,
     model_state,
     optimizer_state,
     parameters_sharded,
+    sharding,
 )
 from .optim import build_optimizer
 from .precision import mixed_precision
@@ -144,6 +145,9 @@ def pretrain(config: PretrainConfig) -> dict:
     set_generation_defaults(model, tokenizer)
     optimizer = build_optimizer(model, config, accelerator.device)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
+    accumulation = accumulation_steps(config, accelerator.num_processes)
+    accelerator.gradient_accumulation_steps = accumulation
+    fill_deepspeed_config(accelerator, config.per_device_train_batch_size, accumulation, config.max_grad_norm)
     model, optimizer = accelerator.prepare(model, optimizer)
     start_step = 0
     if checkpoint is not None:
@@ -164,11 +168,11 @@ def pretrain(config: PretrainConfig) -> dict:
         tracked = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in vars(config).items()}
         accelerator.init_trackers("pretrain", config=tracked)
     unwrapped = accelerator.unwrap_model(model)
-    accumulation = accumulation_steps(config, accelerator.num_processes)
     tokens_per_micro = config.per_device_train_batch_size * config.max_seq_length
     tokens_per_step = tokens_per_micro * accumulation * accelerator.num_processes
     accelerator.print(f"{config.per_device_train_batch_size} rows per device x {accelerator.num_processes} process(es) "
-                      f"x {accumulation} accumulation steps = {tokens_per_step:,} tokens per optimizer step")
+                      f"x {accumulation} accumulation steps = {tokens_per_step:,} tokens per optimizer step "
+                      f"({sharding(accelerator)})")
     stepper = torch.compile(model) if config.torch_compile else model
     on_gpu = accelerator.device.type == "cuda"
     peak = peak_bf16_flops(torch.cuda.get_device_name()) if on_gpu and accelerator.mixed_precision == "bf16" else None
@@ -181,13 +185,15 @@ def pretrain(config: PretrainConfig) -> dict:
         for micro in range(accumulation):
             batch = model_inputs(sampler.batch(step * accumulation + micro),
                                  accelerator.device, config.document_masking)
-            last_micro = micro == accumulation - 1
-            with contextlib.nullcontext() if last_micro else accelerator.no_sync(model), accelerator.autocast():
-                micro_sum = next_token_loss_sum(stepper, batch)
-            # Mean over every token of the step on every rank (DDP averages the ranks' gradients).
-            accelerator.backward(micro_sum / (tokens_per_micro * accumulation))
+            # gradients synchronised (and, under DeepSpeed, the optimizer stepped) after the last micro-batch only
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    micro_sum = next_token_loss_sum(stepper, batch)
+                # Mean over every token of the step on every rank (DDP averages the ranks' gradients); Accelerate,
+                # or DeepSpeed, divides by the accumulation steps.
+                accelerator.backward(micro_sum / tokens_per_micro)
             loss_sum += micro_sum.detach()
-        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)  # DeepSpeed's: clipped
         lr = scheduler.get_last_lr()[0]
         optimizer.step()
         scheduler.step()
@@ -196,7 +202,7 @@ def pretrain(config: PretrainConfig) -> dict:
         done = step + 1
         record = {"step": done, "loss": loss, "lr": lr,
                   "tokens_per_s": tokens_per_step / (time.perf_counter() - step_start),
-                  "grad_norm": float(grad_norm), "tokens": done * tokens_per_step,
+                  "grad_norm": None if grad_norm is None else float(grad_norm), "tokens": done * tokens_per_step,
                   "elapsed_s": time.perf_counter() - started}
         if peak and isinstance(unwrapped, ChatForgeForCausalLM):
             record["mfu"] = estimate_mfu(unwrapped.config, config.max_seq_length,
