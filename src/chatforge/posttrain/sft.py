@@ -55,8 +55,8 @@ class SFTScriptArguments:
     probe_dir: str | None = field(
         default=None, metadata={"help": "knowledge-probe examples this mixture uses (chatforge probe)"})
     probe_model: str | None = field(
-        default=None, metadata={"help": "the model whose probe made probe_dir (named in the command that makes a "
-                                        "missing probe_dir)"})
+        default=None, metadata={"help": "the model the probe asks to make probe_dir (in the speedrun's probe stage, "
+                                        "and in the command named for a missing probe_dir)"})
     probe_questions: str = field(default="world_probe.jsonl",
                                  metadata={"help": "the questions the probe asks, in sft_data_dir"})
     probe_held_out: str | None = field(
