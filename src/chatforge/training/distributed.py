@@ -22,7 +22,7 @@ def fresh_accelerator(**kwargs) -> Accelerator:
     kept."""
     AcceleratorState._reset_state()
     if not torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
-        # DeepSpeed over CPU processes: Accelerate sets up the process group only with a backend named
+        # DeepSpeed over CPU processes: Accelerate sets up their process group only when given its backend
         kwargs.setdefault("kwargs_handlers", [InitProcessGroupKwargs(backend="gloo")])
     return Accelerator(**kwargs)
 
