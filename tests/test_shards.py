@@ -59,3 +59,23 @@ def test_bad_record_names_the_file_and_line_and_writes_nothing(tmp_path, tokeniz
     with pytest.raises(ValueError, match="bad.jsonl:2: record has no 'text' field"):
         tokenize_to_shards(str(tokenizer_dir), [str(bad)], tmp_path / "shards")
     assert not (tmp_path / "shards").exists()
+
+
+def test_a_stream_holds_out_its_first_documents_by_tokens_beside_a_presplit_corpus(tmp_path, corpus, tokenizer_dir,
+                                                                                     documents):
+    stream = tmp_path / "stream.jsonl"
+    stream.write_text("".join(json.dumps({"text": text}) + "\n" for text in documents[300:400]), encoding="utf-8")
+    local_train, local_val = tmp_path / "train.jsonl", tmp_path / "val.jsonl"
+    local_train.write_text("".join(corpus.read_text().splitlines(keepends=True)[:250]), encoding="utf-8")
+    local_val.write_text("".join(corpus.read_text().splitlines(keepends=True)[250:]), encoding="utf-8")
+    meta = tokenize_to_shards(str(tokenizer_dir), [str(stream)], tmp_path / "shards", val_tokens=2_000,
+                              max_documents=90, train_sources=[str(local_train)], val_sources=[str(local_val)])
+    val = list(TokenShards(tmp_path / "shards", "val").documents())
+    train = list(TokenShards(tmp_path / "shards", "train").documents())
+    held_out = len(val) - 50  # the corpus's 50 validation documents come first, then the stream's first ones
+    stream_val_tokens = sum(len(doc) for doc in val[50:])
+    assert stream_val_tokens >= 2_000 > stream_val_tokens - len(val[-1])  # just enough whole documents
+    assert len(train) == 250 + 90 - held_out  # the corpus's train documents, then the rest of the 90 streamed
+    assert meta["splits"]["val"]["tokens"] == sum(len(doc) for doc in val)
+    with pytest.raises(ValueError, match="val_tokens must be at least 0"):
+        tokenize_to_shards(str(tokenizer_dir), [str(stream)], tmp_path / "other", val_tokens=-1)

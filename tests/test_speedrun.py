@@ -8,7 +8,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from chatforge.eval.suite import EvalData
@@ -157,8 +156,8 @@ def test_model_cards_carry_the_runs_figures(smoke_run):
     assert not any(path.name.startswith("checkpoint-") for path in (output / "export/ppo").iterdir())
 
 
-def _write_recipe(tmp_path: Path, **changes) -> Path:
-    raw = yaml.safe_load((REPO / "recipes/smoke/speedrun.yaml").read_text())
+def _write_recipe(tmp_path: Path, base: str = "smoke", **changes) -> Path:
+    raw = yaml.safe_load((REPO / f"recipes/{base}/speedrun.yaml").read_text())
     for key, value in changes.items():
         if value is None:
             raw.pop(key)
@@ -213,31 +212,58 @@ def test_stage_configs_are_moved_under_the_output(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("name", ["tiny", "smoke", "gpt2-124m", "smollm2-135m"])
-def test_every_stage_of_every_speedrun_recipe_parses(name, tmp_path, monkeypatch):
-    from trl import TrlParser
-
-    from chatforge.posttrain.grpo import grpo_parser
-    from chatforge.posttrain.reward import reward_parser
-    from chatforge.posttrain.rlhf import ppo_parser
-    from chatforge.posttrain.sft import sft_parser
-    from chatforge.training import PretrainConfig
-
-    parsers = {"pretrain": lambda: TrlParser([PretrainConfig]), "sft": sft_parser, "sft-probe": sft_parser,
-               "reward": reward_parser, "ppo": ppo_parser, "grpo": grpo_parser}
+def test_the_dry_run_of_every_shipped_recipe_finds_nothing_and_writes_nothing(name, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(REPO)
+    assert speedrun(name, tmp_path / "run", dry_run=True) is None
+    out = capsys.readouterr().out
     recipe = load_recipe(name)
-    for stage in recipe.training:
-        config = resolve_stage_config(recipe, stage, tmp_path)
-        if not torch.cuda.is_available() and not config.get("use_cpu"):
-            config["bf16"] = False  # a GPU recipe: its fields are checked here, bf16 needs the GPU
-        path = tmp_path / f"{stage}.yaml"
-        path.write_text(yaml.safe_dump(config))
-        parsed = parsers[stage]().parse_args_and_config(["--config", str(path)])
-        assert Path(config["output_dir"]).parent == tmp_path  # sft's is sft-world/, the recipe's own folder
-        assert any(getattr(part, "output_dir", None) == config["output_dir"] for part in parsed)
+    stages = Run(recipe, tmp_path / "run").stages
+    assert out.count(": ok\n") + out.count("pretrain: ") == len(stages) and "dry run: 0 problem(s)" in out
+    assert not (tmp_path / "run").exists()
+    if name == "gpt2-124m":  # validation from FineWeb-Edu's held-out tokens: the recipe's 20 batches of 64 x 1025
+        assert "pretrain: 512 rows of 1024 tokens per step over 8 process(es); validation: 20 at least" in out
     if "sft-probe" in recipe.training:  # the probe asks the model of the stage before it
         sft, sft_probe = (resolve_stage_config(recipe, stage, tmp_path) for stage in ("sft", "sft-probe"))
         assert sft_probe["probe_model"] == sft["output_dir"]
+
+
+def test_the_dry_run_finds_what_would_stop_a_stage_and_the_speedrun_refuses_to_start(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)
+    training = yaml.safe_load((REPO / "recipes/gpt2-124m/speedrun.yaml").read_text())["training"]
+    training["sft"]["overrides"] = {"learning_rat": 1e-5}
+    training["reward"]["overrides"]["model_name_or_path"] = str(tmp_path / "elsewhere/sft-probe")
+    recipe = _write_recipe(tmp_path, "gpt2-124m", training=training,
+                           launcher=["accelerate", "launch", "--config_file", "missing.yaml"],
+                           data={**load_recipe("gpt2-124m").data.__dict__, "pretraining_val_tokens": 50_000})
+    with pytest.raises(StageError, match="found 4 problem"):
+        speedrun(str(recipe), tmp_path / "run", dry_run=True)
+    out = capsys.readouterr().out
+    assert "launcher: --config_file missing.yaml: no such file" in out
+    assert ("pretrain: data.pretraining_val_tokens=50000 (val): 50,000 tokens, too few for one evaluation batch of "
+            "64 x 1025 (eval_batches=20 take 1,310,721)") in out
+    assert "sft: " in out and "configs/sft.yaml (from " in out and "learning_rat" in out
+    assert f"reward: model_name_or_path={tmp_path / 'elsewhere/sft-probe'}: no model there" in out
+    with pytest.raises(StageError, match="nothing was run:\n  launcher: --config_file missing.yaml"):
+        speedrun(str(recipe), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_pretraining_checks_its_shards_against_its_batches_before_any_work(smoke_run):
+    from chatforge.training import PretrainConfig
+    from chatforge.training.loop import check_inputs
+
+    output, _ = smoke_run
+    config = PretrainConfig(**{key: value for key, value in resolve_stage_config(load_recipe("smoke"), "pretrain",
+                                                                                 output).items()})
+    check_inputs(config, processes=2)
+    val_tokens = json.loads((output / "shards/meta.json").read_text())["splits"]["val"]["tokens"]
+    config.per_device_train_batch_size = val_tokens // config.max_seq_length + 1
+    with pytest.raises(ValueError, match=f"shards \\(val\\): {val_tokens:,} tokens, too few for one evaluation"):
+        check_inputs(config)
+    config.per_device_train_batch_size, config.global_batch_size = 8, 24
+    with pytest.raises(ValueError, match="global_batch_size=24 is not a multiple of per_device_train_batch_size=8 "
+                                         "x 2 processes"):
+        check_inputs(config, processes=2)
 
 
 def test_outputs_the_speedrun_did_not_write_are_not_resumed(tmp_path, monkeypatch):

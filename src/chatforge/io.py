@@ -1,6 +1,7 @@
 """Crash-safe writes: a folder or file appears complete under its final name, or not at all."""
 
 import contextlib
+import contextvars
 import json
 import os
 import shutil
@@ -77,8 +78,28 @@ def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:
     return records
 
 
+_PLANNED: contextvars.ContextVar[tuple[Path, ...]] = contextvars.ContextVar("planned_outputs", default=())
+
+
+@contextlib.contextmanager
+def planned_outputs(paths: Iterable[str | Path]) -> Iterator[None]:
+    """Within it, :func:`will_exist` counts ``paths``, and whatever lies under them, as present: the outputs that
+    earlier stages of a plan being checked will write."""
+    token = _PLANNED.set(tuple(Path(path).absolute() for path in paths))
+    try:
+        yield
+    finally:
+        _PLANNED.reset(token)
+
+
+def will_exist(path: str | Path) -> bool:
+    """Whether ``path`` exists, or lies in an output of a plan being checked (:func:`planned_outputs`)."""
+    path = Path(path).absolute()
+    return path.exists() or any(path == planned or planned in path.parents for planned in _PLANNED.get())
+
+
 def require_input(field: str, path: str | Path, what: str, make: str | None = None) -> None:
     """Raise :class:`~chatforge.errors.MissingInput` unless ``path`` (named by the setting ``field``) exists;
     ``make`` is the command that makes it."""
-    if not Path(path).exists():
+    if not will_exist(path):
         raise MissingInput(field, str(path), what, make)

@@ -34,6 +34,8 @@ def add_commands(stages) -> None:
     tokenize.add_argument("--output", required=True)
     tokenize.add_argument("--text-field", default="text")
     tokenize.add_argument("--val-fraction", type=float, default=0.005, help="share of documents held out")
+    tokenize.add_argument("--val-tokens", type=int, default=None,
+                          help="instead of --val-fraction: hold out the first documents, this many tokens of them")
     tokenize.add_argument("--seed", type=int, default=0)
     tokenize.add_argument("--workers", type=int, default=1, help="tokenizing processes")
     tokenize.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard file")
@@ -65,7 +67,8 @@ def _tokenize(args: argparse.Namespace) -> None:
 
     meta = tokenize_to_shards(args.tokenizer, args.input, args.output, text_field=args.text_field,
                               val_fraction=args.val_fraction, seed=args.seed, workers=args.workers,
-                              shard_tokens=args.shard_tokens, max_documents=args.max_documents)
+                              shard_tokens=args.shard_tokens, max_documents=args.max_documents,
+                              val_tokens=args.val_tokens)
     train, val = meta["splits"]["train"], meta["splits"]["val"]
     print(f"token shards: train {train['tokens']:,} tokens ({train['documents']:,} documents), val "
           f"{val['tokens']:,} tokens ({val['documents']:,} documents), {meta['dtype']} -> {args.output}")

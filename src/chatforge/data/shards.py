@@ -7,7 +7,8 @@ Layout of a shard folder::
     train_000000.docs.npy      int64 offsets where each document starts in that shard
     val_000000.bin ...
 
-Documents go to ``val`` by a seeded hash of their position, so the split is stable when inputs grow.
+Documents go to ``val`` by a seeded hash of their position, so the split is stable when inputs grow; or, for a
+stream read once, its first documents up to a number of tokens.
 """
 
 import contextlib
@@ -59,16 +60,21 @@ def _encode_batch(batch: list[tuple[str, str]]) -> list[tuple[str, list[int]]]:
     return _encode(_worker_tokenizer, batch)
 
 
-def _split_documents(documents: Iterable[str], val_documents: Iterable[str] | None, val_fraction: float,
-                     seed: int) -> Iterator[tuple[str, str]]:
-    """(split, text): every document of ``val_documents`` is validation where given; else a seeded hash of
-    each document's position decides."""
-    if val_documents is None:
-        for index, text in enumerate(documents):
+#: The split of a document of ``sources`` held out by token count: validation until ``val_tokens`` are held out.
+HELD_OUT = "held out"
+
+
+def _split_documents(documents: Iterable[str], val_fraction: float, seed: int, val_tokens: int | None,
+                     train_documents: Iterable[str], val_documents: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """(split, text): the pre-split documents first, then those of ``documents``, whose split a seeded hash of
+    each one's position decides (or, with ``val_tokens``, :data:`HELD_OUT`: the token count decides)."""
+    yield from (("train", text) for text in train_documents)
+    yield from (("val", text) for text in val_documents)
+    for index, text in enumerate(documents):
+        if val_tokens is not None:
+            yield HELD_OUT, text
+        else:
             yield ("val" if is_validation(index, val_fraction, seed) else "train"), text
-    else:
-        yield from (("train", text) for text in documents)
-        yield from (("val", text) for text in val_documents)
 
 
 def _batches(documents: Iterable[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
@@ -116,9 +122,12 @@ class _ShardWriter:
 def tokenize_to_shards(tokenizer_dir: str, sources: list[str], output_dir: str | Path, text_field: str = "text",
                        val_fraction: float = 0.005, seed: int = 0, workers: int = 1,
                        shard_tokens: int = 100_000_000, batch_size: int = 256,
-                       max_documents: int | None = None, val_sources: list[str] | None = None) -> dict:
-    """Tokenize every document of ``sources`` into train/val shards; a finished folder is left as is.
-    With ``val_sources`` the split is given: ``sources`` are all train, ``val_sources`` all validation."""
+                       max_documents: int | None = None, val_tokens: int | None = None,
+                       train_sources: list[str] = (), val_sources: list[str] = ()) -> dict:
+    """Tokenize the documents of ``sources`` (at most ``max_documents``) into train/val shards; a finished folder
+    is left as is. ``val_fraction`` of them go to validation by a seeded hash of their position, or, with
+    ``val_tokens``, their first documents until those hold ``val_tokens`` tokens (the held-out share of a stream
+    that is read once). ``train_sources`` and ``val_sources`` are already split: all train, all validation."""
     from transformers import AutoTokenizer
 
     output_dir = Path(output_dir)
@@ -126,6 +135,8 @@ def tokenize_to_shards(tokenizer_dir: str, sources: list[str], output_dir: str |
         return json.loads((output_dir / META_FILE).read_text())
     if not 0.0 <= val_fraction < 1.0:
         raise InvalidValue(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if val_tokens is not None and val_tokens < 0:
+        raise InvalidValue(f"val_tokens must be at least 0, got {val_tokens}")
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     if tokenizer.eos_token_id is None:
         raise InvalidValue(f"{tokenizer_dir}: the tokenizer has no EOS token to separate documents")
@@ -134,8 +145,10 @@ def tokenize_to_shards(tokenizer_dir: str, sources: list[str], output_dir: str |
     with atomic_directory(output_dir) as tmp_dir:
         writers = {split: _ShardWriter(tmp_dir, split, dtype, shard_tokens) for split in SPLITS}
         documents = itertools.islice(iter_documents(sources, text_field), max_documents)
-        val_documents = iter_documents(val_sources, text_field) if val_sources is not None else None
-        batches = _batches(_split_documents(documents, val_documents, val_fraction, seed), batch_size)
+        batches = _batches(_split_documents(documents, val_fraction, seed, val_tokens,
+                                            iter_documents(train_sources, text_field),
+                                            iter_documents(val_sources, text_field)), batch_size)
+        held_out = 0
         with contextlib.ExitStack() as stack:
             if workers > 1:
                 pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(
@@ -146,6 +159,9 @@ def tokenize_to_shards(tokenizer_dir: str, sources: list[str], output_dir: str |
             progress = stack.enter_context(tqdm(desc="tokenizing", unit=" tok", unit_scale=True))
             for encoded in encoded_batches:
                 for split, tokens in encoded:
+                    if split == HELD_OUT:
+                        split = "val" if held_out < val_tokens else "train"
+                        held_out += len(tokens) if split == "val" else 0
                     writers[split].add(tokens)
                     progress.update(len(tokens))
                 elapsed = time.perf_counter() - start
@@ -154,15 +170,17 @@ def tokenize_to_shards(tokenizer_dir: str, sources: list[str], output_dir: str |
         for writer in writers.values():
             writer.flush()
         if writers["train"].tokens == 0:
-            raise InvalidValue(f"{sources}: no documents to tokenize")
+            raise InvalidValue(f"{[*train_sources, *sources]}: no documents to tokenize")
         meta = {
             "dtype": dtype.name,
             "vocab_size": len(tokenizer),
             "eos_token_id": tokenizer.eos_token_id,
             "tokenizer": str(tokenizer_dir),
             "sources": list(sources),
-            "val_sources": None if val_sources is None else list(val_sources),
+            "train_sources": list(train_sources),
+            "val_sources": list(val_sources),
             "val_fraction": val_fraction,
+            "val_tokens": val_tokens,
             "seed": seed,
             "splits": {split: {"documents": w.documents, "tokens": w.tokens, "shards": w.shards}
                        for split, w in writers.items()},

@@ -7,6 +7,7 @@ from huggingface_hub.utils import validate_repo_id
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..errors import InvalidValue, MissingInput
+from ..io import will_exist
 from .configuration_chatforge import PRESETS, ChatForgeConfig
 
 STOP_TOKENS = ("<|endoftext|>", "<|im_end|>")
@@ -61,7 +62,7 @@ def require_model(field: str, name_or_path: str) -> None:
     is not there: a path that cannot be a Hub id, or one inside a local folder (``runs/sft`` where ``runs/`` is);
     a Hub id, ``org/name``, is left to be downloaded."""
     path = Path(name_or_path)
-    if path.exists():
+    if will_exist(path):
         return
     try:
         validate_repo_id(name_or_path)

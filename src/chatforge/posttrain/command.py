@@ -3,18 +3,29 @@
 
 import argparse
 
-from ..training.command import add_stage_command
+from ..training.command import PRETRAIN, StageCommand, add_stage_command
+
+
+def _posttraining(name: str, help: str, module: str, parser: str, run: str) -> StageCommand:
+    """A post-training stage: its module's ``check_inputs`` takes the script and model arguments."""
+    return StageCommand(name, help, f"{module}:{parser}", f"{module}:{run}", f"{module}:check_inputs", (0, 2))
+
+
+SFT = _posttraining("sft", "supervised fine-tuning into an assistant (recipes/sft.py)", "chatforge.posttrain.sft",
+                    "sft_parser", "run_sft")
+REWARD = _posttraining("reward", "a reward model from preference rankings (recipes/reward.py)",
+                       "chatforge.posttrain.reward", "reward_parser", "run_reward")
+PPO = _posttraining("ppo", "RLHF with PPO against the reward model (recipes/ppo.py)", "chatforge.posttrain.rlhf",
+                    "ppo_parser", "run_ppo")
+GRPO = _posttraining("grpo", "GRPO on problems with checkable answers (recipes/grpo.py)",
+                     "chatforge.posttrain.grpo", "grpo_parser", "run_grpo")
+#: Every training stage's command by name.
+STAGE_COMMANDS = {command.name: command for command in (PRETRAIN, SFT, REWARD, PPO, GRPO)}
 
 
 def add_commands(stages) -> None:
-    add_stage_command(stages, "sft", "supervised fine-tuning into an assistant (recipes/sft.py)",
-                      "chatforge.posttrain.sft:sft_parser", "chatforge.posttrain.sft:run_sft")
-    add_stage_command(stages, "reward", "a reward model from preference rankings (recipes/reward.py)",
-                      "chatforge.posttrain.reward:reward_parser", "chatforge.posttrain.reward:run_reward")
-    add_stage_command(stages, "ppo", "RLHF with PPO against the reward model (recipes/ppo.py)",
-                      "chatforge.posttrain.rlhf:ppo_parser", "chatforge.posttrain.rlhf:run_ppo")
-    add_stage_command(stages, "grpo", "GRPO on problems with checkable answers (recipes/grpo.py)",
-                      "chatforge.posttrain.grpo:grpo_parser", "chatforge.posttrain.grpo:run_grpo")
+    for command in (SFT, REWARD, PPO, GRPO):
+        add_stage_command(stages, command)
 
     probe = stages.add_parser("probe", help="label questions known/unknown by sampling; write SFT examples")
     probe.add_argument("--model", required=True, help="model folder or Hub id (a chat model)")

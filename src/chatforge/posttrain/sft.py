@@ -23,7 +23,7 @@ from ..data.shards import TokenShards
 from ..errors import InvalidValue, MissingInput
 from ..eval.chat import format_adherence, knowledge, look_up_accuracy, word_problem_accuracy
 from ..inference.engine import Engine
-from ..io import atomic_write_text, read_jsonl, require_input
+from ..io import atomic_write_text, read_jsonl, require_input, will_exist
 from ..modeling.factory import load_tokenizer, require_model, set_generation_defaults
 from ..tasks.conversations import ON_INVALID, ConversationError, check_conversation
 from ..tools import default_toolbox
@@ -84,7 +84,7 @@ def check_inputs(script: SFTScriptArguments, model_args: ModelConfig) -> None:
     require_model("model_name_or_path", model_args.model_name_or_path)
     require_input("sft_data_dir", script.sft_data_dir, "SFT data", f"chatforge sft-data build --output "
                                                                     f"{script.sft_data_dir}")
-    if script.probe_dir and not Path(script.probe_dir).exists():
+    if script.probe_dir and not will_exist(script.probe_dir):
         if script.probe_model is None:
             raise MissingInput("probe_dir", script.probe_dir, "probe examples")
         require_model("probe_model", script.probe_model)

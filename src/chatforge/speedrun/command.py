@@ -11,6 +11,9 @@ def add_commands(stages) -> None:
     speedrun.add_argument("--output", required=True, help="run folder (report.md, report.json, export/)")
     speedrun.add_argument("--from", dest="start", default=None, help="rerun from this stage (earlier ones finished)")
     speedrun.add_argument("--until", default=None, help="stop after this stage")
+    speedrun.add_argument("--dry-run", action="store_true",
+                          help="run nothing: check the launcher, every stage's recipe and inputs, and "
+                               "pretraining's batch shapes (what every speedrun checks before its first stage)")
     speedrun.set_defaults(func=_speedrun)
 
 
@@ -19,7 +22,9 @@ def _speedrun(args: argparse.Namespace) -> None:
     from .recipe import load_recipe
     from .stages import Run
 
-    report = speedrun(args.recipe, args.output, start=args.start, until=args.until)
+    report = speedrun(args.recipe, args.output, start=args.start, until=args.until, dry_run=args.dry_run)
+    if report is None:
+        return
     output = Path(args.output)
     print(f"speedrun: {report['run']['stages_seconds'] / 60:.1f} minutes of stages -> {output}")
     if (output / "report.md").exists():

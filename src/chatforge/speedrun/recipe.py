@@ -46,9 +46,11 @@ class DataSettings:
     seed: int = 0
     # More pretraining text beside the embedded corpus and the cleaned pages: files, folders or Hub datasets
     # (streamed), e.g. HuggingFaceFW/fineweb-edu; at most max_documents of them, the tokenizer trained on at
-    # most tokenizer_max_chars characters.
+    # most tokenizer_max_chars characters. Their first documents holding pretraining_val_tokens tokens are
+    # held out for validation (without it, val_fraction of their documents).
     pretraining_sources: list[str] = field(default_factory=list)
     max_documents: int | None = None
+    pretraining_val_tokens: int | None = None
     tokenizer_max_chars: int | None = None
     tokenize_workers: int = 1
 
@@ -57,6 +59,10 @@ class DataSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise InvalidValue(f"`data.{name}` must be a positive integer, got {value!r}")
+        if self.pretraining_val_tokens is not None and (
+                not isinstance(self.pretraining_val_tokens, int) or self.pretraining_val_tokens < 1):
+            raise InvalidValue("`data.pretraining_val_tokens` must be a positive integer, got "
+                               f"{self.pretraining_val_tokens!r}")
         if not 0 < self.val_fraction < 1:
             raise InvalidValue(f"`data.val_fraction` must lie between 0 and 1, got {self.val_fraction!r}")
 

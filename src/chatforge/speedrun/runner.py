@@ -12,6 +12,7 @@ import torch
 
 from ..errors import InvalidValue
 from ..io import atomic_write_text
+from .check import check_stages
 from .recipe import load_recipe
 from .stages import Run, Stage, StageError
 
@@ -68,9 +69,12 @@ def write_report_json(run: Run) -> dict:
     return report
 
 
-def speedrun(recipe: str, output: str | Path, start: str | None = None, until: str | None = None) -> dict:
+def speedrun(recipe: str, output: str | Path, start: str | None = None, until: str | None = None,
+             dry_run: bool = False) -> dict | None:
     """Run the stages of ``recipe`` from ``start`` (rerun even when finished; earlier stages must have
-    finished) through ``until``, into ``output``. Returns ``report.json``'s content."""
+    finished) through ``until``, into ``output``, once :func:`~chatforge.speedrun.check.check_stages` finds
+    nothing wrong with them. Returns ``report.json``'s content; with ``dry_run``, only checks (and prints what it
+    found) and returns None."""
     run = Run(load_recipe(recipe), Path(output))
     stages = run.stages
     names = [stage.name for stage in stages]
@@ -82,10 +86,20 @@ def speedrun(recipe: str, output: str | Path, start: str | None = None, until: s
     last = names.index(until) if until else len(stages) - 1
     if first > last:
         raise InvalidValue(f"--from {start} comes after --until {until}")
-    run.state_dir.mkdir(parents=True, exist_ok=True)
     for stage in stages[:first]:
         if not _marker(run, stage).exists():
             raise StageError(f"--from {start}: the earlier stage {stage.name} has not finished in {output}")
+    lines, problems = check_stages(run, stages[first:last + 1],
+                                   [path for stage in stages[:first] for path in stage.outputs(run)])
+    if dry_run:
+        print("\n".join(f"[{index}/{len(stages)}] {line}" for index, line in enumerate(lines, start=first + 1)))
+        print(f"dry run: {len(problems)} problem(s)" + "".join(f"\n  {problem}" for problem in problems))
+        if problems:
+            raise StageError(f"the dry run found {len(problems)} problem(s) (listed above)")
+        return None
+    if problems:
+        raise StageError("the speedrun would fail; nothing was run:" + "".join(f"\n  {p}" for p in problems))
+    run.state_dir.mkdir(parents=True, exist_ok=True)
     if start:
         for stage in stages[first:last + 1]:
             _reset(run, stage)

@@ -168,13 +168,16 @@ def run_tokenizer(run: Run) -> dict:
 
 
 def run_shards(run: Run) -> dict:
+    """The corpus's train and validation documents, and those of ``pretraining_sources`` (their first
+    ``pretraining_val_tokens`` tokens held out for validation, else ``val_fraction`` of their documents)."""
     from ..data.shards import tokenize_to_shards
 
     settings, corpus = run.recipe.data, run.output / "corpus"
     pretrain = run.config("pretrain")
-    meta = tokenize_to_shards(pretrain["tokenizer_name_or_path"],
-                              [str(corpus / "train.jsonl"), *settings.pretraining_sources], pretrain["dataset_dir"],
-                              val_sources=[str(corpus / "val.jsonl")], max_documents=settings.max_documents,
+    meta = tokenize_to_shards(pretrain["tokenizer_name_or_path"], settings.pretraining_sources,
+                              pretrain["dataset_dir"], val_fraction=settings.val_fraction, seed=settings.seed,
+                              max_documents=settings.max_documents, val_tokens=settings.pretraining_val_tokens,
+                              train_sources=[str(corpus / "train.jsonl")], val_sources=[str(corpus / "val.jsonl")],
                               workers=settings.tokenize_workers)
     return {f"{split}_tokens": info["tokens"] for split, info in meta["splits"].items()}
 

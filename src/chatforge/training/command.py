@@ -3,17 +3,36 @@ stage commands of the training stages above it."""
 
 import argparse
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..recipes import recipe_file
 
 
-def add_stage_command(stages, name: str, help: str, parser: str, run: str) -> None:
-    """``chatforge NAME [--config YAML] [--field value ...]``: the arguments go to the stage's ``TrlParser``
-    (made by ``parser``, a ``module:function`` path, so ``--help`` lists every config field with its help) and
-    what it parses to ``run``."""
-    stage = stages.add_parser(name, help=help, add_help=False)
-    stage.set_defaults(func=_run_stage, stage_parser=parser, stage_run=run, passes_arguments=True)
+@dataclass(frozen=True)
+class StageCommand:
+    """A training stage's command, ``chatforge NAME [--config YAML] [--field value ...]``: its parts are
+    ``module:function`` paths, imported when used (so that ``chatforge --help`` stays quick)."""
+
+    name: str
+    help: str
+    parser: str  # makes the stage's TrlParser: ``--help`` lists every config field with its help
+    run: str  # runs the stage on what the parser returns
+    check: str  # stops before any work where an input is missing, given ...
+    check_arguments: tuple[int, ...] = (0,)  # ... these of what the parser returns (by position)
+
+    def make_parser(self):
+        parser = named_function(self.parser)()
+        parser.prog = f"chatforge {self.name}"
+        return parser
+
+    def check_inputs(self, parsed: tuple) -> None:
+        named_function(self.check)(*(parsed[index] for index in self.check_arguments))
+
+
+def add_stage_command(stages, command: StageCommand) -> None:
+    stage = stages.add_parser(command.name, help=command.help, add_help=False)
+    stage.set_defaults(func=_run_stage, stage_command=command, passes_arguments=True)
 
 
 def named_function(path: str):
@@ -23,10 +42,9 @@ def named_function(path: str):
 
 
 def _run_stage(args: argparse.Namespace) -> None:
-    parser = named_function(args.stage_parser)()
-    parser.prog = f"chatforge {args.stage}"
+    command = args.stage_command
     arguments, args.config_file = _shipped_config(args.arguments)
-    named_function(args.stage_run)(*parser.parse_args_and_config(arguments))
+    named_function(command.run)(*command.make_parser().parse_args_and_config(arguments))
 
 
 def _shipped_config(arguments: list[str]) -> tuple[list[str], Path | None]:
@@ -43,7 +61,10 @@ def _shipped_config(arguments: list[str]) -> tuple[list[str], Path | None]:
     return arguments, None
 
 
-def add_commands(stages) -> None:
-    add_stage_command(stages, "pretrain", "pretrain a causal LM on token shards (recipes/pretrain.py)",
-                      "chatforge.training.config:pretrain_parser", "chatforge.training.loop:pretrain")
+PRETRAIN = StageCommand("pretrain", "pretrain a causal LM on token shards (recipes/pretrain.py)",
+                        "chatforge.training.config:pretrain_parser", "chatforge.training.loop:pretrain",
+                        "chatforge.training.loop:check_inputs")
 
+
+def add_commands(stages) -> None:
+    add_stage_command(stages, PRETRAIN)

@@ -2,6 +2,7 @@
 pure function of the step (so a resumed run reads exactly what an uninterrupted one would)."""
 
 import math
+from collections.abc import Iterable
 
 import numpy as np
 import torch
@@ -20,10 +21,19 @@ def document_positions(tokens: torch.Tensor, eos_token_id: int) -> torch.Tensor:
     return index - torch.cummax(starts, dim=1).values
 
 
+def _window_starts(tokens: int, seq_len: int) -> range:
+    return range(0, tokens - seq_len - 1, seq_len)
+
+
 def windows(shards: TokenShards, seq_len: int) -> list[tuple[int, int]]:
     """(shard, start) of every non-overlapping window of ``seq_len + 1`` tokens."""
     return [(shard, start) for shard, array in enumerate(shards.arrays)
-            for start in range(0, len(array) - seq_len - 1, seq_len)]
+            for start in _window_starts(len(array), seq_len)]
+
+
+def window_count(shard_tokens: Iterable[int], seq_len: int) -> int:
+    """How many windows :func:`windows` cuts from shards holding ``shard_tokens`` tokens each."""
+    return sum(len(_window_starts(tokens, seq_len)) for tokens in shard_tokens)
 
 
 def rows_to_batch(rows: list[np.ndarray], eos_token_id: int) -> dict[str, torch.Tensor]:
@@ -76,6 +86,28 @@ class WindowSampler:
     def _window(self, window: int) -> np.ndarray:
         shard, start = self.windows[window]
         return self.shards.arrays[shard][start:start + self.seq_len + 1]
+
+
+def split_batches(config, processes: int, shard_tokens: dict[str, list[int]], where: str) -> dict[str, int]:
+    """The batches each split of ``shard_tokens`` (split -> tokens per shard) gives a pretraining ``config`` run on
+    ``processes`` processes: train batches per epoch, validation batches per evaluation. Raises InvalidValue,
+    naming ``where`` (the shards, or the plan that makes them), where a split gives none."""
+    seq_len, batch_size = config.max_seq_length, config.per_device_train_batch_size
+    batches = {}
+    if "train" in shard_tokens:
+        windows_in = window_count(shard_tokens["train"], seq_len)
+        batches["train"] = windows_in // (batch_size * processes)
+        if batches["train"] == 0:
+            raise InvalidValue(f"{where} (train): {windows_in} windows of {seq_len + 1} tokens, fewer than one "
+                               f"global batch of {batch_size} rows x {processes} processes; use more data, shorter "
+                               "rows or a smaller per_device_train_batch_size")
+    if "val" in shard_tokens:
+        batches["val"] = min(config.eval_batches, window_count(shard_tokens["val"], seq_len) // batch_size)
+        if batches["val"] == 0:
+            raise InvalidValue(f"{where} (val): {sum(shard_tokens['val']):,} tokens, too few for one evaluation "
+                               f"batch of {batch_size} x {seq_len + 1} (eval_batches={config.eval_batches} take "
+                               f"{config.eval_batches * batch_size * seq_len + 1:,}); hold out more validation text")
+    return batches
 
 
 def validation_batches(shards: TokenShards, seq_len: int, batch_size: int, max_batches: int, tokenizer):

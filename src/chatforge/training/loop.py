@@ -14,7 +14,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from ..data.shards import TokenShards
+from ..data.shards import META_FILE, TokenShards
 from ..eval import unigram_cross_entropy
 from ..inference import sample_continuations
 from ..io import atomic_write_text, require_input
@@ -28,7 +28,7 @@ from ..modeling import (
 from ..modeling.factory import require_model
 from .checkpoint import STATE_FILE, export_final_model, resolve_checkpoint, save_checkpoint, set_rng_state
 from .config import PretrainConfig, accumulation_steps
-from .data import StreamingWindows, WindowSampler, validation_batches
+from .data import StreamingWindows, WindowSampler, split_batches, validation_batches
 from .distributed import (
     fill_deepspeed_config,
     fresh_accelerator,
@@ -129,15 +129,33 @@ def build_model(config: PretrainConfig, tokenizer, checkpoint: Path | None):
     return ChatForgeForCausalLM(config_for_tokenizer(tokenizer, config.model_preset, attn_implementation=attention))
 
 
+def check_inputs(config: PretrainConfig, processes: int = 1) -> None:
+    """Stop before any work where an input is missing (naming the command that makes it), or where the token
+    shards cannot fill the recipe's batches on ``processes`` processes."""
+    if config.dataset_name is None:
+        require_input("dataset_dir", config.dataset_dir, "token shards")
+    require_model("tokenizer_name_or_path", config.tokenizer_name_or_path)
+    accumulation_steps(config, processes)
+    shard_batches(config, processes)
+
+
+def shard_batches(config: PretrainConfig, processes: int) -> dict[str, int] | None:
+    """The batches of the token shards at ``config``'s shapes on ``processes`` processes (see
+    :func:`~chatforge.training.data.split_batches`); None where there are no shards (yet)."""
+    if config.dataset_name is not None or not (Path(config.dataset_dir) / META_FILE).exists():
+        return None
+    splits = TokenShards(config.dataset_dir).meta["splits"]
+    return split_batches(config, processes, {split: [shard["tokens"] for shard in info["shards"]]
+                                             for split, info in splits.items()}, config.dataset_dir)
+
+
 def pretrain(config: PretrainConfig) -> dict:
     """Train a causal LM on ``config.dataset_dir``; returns the final figures (also in ``metrics.jsonl``)."""
     trackers = [name for name in config.report_to if name != "none"]
     accelerator = fresh_accelerator(mixed_precision=mixed_precision(config.bf16), log_with=trackers or None,
                                     project_dir=config.output_dir)
     output_dir = Path(config.output_dir)
-    if config.dataset_name is None:
-        require_input("dataset_dir", config.dataset_dir, "token shards")
-    require_model("tokenizer_name_or_path", config.tokenizer_name_or_path)
+    check_inputs(config, accelerator.num_processes)
     set_seed(config.seed)
     tokenizer = AutoTokenizer.from_pretrained(config.tokenizer_name_or_path)
     checkpoint = resolve_checkpoint(output_dir, config.resume_from_checkpoint)
