@@ -1,9 +1,11 @@
-"""Training throughput of ChatForgeForCausalLM against a plain-PyTorch GPT of the same shape.
+"""Training throughput of ChatForgeForCausalLM against two plain-PyTorch references: a GPT of the same
+architecture and shape (``reference``), and a GPT of nanoGPT's architecture at the same width, depth, heads
+and context (``nanogpt``: learned positions, LayerNorm, GELU MLP).
 
-Both models run the same training step (forward, next-token loss, backward, AdamW) on the same
-batches, in rounds of alternating order so that machine noise hits both alike. Prints tokens/s of
-each, the median per-round ratio (ChatForge / reference; above 1.0 means ChatForge is faster) and
-MFU where a peak is known.
+The models run the same training step (forward, next-token loss, backward, AdamW) on the same batches, in
+rounds of rotating order so that machine noise hits each alike. Prints tokens/s of each, and the median
+per-round ratios (above 1.0 means ChatForge is faster): tokens/s against ``reference``, achieved model
+FLOP/s (6N + 12·L·C·T per token, each model's own N) against ``nanogpt``; MFU where a peak is known.
 
     python bench/model_throughput.py --preset tiny                      # CPU (bf16 where native)
     python bench/model_throughput.py --preset gpt2-124m --compile       # GPU, bf16
@@ -19,12 +21,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from nanogpt_reference import NanoGPT  # noqa: E402
+from nanogpt_reference import flops_per_token as nanogpt_flops_per_token  # noqa: E402
 from reference_gpt import ReferenceGPT  # noqa: E402
 
 from chatforge.modeling import (  # noqa: E402
     ChatForgeConfig,
     ChatForgeForCausalLM,
-    estimate_mfu,
+    flops_per_token,
     num_parameters,
     peak_bf16_flops,
 )
@@ -47,9 +51,9 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def training_step(model, optimizer, batch, is_reference: bool, autocast) -> None:
+def training_step(model, optimizer, batch, is_chatforge: bool, autocast) -> None:
     with autocast():
-        loss = model(batch, batch) if is_reference else model(input_ids=batch, labels=batch).loss
+        loss = model(input_ids=batch, labels=batch, skip_logits=True).loss if is_chatforge else model(batch, batch)
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -70,10 +74,13 @@ def main() -> None:
         torch.backends.cuda.matmul.allow_tf32 = True
 
     torch.manual_seed(0)
-    models = {"chatforge": ChatForgeForCausalLM(config).to(device), "reference": ReferenceGPT(config).to(device)}
+    models = {"chatforge": ChatForgeForCausalLM(config).to(device), "reference": ReferenceGPT(config).to(device),
+              "nanogpt": NanoGPT(config).to(device)}
     n_params = {name: num_parameters(model) for name, model in models.items()}
     if n_params["chatforge"] != n_params["reference"]:
         raise SystemExit(f"shape mismatch: {n_params}")
+    flops = {"chatforge": flops_per_token(config, seq_len), "reference": flops_per_token(config, seq_len),
+             "nanogpt": nanogpt_flops_per_token(config, seq_len)}
     optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4, fused=on_gpu)
                   for name, model in models.items()}
     steppers = {name: torch.compile(model) if args.compile else model for name, model in models.items()}
@@ -90,25 +97,28 @@ def main() -> None:
             torch.cuda.synchronize()
         start = time.perf_counter()
         for i in range(n):
-            training_step(steppers[name], optimizers[name], batches[i % len(batches)], name == "reference", autocast)
+            training_step(steppers[name], optimizers[name], batches[i % len(batches)], name == "chatforge", autocast)
         if on_gpu:
             torch.cuda.synchronize()
         return batch_size * seq_len * n / (time.perf_counter() - start)
 
     for name in models:
         run(name, args.warmup)
-    # Rounds alternate the order (AB, BA, ...) so that drift in machine speed hits both alike; the
-    # ratio is the median of the per-round ratios.
+    # Rounds rotate the order so that drift in machine speed hits every model alike; each ratio is the median
+    # of the per-round ratios.
     rates = {name: [] for name in models}
-    ratios = []
+    ratios = {"reference": [], "nanogpt": []}
     for round_index in range(args.rounds):
-        order = list(models) if round_index % 2 == 0 else list(reversed(models))
+        names = list(models)
+        order = names[round_index % len(names):] + names[:round_index % len(names)]
         measured = {name: run(name, steps) for name in order}
         for name, value in measured.items():
             rates[name].append(value)
-        ratios.append(measured["chatforge"] / measured["reference"])
+        for name, values in ratios.items():
+            values.append(measured["chatforge"] * flops["chatforge"] / (measured[name] * flops[name]))
     tokens_per_s = {name: statistics.median(values) for name, values in rates.items()}
-    ratio = statistics.median(ratios)
+    ratio = statistics.median(ratios["reference"])
+    flops_ratio = statistics.median(ratios["nanogpt"])
 
     device_name = torch.cuda.get_device_name() if on_gpu else f"CPU ({torch.get_num_threads()} threads)"
     peak = peak_bf16_flops(device_name)
@@ -123,15 +133,18 @@ def main() -> None:
         "compile": args.compile,
         "attn": args.attn,
         "tokens_per_s": {name: round(value) for name, value in tokens_per_s.items()},
+        "model_tflops": {name: round(value * flops[name] / 1e12, 4) for name, value in tokens_per_s.items()},
         "ratio_chatforge_over_reference": round(ratio, 3),
-        "ratio_range": [round(min(ratios), 3), round(max(ratios), 3)],
+        "ratio_range": [round(min(ratios["reference"]), 3), round(max(ratios["reference"]), 3)],
+        "flops_ratio_chatforge_over_nanogpt": round(flops_ratio, 3),
+        "flops_ratio_range": [round(min(ratios["nanogpt"]), 3), round(max(ratios["nanogpt"]), 3)],
     }
     if peak and dtype == torch.bfloat16:
-        result["mfu"] = {name: round(estimate_mfu(config, seq_len, value, peak), 3)
-                         for name, value in tokens_per_s.items()}
+        result["mfu"] = {name: round(value * flops[name] / peak, 3) for name, value in tokens_per_s.items()}
     print(json.dumps(result, indent=2))
     print(f"{args.preset} on {device_name}: ChatForge {tokens_per_s['chatforge']:,.0f} tok/s, plain PyTorch "
-          f"{tokens_per_s['reference']:,.0f} tok/s -> ratio {ratio:.3f}x")
+          f"{tokens_per_s['reference']:,.0f} tok/s -> ratio {ratio:.3f}x; model FLOP/s against nanoGPT's "
+          f"architecture ({tokens_per_s['nanogpt']:,.0f} tok/s): {flops_ratio:.3f}x")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 

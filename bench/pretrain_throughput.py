@@ -68,7 +68,7 @@ def bare_loop(config: PretrainConfig, warmup: int, reference: bool = False) -> f
             if reference:
                 loss = stepper(batch["input_ids"], batch["input_ids"])
             else:
-                loss = next_token_loss_sum(stepper, batch) / tokens
+                loss = next_token_loss_sum(stepper, batch, fused=True) / tokens  # as the loop trains ChatForge
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()

@@ -284,3 +284,56 @@ def test_compiled_plain_causal_forward_lets_sdpa_use_its_causal_kernel(tokenizer
     assert masks == [None, None]
     padded = model(ids, attention_mask=torch.ones_like(ids).index_fill_(1, torch.tensor([0]), 0))
     assert masks[-1] is not None and padded.logits.shape == (2, 16, len(tokenizer))
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_the_loss_without_logits_equals_the_plain_heads_loss_and_gradients(tokenizer, tied):
+    torch.manual_seed(0)
+    model = ChatForgeForCausalLM(small_config(tokenizer, tie_word_embeddings=tied)).train()
+    ids = torch.randint(0, len(tokenizer), (3, 40))
+    labels = ids.clone()
+    labels[0, :10] = -100  # a prompt the loss skips
+
+    def loss_and_grads(**kwargs):
+        model.zero_grad()
+        output = model(ids, **kwargs)
+        output.loss.backward()
+        return output, [p.grad.clone() for p in model.parameters()]
+
+    plain, plain_grads = loss_and_grads(labels=labels)
+    fused, fused_grads = loss_and_grads(labels=labels, skip_logits=True)
+    assert fused.logits is None
+    torch.testing.assert_close(fused.loss, plain.loss, atol=1e-6, rtol=1e-6)
+    for a, b in zip(fused_grads, plain_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    shifted = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+    total = (shifted != -100).sum()
+    summed, _ = loss_and_grads(shift_labels=shifted, num_items_in_batch=1, skip_logits=True)
+    torch.testing.assert_close(summed.loss, plain.loss * total, rtol=1e-6, atol=1e-4)
+    with pytest.raises(ValueError, match="give labels or shift_labels"):
+        model(ids, skip_logits=True)
+
+
+def test_the_loss_without_logits_under_bf16_autocast_and_compiled(tokenizer):
+    """Under bf16 autocast the head's products run in bf16 as the plain head's do: the same loss and gradients
+    to bf16 precision, with the gradient of the head summed in float32; torch.compile gives the same."""
+    torch.manual_seed(0)
+    model = ChatForgeForCausalLM(small_config(tokenizer)).train()
+    ids = torch.randint(0, len(tokenizer), (2, 64))
+
+    def loss_and_grad(module, **kwargs):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = module(ids, labels=ids, **kwargs).loss
+        loss.backward()
+        return loss.detach(), model.model.embed_tokens.weight.grad.clone()
+
+    plain_loss, plain_grad = loss_and_grad(model)
+    fused_loss, fused_grad = loss_and_grad(model, skip_logits=True)
+    torch.testing.assert_close(fused_loss, plain_loss, atol=1e-2, rtol=1e-2)
+    assert torch.nn.functional.cosine_similarity(fused_grad.flatten(), plain_grad.flatten(), dim=0) > 0.999
+    compiled_loss, compiled_grad = loss_and_grad(torch.compile(model), skip_logits=True)
+    torch.testing.assert_close(compiled_loss, fused_loss, atol=1e-2, rtol=1e-2)
+    assert torch.nn.functional.cosine_similarity(compiled_grad.flatten(), fused_grad.flatten(), dim=0) > 0.999
+    with torch.no_grad():  # evaluation: the loss alone
+        torch.testing.assert_close(model(ids, labels=ids, skip_logits=True).loss, model(ids, labels=ids).loss)

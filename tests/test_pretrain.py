@@ -63,6 +63,27 @@ def test_training_lowers_validation_loss_below_the_unigram_baseline(inputs, tmp_
     assert set(samples) == set(PretrainConfig().sample_prompts)
 
 
+def test_metrics_are_read_off_the_device_once_per_logging_window(inputs, tmp_path):
+    pretrain(PretrainConfig(**small(inputs, tmp_path, max_steps=8, logging_steps=4, eval_steps=8, sample_steps=8,
+                                    save_steps=8)))
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [record["step"] for record in records] == list(range(1, 9))  # every step has its record
+    assert all(isinstance(record["loss"], float) and record["grad_norm"] > 0 for record in records)
+    windows = [{record["tokens_per_s"] for record in records[start:start + 4]} for start in (0, 4)]
+    assert all(len(window) == 1 for window in windows)  # one reading, one average, per window of 4 steps
+
+
+def test_batches_built_ahead_are_the_batches_of_the_source_in_order(inputs):
+    from chatforge.data.shards import TokenShards
+    from chatforge.training.data import BatchPrefetcher, WindowSampler
+
+    source = WindowSampler(TokenShards(inputs / "shards"), 32, 4, seed=0)
+    ahead = BatchPrefetcher(source, pin=False)
+    for index in (0, 1, 2, 7, 8, 3):  # in order, then a jump (a resumed run), then back
+        batch = ahead.batch(index)
+        assert all(torch.equal(batch[key], value) for key, value in source.batch(index).items())
+
+
 def test_killed_run_resumes_with_bitwise_identical_losses(inputs, tmp_path):
     reference = tmp_path / "uninterrupted"
     pretrain(PretrainConfig(**small(inputs, reference)))

@@ -317,6 +317,69 @@ class ChatForgeModel(ChatForgePreTrainedModel):
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), cache=cache)
 
 
+#: Target ids that count for nothing in a loss.
+IGNORE_INDEX = -100
+
+
+def _compute_dtype(hidden: torch.Tensor) -> torch.dtype:
+    device = hidden.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, chunk_rows: int, dtype: torch.dtype, need_grads: bool):
+        with torch.autocast(hidden.device.type, enabled=False):
+            matrix = weight.to(dtype)
+            softmax_dtype = torch.promote_types(dtype, torch.float32)
+            total = torch.zeros((), dtype=softmax_dtype, device=hidden.device)
+            grad_hidden = torch.empty_like(hidden) if need_grads else None
+            grad_weight = torch.zeros(weight.shape, dtype=softmax_dtype, device=weight.device) if need_grads else None
+            for start in range(0, hidden.shape[0], chunk_rows):
+                rows = hidden[start:start + chunk_rows].to(dtype)
+                wanted = targets[start:start + chunk_rows]
+                counted = wanted != IGNORE_INDEX
+                index = torch.where(counted, wanted, 0)
+                logits = (rows @ matrix.T).to(softmax_dtype)
+                log_normaliser = torch.logsumexp(logits, dim=-1)
+                picked = logits.gather(1, index[:, None])[:, 0]
+                total += ((log_normaliser - picked) * counted).sum()
+                if need_grads:  # d loss / d logits = softmax - one-hot, on counted rows
+                    grad_logits = torch.exp_(logits.sub_(log_normaliser[:, None]))
+                    grad_logits[torch.arange(len(index), device=index.device), index] -= 1.0
+                    grad_logits = (grad_logits * counted[:, None]).to(dtype)
+                    grad_hidden[start:start + chunk_rows] = grad_logits @ matrix
+                    grad_weight += grad_logits.T @ rows
+        if need_grads:
+            ctx.save_for_backward(grad_hidden, grad_weight)
+            ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_output, (grad_weight * grad_output).to(ctx.weight_dtype), None, None, None, None
+
+
+def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                         chunk_rows: int = 256) -> torch.Tensor:
+    """Sum over rows of the cross-entropy of ``hidden @ weight.T`` (rows of hidden states, a ``(vocabulary,
+    width)`` head) against ``targets`` (class ids; ``-100`` rows count for nothing), without ever holding the
+    logits of more than ``chunk_rows`` rows.
+
+    The plain way keeps the whole ``(rows, vocabulary)`` logits in the compute dtype, a float32 copy and float32
+    log-probabilities for the backward pass. Here each chunk's logits are made, turned into its loss and into
+    the gradients of its hidden states and of the head, and dropped: the gradients are ready when the forward
+    pass ends, and one chunk's logits at a time stay in the CPU's cache. The products run in the autocast dtype
+    where autocast is on, the softmax and the head's gradient sum in float32 (or wider)."""
+    if hidden.dim() != 2 or targets.shape != hidden.shape[:1] or weight.shape[1:] != hidden.shape[1:]:
+        raise ValueError(f"linear_cross_entropy: hidden {tuple(hidden.shape)}, weight {tuple(weight.shape)} and "
+                         f"targets {tuple(targets.shape)} do not fit: expected (rows, width), (vocabulary, width) "
+                         "and (rows,)")
+    need_grads = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    return _LinearCrossEntropy.apply(hidden, weight, targets, chunk_rows, _compute_dtype(hidden), need_grads)
+
+
 class ChatForgeForCausalLM(ChatForgePreTrainedModel, GenerationMixin):
     """The decoder with a language-modelling head: next-token logits and loss."""
 
@@ -339,9 +402,12 @@ class ChatForgeForCausalLM(ChatForgePreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        skip_logits: bool = False,
         **kwargs: Unpack[TransformersKwargs],
     ) -> CausalLMOutputWithPast:
-        """``labels`` are the input ids with ignored positions set to -100; the shift happens inside."""
+        """``labels`` are the input ids with ignored positions set to -100; the shift happens inside (or give
+        ``shift_labels``, already shifted). With ``skip_logits`` the loss (mean over the counted tokens, or sum
+        over ``num_items_in_batch``) comes from :func:`linear_cross_entropy` and no logits are returned."""
         outputs: BaseModelOutputWithPast = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -353,9 +419,19 @@ class ChatForgeForCausalLM(ChatForgePreTrainedModel, GenerationMixin):
         )
         hidden_states = outputs.last_hidden_state
         keep = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
-        logits = self.lm_head(hidden_states[:, keep, :])
-        loss = None
-        if labels is not None:
+        logits = loss = None
+        if skip_logits:
+            targets = kwargs.get("shift_labels")
+            if targets is None:
+                if labels is None:
+                    raise ValueError("skip_logits=True computes the loss only: give labels or shift_labels")
+                targets = F.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
+            targets = targets.flatten()
+            total = linear_cross_entropy(hidden_states.flatten(0, 1), self.lm_head.weight, targets)
+            loss = total / (kwargs.get("num_items_in_batch") or (targets != IGNORE_INDEX).sum().clamp(min=1))
+        else:
+            logits = self.lm_head(hidden_states[:, keep, :])
+        if labels is not None and not skip_logits:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
             loss=loss,

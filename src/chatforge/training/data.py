@@ -3,6 +3,7 @@ pure function of the step (so a resumed run reads exactly what an uninterrupted 
 
 import math
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -170,3 +171,24 @@ class StreamingWindows:
         batches = [self._stream_batch(index) for index in range(self.holdout)]
         self._stream = None  # training starts its own pass after the held-out windows
         return with_byte_counts(batches, self.tokenizer)
+
+
+class BatchPrefetcher:
+    """A batch source (``batch(index)``) whose next batch is built on a background thread while the accelerator
+    computes, in page-locked memory when ``pin`` (so that copying it to a GPU does not block). Batches are taken
+    in order of index, as the training loop takes them."""
+
+    def __init__(self, source, pin: bool):
+        self.source, self.pin = source, pin
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batches")
+        self._ahead = None
+
+    def _build(self, index: int) -> dict[str, torch.Tensor]:
+        batch = self.source.batch(index)
+        return {key: value.pin_memory() for key, value in batch.items()} if self.pin else batch
+
+    def batch(self, index: int) -> dict[str, torch.Tensor]:
+        ahead, self._ahead = self._ahead, None
+        batch = ahead[1].result() if ahead is not None and ahead[0] == index else self._build(index)
+        self._ahead = (index + 1, self._pool.submit(self._build, index + 1))
+        return batch

@@ -55,8 +55,12 @@ def sharding(accelerator: Accelerator) -> str:
 def parameters_sharded(accelerator: Accelerator) -> bool:
     """Whether each process holds only part of the parameters (FSDP, ZeRO-3): then every process takes part in
     each forward pass, generation included."""
-    if accelerator.distributed_type == DistributedType.FSDP:
-        return True
+    return accelerator.distributed_type == DistributedType.FSDP or deepspeed_zero3(accelerator)
+
+
+def deepspeed_zero3(accelerator: Accelerator) -> bool:
+    """Whether DeepSpeed ZeRO-3 partitions the parameters: a weight is whole only inside its own module's
+    forward."""
     plugin = accelerator.state.deepspeed_plugin
     return plugin is not None and plugin.zero_stage == 3
 

@@ -28,8 +28,9 @@ from ..modeling import (
 from ..modeling.factory import require_model
 from .checkpoint import STATE_FILE, export_final_model, resolve_checkpoint, save_checkpoint, set_rng_state
 from .config import PretrainConfig, accumulation_steps
-from .data import StreamingWindows, WindowSampler, split_batches, validation_batches
+from .data import BatchPrefetcher, StreamingWindows, WindowSampler, split_batches, validation_batches
 from .distributed import (
+    deepspeed_zero3,
     fill_deepspeed_config,
     fresh_accelerator,
     load_optimizer_state,
@@ -72,23 +73,30 @@ def unigram_loss(train: TokenShards, val: TokenShards, vocab_size: int) -> float
 def model_inputs(batch: dict, device: torch.device, document_masking: bool) -> dict:
     """``input_ids``, ``labels`` and, with document masking, the ``position_ids`` that restart per document."""
     keys = ("input_ids", "labels", "position_ids") if document_masking else ("input_ids", "labels")
-    return {key: batch[key].to(device) for key in keys}
+    return {key: batch[key].to(device, non_blocking=True) for key in keys}  # asynchronous from pinned memory
 
 
-def next_token_loss_sum(model, batch: dict) -> torch.Tensor:
+def next_token_loss_sum(model, batch: dict, fused: bool = False) -> torch.Tensor:
+    """The next-token loss summed over a batch (``labels`` already shifted). ``fused``: the model is a ChatForge
+    model, whose head computes the loss chunk by chunk without holding every token's logits
+    (:func:`~chatforge.modeling.modeling_chatforge.linear_cross_entropy`)."""
+    if fused:
+        return model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids"),
+                     shift_labels=batch["labels"], skip_logits=True).loss * batch["labels"].numel()
     logits = model(input_ids=batch["input_ids"], position_ids=batch.get("position_ids")).logits
     return F.cross_entropy(logits.float().flatten(0, 1), batch["labels"].flatten(), reduction="sum")
 
 
 @torch.no_grad()
-def evaluate(model, batches: list[dict], accelerator: Accelerator, document_masking: bool) -> dict:
-    """Validation loss (nats/token) and bits per byte over fixed batches."""
+def evaluate(model, batches: list[dict], accelerator: Accelerator, document_masking: bool, fused: bool) -> dict:
+    """Validation loss (nats/token) and bits per byte over fixed batches (``fused``: see
+    :func:`next_token_loss_sum`)."""
     model.eval()
     nats = tokens = n_bytes = 0.0
     for batch in batches:
         inputs = model_inputs(batch, accelerator.device, document_masking)
         with accelerator.autocast():
-            nats += next_token_loss_sum(model, inputs).item()
+            nats += next_token_loss_sum(model, inputs, fused).item()
         tokens += batch["labels"].numel()
         n_bytes += batch["bytes"]
     model.train()
@@ -100,6 +108,19 @@ def _append_jsonl(path: Path, record: dict) -> None:
         handle.write(json.dumps(record) + "\n")
 
 
+def settle(pending: list[dict], tokens_per_step: int, seconds: float, started: float) -> list[dict]:
+    """The metrics records of the steps in ``pending`` (their losses and gradient norms still on the device),
+    read in one host sync; tokens/s is their average over the ``seconds`` they took together."""
+    norms = [record["grad_norm"] for record in pending if record["grad_norm"] is not None]
+    losses = torch.stack([record["loss"] for record in pending]).tolist()
+    norms = iter(torch.stack([torch.as_tensor(norm, dtype=torch.float32) for norm in norms]).tolist() if norms else [])
+    tokens_per_s, elapsed = tokens_per_step * len(pending) / seconds, time.perf_counter() - started
+    return [{"step": record["step"], "loss": loss, "lr": record["lr"], "tokens_per_s": tokens_per_s,
+             "grad_norm": None if record["grad_norm"] is None else next(norms),
+             "tokens": record["step"] * tokens_per_step, "elapsed_s": elapsed}
+            for record, loss in zip(pending, losses)]
+
+
 def _truncate_jsonl(path: Path, last_step: int) -> None:
     """Drop records after ``last_step`` (a resumed run writes them again)."""
     if path.exists():
@@ -108,7 +129,8 @@ def _truncate_jsonl(path: Path, last_step: int) -> None:
 
 
 def training_data(config: PretrainConfig, tokenizer, accelerator: Accelerator):
-    """The batch source, the validation batches and the unigram baseline (shards only; None when streaming)."""
+    """The batch source, the validation batches and the unigram baseline (counted over every training token: on
+    the main process only, and from shards only; None elsewhere)."""
     rank, world = accelerator.process_index, accelerator.num_processes
     batch_size, seq_len = config.per_device_train_batch_size, config.max_seq_length
     if config.dataset_name is not None:
@@ -118,7 +140,8 @@ def training_data(config: PretrainConfig, tokenizer, accelerator: Accelerator):
     train, val = TokenShards(config.dataset_dir, "train"), TokenShards(config.dataset_dir, "val")
     sampler = WindowSampler(train, seq_len, batch_size, config.seed, rank, world)
     val_batches = validation_batches(val, seq_len, batch_size, config.eval_batches, tokenizer)
-    return sampler, val_batches, unigram_loss(train, val, len(tokenizer))
+    baseline = unigram_loss(train, val, len(tokenizer)) if accelerator.is_main_process else None
+    return sampler, val_batches, baseline
 
 
 def build_model(config: PretrainConfig, tokenizer, checkpoint: Path | None):
@@ -176,6 +199,8 @@ def pretrain(config: PretrainConfig) -> dict:
         set_rng_state(state["rng"])
         start_step = state["step"]
     sampler, val_batches, baseline = training_data(config, tokenizer, accelerator)
+    if accelerator.device.type != "cpu":  # on a CPU the cores that would build batches ahead are computing
+        sampler = BatchPrefetcher(sampler, pin=accelerator.device.type == "cuda")
     metrics_path, samples_path = output_dir / METRICS_FILE, output_dir / SAMPLES_FILE
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -192,13 +217,15 @@ def pretrain(config: PretrainConfig) -> dict:
                       f"x {accumulation} accumulation steps = {tokens_per_step:,} tokens per optimizer step "
                       f"({sharding(accelerator)})")
     stepper = torch.compile(model) if config.torch_compile else model
+    # the head's loss chunk by chunk where the head's weight is whole in the model's forward (not under ZeRO-3)
+    fused_loss = isinstance(unwrapped, ChatForgeForCausalLM) and not deepspeed_zero3(accelerator)
     on_gpu = accelerator.device.type == "cuda"
     peak = peak_bf16_flops(torch.cuda.get_device_name()) if on_gpu and accelerator.mixed_precision == "bf16" else None
     progress = tqdm(range(start_step, config.max_steps), initial=start_step, total=config.max_steps,
                     desc="pretraining", disable=not accelerator.is_main_process)
-    last_eval, started = {}, time.perf_counter()
+    last_eval, pending = {}, []
+    started = window_started = time.perf_counter()
     for step in progress:
-        step_start = time.perf_counter()
         loss_sum = torch.zeros((), device=accelerator.device)
         for micro in range(accumulation):
             batch = model_inputs(sampler.batch(step * accumulation + micro),
@@ -206,7 +233,7 @@ def pretrain(config: PretrainConfig) -> dict:
             # gradients synchronised (and, under DeepSpeed, the optimizer stepped) after the last micro-batch only
             with accelerator.accumulate(model):
                 with accelerator.autocast():
-                    micro_sum = next_token_loss_sum(stepper, batch)
+                    micro_sum = next_token_loss_sum(stepper, batch, fused_loss)
                 # Mean over every token of the step on every rank (DDP averages the ranks' gradients); Accelerate,
                 # or DeepSpeed, divides by the accumulation steps.
                 accelerator.backward(micro_sum / tokens_per_micro)
@@ -216,28 +243,35 @@ def pretrain(config: PretrainConfig) -> dict:
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        loss = (accelerator.reduce(loss_sum, reduction="sum") / tokens_per_step).item()
         done = step + 1
-        record = {"step": done, "loss": loss, "lr": lr,
-                  "tokens_per_s": tokens_per_step / (time.perf_counter() - step_start),
-                  "grad_norm": None if grad_norm is None else float(grad_norm), "tokens": done * tokens_per_step,
-                  "elapsed_s": time.perf_counter() - started}
-        if peak and isinstance(unwrapped, ChatForgeForCausalLM):
-            record["mfu"] = estimate_mfu(unwrapped.config, config.max_seq_length,
-                                         record["tokens_per_s"] / accelerator.num_processes, peak)
-        if done % config.eval_steps == 0 or done == config.max_steps:
-            last_eval = evaluate(stepper, val_batches, accelerator, config.document_masking)
-            record.update(last_eval)
-        if trackers:
-            accelerator.log({f"train/{k}" if not k.startswith("val_") else f"eval/{k}": v
-                             for k, v in record.items() if k != "step"}, step=done)
-        if accelerator.is_main_process:
-            _append_jsonl(metrics_path, record)
-            if done % config.logging_steps == 0 or "val_loss" in record:
-                progress.set_postfix(loss=f"{loss:.3f}", lr=f"{record['lr']:.2e}",
-                                     tok_s=f"{record['tokens_per_s']:,.0f}",
-                                     **({"mfu": f"{record['mfu']:.1%}"} if "mfu" in record else {}),
-                                     **({"val": f"{last_eval['val_loss']:.3f}"} if last_eval else {}))
+        # kept on the device: read (one host sync) only when the records are written
+        if hasattr(grad_norm, "full_tensor"):  # FSDP2: a DTensor
+            grad_norm = grad_norm.full_tensor()
+        pending.append({"step": done, "loss": accelerator.reduce(loss_sum, reduction="sum") / tokens_per_step,
+                        "lr": lr, "grad_norm": grad_norm})
+        evaluating = done % config.eval_steps == 0 or done == config.max_steps
+        if evaluating or done % config.logging_steps == 0 or any(
+                done % every == 0 for every in (config.sample_steps, config.save_steps)):
+            records = settle(pending, tokens_per_step, time.perf_counter() - window_started, started)
+            pending = []
+            for record in records:
+                if peak and isinstance(unwrapped, ChatForgeForCausalLM):
+                    record["mfu"] = estimate_mfu(unwrapped.config, config.max_seq_length,
+                                                 record["tokens_per_s"] / accelerator.num_processes, peak)
+            if evaluating:
+                last_eval = evaluate(stepper, val_batches, accelerator, config.document_masking, fused_loss)
+                records[-1].update(last_eval)
+            for record in records:
+                if trackers:
+                    accelerator.log({f"train/{k}" if not k.startswith("val_") else f"eval/{k}": v
+                                     for k, v in record.items() if k != "step"}, step=record["step"])
+                if accelerator.is_main_process:
+                    _append_jsonl(metrics_path, record)
+            last = records[-1]
+            progress.set_postfix(loss=f"{last['loss']:.3f}", lr=f"{last['lr']:.2e}",
+                                 tok_s=f"{last['tokens_per_s']:,.0f}",
+                                 **({"mfu": f"{last['mfu']:.1%}"} if "mfu" in last else {}),
+                                 **({"val": f"{last_eval['val_loss']:.3f}"} if last_eval else {}))
         if (done % config.sample_steps == 0 or done == config.max_steps) and (
                 accelerator.is_main_process or parameters_sharded(accelerator)):  # every process joins the gathers
             samples = sample_continuations(unwrapped, tokenizer, config.sample_prompts, config.sample_max_new_tokens,
@@ -251,6 +285,8 @@ def pretrain(config: PretrainConfig) -> dict:
                 save_checkpoint(output_dir, done, unwrapped, tokenizer, weights, optimizer_whole, scheduler,
                                 config.save_total_limit)
             accelerator.wait_for_everyone()
+        if not pending:
+            window_started = time.perf_counter()  # throughput leaves evaluation, samples and saving out
     weights = model_state(accelerator, model)
     if accelerator.is_main_process:
         export_final_model(output_dir, unwrapped, tokenizer, weights)
