@@ -80,8 +80,11 @@ def bare_loop(config: PretrainConfig, warmup: int, reference: bool = False) -> f
 def loop_throughput(config: PretrainConfig, warmup: int) -> float:
     pretrain(config)
     records = [json.loads(line) for line in (Path(config.output_dir) / "metrics.jsonl").read_text().splitlines()]
-    # elapsed_s is stamped after each step: steps warmup+1 .. max_steps-1 lie between these two stamps.
-    first, last = records[warmup - 1], records[config.max_steps - 2]
+    # elapsed_s is stamped when the records are written, every logging_steps: whole windows of steps lie between
+    # two such stamps (the last step, followed by an evaluation, is left out).
+    stamped = [record for record in records
+               if record["step"] % config.logging_steps == 0 and warmup <= record["step"] < config.max_steps]
+    first, last = stamped[0], stamped[-1]
     return (last["tokens"] - first["tokens"]) / (last["elapsed_s"] - first["elapsed_s"])
 
 
