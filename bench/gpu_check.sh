@@ -3,7 +3,8 @@
 #   model     model_throughput.json: train step of ChatForgeForCausalLM vs the plain-PyTorch GPT, gpt2-124m, bf16,
 #             torch.compile
 #   pretrain  pretrain_sdpa.json: the pretraining loop vs a bare loop and vs the plain-PyTorch GPT, gpt2-124m
-#             (50,304 tokens, B=32, T=1024, bf16, torch.compile), documents masked by sdpa
+#             (50,304 tokens, B=32, T=1024, bf16, torch.compile), documents masked by sdpa; the loop's overhead
+#             (host syncs, batches built ahead in pinned memory, logging) is its ratio to the bare loop
 #   recipe    recipe/: `accelerate launch recipes/pretrain.py` on the tiny recipe, 300 steps (metrics, samples)
 #   flex      pretrain_flex.json: as pretrain, documents masked by flex_attention
 #   causal    pretrain_causal.json: as pretrain, one causal window per row (no document masking)
