@@ -9,7 +9,7 @@
 #   flex      pretrain_flex.json: as pretrain, documents masked by flex_attention
 #   causal    pretrain_causal.json: as pretrain, one causal window per row (no document masking)
 #
-#   bash bench/gpu_check.sh [OUTPUT_DIR [STEP ...]]      # default steps: model pretrain recipe
+#   bash bench/gpu_check.sh [OUTPUT_DIR [STEP ...]]      # default steps: model pretrain flex causal recipe
 #
 # Each step compiles its models first (a minute or two each). Runs from the repository root with
 # PYTHONPATH=src (no install needed where torch, transformers and accelerate are). The recipe step also needs
@@ -17,7 +17,7 @@
 # /tmp/site first.
 set -uo pipefail
 out=${1:-runs/gpu-check}
-if [ $# -gt 1 ]; then steps=("${@:2}"); else steps=(model pretrain recipe); fi
+if [ $# -gt 1 ]; then steps=("${@:2}"); else steps=(model pretrain flex causal recipe); fi
 mkdir -p "$out"
 python=${PYTHON:-python3}
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
