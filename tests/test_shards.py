@@ -79,3 +79,14 @@ def test_a_stream_holds_out_its_first_documents_by_tokens_beside_a_presplit_corp
     assert meta["splits"]["val"]["tokens"] == sum(len(doc) for doc in val)
     with pytest.raises(ValueError, match="val_tokens must be at least 0"):
         tokenize_to_shards(str(tokenizer_dir), [str(stream)], tmp_path / "other", val_tokens=-1)
+
+
+def test_token_counts_are_kept_as_the_shards_are_written(tmp_path, corpus, tokenizer_dir):
+    tokenize_to_shards(str(tokenizer_dir), [str(corpus)], tmp_path / "shards", val_fraction=0.2, shard_tokens=5_000)
+    for split in ("train", "val"):
+        shards = TokenShards(tmp_path / "shards", split)
+        counted = np.bincount(np.concatenate([np.asarray(a) for a in shards.arrays]),
+                              minlength=shards.meta["vocab_size"])
+        assert np.array_equal(shards.token_counts(), counted) and counted.sum() == shards.num_tokens
+        (tmp_path / "shards" / f"{split}_counts.npy").unlink()  # a folder written before counts were kept
+        assert np.array_equal(shards.token_counts(), counted)

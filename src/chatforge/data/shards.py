@@ -3,6 +3,7 @@
 Layout of a shard folder::
 
     meta.json                  dtype, vocab size, EOS id, tokenizer, and per split its shards and counts
+    train_counts.npy           how often each token id occurs in the split (val_counts.npy likewise)
     train_000000.bin           token ids (uint16 when the vocabulary fits, else uint32), EOS after each document
     train_000000.docs.npy      int64 offsets where each document starts in that shard
     val_000000.bin ...
@@ -30,6 +31,8 @@ from .text_sources import iter_documents
 
 SPLITS = ("train", "val")
 META_FILE = "meta.json"
+#: ``<split>_counts.npy``: how often each token id occurs in the split, counted as the shards were written.
+COUNTS_SUFFIX = "_counts.npy"
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -91,8 +94,9 @@ def _batches(documents: Iterable[tuple[str, str]], size: int) -> Iterator[list[t
 class _ShardWriter:
     """Appends documents to ``<split>_NNNNNN.bin`` files of at most ``shard_tokens`` tokens."""
 
-    def __init__(self, folder: Path, split: str, dtype: np.dtype, shard_tokens: int):
+    def __init__(self, folder: Path, split: str, dtype: np.dtype, shard_tokens: int, vocab_size: int):
         self.folder, self.split, self.dtype, self.shard_tokens = folder, split, dtype, shard_tokens
+        self.counts = np.zeros(vocab_size, dtype=np.int64)  # how often each token id occurs in the split
         self.shards: list[dict] = []
         self.buffer: list[np.ndarray] = []
         self.offsets: list[int] = []
@@ -113,7 +117,9 @@ class _ShardWriter:
         if not self.buffer:
             return
         name = f"{self.split}_{len(self.shards):06d}"
-        np.concatenate(self.buffer).tofile(self.folder / f"{name}.bin")
+        tokens = np.concatenate(self.buffer)
+        tokens.tofile(self.folder / f"{name}.bin")
+        self.counts += np.bincount(tokens, minlength=len(self.counts))
         np.save(self.folder / f"{name}.docs.npy", np.asarray(self.offsets, dtype=np.int64))
         self.shards.append({"file": f"{name}.bin", "tokens": self.buffered, "documents": len(self.offsets)})
         self.buffer, self.offsets, self.buffered = [], [], 0
@@ -143,7 +149,7 @@ def tokenize_to_shards(tokenizer_dir: str, sources: list[str], output_dir: str |
     dtype = token_dtype(len(tokenizer))
     start = time.perf_counter()
     with atomic_directory(output_dir) as tmp_dir:
-        writers = {split: _ShardWriter(tmp_dir, split, dtype, shard_tokens) for split in SPLITS}
+        writers = {split: _ShardWriter(tmp_dir, split, dtype, shard_tokens, len(tokenizer)) for split in SPLITS}
         documents = itertools.islice(iter_documents(sources, text_field), max_documents)
         batches = _batches(_split_documents(documents, val_fraction, seed, val_tokens,
                                             iter_documents(train_sources, text_field),
@@ -169,6 +175,7 @@ def tokenize_to_shards(tokenizer_dir: str, sources: list[str], output_dir: str |
                                      tok_per_s=f"{progress.n / max(elapsed, 1e-9):,.0f}")
         for writer in writers.values():
             writer.flush()
+            np.save(tmp_dir / f"{writer.split}{COUNTS_SUFFIX}", writer.counts)
         if writers["train"].tokens == 0:
             raise InvalidValue(f"{[*train_sources, *sources]}: no documents to tokenize")
         meta = {
@@ -217,6 +224,14 @@ class TokenShards:
     @property
     def num_tokens(self) -> int:
         return sum(len(array) for array in self.arrays)
+
+    def token_counts(self) -> np.ndarray:
+        """How often each token id occurs in this split: as counted when the shards were written, or (a folder
+        written before those counts were kept) counted now, over every token."""
+        path = self.folder / f"{self.split}{COUNTS_SUFFIX}"
+        if path.exists():
+            return np.load(path)
+        return sum(np.bincount(array, minlength=self.meta["vocab_size"]) for array in self.arrays)
 
     def document_offsets(self, shard_index: int) -> np.ndarray:
         name = self.meta["splits"][self.split]["shards"][shard_index]["file"].removesuffix(".bin")

@@ -6,7 +6,6 @@ import math
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -62,12 +61,9 @@ def lr_factor(step: int, config: PretrainConfig) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def unigram_loss(train: TokenShards, val: TokenShards, vocab_size: int) -> float:
+def unigram_loss(train: TokenShards, val: TokenShards) -> float:
     """Validation cross-entropy (nats/token) of the add-one unigram model of the training tokens."""
-    def counts(shards: TokenShards) -> np.ndarray:
-        return sum(np.bincount(array, minlength=vocab_size) for array in shards.arrays)
-
-    return unigram_cross_entropy(counts(train), counts(val))
+    return unigram_cross_entropy(train.token_counts(), val.token_counts())
 
 
 def model_inputs(batch: dict, device: torch.device, document_masking: bool) -> dict:
@@ -140,7 +136,7 @@ def training_data(config: PretrainConfig, tokenizer, accelerator: Accelerator):
     train, val = TokenShards(config.dataset_dir, "train"), TokenShards(config.dataset_dir, "val")
     sampler = WindowSampler(train, seq_len, batch_size, config.seed, rank, world)
     val_batches = validation_batches(val, seq_len, batch_size, config.eval_batches, tokenizer)
-    baseline = unigram_loss(train, val, len(tokenizer)) if accelerator.is_main_process else None
+    baseline = unigram_loss(train, val) if accelerator.is_main_process else None
     return sampler, val_batches, baseline
 
 
