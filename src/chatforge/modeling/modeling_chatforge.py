@@ -431,8 +431,8 @@ class ChatForgeForCausalLM(ChatForgePreTrainedModel, GenerationMixin):
             loss = total / (kwargs.get("num_items_in_batch") or (targets != IGNORE_INDEX).sum().clamp(min=1))
         else:
             logits = self.lm_head(hidden_states[:, keep, :])
-        if labels is not None and not skip_logits:
-            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+            if labels is not None:
+                loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,

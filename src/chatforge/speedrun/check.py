@@ -12,6 +12,7 @@ import yaml
 from ..errors import UserError
 from ..io import planned_outputs
 from ..posttrain.command import STAGE_COMMANDS
+from ..training.command import StageCommand
 from ..training.config import PretrainConfig, accumulation_steps
 from ..training.data import split_batches
 from ..training.loop import shard_batches
@@ -33,10 +34,9 @@ def launcher_processes(launcher: list[str]) -> int:
     return 1
 
 
-def parsed_stage(run: Run, stage: str) -> tuple:
+def parsed_stage(run: Run, stage: str, command: StageCommand) -> tuple:
     """The stage's recipe as its command's parser reads it. On a machine without an accelerator a TRL stage is
     read as a CPU run of the same recipe (``use_cpu``): TRL refuses bf16 settings there."""
-    command = STAGE_COMMANDS[COMMANDS[stage]]
     config = copy.deepcopy(run.config(stage))  # parsing changes nested values in place (datasets)
     parser = command.make_parser()
     takes_use_cpu = any(f.name == "use_cpu" for cls in parser.dataclass_types for f in dataclasses.fields(cls))
@@ -80,10 +80,11 @@ def check_stages(run: Run, stages: list[Stage], planned: list[Path]) -> tuple[li
     for stage in stages:
         note = ""
         if stage.name in COMMANDS:
+            command = STAGE_COMMANDS[COMMANDS[stage.name]]
             try:
-                parsed = parsed_stage(run, stage.name)
+                parsed = parsed_stage(run, stage.name, command)
                 with planned_outputs(planned):
-                    STAGE_COMMANDS[COMMANDS[stage.name]].check_inputs(parsed)
+                    command.check_inputs(parsed)
                 if stage.name == "pretrain":
                     note = pretraining_batches(run, parsed[0], processes)
             except UserError as error:

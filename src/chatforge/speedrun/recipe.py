@@ -55,14 +55,11 @@ class DataSettings:
     tokenize_workers: int = 1
 
     def __post_init__(self):
-        for name in ("vocab_size", "max_number_digits", "tokenize_workers"):
+        optional = ("pretraining_val_tokens",) if self.pretraining_val_tokens is not None else ()
+        for name in ("vocab_size", "max_number_digits", "tokenize_workers", *optional):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise InvalidValue(f"`data.{name}` must be a positive integer, got {value!r}")
-        if self.pretraining_val_tokens is not None and (
-                not isinstance(self.pretraining_val_tokens, int) or self.pretraining_val_tokens < 1):
-            raise InvalidValue("`data.pretraining_val_tokens` must be a positive integer, got "
-                               f"{self.pretraining_val_tokens!r}")
         if not 0 < self.val_fraction < 1:
             raise InvalidValue(f"`data.val_fraction` must lie between 0 and 1, got {self.val_fraction!r}")
 

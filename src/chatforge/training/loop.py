@@ -250,10 +250,11 @@ def pretrain(config: PretrainConfig) -> dict:
                 done % every == 0 for every in (config.sample_steps, config.save_steps)):
             records = settle(pending, tokens_per_step, time.perf_counter() - window_started, started)
             pending = []
-            for record in records:
-                if peak and isinstance(unwrapped, ChatForgeForCausalLM):
-                    record["mfu"] = estimate_mfu(unwrapped.config, config.max_seq_length,
-                                                 record["tokens_per_s"] / accelerator.num_processes, peak)
+            if peak and isinstance(unwrapped, ChatForgeForCausalLM):  # one throughput per window: one MFU
+                mfu = estimate_mfu(unwrapped.config, config.max_seq_length,
+                                   records[-1]["tokens_per_s"] / accelerator.num_processes, peak)
+                for record in records:
+                    record["mfu"] = mfu
             if evaluating:
                 last_eval = evaluate(stepper, val_batches, accelerator, config.document_masking, fused_loss)
                 records[-1].update(last_eval)
