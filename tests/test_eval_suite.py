@@ -6,7 +6,6 @@ import pytest
 import torch
 from conftest import learn_texts, small_config
 
-from chatforge.eval.benchmarks import arc_item, hellaswag_item, load_hub_records, multiple_choice_accuracy
 from chatforge.eval.induction import ordinary_token_ids, repeated_sequence_copying
 from chatforge.eval.intervals import wilson_interval
 from chatforge.eval.recall import DISTRACTOR, cloze_recall
@@ -47,19 +46,6 @@ def test_regurgitation_finds_a_memorised_continuation_and_not_a_foreign_one(mode
     assert foreign["documents"] == 5
 
 
-def test_multiple_choice_picks_the_continuation_the_model_believes(model, tokenizer, documents):
-    engine = Engine(model, tokenizer)
-    items = []
-    for index, text in enumerate(documents[:6]):
-        context = tokenizer(text, add_special_tokens=False)["input_ids"][:10]
-        believed = tokenizer.decode(_greedy_ids(engine, context, 6))
-        others = [documents[index + 10][:len(believed)], documents[index + 20][:len(believed)]]
-        choices = others[:index % 3] + [believed] + others[index % 3:]
-        items.append({"context": tokenizer.decode(context), "choices": choices, "label": index % 3})
-    figures = multiple_choice_accuracy(model, tokenizer, items)
-    assert figures["acc"] == 1.0 and figures["items"] == 6
-
-
 def test_induction_score_tells_a_model_that_copies_from_its_context_from_one_that_cannot(model, tokenizer):
     untrained = repeated_sequence_copying(model, tokenizer, sequences=64, length=16)
     vocabulary = torch.tensor(ordinary_token_ids(tokenizer))
@@ -77,21 +63,6 @@ def test_induction_score_tells_a_model_that_copies_from_its_context_from_one_tha
     assert untrained["second_copy_accuracy"] < 0.05 and abs(untrained["induction_score"]) < 0.5
     assert copying["second_copy_accuracy"] > 0.6 and copying["induction_score"] > 3
     assert copying["first_copy_accuracy"] < 0.05  # the first copy stays unpredictable
-
-
-def test_hub_benchmark_records_become_items():
-    hellaswag = hellaswag_item({"activity_label": "Baking", "ctx": "She mixes the flour", "endings": ["a", "b"],
-                                "label": "1"})
-    assert hellaswag == {"context": "Baking: She mixes the flour", "choices": [" a", " b"], "label": 1}
-    arc = arc_item({"question": "Which is a gas?", "answerKey": "C",
-                    "choices": {"text": ["ice", "water", "steam"], "label": ["A", "B", "C"]}})
-    assert arc["label"] == 2 and arc["context"].endswith("Answer:") and arc["choices"][2] == " steam"
-
-
-def test_hub_benchmark_without_a_network_says_so(monkeypatch):
-    monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", True)
-    with pytest.raises(RuntimeError, match="hellaswag.*Rowan/hellaswag.*need a network"):
-        load_hub_records("hellaswag", 4)
 
 
 def test_tasks_must_fit_the_model(saved_model_dir, tmp_path):

@@ -25,7 +25,7 @@ def smollm2_run(tmp_path_factory):
     recipe = yaml.safe_load(recipe_file("smollm2-135m/speedrun.yaml").read_text())
     recipe["training"]["sft"]["overrides"] = FEW
     recipe["training"]["sft-probe"]["overrides"] = {**FEW, "eval_world_questions": None, "probe_samples": 1}
-    recipe["eval"] = {"limit": 4, "k": 2}
+    recipe["eval"] = {**recipe["eval"], "limit": 4, "k": 2, "benchmark_tokens": 16}
     (folder / "speedrun.yaml").write_text(yaml.safe_dump(recipe))
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(folder)
@@ -47,9 +47,12 @@ def test_the_speedrun_imports_the_model_and_post_trains_it(smollm2_run):
             "base.knowledge.known.accuracy"} <= set(probed)
     evaluation = json.loads((output / "eval.json").read_text())
     assert set(evaluation) == {"base", "sft"}
-    assert set(evaluation["sft"]) == {"format", "knowledge", "induction", "recall"}  # no pretraining data here
+    benchmarks = {"hellaswag_100", "truthfulqa_mc1_100", "gsm8k_cot_100", "humaneval"}
+    assert set(evaluation["sft"]) == {"format", "knowledge", "induction", "recall"} | benchmarks  # no pretraining data
+    assert all(evaluation[model][name]["items"] == 4 for model in ("base", "sft") for name in benchmarks)
     exported = Path(report["export"]["sft"])
     assert "<|tool_call_start|>" in AutoTokenizer.from_pretrained(exported).get_vocab()
     assert "imported from a GGUF file" in (output / "export/base/README.md").read_text()
     card = (output / "report.md").read_text()
     assert "| word problems, with the calculator |" in card and "## Exported models" in card
+    assert "| hellaswag_100 (acc_norm, n=4) |" in card and (output / "report_assets/benchmarks.png").exists()

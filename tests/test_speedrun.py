@@ -218,7 +218,9 @@ def test_the_dry_run_of_every_shipped_recipe_finds_nothing_and_writes_nothing(na
     out = capsys.readouterr().out
     recipe = load_recipe(name)
     stages = Run(recipe, tmp_path / "run").stages
-    assert out.count(": ok\n") + out.count("pretrain: ") == len(stages) and "dry run: 0 problem(s)" in out
+    assert out.count("\n[") + 1 == len(stages) and "PROBLEM" not in out and "dry run: 0 problem(s)" in out
+    if recipe.eval.benchmarks:  # their harness and items are installed
+        assert f"eval: benchmarks {', '.join(recipe.eval.benchmarks)}\n" in out
     assert not (tmp_path / "run").exists()
     if name == "gpt2-124m":  # validation from FineWeb-Edu's held-out tokens: the recipe's 20 batches of 64 x 1025
         assert "pretrain: 512 rows of 1024 tokens per step over 8 process(es); validation: 20 at least" in out

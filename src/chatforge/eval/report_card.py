@@ -6,7 +6,8 @@ import shutil
 from pathlib import Path
 
 from ..io import atomic_write_text, read_jsonl
-from .plots import plot_panels
+from .harness import BENCHMARKS
+from .plots import plot_panels, plot_scores
 
 ASSETS = "report_assets"
 
@@ -217,6 +218,8 @@ def _evaluation(evaluation: dict) -> list[str]:
     rows: dict[str, dict] = {}
     for model, tasks in evaluation.items():
         for task, figures in tasks.items():
+            if task in BENCHMARKS:
+                continue
             for metric, value in figures.items():
                 if isinstance(value, dict) and task in ("knowledge", "recall", "reward"):
                     for key, inner in value.items():
@@ -233,6 +236,31 @@ def _evaluation(evaluation: dict) -> list[str]:
                   f"({longest['verbatim_tokens']} tokens): given “{_quote(longest['prompt'])}” it wrote "
                   f"“{_quote(longest['continuation'])}”; the document goes on “{_quote(longest['truth'])}”.", ""]
     return lines
+
+
+def _benchmarks(run: Path, evaluation: dict) -> list[str]:
+    """Every model's standard-benchmark scores side by side, with 95% intervals, as a table and a bar plot."""
+    scores = {name: {model: tasks[name] for model, tasks in evaluation.items() if name in tasks}
+              for name in BENCHMARKS}
+    scores = {name: models for name, models in scores.items() if models}
+    if not scores:
+        return []
+    models = list(dict.fromkeys(model for by_model in scores.values() for model in by_model))
+
+    def cell(figures: dict | None) -> str:
+        if figures is None:
+            return ""
+        low, high = figures["interval_95"]
+        return f"{figures['score']:.1%} ({low:.0%}–{high:.0%})"
+
+    rows = [[f"{name} ({next(iter(by_model.values()))['metric'].split(',')[0]}, "
+             f"n={next(iter(by_model.values()))['items']})", *(cell(by_model.get(model)) for model in models)]
+            for name, by_model in scores.items()]
+    plot_scores({name: {model: (f["score"], *f["interval_95"]) for model, f in by_model.items()}
+                 for name, by_model in scores.items()}, run / ASSETS / "benchmarks.png", "standard benchmarks")
+    return (["## Standard benchmarks", "", "Scored by lm-evaluation-harness (`chatforge eval MODEL --tasks ...`; "
+             "docs/evaluation.md); 95% Wilson intervals:", ""] + _table(["benchmark (metric, items)", *models], rows)
+            + [f"![standard benchmarks]({ASSETS}/benchmarks.png)", ""])
 
 
 def _exports(report: dict) -> list[str]:
@@ -254,7 +282,7 @@ def write_report(run_dir: str | Path, stage_text: dict | None = None) -> Path:
     lines += _summary(report, stage_text or {})
     for section in (_data(run, report), _tokenizer(run, report), _pretraining(run, report),
                     _sft(report, evaluation), _reward_model(report), _ppo(run, report), _grpo(run, report),
-                    _evaluation(evaluation), _exports(report)):
+                    _evaluation(evaluation), _benchmarks(run, evaluation), _exports(report)):
         lines += section
     path = run / "report.md"
     atomic_write_text(path, "\n".join(lines))

@@ -8,12 +8,14 @@
     induction      in-context copying: loss and accuracy on the second copy of repeated random tokens
     recall         cloze facts completed as plain text, at the start of a document and after a sentence
     reward         pairwise accuracy of a reward model on held-out preference pairs
-    hellaswag, arc_easy, arc_challenge, gsm8k   Hub benchmarks (need a network)
+    hellaswag_100, truthfulqa_mc1_100, gsm8k_cot_100, humaneval   standard benchmarks offline, through
+                   lm-evaluation-harness (:mod:`~chatforge.eval.harness`)
+    hellaswag, arc_easy, arc_challenge, gsm8k, truthfulqa_mc1   the same harness on Hub datasets (need a network)
 """
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -26,13 +28,13 @@ from ..data.text_sources import iter_documents
 from ..errors import InvalidValue, NotFound
 from ..inference.engine import Engine, SamplingParams
 from ..io import read_jsonl
-from . import benchmarks
 from .chat import format_adherence, knowledge
+from .harness import BENCHMARKS, run_benchmarks
 from .induction import repeated_sequence_copying
 from .problems import problem_accuracy
 from .recall import cloze_recall
 
-CHAT_TASKS = ("format", "arithmetic", "knowledge", "gsm8k")
+CHAT_TASKS = ("format", "arithmetic", "knowledge")
 #: The :class:`EvalData` field each task reads.
 TASK_DATA = {"bpb": "val_text", "format": "prompts", "arithmetic": "problems", "knowledge": "questions",
              "regurgitation": "corpus", "recall": "cloze", "reward": "pairs"}
@@ -96,6 +98,12 @@ class EvalConfig:
     prefix_tokens: int = 32  # regurgitation: the opening given ...
     suffix_tokens: int = 32  # ... and the continuation compared
     seed: int = 0
+    benchmarks: list[str] = field(default_factory=list)  # a speedrun's standard benchmarks for every language model
+    benchmark_tokens: int = 256  # at most this many tokens generated per benchmark item (GSM8K, HumanEval)
+
+    def __post_init__(self):
+        if unknown := [name for name in self.benchmarks if name not in BENCHMARKS]:
+            raise InvalidValue(f"eval.benchmarks: unknown {unknown}; choose from {list(BENCHMARKS)}")
 
 
 def spread(records: list, limit: int) -> list:
@@ -216,14 +224,10 @@ def _task_runners(data: EvalData, config: EvalConfig) -> dict[str, Callable[[Eng
                                                               seed=config.seed),
         "recall": lambda engine: cloze_recall(engine, records(data.cloze, "recall", "cloze items", "prompt",
                                                               "answer")),
-        **{name: (lambda engine, name=name: benchmarks.run(name, engine, config.limit, config.k,
-                                                          config.max_new_tokens, config.seed))
-           for name in benchmarks.BENCHMARKS},
     }
 
 
-TASKS = ("bpb", "format", "arithmetic", "knowledge", "regurgitation", "induction", "recall", "reward",
-         *benchmarks.BENCHMARKS)
+TASKS = ("bpb", "format", "arithmetic", "knowledge", "regurgitation", "induction", "recall", "reward", *BENCHMARKS)
 
 
 def is_reward_model(model_path: str) -> bool:
@@ -242,8 +246,10 @@ def evaluate_reward_model(model_path: str, data: EvalData, config: EvalConfig = 
     return pairwise_accuracy(model, tokenizer, pairs)
 
 
-def evaluate_model(model_path: str, tasks: Sequence[str], data: EvalData, config: EvalConfig = EvalConfig()) -> dict:
-    """Run ``tasks`` on the model at ``model_path`` (a folder or Hub id); task name -> figures."""
+def evaluate_model(model_path: str, tasks: Sequence[str], data: EvalData, config: EvalConfig = EvalConfig(),
+                   samples_dir: str | Path | None = None) -> dict:
+    """Run ``tasks`` on the model at ``model_path`` (a folder or Hub id); task name -> figures. ``samples_dir``
+    gets each benchmark item's prompt, reply and score (``<benchmark>.jsonl``)."""
     unknown = [task for task in tasks if task not in TASKS]
     if unknown:
         raise InvalidValue(f"unknown tasks {unknown}; choose from {list(TASKS)}")
@@ -258,4 +264,8 @@ def evaluate_model(model_path: str, tasks: Sequence[str], data: EvalData, config
         if task in CHAT_TASKS and engine.tokenizer.chat_template is None:
             raise InvalidValue(f"task {task!r} needs a chat model; {model_path} has no chat template")
     runners = _task_runners(data, config)
-    return {task: runners[task](engine) for task in tasks}
+    results = {task: runners[task](engine) for task in tasks if task not in BENCHMARKS}
+    if benchmarks := [task for task in tasks if task in BENCHMARKS]:
+        results |= run_benchmarks(engine.model, engine.tokenizer, benchmarks, limit=config.limit,
+                                  max_gen_toks=config.benchmark_tokens, seed=config.seed, samples_dir=samples_dir)
+    return {task: results[task] for task in tasks}

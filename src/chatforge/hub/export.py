@@ -73,6 +73,11 @@ def _format(value) -> str:
 def _evaluation_rows(figures: dict) -> list[tuple[str, str, str]]:
     rows = []
     for task, values in figures.items():
+        if "metric" in values:  # a standard benchmark: its one figure, with the item count and interval
+            low, high = values["interval_95"]
+            rows.append((task, values["metric"].split(",")[0],
+                         f"{values['score']:.1%} (95% interval {low:.0%}–{high:.0%}, n={values['items']})"))
+            continue
         for metric, value in values.items():
             if isinstance(value, dict) and task == "knowledge":
                 rows += [(task, f"{metric} {key}", _format(v)) for key, v in value.items()

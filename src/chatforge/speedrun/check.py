@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from ..errors import UserError
+from ..eval.harness import check_benchmarks
 from ..io import planned_outputs
 from ..posttrain.command import STAGE_COMMANDS
 from ..training.command import StageCommand
@@ -67,6 +68,20 @@ def pretraining_batches(run: Run, config: PretrainConfig, processes: int) -> str
     return f"{summary}; validation: {batches['val']}{at_least} of eval_batches={config.eval_batches} batches"
 
 
+def _check_stage(run: Run, stage: Stage, planned: list[Path], processes: int) -> str:
+    """What there is to say of ``stage`` once checked (empty: nothing); a problem raises :class:`UserError`."""
+    if stage.name in COMMANDS:
+        command = STAGE_COMMANDS[COMMANDS[stage.name]]
+        parsed = parsed_stage(run, stage.name, command)
+        with planned_outputs(planned):
+            command.check_inputs(parsed)
+        return pretraining_batches(run, parsed[0], processes) if stage.name == "pretrain" else ""
+    if stage.name == "eval" and run.recipe.eval.benchmarks:
+        check_benchmarks(run.recipe.eval.benchmarks)
+        return f"benchmarks {', '.join(run.recipe.eval.benchmarks)}"
+    return ""
+
+
 def check_stages(run: Run, stages: list[Stage], planned: list[Path]) -> tuple[list[str], list[str]]:
     """Check ``stages`` in order, the outputs of ``planned`` (earlier stages) and of each checked stage counting
     as made. Returns a line per stage, and the problems (none: the run can start)."""
@@ -78,18 +93,11 @@ def check_stages(run: Run, stages: list[Stage], planned: list[Path]) -> tuple[li
         processes = 1
     planned = list(planned)
     for stage in stages:
-        note = ""
-        if stage.name in COMMANDS:
-            command = STAGE_COMMANDS[COMMANDS[stage.name]]
-            try:
-                parsed = parsed_stage(run, stage.name, command)
-                with planned_outputs(planned):
-                    command.check_inputs(parsed)
-                if stage.name == "pretrain":
-                    note = pretraining_batches(run, parsed[0], processes)
-            except UserError as error:
-                problems.append(f"{stage.name}: {error}")
-                note = f"PROBLEM: {error}"
+        try:
+            note = _check_stage(run, stage, planned, processes)
+        except UserError as error:
+            problems.append(f"{stage.name}: {error}")
+            note = f"PROBLEM: {error}"
         lines.append(f"{stage.name}: {note or 'ok'}")
         planned.extend(stage.outputs(run))
     return lines, problems

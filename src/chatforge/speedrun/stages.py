@@ -360,8 +360,10 @@ def run_eval(run: Run) -> dict:
     results = {}
     for name, (_, kind) in run.models.items():
         tasks = [task for task in TASKS_BY_KIND[kind] if data.has_data_for(task)]
+        tasks += run.recipe.eval.benchmarks if kind != "reward" else []
         print(f"evaluating {name} ({run.model_dir_of(name)}): {', '.join(tasks)}", flush=True)
-        results[name] = evaluate_model(str(run.model_dir_of(name)), tasks, data, run.recipe.eval)
+        results[name] = evaluate_model(str(run.model_dir_of(name)), tasks, data, run.recipe.eval,
+                                       samples_dir=run.output / "benchmark-samples" / name)
     atomic_write_text(run.output / "eval.json", json.dumps(results, indent=2, ensure_ascii=False))
     return {key: value for key, value in flatten(results).items() if ".longest." not in key}
 
