@@ -48,3 +48,10 @@ def test_the_wheel_runs_the_shipped_recipes_from_any_folder(installed, tmp_path)
                           *(part for name, value in short.items() for part in (f"--{name}", str(value))))
     assert pretrain.returncode == 0, pretrain.stderr[-3000:]
     assert (tmp_path / "pretrain/model.safetensors").exists() and not (tmp_path / "recipes").exists()
+
+
+def test_the_wheel_finds_the_shipped_accelerate_configs(installed, tmp_path):
+    dry_run = _chatforge(installed, tmp_path, "speedrun", "--recipe", "gpt2-124m", "--output", "run", "--dry-run")
+    assert dry_run.returncode == 0, dry_run.stderr[-3000:]
+    assert "over 8 process(es)" in dry_run.stdout  # accelerate_configs/multi_gpu.yaml's num_processes
+    assert not (tmp_path / "run").exists() and not (tmp_path / "accelerate_configs").exists()

@@ -29,8 +29,8 @@ def launcher_processes(launcher: list[str]) -> int:
     if "--config_file" in options:
         path = Path(options["--config_file"])
         if not path.is_file():
-            raise UserError(f"launcher: --config_file {path}: no such file (relative paths are read from the "
-                            "current folder: run from the checkout, or give its path)")
+            raise UserError(f"launcher: --config_file {path}: no such file, in the current folder or among the "
+                            "shipped ones (accelerate_configs/)")
         return int((yaml.safe_load(path.read_text()) or {}).get("num_processes", 1))
     return 1
 

@@ -121,6 +121,9 @@ def load_recipe(recipe: str) -> SpeedrunRecipe:
     launcher = raw.get("launcher", ["python"])
     if not (isinstance(launcher, list) and launcher and all(isinstance(part, str) for part in launcher)):
         raise RecipeError(f"{path}: `launcher` must be a non-empty list of strings, got {launcher!r}")
+    # an Accelerate config named as shipped (accelerate_configs/multi_gpu.yaml) is found outside the checkout too
+    launcher = [str(recipe_file(part)) if option == "--config_file" else part
+                for option, part in zip([None, *launcher], launcher)]
     training_raw = raw.get("training") or {}
     base_model = _section(raw, "base_model", BaseModel, path) if "base_model" in raw else None
     if unknown := sorted(set(training_raw) - set(TRAINING_STAGES)):
