@@ -4,8 +4,9 @@ import math
 
 import pytest
 import torch
-from conftest import learn_texts, small_config
+from conftest import learn_texts, memorize, small_config
 
+from chatforge.eval.chat import python_accuracy
 from chatforge.eval.induction import ordinary_token_ids, repeated_sequence_copying
 from chatforge.eval.intervals import wilson_interval
 from chatforge.eval.recall import DISTRACTOR, cloze_recall
@@ -13,6 +14,7 @@ from chatforge.eval.suite import EvalData, bits_per_byte, evaluate_model, regurg
 from chatforge.inference.engine import Engine, SamplingParams
 from chatforge.modeling import ChatForgeForCausalLM
 from chatforge.tasks.world import build_world, world_cloze
+from chatforge.tools import default_toolbox, tool_exchange
 
 
 def _greedy_ids(engine, prompt_ids, tokens):
@@ -129,3 +131,16 @@ def test_wilson_intervals_match_published_values():
     # 81 of 263 (Newcombe 1998, Statistics in Medicine 17:857, table I's example): 0.2553 to 0.3662
     assert [round(bound, 4) for bound in wilson_interval(81, 263)] == [0.2553, 0.3662]
     assert wilson_interval(0, 10)[0] == 0 and wilson_interval(10, 10)[1] == 1
+
+
+def test_python_problems_are_right_when_the_reply_states_the_program_output(model, tokenizer):
+    question = "What is the sum of the squares of the numbers from 1 to 35?"
+    code = "print(sum(i * i for i in range(1, 36)))"
+    reply = "I'll run a short Python program. " + tool_exchange("python", code, "14910") + "The result is 14910."
+    engine = Engine(memorize(model, tokenizer, [[{"role": "user", "content": question},
+                                                 {"role": "assistant", "content": reply}]]), tokenizer,
+                    toolbox=default_toolbox())
+    right, wrong = {"question": question, "answer": "14910"}, {"question": question, "answer": "14911"}
+    with_tools = python_accuracy(engine, [right, wrong], use_tools=True)
+    assert with_tools["accuracy"] == 0.5 and with_tools["tool_calls"] == 2
+    assert python_accuracy(engine, [right], use_tools=False)["tool_calls"] == 0

@@ -28,7 +28,7 @@ def sft_data(tmp_path_factory):
     path = tmp_path_factory.mktemp("sft") / "data"
     build_sft_data(path, SFTDataConfig(identity=40, smalltalk=60, refusals=40, word_problems_small=150,
                                        word_problems_tool=150, python_tool=10, search_tool=20,
-                                       word_problems_test=10))
+                                       word_problems_test=10, python_problems_test=10))
     return path
 
 
@@ -51,7 +51,8 @@ def test_sft_of_a_chatforge_model_lowers_the_held_out_loss_on_assistant_tokens(t
     assert figures["eval_loss"] < figures["eval_loss_before"] - 1.0
     saved = json.loads((tmp_path / "out/eval.json").read_text())
     assert saved["eval_loss"] == figures["eval_loss"] and saved["sft"] == figures["sft"]
-    assert {"word_problems_with_tools", "world_search_without_tools", "knowledge"} <= set(saved["sft"])
+    assert {"word_problems_with_tools", "world_search_without_tools", "python_problems_with_tools",
+            "knowledge"} <= set(saved["sft"])
     assert saved["sft"]["knowledge"]["frequent"]["questions"] == 12
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert AutoTokenizer.from_pretrained(tmp_path / "out").convert_ids_to_tokens(

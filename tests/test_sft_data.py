@@ -10,7 +10,7 @@ from chatforge.posttrain.sft import checked_split
 from chatforge.tasks.conversations import ConversationError, check_conversation, check_messages
 from chatforge.tasks.sft_data import SFTDataConfig, build_sft_data, chatterbot_conversations
 from chatforge.tasks.word_problems import extract_answer, word_problem
-from chatforge.tools import calculate
+from chatforge.tools import calculate, run_python
 
 USER = {"role": "user", "content": "Hi"}
 ASSISTANT = {"role": "assistant", "content": "Hello!"}
@@ -74,7 +74,7 @@ def test_chatterbot_corpus_gives_real_alternating_conversations():
 
 def test_sft_data_build_writes_held_out_splits_once(tmp_path):
     config = SFTDataConfig(identity=10, smalltalk=10, refusals=10, word_problems_small=20, word_problems_tool=20,
-                           python_tool=5, search_tool=10, word_problems_test=15)
+                           python_tool=5, search_tool=10, word_problems_test=15, python_problems_test=12)
     summary = build_sft_data(tmp_path / "sft", config)
     train = [json.loads(line) for line in open(tmp_path / "sft/train.jsonl")]
     test = [json.loads(line) for line in open(tmp_path / "sft/test.jsonl")]
@@ -89,6 +89,10 @@ def test_sft_data_build_writes_held_out_splits_once(tmp_path):
         assert "<|tool_call_start|>search" in reply and answer.rstrip(".").split()[-1] in output
     problems = [json.loads(line) for line in open(tmp_path / "sft/word_problems_test.jsonl")]
     assert len(problems) == 15 and all(calculate(p["expression"]) == p["answer"] for p in problems)
+    python_test = [json.loads(line) for line in open(tmp_path / "sft/python_problems_test.jsonl")]
+    asked = {r["messages"][0]["content"] for r in train + test if r["source"] == "python_tool"}
+    assert len(python_test) == 12 and not asked & {p["question"] for p in python_test}
+    assert all(run_python(p["code"]) == p["answer"] and not p["answer"].startswith("python:") for p in python_test)
     probe_people = {(q["name"], q["group"]) for q in map(json.loads, open(tmp_path / "sft/world_probe.jsonl"))}
     frequent = [r["messages"] for r in map(json.loads, open(tmp_path / "sft/world_qa_frequent.jsonl"))]
     assert len(frequent) == 6 * sum(group == "frequent" for _, group in probe_people)  # 3 questions, 2 phrasings

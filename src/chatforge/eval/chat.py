@@ -1,5 +1,5 @@
-"""Held-out checks of a chat model: does it answer in the chat format, solve word problems (with and
-without its tools), and know what it knows?"""
+"""Held-out checks of a chat model: does it answer in the chat format, solve word problems and questions that need
+a program (with and without its tools), and know what it knows?"""
 
 from collections.abc import Callable, Sequence
 
@@ -7,6 +7,7 @@ from tqdm.auto import tqdm
 
 from ..inference.batching import chat_many
 from ..inference.engine import ChatEvent, Engine, SamplingParams
+from ..tasks.sft_data import stated_result
 from ..tasks.word_problems import extract_answer
 from ..tasks.world import is_correct, says_dont_know
 from ..tokenization.tokenization_chatforge import IM_START
@@ -83,6 +84,13 @@ def look_up_accuracy(engine: Engine, requests: Sequence[dict], use_tools: bool) 
     """Look-ups of people: right when the reply states the reference fact."""
     return tool_task_accuracy(engine, requests, use_tools, lambda reply, r: is_correct(reply, r["answer"]),
                               "look-ups")
+
+
+def python_accuracy(engine: Engine, problems: Sequence[dict], use_tools: bool) -> dict:
+    """Questions that need a program: right when the reply's ``The result is ...`` is the program's output. The
+    budget leaves room for a program and a long result (a factorial), besides the sentence around them."""
+    return tool_task_accuracy(engine, problems, use_tools, lambda reply, p: stated_result(reply) == p["answer"],
+                              "python problems", params=SamplingParams(temperature=0.0, max_new_tokens=192))
 
 
 def knowledge(engine: Engine, questions: Sequence[dict], params: SamplingParams = GREEDY) -> dict:

@@ -118,7 +118,9 @@ TOOL_FIGURES = {"format_adherence": "chat-format adherence",
                 "word_problems_with_tools.accuracy": "word problems, with the calculator",
                 "word_problems_without_tools.accuracy": "word problems, without tools",
                 "world_search_with_tools.accuracy": "look-ups of unseen people, with search",
-                "world_search_without_tools.accuracy": "look-ups of unseen people, without tools"}
+                "world_search_without_tools.accuracy": "look-ups of unseen people, without tools",
+                "python_problems_with_tools.accuracy": "questions that need a program, with python",
+                "python_problems_without_tools.accuracy": "questions that need a program, without tools"}
 KNOWLEDGE_FIGURES = {"knowledge.known.accuracy": "questions the probe found known: answered right",
                      "knowledge.known.dont_know_rate": "questions the probe found known: \"I don't know\"",
                      "knowledge.unknown.accuracy": "questions the probe found unknown: answered right",

@@ -21,7 +21,7 @@ from trl.chat_template_utils import get_training_chat_template
 
 from ..data.shards import TokenShards
 from ..errors import InvalidValue, MissingInput
-from ..eval.chat import format_adherence, knowledge, look_up_accuracy, word_problem_accuracy
+from ..eval.chat import format_adherence, knowledge, look_up_accuracy, python_accuracy, word_problem_accuracy
 from ..inference.engine import Engine
 from ..io import atomic_write_text, read_jsonl, require_input, will_exist
 from ..modeling.factory import load_tokenizer, require_model, set_generation_defaults
@@ -46,7 +46,8 @@ class SFTScriptArguments:
     eval_conversations: int | None = field(
         default=None, metadata={"help": "held-out conversations the held-out loss is measured on (all)"})
     eval_prompts: int = field(default=200, metadata={"help": "held-out prompts for format adherence"})
-    eval_word_problems: int = field(default=200, metadata={"help": "held-out word problems, and look-ups"})
+    eval_word_problems: int = field(
+        default=200, metadata={"help": "held-out word problems, look-ups and python problems (of each)"})
     eval_world_questions: int | None = field(default=None, metadata={"help": "held-out knowledge questions (all)"})
     knowledge_questions: str | None = field(
         default=None, metadata={"help": "held-out knowledge questions ({question, answer, group}; default: the "
@@ -146,7 +147,7 @@ def checked_split(dataset: datasets.Dataset, name: str, on_invalid: str, tokeniz
 
 
 def held_out_evaluation(model, tokenizer, script: SFTScriptArguments) -> dict:
-    """Format adherence on held-out prompts; word-problem and look-up accuracy with and without tools;
+    """Format adherence on held-out prompts; word-problem, look-up and python-problem accuracy with and without tools;
     accuracy and "I don't know" rate on questions about held-out people of the fictional world."""
     data_dir = Path(script.sft_data_dir)
     index = data_dir / "search-index"
@@ -156,7 +157,8 @@ def held_out_evaluation(model, tokenizer, script: SFTScriptArguments) -> dict:
         figures["format"] = format_adherence(engine, [record["messages"][:1] for record in test])
     if engine.tools_supported:
         for name, measure, limit in (("word_problems", word_problem_accuracy, script.eval_word_problems),
-                                     ("world_search", look_up_accuracy, script.eval_word_problems)):
+                                     ("world_search", look_up_accuracy, script.eval_word_problems),
+                                     ("python_problems", python_accuracy, script.eval_word_problems)):
             if tasks := read_jsonl(data_dir / f"{name}_test.jsonl", limit):
                 figures[f"{name}_with_tools"] = measure(engine, tasks, use_tools=True)
                 figures[f"{name}_without_tools"] = measure(engine, tasks, use_tools=False)

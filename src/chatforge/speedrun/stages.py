@@ -212,7 +212,7 @@ def train(run: Run, stage: str) -> None:
 _SHARES = (("format", "format_adherence", "prompts", "format_adherence"),
            *((task, "accuracy", "tasks", f"{task}.accuracy") for task in (
                "word_problems_with_tools", "word_problems_without_tools", "world_search_with_tools",
-               "world_search_without_tools")))
+               "world_search_without_tools", "python_problems_with_tools", "python_problems_without_tools")))
 
 
 def _chat_figures(figures: dict) -> dict:

@@ -3,6 +3,8 @@
     <output>/train.jsonl, test.jsonl        {"messages": [...], "source": ...}; unique conversations, test held
                                            out per source
     <output>/word_problems_test.jsonl      held-out multi-digit word problems {"question", "answer"} (tool eval)
+    <output>/python_problems_test.jsonl    held-out questions that need a program {"question", "code", "answer"},
+                                           on words and numbers training never asks about (python-tool eval)
     <output>/world_qa_train.jsonl          questions about the fictional world's probe people, answered
     <output>/world_qa_frequent.jsonl       every phrasing of the questions about frequent probe people (those
                                            the corpus describes many times), answered
@@ -82,6 +84,13 @@ PYTHON_TASKS = (
     ("How many times does the letter '{letter}' appear in '{word}'?", "print('{word}'.count('{letter}'))"),
 )
 WORDS = ("strawberry", "banana", "mississippi", "assistant", "language", "tokenizer", "parallel", "committee")
+#: The slots of the python tool's questions (words; the ranges of n and m): the held-out problems draw from their own,
+#: so none of them is asked in training.
+PYTHON_SLOTS = {"train": (WORDS, (5, 30), (20, 500)),
+                "test": (("pineapple", "bookkeeper", "accommodate", "chocolate", "necessary", "engineering",
+                          "quizzical", "raspberry"), (31, 40), (501, 1000))}
+#: How a reply to a python-tool question states the program's result.
+PYTHON_RESULT = "The result is "
 
 
 @dataclass
@@ -99,6 +108,7 @@ class SFTDataConfig:
     search_tool: int = 800
     test_fraction: float = 0.1
     word_problems_test: int = 200
+    python_problems_test: int = 100
     world: WorldConfig = field(default_factory=WorldConfig)
 
 
@@ -153,21 +163,35 @@ def word_problem_conversations(rng: random.Random, count: int, multi_digit: bool
             for p in (word_problem(rng, multi_digit) for _ in range(count))]
 
 
-def python_tool_conversations(rng: random.Random, count: int) -> list[list[dict]]:
-    """Questions answered by running a short program in the sandbox (the outputs are real runs). The programs are
-    this module's own, so they run under the weaker sandbox where bubblewrap cannot start."""
+def python_problems(rng: random.Random, count: int, split: str) -> list[dict]:
+    """Questions answered by a short program, ``{"question", "code", "answer"}``: the answer is the program's
+    output in the sandbox. The programs are this module's own, so they run under the weaker sandbox where
+    bubblewrap cannot start. ``split`` picks the slots (:data:`PYTHON_SLOTS`)."""
     isolation = strongest_available()
-    conversations = []
-    for _ in tqdm(range(count), desc="python tool examples", leave=False):
+    words, n_range, m_range = PYTHON_SLOTS[split]
+    problems = []
+    for _ in tqdm(range(count), desc=f"python problems ({split})", leave=False):
         question, code = rng.choice(PYTHON_TASKS)
-        word = rng.choice(WORDS)
-        slots = {"n": rng.randint(5, 30), "m": rng.randint(20, 500), "word": word, "letter": rng.choice(word)}
+        word = rng.choice(words)
+        slots = {"n": rng.randint(*n_range), "m": rng.randint(*m_range), "word": word, "letter": rng.choice(word)}
         code = code.format(**slots)
-        output = run_python(code, isolation=isolation)
-        conversations.append(_chat(question.format(**slots),
-                                   f"I'll run a short Python program. {tool_exchange('python', code, output)}"
-                                   f"The result is {output}."))
-    return conversations
+        problems.append({"question": question.format(**slots), "code": code,
+                         "answer": run_python(code, isolation=isolation)})
+    return problems
+
+
+def stated_result(reply: str) -> str | None:
+    """The result a reply states after the last ``The result is`` (its final period dropped), if it states one."""
+    if PYTHON_RESULT not in reply:
+        return None
+    return reply.rsplit(PYTHON_RESULT, 1)[1].strip().removesuffix(".")
+
+
+def python_tool_conversations(rng: random.Random, count: int) -> list[list[dict]]:
+    """Questions answered by running a short program in the sandbox (the outputs are real runs)."""
+    return [_chat(p["question"], f"I'll run a short Python program. {tool_exchange('python', p['code'], p['answer'])}"
+                                 f"{PYTHON_RESULT}{p['answer']}.")
+            for p in python_problems(rng, count, "train")]
 
 
 def search_conversations(rng: random.Random, count: int, requests: list[dict], index: SearchIndex) -> list[list[dict]]:
@@ -232,12 +256,14 @@ def build_sft_data(output_dir: str | Path, config: SFTDataConfig = SFTDataConfig
                                       "what": SOURCES[source][0], "license": SOURCES[source][1]}
     test_rng = random.Random(config.seed + 1_000_003)
     problems = [word_problem(test_rng, multi_digit=True) for _ in range(config.word_problems_test)]
+    python_test = python_problems(random.Random(config.seed + 2_000_003), config.python_problems_test, "test")
     with atomic_directory(output_dir) as tmp_dir:
         for split, records in splits.items():
             rng.shuffle(records)
             write_jsonl(tmp_dir / f"{split}.jsonl", records)
         write_jsonl(tmp_dir / "word_problems_test.jsonl",
                      ({"question": p.question, "answer": p.answer, "expression": p.expression} for p in problems))
+        write_jsonl(tmp_dir / "python_problems_test.jsonl", python_test)
         questions = world_questions(people)
         probe = [q for q in questions if q["split"] == "probe"]
         write_jsonl(tmp_dir / "world_qa_train.jsonl", _answered(probe))
