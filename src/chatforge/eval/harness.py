@@ -27,8 +27,9 @@ from .intervals import wilson_interval
 
 @dataclass(frozen=True)
 class OfflineTask:
-    """A harness task run on shipped items: ``source`` reads them (a path overrides where they are), ``record``
-    turns one into the Hub dataset's shape, which the harness task ``base`` evaluates on its ``split``."""
+    """A harness task run on shipped items: ``source`` finds their file (``run_benchmarks(sources=...)`` can give
+    another), ``record`` turns one into the Hub dataset's shape, which the harness task ``base`` evaluates on its
+    ``split``; ``metric`` is the figure reported."""
 
     base: str
     split: str
@@ -160,11 +161,16 @@ def task_specs(names: Sequence[str], folder: Path, sources: dict[str, str | Path
     return specs
 
 
+def check_benchmark_names(names: Sequence[str]) -> None:
+    """Raise a clear error where ``names`` holds an unknown benchmark."""
+    if unknown := [name for name in names if name not in BENCHMARKS]:
+        raise InvalidValue(f"unknown benchmarks {unknown}; choose from {list(BENCHMARKS)}")
+
+
 def check_benchmarks(names: Sequence[str]) -> None:
     """Raise a clear error where ``names`` holds an unknown benchmark, or one whose harness or items are not
     installed (before hours of other work)."""
-    if unknown := [name for name in names if name not in BENCHMARKS]:
-        raise InvalidValue(f"unknown benchmarks {unknown}; choose from {list(BENCHMARKS)}")
+    check_benchmark_names(names)
     if names:
         _require("lm_eval", "lm-evaluation-harness")
     for name in names:

@@ -29,7 +29,7 @@ from ..errors import InvalidValue, NotFound
 from ..inference.engine import Engine, SamplingParams
 from ..io import read_jsonl
 from .chat import format_adherence, knowledge
-from .harness import BENCHMARKS, run_benchmarks
+from .harness import BENCHMARKS, check_benchmark_names, run_benchmarks
 from .induction import repeated_sequence_copying
 from .problems import problem_accuracy
 from .recall import cloze_recall
@@ -102,8 +102,7 @@ class EvalConfig:
     benchmark_tokens: int = 256  # at most this many tokens generated per benchmark item (GSM8K, HumanEval)
 
     def __post_init__(self):
-        if unknown := [name for name in self.benchmarks if name not in BENCHMARKS]:
-            raise InvalidValue(f"eval.benchmarks: unknown {unknown}; choose from {list(BENCHMARKS)}")
+        check_benchmark_names(self.benchmarks)
 
 
 def spread(records: list, limit: int) -> list:
