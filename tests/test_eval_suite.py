@@ -6,7 +6,6 @@ import pytest
 import torch
 from conftest import learn_texts, memorize, small_config
 
-from chatforge.eval.chat import python_accuracy
 from chatforge.eval.induction import ordinary_token_ids, repeated_sequence_copying
 from chatforge.eval.intervals import wilson_interval
 from chatforge.eval.recall import DISTRACTOR, cloze_recall
@@ -14,7 +13,7 @@ from chatforge.eval.suite import EvalData, bits_per_byte, evaluate_model, regurg
 from chatforge.inference.engine import Engine, SamplingParams
 from chatforge.modeling import ChatForgeForCausalLM
 from chatforge.tasks.world import build_world, world_cloze
-from chatforge.tools import default_toolbox, tool_exchange
+from chatforge.tools import tool_exchange
 
 
 def _greedy_ids(engine, prompt_ids, tokens):
@@ -70,7 +69,7 @@ def test_induction_score_tells_a_model_that_copies_from_its_context_from_one_tha
 def test_tasks_must_fit_the_model(saved_model_dir, tmp_path):
     data = EvalData(pairs=str(tmp_path / "pairs.jsonl"))
     with pytest.raises(ValueError, match="a language model"):
-        evaluate_model(str(saved_model_dir), ["reward"], data)
+        evaluate_model(str(saved_model_dir), ["pairs"], data)
     with pytest.raises(ValueError, match="unknown tasks \\['mmlu'\\]"):
         evaluate_model(str(saved_model_dir), ["mmlu"], data)
     with pytest.raises(FileNotFoundError, match="task 'bpb' needs held-out text: not given"):
@@ -133,14 +132,19 @@ def test_wilson_intervals_match_published_values():
     assert wilson_interval(0, 10)[0] == 0 and wilson_interval(10, 10)[1] == 1
 
 
-def test_python_problems_are_right_when_the_reply_states_the_program_output(model, tokenizer):
+def test_python_problems_are_right_when_the_reply_states_the_program_output(model, tokenizer, tmp_path, capsys):
+    from chatforge.cli import main
+
     question = "What is the sum of the squares of the numbers from 1 to 35?"
     code = "print(sum(i * i for i in range(1, 36)))"
     reply = "I'll run a short Python program. " + tool_exchange("python", code, "14910") + "The result is 14910."
-    engine = Engine(memorize(model, tokenizer, [[{"role": "user", "content": question},
-                                                 {"role": "assistant", "content": reply}]]), tokenizer,
-                    toolbox=default_toolbox())
+    memorize(model, tokenizer, [[{"role": "user", "content": question}, {"role": "assistant", "content": reply}]])
+    model.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
     right, wrong = {"question": question, "answer": "14910"}, {"question": question, "answer": "14911"}
-    with_tools = python_accuracy(engine, [right, wrong], use_tools=True)
-    assert with_tools["accuracy"] == 0.5 and with_tools["tool_calls"] == 2
-    assert python_accuracy(engine, [right], use_tools=False)["tool_calls"] == 0
+    (tmp_path / "problems.jsonl").write_text(json.dumps(right) + "\n" + json.dumps(wrong) + "\n")
+    main(["eval", str(tmp_path / "model"), "--tasks", "python_problems", "--python-problems",
+          str(tmp_path / "problems.jsonl")])
+    figures = json.loads(capsys.readouterr().out)["python_problems"]
+    assert figures["with_tools"]["accuracy"] == 0.5 and figures["with_tools"]["tool_calls"] == 2
+    assert figures["without_tools"]["tool_calls"] == 0 and figures["without_tools"]["tasks"] == 2

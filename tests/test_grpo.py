@@ -95,7 +95,7 @@ def test_grpo_raises_accuracy_and_writes_its_curves(tmp_path, unsure_model_dir):
     mixture = DatasetMixtureConfig(datasets=[{"path": "json", "data_files": str(tmp_path / "problems/train.jsonl"),
                                               "split": "train"}])
     figures = run_grpo(script, training, ModelConfig(model_name_or_path=str(unsure_model_dir)), mixture)
-    before, after = figures["before"]["test"], figures["grpo"]["test"]
+    before, after = figures["before"]["arithmetic"], figures["grpo"]["arithmetic"]
     assert 0.1 < before["pass@1"] < 0.9 and before["pass@4"] > before["pass@1"]
     assert after["pass@1"] > before["pass@1"] + 0.2
     logged = [json.loads(line) for line in open(tmp_path / "grpo/metrics.jsonl")]

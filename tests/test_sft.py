@@ -51,9 +51,9 @@ def test_sft_of_a_chatforge_model_lowers_the_held_out_loss_on_assistant_tokens(t
     assert figures["eval_loss"] < figures["eval_loss_before"] - 1.0
     saved = json.loads((tmp_path / "out/eval.json").read_text())
     assert saved["eval_loss"] == figures["eval_loss"] and saved["sft"] == figures["sft"]
-    assert {"word_problems_with_tools", "world_search_without_tools", "python_problems_with_tools",
-            "knowledge"} <= set(saved["sft"])
-    assert saved["sft"]["knowledge"]["frequent"]["questions"] == 12
+    assert {"word_problems", "world_search", "python_problems", "knowledge"} <= set(saved["sft"])
+    assert set(saved["sft"]["python_problems"]) == {"with_tools", "without_tools"}
+    assert sum(group["questions"] for group in saved["sft"]["knowledge"].values()) == 12
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     assert AutoTokenizer.from_pretrained(tmp_path / "out").convert_ids_to_tokens(
         model.generation_config.eos_token_id) == ["<|endoftext|>", "<|im_end|>"]
@@ -137,7 +137,7 @@ def test_sft_of_a_chatml_model_given_a_training_template(tmp_path, smollm2, sft_
     figures = run_sft(script, training, model, mixture)
     assert figures["eval_loss"] < figures["eval_loss_before"] - 1.0
     assert AutoTokenizer.from_pretrained(tmp_path / "out").chat_template == expected
-    assert ("word_problems_with_tools" in figures["sft"]) == (given_as == "tool protocol")
+    assert ("word_problems" in figures["sft"]) == (given_as == "tool protocol")
 
 
 def test_replaying_pretraining_text_keeps_facts_that_plain_sft_overwrites(tmp_path, tokenizer, sft_data):
@@ -175,7 +175,7 @@ def test_sft_recipe_runs_from_yaml_with_overrides(tmp_path, saved_model_dir, sft
     figures = json.loads((tmp_path / "recipe/eval.json").read_text())
     assert figures["eval_loss"] < figures["eval_loss_before"] and figures["eval_conversations"] == 16
     assert figures["sft"]["format"]["prompts"] == 5 and figures["base"] is None
-    with_tools, without = figures["sft"]["word_problems_with_tools"], figures["sft"]["word_problems_without_tools"]
+    with_tools, without = (figures["sft"]["word_problems"][key] for key in ("with_tools", "without_tools"))
     assert with_tools["tasks"] == 3
     for diagnostic in ("calls_copy_expression", "answers_copy_tool_output"):  # each needs a call: no more than made
         assert with_tools[diagnostic] * with_tools["tasks"] <= with_tools["tool_calls"]

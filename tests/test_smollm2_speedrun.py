@@ -38,9 +38,9 @@ def test_the_speedrun_imports_the_model_and_post_trains_it(smollm2_run):
     assert list(report) == ["import", "sft-data", "sft", "probe", "sft-probe", "eval", "export", "report", "run"]
     assert report["import"]["tool_tokens_added"] == 4
     sft = report["sft"]
-    assert sft["base.word_problems_with_tools.accuracy.items"] == sft["word_problems_with_tools.accuracy.items"] == 4
-    low, high = wilson_interval(round(sft["world_search_with_tools.accuracy"] * 4), 4)
-    assert (sft["world_search_with_tools.accuracy.low"], sft["world_search_with_tools.accuracy.high"]) == (low, high)
+    assert sft["base.word_problems.with_tools.accuracy.items"] == sft["word_problems.with_tools.accuracy.items"] == 4
+    low, high = wilson_interval(round(sft["world_search.with_tools.accuracy"] * 4), 4)
+    assert (sft["world_search.with_tools.accuracy.low"], sft["world_search.with_tools.accuracy.high"]) == (low, high)
     probed = report["sft-probe"]  # the held-out capitals, grouped by what the probe found the SFT model to know
     assert report["probe"]["held_out.questions"] == 140 and report["probe"]["questions"] == 324
     assert {"knowledge.known.accuracy", "knowledge.unknown.dont_know_rate",

@@ -50,7 +50,7 @@ def test_smoke_speedrun_runs_every_stage_and_reports_it(smoke_run):
     reward = report["reward"]  # accuracy over the eval_pairs asked for: a count of them
     assert reward["reward_model.pairs.pairs"] == 64
     assert (reward["reward_model.pairs.accuracy"] * 64).is_integer()
-    assert report["ppo"]["steps"] == 4 and report["grpo"]["after.test.problems"] == 4
+    assert report["ppo"]["steps"] == 4 and report["grpo"]["after.arithmetic.problems"] == 4
     assert report["ppo"]["initial.prompts"] == report["ppo"]["best.test_prompts"] == 4
     assert json.loads((output / "report.json").read_text())["run"]["hardware"]["cpus"] >= 1
 
@@ -76,7 +76,8 @@ def test_eval_run_option_finds_the_held_out_files_where_the_stage_configs_put_th
     run = Run(load_recipe("smoke"), output)
     assert data.problems == str(Path(run.config("grpo")["problems_dir"]) / "test.jsonl")
     assert data.pairs == str(Path(run.config("reward")["preference_data_dir"]) / "pairs_test.jsonl")
-    assert all(Path(path).is_file() for path in vars(data).values())
+    optional = {"gsm_symbolic"}  # reasoning-gym's problems, where a recipe asks for them
+    assert all(Path(path).exists() for name, path in vars(data).items() if name not in optional)
 
 
 def test_finished_stages_are_skipped_and_from_reruns(smoke_run, capfd, monkeypatch):
@@ -297,4 +298,4 @@ def test_tiny_speedrun_moves_every_figure_the_right_way(tmp_path):
     ppo = report["ppo"]
     assert ppo["best.test_gold"] >= ppo["initial.test_gold"] - 2 * math.hypot(ppo["initial.test_gold_se"],
                                                                                ppo["best.test_gold_se"])
-    assert report["grpo"]["after.test.pass@1"] >= report["grpo"]["before.test.pass@1"] + 0.10
+    assert report["grpo"]["after.arithmetic.pass@1"] >= report["grpo"]["before.arithmetic.pass@1"] + 0.10

@@ -115,12 +115,12 @@ def _pretraining(run: Path, report: dict) -> list[str]:
 
 #: The SFT figures shown before and after, and what they are.
 TOOL_FIGURES = {"format_adherence": "chat-format adherence",
-                "word_problems_with_tools.accuracy": "word problems, with the calculator",
-                "word_problems_without_tools.accuracy": "word problems, without tools",
-                "world_search_with_tools.accuracy": "look-ups of unseen people, with search",
-                "world_search_without_tools.accuracy": "look-ups of unseen people, without tools",
-                "python_problems_with_tools.accuracy": "questions that need a program, with python",
-                "python_problems_without_tools.accuracy": "questions that need a program, without tools"}
+                "word_problems.with_tools.accuracy": "word problems, with the calculator",
+                "word_problems.without_tools.accuracy": "word problems, without tools",
+                "world_search.with_tools.accuracy": "look-ups of unseen people, with search",
+                "world_search.without_tools.accuracy": "look-ups of unseen people, without tools",
+                "python_problems.with_tools.accuracy": "questions that need a program, with python",
+                "python_problems.without_tools.accuracy": "questions that need a program, without tools"}
 KNOWLEDGE_FIGURES = {"knowledge.known.accuracy": "questions the probe found known: answered right",
                      "knowledge.known.dont_know_rate": "questions the probe found known: \"I don't know\"",
                      "knowledge.unknown.accuracy": "questions the probe found unknown: answered right",
@@ -206,8 +206,8 @@ def _grpo(run: Path, report: dict) -> list[str]:
     figures = report.get("grpo")
     if not figures:
         return []
-    keys = sorted({key.split(".", 2)[-1] for key in figures if key.startswith("before.test.")})
-    rows = [[key, figures.get(f"before.test.{key}"), figures.get(f"after.test.{key}")] for key in keys]
+    keys = sorted({key.split(".", 2)[-1] for key in figures if key.startswith("before.arithmetic.")})
+    rows = [[key, figures.get(f"before.arithmetic.{key}"), figures.get(f"after.arithmetic.{key}")] for key in keys]
     lines = ["## GRPO on problems with checkable answers", ""] + _table(["held-out", "before", "after"], rows)
     if plot := _copy_plot(run / "grpo/grpo.png", run, "grpo.png"):
         lines += [plot, ""]

@@ -3,11 +3,15 @@
     bpb            bits per byte on held-out text (any tokenizer: comparable across models)
     format         chat-format adherence on held-out prompts
     arithmetic     word problems with checkable answers: greedy pass@1, sampled pass@1 and pass@k
+    gsm_symbolic   the same on reasoning-gym's GSM-symbolic problems
     knowledge      accuracy and "I don't know" rate per group of questions (known / unseen entities)
+    word_problems, world_search, python_problems   tool use: accuracy with the tools (calculator, search of the
+                   fictional world's pages, sandboxed python) and without them
     regurgitation  how many tokens of a training document the model continues verbatim from its opening
     induction      in-context copying: loss and accuracy on the second copy of repeated random tokens
     recall         cloze facts completed as plain text, at the start of a document and after a sentence
-    reward         pairwise accuracy of a reward model on held-out preference pairs
+    pairs          pairwise accuracy of a reward model on held-out preference pairs
+    rankings       its agreement (Kendall's tau) with held-out K-way rankings
     hellaswag_100, truthfulqa_mc1_100, gsm8k_cot_100, humaneval   standard benchmarks offline, through
                    lm-evaluation-harness (:mod:`~chatforge.eval.harness`)
     hellaswag, arc_easy, arc_challenge, gsm8k, truthfulqa_mc1   the same harness on Hub datasets (need a network)
@@ -28,29 +32,44 @@ from ..data.text_sources import iter_documents
 from ..errors import InvalidValue, NotFound
 from ..inference.engine import Engine, SamplingParams
 from ..io import read_jsonl
-from .chat import format_adherence, knowledge
+from ..tools import Toolbox, default_toolbox
+from .chat import format_adherence, knowledge, look_up_accuracy, python_accuracy, word_problem_accuracy
 from .harness import BENCHMARKS, check_benchmark_names, run_benchmarks
 from .induction import repeated_sequence_copying
 from .problems import problem_accuracy
 from .recall import cloze_recall
+from .reward import pairwise_accuracy, ranking_agreement
 
-CHAT_TASKS = ("format", "arithmetic", "knowledge")
+#: Tool-use tasks: how each is scored, asked with the tools and without them.
+TOOL_TASKS = {"word_problems": word_problem_accuracy, "world_search": look_up_accuracy,
+              "python_problems": python_accuracy}
+CHAT_TASKS = ("format", "arithmetic", "gsm_symbolic", "knowledge", *TOOL_TASKS)
+REWARD_TASKS = ("pairs", "rankings")
 #: The :class:`EvalData` field each task reads.
-TASK_DATA = {"bpb": "val_text", "format": "prompts", "arithmetic": "problems", "knowledge": "questions",
-             "regurgitation": "corpus", "recall": "cloze", "reward": "pairs"}
+TASK_DATA = {"bpb": "val_text", "format": "prompts", "arithmetic": "problems", "gsm_symbolic": "gsm_symbolic",
+             "knowledge": "questions", "regurgitation": "corpus", "recall": "cloze", "pairs": "pairs",
+             "rankings": "rankings", **{task: task for task in TOOL_TASKS}}
+
+Source = str | list[dict] | None
 
 
 @dataclass
 class EvalData:
-    """Where each task's held-out records are (JSONL unless said otherwise)."""
+    """Where each task's held-out records are: a JSONL file unless said otherwise, or the records themselves."""
 
-    val_text: str | None = None  # held-out documents: JSONL/parquet/text files with a `text` field
-    prompts: str | None = None  # conversations ({"messages"}); the first user turn is the prompt
-    problems: str | None = None  # {"prompt": messages, "answer"}
-    questions: str | None = None  # {"question", "answer", "group"}
-    corpus: str | None = None  # training documents (any iter_documents source)
-    pairs: str | None = None  # {"chosen", "rejected"} conversations
-    cloze: str | None = None  # {"prompt", "answer", "group"} fact openings
+    val_text: Source = None  # held-out documents: JSONL/parquet/text files with a `text` field
+    prompts: Source = None  # conversations ({"messages"}); the first user turn is the prompt
+    problems: Source = None  # {"prompt": messages, "answer"}
+    gsm_symbolic: Source = None  # the same, of reasoning-gym's gsm_symbolic
+    questions: Source = None  # {"question", "answer", "group"}
+    corpus: Source = None  # training documents (any iter_documents source)
+    pairs: Source = None  # {"chosen", "rejected"} conversations
+    rankings: Source = None  # {"prompt", "completions", "ranking", ...} (chatforge preference-data build)
+    cloze: Source = None  # {"prompt", "answer", "group"} fact openings
+    word_problems: Source = None  # {"question", "answer", "expression"?}
+    world_search: Source = None  # {"question", "answer"}: facts only the search index holds
+    python_problems: Source = None  # {"question", "answer"}: results a program computes
+    search_index: str | None = None  # the search tool's index (chatforge sft-data build writes one)
 
     @classmethod
     def from_folders(cls, corpus: str | Path, sft_data: str | Path, problems: str | Path | None,
@@ -58,19 +77,38 @@ class EvalData:
         """The held-out files in a speedrun's corpus folder (``train.jsonl``/``val.jsonl``) and in the folders
         that ``chatforge sft-data build``, ``problems build`` and ``preference-data build`` write (None: a run
         without problems or preference data)."""
-        corpus, sft_data = Path(corpus), Path(sft_data)
-        return cls(val_text=str(corpus / "val.jsonl"), prompts=str(sft_data / "test.jsonl"),
-                   problems=str(Path(problems) / "test.jsonl") if problems else None,
-                   questions=str(sft_data / "world_qa_test.jsonl"), corpus=str(corpus / "train.jsonl"),
-                   pairs=str(Path(preference_data) / "pairs_test.jsonl") if preference_data else None,
-                   cloze=str(sft_data / "world_cloze_test.jsonl"))
+        corpus = Path(corpus)
+        return cls(val_text=str(corpus / "val.jsonl"), corpus=str(corpus / "train.jsonl"),
+                   **cls.of_sft_data(sft_data), **cls.of_problems(problems) if problems else {},
+                   **cls.of_preference_data(preference_data) if preference_data else {})
+
+    @staticmethod
+    def of_sft_data(folder: str | Path) -> dict:
+        """The held-out files ``chatforge sft-data build`` writes, as fields."""
+        folder = Path(folder)
+        return {"prompts": str(folder / "test.jsonl"), "questions": str(folder / "world_qa_test.jsonl"),
+                "cloze": str(folder / "world_cloze_test.jsonl"), "search_index": str(folder / "search-index"),
+                **{task: str(folder / f"{task}_test.jsonl") for task in TOOL_TASKS}}
+
+    @staticmethod
+    def of_problems(folder: str | Path) -> dict:
+        """The held-out files ``chatforge problems build`` writes, as fields."""
+        folder = Path(folder)
+        return {"problems": str(folder / "test.jsonl"), "gsm_symbolic": str(folder / "gsm_symbolic_test.jsonl")}
+
+    @staticmethod
+    def of_preference_data(folder: str | Path) -> dict:
+        """The held-out files ``chatforge preference-data build`` writes, as fields."""
+        folder = Path(folder)
+        return {"pairs": str(folder / "pairs_test.jsonl"), "rankings": str(folder / "rankings_test.jsonl")}
 
     def has_data_for(self, task: str) -> bool:
         """Whether the held-out records ``task`` reads are there (tasks that read none always have them)."""
-        if task not in TASK_DATA:
-            return True
-        source = getattr(self, TASK_DATA[task])
-        return source is not None and ("://" in source or Path(source).exists())
+        return task not in TASK_DATA or _available(getattr(self, TASK_DATA[task]))
+
+    def toolbox(self) -> Toolbox:
+        """The tools the tool-use tasks are asked with: calculator, python, and search where the index is."""
+        return default_toolbox(self.search_index if _available(self.search_index) else None)
 
     @classmethod
     def from_run(cls, run_dir: str | Path) -> "EvalData":
@@ -92,7 +130,9 @@ class EvalConfig:
     """How much of each task to run."""
 
     limit: int = 100  # records per task
+    limits: dict[str, int | None] = field(default_factory=dict)  # tasks with another limit (None: all records)
     k: int = 8  # samples per problem for pass@k
+    temperature: float = 1.0  # sampling temperature of pass@k
     max_new_tokens: int = 96
     max_length: int = 512  # tokens per document for bits per byte
     prefix_tokens: int = 32  # regurgitation: the opening given ...
@@ -104,27 +144,36 @@ class EvalConfig:
     def __post_init__(self):
         check_benchmark_names(self.benchmarks)
 
+    def limit_of(self, task: str) -> int | None:
+        return self.limits.get(task, self.limit)
 
-def spread(records: list, limit: int) -> list:
+
+def spread(records: list, limit: int | None) -> list:
     """At most ``limit`` records taken evenly through ``records`` (files are often ordered by kind or group)."""
-    if len(records) <= limit:
+    if limit is None or len(records) <= limit:
         return records
     return [records[i * len(records) // limit] for i in range(limit)]
 
 
-def _records(path: str | None, task: str, what: str, limit: int, fields: tuple[str, ...]) -> list[dict]:
-    """Up to ``limit`` records of the JSONL file, spread over it; a record without one of ``fields`` raises a
-    ``ValueError`` naming the file and the record."""
-    records = read_jsonl(_required(path, task, what))
+def _available(source: Source) -> bool:
+    if isinstance(source, list):
+        return bool(source)
+    return source is not None and ("://" in source or Path(source).exists())
+
+
+def _records(source: Source, task: str, what: str, limit: int | None, fields: tuple[str, ...]) -> list[dict]:
+    """Up to ``limit`` records of the JSONL file (or list), spread over it; a record without one of ``fields``
+    raises a ``ValueError`` naming the file and the record."""
+    records = source if isinstance(source, list) else read_jsonl(_required(source, task, what))
     for number, record in enumerate(records, 1):
         if missing := [name for name in fields if name not in record]:
-            raise InvalidValue(f"{path}: record {number} has no {', '.join(missing)} (task {task!r} reads "
-                               f"{', '.join(fields)})")
+            where = f"{source}: record {number}" if isinstance(source, str) else f"{what}: record {number}"
+            raise InvalidValue(f"{where} has no {', '.join(missing)} (task {task!r} reads {', '.join(fields)})")
     return spread(records, limit)
 
 
 def _required(value: str | None, task: str, what: str) -> str:
-    if value is None or ("://" not in value and not Path(value).exists()):
+    if not _available(value):
         raise NotFound(f"task {task!r} needs {what}: {value or 'not given'}")
     return value
 
@@ -195,38 +244,51 @@ def _first_user_turns(records: list[dict]) -> list[list[dict]]:
 
 
 def _task_runners(data: EvalData, config: EvalConfig) -> dict[str, Callable[[Engine], dict]]:
-    def records(path: str | None, task: str, what: str, *fields: str) -> list[dict]:
-        return _records(path, task, what, config.limit, fields)
+    def records(task: str, what: str, *fields: str) -> list[dict]:
+        return _records(getattr(data, TASK_DATA[task]), task, what, config.limit_of(task), fields)
 
     def bpb(engine: Engine) -> dict:
-        documents = spread(list(iter_documents([_required(data.val_text, "bpb", "held-out text")])), config.limit)
-        return bits_per_byte(engine.model, engine.tokenizer, documents, config.max_length)
+        documents = list(iter_documents([_required(data.val_text, "bpb", "held-out text")]))
+        return bits_per_byte(engine.model, engine.tokenizer, spread(documents, config.limit_of("bpb")),
+                             config.max_length)
 
-    def arithmetic(engine: Engine) -> dict:
-        problems = records(data.problems, "arithmetic", "problems", "prompt", "answer")
-        return problem_accuracy(engine, problems, k=config.k, max_new_tokens=config.max_new_tokens,
-                                seed=config.seed)
+    def problems(task: str) -> Callable[[Engine], dict]:
+        return lambda engine: problem_accuracy(engine, records(task, "problems", "prompt", "answer"), k=config.k,
+                                               temperature=config.temperature, max_new_tokens=config.max_new_tokens,
+                                               seed=config.seed)
 
     def regurgitate(engine: Engine) -> dict:
         documents = iter_documents([_required(data.corpus, "regurgitation", "training documents")])
-        return regurgitation(engine, documents, config.prefix_tokens, config.suffix_tokens, config.limit)
+        return regurgitation(engine, documents, config.prefix_tokens, config.suffix_tokens,
+                             config.limit_of("regurgitation"))
+
+    def with_and_without_tools(task: str) -> Callable[[Engine], dict]:
+        def run(engine: Engine) -> dict:
+            if not engine.tools_supported:
+                raise InvalidValue(f"task {task!r} needs a model with ChatForge's tool tokens "
+                                   "(chatforge model add-tools)")
+            tasks = records(task, "tool tasks", "question", "answer")
+            return {"with_tools": TOOL_TASKS[task](engine, tasks, use_tools=True),
+                    "without_tools": TOOL_TASKS[task](engine, tasks, use_tools=False)}
+        return run
 
     return {
         "bpb": bpb,
         "format": lambda engine: format_adherence(
-            engine, _first_user_turns(records(data.prompts, "format", "conversations", "messages"))),
-        "arithmetic": arithmetic,
-        "knowledge": lambda engine: knowledge(engine, records(data.questions, "knowledge", "questions", "question",
-                                                              "answer")),
+            engine, _first_user_turns(records("format", "conversations", "messages"))),
+        "arithmetic": problems("arithmetic"),
+        "gsm_symbolic": problems("gsm_symbolic"),
+        "knowledge": lambda engine: knowledge(engine, records("knowledge", "questions", "question", "answer")),
         "regurgitation": regurgitate,
-        "induction": lambda engine: repeated_sequence_copying(engine.model, engine.tokenizer, config.limit,
-                                                              seed=config.seed),
-        "recall": lambda engine: cloze_recall(engine, records(data.cloze, "recall", "cloze items", "prompt",
-                                                              "answer")),
+        "induction": lambda engine: repeated_sequence_copying(engine.model, engine.tokenizer,
+                                                              config.limit_of("induction"), seed=config.seed),
+        "recall": lambda engine: cloze_recall(engine, records("recall", "cloze items", "prompt", "answer")),
+        **{task: with_and_without_tools(task) for task in TOOL_TASKS},
     }
 
 
-TASKS = ("bpb", "format", "arithmetic", "knowledge", "regurgitation", "induction", "recall", "reward", *BENCHMARKS)
+TASKS = ("bpb", "format", "arithmetic", "gsm_symbolic", "knowledge", *TOOL_TASKS, "regurgitation", "induction",
+         "recall", *REWARD_TASKS, *BENCHMARKS)
 
 
 def is_reward_model(model_path: str) -> bool:
@@ -235,36 +297,54 @@ def is_reward_model(model_path: str) -> bool:
     return any(name.endswith("ForSequenceClassification") for name in architectures)
 
 
-def evaluate_reward_model(model_path: str, data: EvalData, config: EvalConfig = EvalConfig()) -> dict:
-    """Pairwise accuracy of the reward model at ``model_path`` on held-out preference pairs."""
-    from .reward import pairwise_accuracy
+def evaluate_reward_model(model, tokenizer, tasks: Sequence[str], data: EvalData,
+                          config: EvalConfig = EvalConfig()) -> dict:
+    """Run reward-model ``tasks`` (:data:`REWARD_TASKS`) on a loaded sequence classifier; task name -> figures."""
+    results = {}
+    if "pairs" in tasks:
+        pairs = _records(data.pairs, "pairs", "preference pairs", config.limit_of("pairs"), ("chosen", "rejected"))
+        results["pairs"] = pairwise_accuracy(model, tokenizer, pairs)
+    if "rankings" in tasks:
+        rankings = _records(data.rankings, "rankings", "rankings", config.limit_of("rankings"),
+                            ("prompt", "completions", "ranking"))
+        results["rankings"] = ranking_agreement(model, tokenizer, rankings)
+    return {task: results[task] for task in tasks}
 
-    pairs = _records(data.pairs, "reward", "preference pairs", config.limit, ("chosen", "rejected"))
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForSequenceClassification.from_pretrained(model_path)
-    return pairwise_accuracy(model, tokenizer, pairs)
+
+def applicable_tasks(tasks: Sequence[str], data: EvalData, engine: Engine) -> list[str]:
+    """Those of ``tasks`` whose held-out records are there and that the model can do (tool use needs the tool
+    tokens)."""
+    return [task for task in tasks if data.has_data_for(task) and (task not in TOOL_TASKS or engine.tools_supported)]
 
 
-def evaluate_model(model_path: str, tasks: Sequence[str], data: EvalData, config: EvalConfig = EvalConfig(),
-                   samples_dir: str | Path | None = None) -> dict:
-    """Run ``tasks`` on the model at ``model_path`` (a folder or Hub id); task name -> figures. ``samples_dir``
-    gets each benchmark item's prompt, reply and score (``<benchmark>.jsonl``)."""
-    unknown = [task for task in tasks if task not in TASKS]
-    if unknown:
-        raise InvalidValue(f"unknown tasks {unknown}; choose from {list(TASKS)}")
-    reward_model = is_reward_model(model_path)
-    if [task for task in tasks if (task == "reward") != reward_model]:
-        kind = "a reward model: its task is 'reward'" if reward_model else "a language model"
-        raise InvalidValue(f"{model_path} is {kind}; tasks {list(tasks)} do not all apply")
-    if reward_model:
-        return {"reward": evaluate_reward_model(model_path, data, config)}
-    engine = Engine.from_pretrained(model_path)
+def evaluate_language_model(engine: Engine, tasks: Sequence[str], data: EvalData, config: EvalConfig = EvalConfig(),
+                            samples_dir: str | Path | None = None) -> dict:
+    """Run language-model ``tasks`` with ``engine`` (its toolbox serves the tool-use tasks); task name -> figures.
+    ``samples_dir`` gets each benchmark item's prompt, reply and score (``<benchmark>.jsonl``)."""
     for task in tasks:
         if task in CHAT_TASKS and engine.tokenizer.chat_template is None:
-            raise InvalidValue(f"task {task!r} needs a chat model; {model_path} has no chat template")
+            raise InvalidValue(f"task {task!r} needs a chat model; the model has no chat template")
     runners = _task_runners(data, config)
     results = {task: runners[task](engine) for task in tasks if task not in BENCHMARKS}
     if benchmarks := [task for task in tasks if task in BENCHMARKS]:
         results |= run_benchmarks(engine.model, engine.tokenizer, benchmarks, limit=config.limit,
                                   max_gen_toks=config.benchmark_tokens, seed=config.seed, samples_dir=samples_dir)
     return {task: results[task] for task in tasks}
+
+
+def evaluate_model(model_path: str, tasks: Sequence[str], data: EvalData, config: EvalConfig = EvalConfig(),
+                   samples_dir: str | Path | None = None) -> dict:
+    """Run ``tasks`` on the model at ``model_path`` (a folder or Hub id; a language or a reward model); task name
+    -> figures. ``samples_dir`` gets each benchmark item's prompt, reply and score (``<benchmark>.jsonl``)."""
+    unknown = [task for task in tasks if task not in TASKS]
+    if unknown:
+        raise InvalidValue(f"unknown tasks {unknown}; choose from {list(TASKS)}")
+    reward_model = is_reward_model(model_path)
+    if [task for task in tasks if (task in REWARD_TASKS) != reward_model]:
+        kind = f"a reward model: its tasks are {list(REWARD_TASKS)}" if reward_model else "a language model"
+        raise InvalidValue(f"{model_path} is {kind}; tasks {list(tasks)} do not all apply")
+    if reward_model:
+        return evaluate_reward_model(AutoModelForSequenceClassification.from_pretrained(model_path),
+                                     AutoTokenizer.from_pretrained(model_path), tasks, data, config)
+    return evaluate_language_model(Engine.from_pretrained(model_path, toolbox=data.toolbox()), tasks, data, config,
+                                   samples_dir)

@@ -17,9 +17,9 @@ from trl.rewards import get_soft_overlong_punishment
 
 from ..errors import InvalidValue
 from ..eval.plots import history_series, plot_panels
-from ..eval.problems import problem_accuracy
+from ..eval.suite import EvalConfig, EvalData, applicable_tasks, evaluate_language_model
 from ..inference.engine import Engine
-from ..io import atomic_write_text, read_jsonl, require_input, write_jsonl
+from ..io import atomic_write_text, require_input, write_jsonl
 from ..modeling.factory import load_tokenizer, require_model
 from ..tasks.verifiable import REWARD_FUNCTIONS, ProblemConfig, to_problems
 from ..tasks.word_problems import KINDS
@@ -96,14 +96,14 @@ def reward_functions(script: GRPOScriptArguments, training_args: GRPOConfig) -> 
 
 
 def held_out_evaluation(model, tokenizer, script: GRPOScriptArguments, max_new_tokens: int) -> dict:
-    """pass@1 (greedy and sampled) and pass@k on the held-out word problems (and GSM-symbolic ones if built)."""
+    """Through the evaluation suite: pass@1 (greedy and sampled) and pass@k on the held-out word problems
+    (``arithmetic``), and on GSM-symbolic ones where they were built (``gsm_symbolic``)."""
+    data = EvalData(**EvalData.of_problems(script.problems_dir))
+    config = EvalConfig(limit=script.eval_problems, k=script.eval_k, temperature=script.eval_temperature,
+                        max_new_tokens=max_new_tokens)
     engine = Engine(model, tokenizer)
-    figures = {}
-    for name in ("test", "gsm_symbolic_test"):
-        if problems := read_jsonl(Path(script.problems_dir) / f"{name}.jsonl", script.eval_problems):
-            figures[name] = problem_accuracy(engine, problems, k=script.eval_k, temperature=script.eval_temperature,
-                                             max_new_tokens=max_new_tokens)
-    return figures
+    return evaluate_language_model(engine, applicable_tasks(("arithmetic", "gsm_symbolic"), data, engine), data,
+                                   config)
 
 
 def run_grpo(script: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig,
@@ -136,8 +136,8 @@ def run_grpo(script: GRPOScriptArguments, training_args: GRPOConfig, model_args:
             figures.update(grpo=after, seconds=round(time.perf_counter() - started, 1))
             _write_outputs(Path(training_args.output_dir), figures, trainer.state.log_history)
             print(f"GRPO -> {training_args.output_dir}: held-out greedy pass@1 "
-                  f"{before.get('test', {}).get('pass@1_greedy', float('nan')):.3f} -> "
-                  f"{after.get('test', {}).get('pass@1_greedy', float('nan')):.3f}")
+                  f"{before.get('arithmetic', {}).get('pass@1_greedy', float('nan')):.3f} -> "
+                  f"{after.get('arithmetic', {}).get('pass@1_greedy', float('nan')):.3f}")
     return figures
 
 

@@ -16,8 +16,8 @@ from transformers import AutoModelForSequenceClassification, set_seed
 from trl import DatasetMixtureConfig, ModelConfig, RewardConfig, RewardTrainer, TrlParser, get_peft_config
 
 from ..errors import InvalidValue
-from ..eval.reward import pairwise_accuracy, ranking_agreement
-from ..io import atomic_write_text, read_jsonl, require_input
+from ..eval.suite import REWARD_TASKS, EvalConfig, EvalData, evaluate_reward_model
+from ..io import atomic_write_text, require_input
 from ..modeling.factory import load_tokenizer, require_model
 from ..tasks.preferences import to_pairs
 from ..training.checkpoint import trainer_checkpoint
@@ -76,14 +76,13 @@ def pair_split(dataset: datasets.Dataset, name: str) -> datasets.Dataset:
 
 
 def held_out_evaluation(model, tokenizer, script: RewardScriptArguments, test_pairs) -> dict:
-    """Pairwise accuracy on the held-out pairs and agreement with the held-out embedded rankings."""
-    figures = {}
-    if test_pairs is not None:
-        limit = len(test_pairs) if script.eval_pairs is None else min(script.eval_pairs, len(test_pairs))
-        figures["pairs"] = pairwise_accuracy(model, tokenizer, test_pairs.select(range(limit)).to_list())
-    if rankings := read_jsonl(Path(script.preference_data_dir) / "rankings_test.jsonl", script.eval_rankings):
-        figures["rankings"] = ranking_agreement(model, tokenizer, rankings)
-    return figures
+    """Through the evaluation suite: pairwise accuracy on the held-out pairs and agreement with the held-out
+    rankings of ``preference_data_dir``."""
+    data = EvalData(**EvalData.of_preference_data(script.preference_data_dir))
+    data.pairs = test_pairs.to_list() if test_pairs is not None else None
+    config = EvalConfig(limits={"pairs": script.eval_pairs, "rankings": script.eval_rankings})
+    return evaluate_reward_model(model, tokenizer, [task for task in REWARD_TASKS if data.has_data_for(task)], data,
+                                 config)
 
 
 def load_reward_model(model_args: ModelConfig, tokenizer):

@@ -21,12 +21,11 @@ from trl.chat_template_utils import get_training_chat_template
 
 from ..data.shards import TokenShards
 from ..errors import InvalidValue, MissingInput
-from ..eval.chat import format_adherence, knowledge, look_up_accuracy, python_accuracy, word_problem_accuracy
+from ..eval.suite import TOOL_TASKS, EvalConfig, EvalData, applicable_tasks, evaluate_language_model
 from ..inference.engine import Engine
-from ..io import atomic_write_text, read_jsonl, require_input, will_exist
+from ..io import atomic_write_text, require_input, will_exist
 from ..modeling.factory import load_tokenizer, require_model, set_generation_defaults
 from ..tasks.conversations import ON_INVALID, ConversationError, check_conversation
-from ..tools import default_toolbox
 from ..training.checkpoint import trainer_checkpoint
 from ..training.precision import fit_precision
 from .mixture import load_mixture
@@ -146,26 +145,20 @@ def checked_split(dataset: datasets.Dataset, name: str, on_invalid: str, tokeniz
     return kept, dict(skipped)
 
 
+#: What an SFT evaluation measures, on the held-out files of ``sft_data_dir`` (those that are there).
+SFT_TASKS = ("format", *TOOL_TASKS, "knowledge")
+
+
 def held_out_evaluation(model, tokenizer, script: SFTScriptArguments) -> dict:
-    """Format adherence on held-out prompts; word-problem, look-up and python-problem accuracy with and without tools;
-    accuracy and "I don't know" rate on questions about held-out people of the fictional world."""
-    data_dir = Path(script.sft_data_dir)
-    index = data_dir / "search-index"
-    engine = Engine(model, tokenizer, toolbox=default_toolbox(index if index.exists() else None))
-    figures: dict = {}
-    if test := read_jsonl(data_dir / "test.jsonl", script.eval_prompts):
-        figures["format"] = format_adherence(engine, [record["messages"][:1] for record in test])
-    if engine.tools_supported:
-        for name, measure, limit in (("word_problems", word_problem_accuracy, script.eval_word_problems),
-                                     ("world_search", look_up_accuracy, script.eval_word_problems),
-                                     ("python_problems", python_accuracy, script.eval_word_problems)):
-            if tasks := read_jsonl(data_dir / f"{name}_test.jsonl", limit):
-                figures[f"{name}_with_tools"] = measure(engine, tasks, use_tools=True)
-                figures[f"{name}_without_tools"] = measure(engine, tasks, use_tools=False)
-    if questions := read_jsonl(script.knowledge_questions or data_dir / "world_qa_test.jsonl",
-                               script.eval_world_questions):
-        figures["knowledge"] = knowledge(engine, questions)
-    return figures
+    """:data:`SFT_TASKS` through the evaluation suite: format adherence; word-problem, look-up and python-problem
+    accuracy with and without tools (for a model with the tool tokens); accuracy and "I don't know" rate on
+    questions about held-out people of the fictional world."""
+    data = EvalData(**EvalData.of_sft_data(script.sft_data_dir))
+    data.questions = script.knowledge_questions or data.questions
+    config = EvalConfig(limits={"format": script.eval_prompts, "knowledge": script.eval_world_questions,
+                                **dict.fromkeys(TOOL_TASKS, script.eval_word_problems)})
+    engine = Engine(model, tokenizer, toolbox=data.toolbox())
+    return evaluate_language_model(engine, applicable_tasks(SFT_TASKS, data, engine), data, config)
 
 
 def with_replay(train: datasets.Dataset, script: SFTScriptArguments, training_args: SFTConfig, tokenizer,

@@ -208,21 +208,25 @@ def train(run: Run, stage: str) -> None:
                          "Rerunning the speedrun resumes it from its last checkpoint.")
 
 
-#: The shares an SFT evaluation measures: where it keeps each (task, share, item count) and the key it gets here.
-_SHARES = (("format", "format_adherence", "prompts", "format_adherence"),
-           *((task, "accuracy", "tasks", f"{task}.accuracy") for task in (
-               "word_problems_with_tools", "word_problems_without_tools", "world_search_with_tools",
-               "world_search_without_tools", "python_problems_with_tools", "python_problems_without_tools")))
+#: The shares an SFT evaluation measures: where it keeps each (task's figures, share, item count) and the key it
+#: gets here.
+_SHARES = ((("format",), "format_adherence", "prompts", "format_adherence"),
+           *(((task, tools), "accuracy", "tasks", f"{task}.{tools}.accuracy")
+             for task in ("word_problems", "world_search", "python_problems")
+             for tools in ("with_tools", "without_tools")))
 
 
 def _chat_figures(figures: dict) -> dict:
     """The headline figures of an SFT evaluation (``eval.json``'s ``sft`` or ``base``): each share, with its item
     count and 95% interval, of the tasks and of accuracy and "I don't know" per group of knowledge questions."""
     out = {}
-    for task, share, count, key in _SHARES:
-        if task in figures:
-            out |= {key: figures[task][share], f"{key}.items": figures[task][count]}
-            out[f"{key}.low"], out[f"{key}.high"] = figures[task]["interval_95"]
+    for path, share, count, key in _SHARES:
+        task = figures
+        for name in path:
+            task = task.get(name, {})
+        if task:
+            out |= {key: task[share], f"{key}.items": task[count]}
+            out[f"{key}.low"], out[f"{key}.high"] = task["interval_95"]
     for group, values in figures.get("knowledge", {}).items():
         for share in ("accuracy", "dont_know_rate"):
             key, count = f"knowledge.{group}.{share}", values["questions"]
@@ -347,7 +351,7 @@ def run_grpo(run: Run) -> dict:
 
 TASKS_BY_KIND = {"base": ["bpb", "format", "regurgitation", "induction", "recall"],
                  "chat": ["bpb", "format", "arithmetic", "knowledge", "induction", "recall"],
-                 "reward": ["reward"]}
+                 "reward": ["pairs", "rankings"]}
 
 
 def run_eval(run: Run) -> dict:
