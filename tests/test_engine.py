@@ -7,7 +7,7 @@ from conftest import assert_drawn_from, learn_texts, memorize
 
 from chatforge.inference.batching import chat_many
 from chatforge.inference.chat_cli import chat_loop
-from chatforge.inference.engine import Engine, SamplingParams, end_of_turn_token
+from chatforge.inference.engine import Engine, SamplingParams, end_of_turn_token, tool_token_ids
 from chatforge.inference.open_calls import open_call_rows
 from chatforge.inference.prompts import assistant_prompt, few_shot_prompt
 from chatforge.tools import default_toolbox, tool_exchange
@@ -62,6 +62,7 @@ def test_sampled_tokens_log_probabilities_are_those_of_the_sampling_distribution
     assert (reply,) == tuple(engine.generate_ids([prompt], params))
     with torch.no_grad():
         logits = model(torch.tensor([prompt + reply])).logits[0, len(prompt) - 1:-1].double() / 0.7
+    logits[:, tool_token_ids(tokenizer)] = float("-inf")  # a plain continuation cannot open a tool call
     expected = torch.log_softmax(logits, -1).gather(-1, torch.tensor(reply).unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(torch.tensor(logprobs, dtype=torch.double), expected, atol=1e-4, rtol=0)
 
@@ -171,6 +172,16 @@ def test_without_tools_the_model_cannot_open_a_call(tool_model, tokenizer):
     engine = Engine(tool_model, tokenizer, toolbox=default_toolbox())
     reply = engine.reply([{"role": "user", "content": QUESTION}], GREEDY, use_tools=False)
     assert reply.startswith("Let me compute.") and "<|tool_call_start|>" not in reply and "56088" not in reply
+
+
+def test_a_plain_continuation_cannot_open_a_call_it_could_not_have_answered(tool_model, tokenizer):
+    engine = Engine(tool_model, tokenizer, toolbox=default_toolbox())
+    messages = [{"role": "user", "content": QUESTION}]
+    assert any(event.kind == "tool_call" for event in engine.chat(messages, GREEDY))  # the memorised reply calls
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    (reply,) = engine.generate_ids([prompt], GREEDY)  # no tool loop would answer a call here
+    assert tokenizer.convert_tokens_to_ids("<|tool_call_start|>") not in reply
+    assert tokenizer.decode(reply).startswith("Let me compute.")
 
 
 def test_chat_cli_streams_turns_and_resets(tool_model, tokenizer):

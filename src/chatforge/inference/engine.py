@@ -92,6 +92,13 @@ def end_of_turn_token(tokenizer) -> str | None:
     return next((token for token in tokenizer.all_special_tokens if following.startswith(token)), None)
 
 
+def tool_token_ids(tokenizer) -> list[int]:
+    """The ids of the tokens that open a tool call or frame its output, where the vocabulary has them: what a
+    generation without a tool loop must not write, since no call it opened would be answered."""
+    vocab = tokenizer.get_vocab()
+    return [vocab[token] for token in (TOOL_CALL_START, TOOL_OUTPUT_START, TOOL_OUTPUT_END) if token in vocab]
+
+
 class Engine:
     """Generation for a causal LM and its tokenizer, with optional tools for chat."""
 
@@ -172,14 +179,16 @@ class Engine:
     def generate_ids_with_logprobs(self, prompts: Sequence[Sequence[int]], params: SamplingParams = SamplingParams(),
                                    n: int = 1, logprobs: bool = True) -> tuple[list[list[int]], list[list[float]]]:
         """:meth:`generate_ids`, and the log-probability of each generated token under the distribution it was
-        drawn from (temperature, truncation and suppressed tokens applied; empty lists with ``logprobs=False``)."""
+        drawn from (temperature, truncation and suppressed tokens applied; empty lists with ``logprobs=False``).
+        A plain continuation runs no tools, so it cannot open a tool call (:func:`tool_token_ids`)."""
         width = max(len(ids) for ids in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros_like(input_ids)
         for row, ids in enumerate(prompts):
             input_ids[row, width - len(ids):] = torch.as_tensor(ids, dtype=torch.long)
             attention_mask[row, width - len(ids):] = 1
-        config = self._generation_config(params, params.max_new_tokens, self.stop_ids, n)
+        config = self._generation_config(params, params.max_new_tokens, self.stop_ids, n,
+                                         suppress=tool_token_ids(self.tokenizer))
         config.output_scores = logprobs
         with self._seeded(params.seed):
             output = self._generate(input_ids.to(self.device), attention_mask.to(self.device), config)

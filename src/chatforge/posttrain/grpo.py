@@ -18,7 +18,7 @@ from trl.rewards import get_soft_overlong_punishment
 from ..errors import InvalidValue
 from ..eval.plots import history_series, plot_panels
 from ..eval.suite import EvalConfig, EvalData, applicable_tasks, evaluate_language_model
-from ..inference.engine import Engine
+from ..inference.engine import Engine, tool_token_ids
 from ..io import atomic_write_text, require_input, write_jsonl
 from ..modeling.factory import load_tokenizer, require_model
 from ..tasks.verifiable import REWARD_FUNCTIONS, ProblemConfig, to_problems
@@ -120,6 +120,8 @@ def run_grpo(script: GRPOScriptArguments, training_args: GRPOConfig, model_args:
         train = datasets.load_dataset("json", data_files=str(Path(script.problems_dir) / "train.jsonl"), split="train")
     train = train.map(to_problems, batched=True, with_indices=True, fn_kwargs={"name": "train"},
                       remove_columns=train.column_names, load_from_cache_file=False, desc="problems")
+    if suppress := tool_token_ids(tokenizer):  # problems are worked in the text: no tool call would be answered
+        training_args.generation_kwargs = {**(training_args.generation_kwargs or {}), "suppress_tokens": suppress}
     model = load_policy(model_args, tokenizer)
     before = evaluated_before_training(model, lambda: held_out_evaluation(
         model, tokenizer, script, training_args.max_completion_length))

@@ -27,7 +27,7 @@ import json
 import math
 import statistics
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -38,7 +38,7 @@ from trl.models import unwrap_model_for_generation
 from ..errors import InvalidValue
 from ..eval.plots import plot_panels
 from ..eval.reward import score_token_ids
-from ..inference.engine import Engine, SamplingParams
+from ..inference.engine import Engine, SamplingParams, tool_token_ids
 from ..io import atomic_directory, atomic_write_text, write_jsonl
 from ..tasks.gold import gold_reward
 from ..training.checkpoint import (
@@ -102,6 +102,7 @@ class Rollout:
     replies: list[str]
     finished: list[bool]
     sampling_logprobs: torch.Tensor | None = None  # of each reply token under the distribution it was drawn from
+    suppressed: list[int] = field(default_factory=list)  # tokens the sampler could not draw (tool_token_ids)
 
 
 @dataclass
@@ -146,14 +147,15 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
 
 
 def token_logprobs(model, rollout: Rollout, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probabilities of the reply tokens under ``model`` (sampling temperature applied) and the entropy
-    of each predicting distribution."""
+    """Log-probabilities of the reply tokens under ``model`` (sampling temperature applied, the rollout's
+    suppressed tokens left out, as when it was sampled) and the entropy of each predicting distribution."""
     logits = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask).logits
     index = rollout.positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
     logits = logits.gather(1, index).float() / temperature
+    logits[..., rollout.suppressed] = float("-inf")
     targets = rollout.input_ids.gather(1, rollout.positions + 1)
     logprobs = F.log_softmax(logits, dim=-1)
-    entropy = -(logprobs.exp() * logprobs).sum(-1)
+    entropy = -(logprobs.exp() * logprobs.masked_fill(logprobs.isinf(), 0.0)).sum(-1)
     return logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1), entropy
 
 
@@ -285,7 +287,8 @@ class PPOTrainer:
         device = self.accelerator.device
         return Rollout(tasks, input_ids.to(device), attention_mask.to(device), positions.to(device), mask.to(device),
                        self.tokenizer.batch_decode(replies, skip_special_tokens=True),
-                       [reply[-1] in stops for reply in replies], sampling_logprobs.to(device) if sampled else None)
+                       [reply[-1] in stops for reply in replies], sampling_logprobs.to(device) if sampled else None,
+                       tool_token_ids(self.tokenizer))
 
     def _scores(self, rollout: Rollout) -> torch.Tensor:
         """Reward-model scores of the rollout's conversations; replies cut off before their end are penalised."""
