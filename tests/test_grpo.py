@@ -32,6 +32,16 @@ def test_answer_reward_reads_the_stated_answer_or_falls_back_to_math_verify():
                    "So the total is \\boxed{1200}", "It is 1,200.", "I am not sure."]
     assert answer_reward(completions, ["12", "12", "1200", "1200", "7"]) == [1.0, 0.0, 1.0, 1.0, 0.0]
     assert answer_reward(["The answer is 0.5."], ["1/2"]) == [1.0]
+    assert answer_reward(["That leaves 3/4.", "That leaves 6/8."], ["0.75", "0.75"]) == [1.0, 0.0]
+
+
+def test_arithmetic_left_undone_is_no_answer():
+    """Replies a policy learnt under GRPO when math-verify evaluated expressions: right by that reading, never
+    computed."""
+    replies = ["Let me compute 26*75 + 79*17 with the calculator. ", "Let me compute 336 / 12 with the calculator. ",
+               "calculator\n91 - 40 + 54", "It costs 7 \\times 2 + 2 \\times 3."]
+    assert answer_reward(replies, ["3293", "28", "105", "20"]) == [0.0] * 4
+    assert answer_reward(["So it costs 7 × 2 + 2 × 3 = 20 dollars."], ["20"]) == [1.0]
     assert format_reward(["So 12. The answer is 12.", "The answer is 12. Anything else?", "12"]) == [1.0, 0.0, 0.0]
 
 

@@ -25,6 +25,8 @@ def smollm2_run(tmp_path_factory):
     recipe = yaml.safe_load(recipe_file("smollm2-135m/speedrun.yaml").read_text())
     recipe["training"]["sft"]["overrides"] = FEW
     recipe["training"]["sft-probe"]["overrides"] = {**FEW, "eval_world_questions": None, "probe_samples": 1}
+    recipe["training"]["grpo"]["overrides"] = {"max_steps": 1, "num_generations": 2, "per_device_train_batch_size": 2,
+                                               "max_completion_length": 16, "eval_problems": 4, "eval_k": 2}
     recipe["eval"] = {**recipe["eval"], "limit": 4, "k": 2, "benchmark_tokens": 16}
     (folder / "speedrun.yaml").write_text(yaml.safe_dump(recipe))
     with pytest.MonkeyPatch.context() as patch:
@@ -35,7 +37,8 @@ def smollm2_run(tmp_path_factory):
 
 def test_the_speedrun_imports_the_model_and_post_trains_it(smollm2_run):
     output, report = smollm2_run
-    assert list(report) == ["import", "sft-data", "sft", "probe", "sft-probe", "eval", "export", "report", "run"]
+    assert list(report) == ["import", "sft-data", "sft", "probe", "sft-probe", "problems", "grpo", "eval", "export",
+                            "report", "run"]
     assert report["import"]["tool_tokens_added"] == 4
     sft = report["sft"]
     assert sft["base.word_problems.with_tools.accuracy.items"] == sft["word_problems.with_tools.accuracy.items"] == 4
@@ -46,7 +49,8 @@ def test_the_speedrun_imports_the_model_and_post_trains_it(smollm2_run):
     assert {"knowledge.known.accuracy", "knowledge.unknown.dont_know_rate",
             "base.knowledge.known.accuracy"} <= set(probed)
     evaluation = json.loads((output / "eval.json").read_text())
-    assert set(evaluation) == {"base", "sft"}
+    assert set(evaluation) == {"base", "sft", "grpo"}
+    assert report["grpo"]["before.arithmetic.problems"] == report["grpo"]["after.arithmetic.problems"] == 4
     benchmarks = {"hellaswag_100", "truthfulqa_mc1_100", "gsm8k_cot_100", "humaneval"}
     assert set(evaluation["sft"]) == {"format", "knowledge", "induction", "recall"} | benchmarks  # no pretraining data
     assert all(evaluation[model][name]["items"] == 4 for model in ("base", "sft") for name in benchmarks)

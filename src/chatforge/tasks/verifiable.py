@@ -11,6 +11,7 @@ Reward functions follow TRL's signature ``f(completions, answer, **kwargs) -> li
 
 import hashlib
 import json
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -60,14 +61,32 @@ def _same_number(a: str, b: str) -> bool:
         return False
 
 
+_FRACTION = re.compile(r"-?(\d+)\s*/\s*(\d+)")
+
+
+def _states_a_value(reading: list) -> bool:
+    """Whether math-verify's reading of a reply (value, matched text) is a value the reply states, rather than
+    arithmetic it leaves undone ("Let me compute 26*75 + 79*17", which math-verify would evaluate): a number, or a
+    fraction in lowest terms."""
+    if len(reading) < 2:
+        return False
+    value, matched = reading[0], reading[1]
+    if getattr(value, "is_Number", False):
+        return True
+    fraction = _FRACTION.fullmatch(str(matched).strip().rstrip("."))
+    return fraction is not None and int(fraction[2]) > 1 and math.gcd(int(fraction[1]), int(fraction[2])) == 1
+
+
 def is_correct_answer(text: str, answer: str) -> bool:
     """Whether ``text`` gives ``answer``: its ``The answer is N`` when it has one, else math-verify's reading
-    of the text (``\\boxed{}``, LaTeX or a final expression)."""
+    of the value it states last (``\\boxed{}``, LaTeX, a final number or fraction; an unevaluated expression is
+    no answer)."""
     stated = extract_answer(text)
     if stated is not None:
         return _same_number(stated, str(answer))
     try:
-        return bool(verify(parse(str(answer)), parse(text)))
+        reading = parse(text)
+        return _states_a_value(reading) and bool(verify(parse(str(answer)), reading))
     except Exception:  # math-verify raises on unparseable input and timeouts; neither is a right answer
         return False
 
