@@ -323,7 +323,7 @@ def evaluate_language_model(engine: Engine, tasks: Sequence[str], data: EvalData
     ``samples_dir`` gets each benchmark item's prompt, reply and score (``<benchmark>.jsonl``)."""
     for task in tasks:
         if task in CHAT_TASKS and engine.tokenizer.chat_template is None:
-            raise InvalidValue(f"task {task!r} needs a chat model; the model has no chat template")
+            raise InvalidValue(f"task {task!r} needs a chat model; {engine.model.name_or_path} has no chat template")
     runners = _task_runners(data, config)
     results = {task: runners[task](engine) for task in tasks if task not in BENCHMARKS}
     if benchmarks := [task for task in tasks if task in BENCHMARKS]:

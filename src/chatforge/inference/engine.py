@@ -115,6 +115,7 @@ class Engine:
         self.tools_supported = self.tool_call_end_id is not None and self.tool_call_start_id is not None
         # a tool's output is the engine's to write, never the model's
         self.tool_output_ids = [vocab[token] for token in (TOOL_OUTPUT_START, TOOL_OUTPUT_END) if token in vocab]
+        self.plain_suppressed_ids = tool_token_ids(tokenizer)  # what a continuation without the tool loop cannot write
         configured = model.generation_config.eos_token_id
         configured = [configured] if isinstance(configured, int) else list(configured or [])
         self.end_of_turn = end_of_turn_token(tokenizer)
@@ -188,7 +189,7 @@ class Engine:
             input_ids[row, width - len(ids):] = torch.as_tensor(ids, dtype=torch.long)
             attention_mask[row, width - len(ids):] = 1
         config = self._generation_config(params, params.max_new_tokens, self.stop_ids, n,
-                                         suppress=tool_token_ids(self.tokenizer))
+                                         suppress=self.plain_suppressed_ids)
         config.output_scores = logprobs
         with self._seeded(params.seed):
             output = self._generate(input_ids.to(self.device), attention_mask.to(self.device), config)

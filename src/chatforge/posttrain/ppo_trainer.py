@@ -38,7 +38,7 @@ from trl.models import unwrap_model_for_generation
 from ..errors import InvalidValue
 from ..eval.plots import plot_panels
 from ..eval.reward import score_token_ids
-from ..inference.engine import Engine, SamplingParams, tool_token_ids
+from ..inference.engine import Engine, SamplingParams
 from ..io import atomic_directory, atomic_write_text, write_jsonl
 from ..tasks.gold import gold_reward
 from ..training.checkpoint import (
@@ -102,7 +102,7 @@ class Rollout:
     replies: list[str]
     finished: list[bool]
     sampling_logprobs: torch.Tensor | None = None  # of each reply token under the distribution it was drawn from
-    suppressed: list[int] = field(default_factory=list)  # tokens the sampler could not draw (tool_token_ids)
+    suppressed: list[int] = field(default_factory=list)  # tokens the sampler could not draw
 
 
 @dataclass
@@ -288,7 +288,7 @@ class PPOTrainer:
         return Rollout(tasks, input_ids.to(device), attention_mask.to(device), positions.to(device), mask.to(device),
                        self.tokenizer.batch_decode(replies, skip_special_tokens=True),
                        [reply[-1] in stops for reply in replies], sampling_logprobs.to(device) if sampled else None,
-                       tool_token_ids(self.tokenizer))
+                       self.engine.plain_suppressed_ids)
 
     def _scores(self, rollout: Rollout) -> torch.Tensor:
         """Reward-model scores of the rollout's conversations; replies cut off before their end are penalised."""
