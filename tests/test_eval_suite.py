@@ -132,7 +132,7 @@ def test_wilson_intervals_match_published_values():
     assert wilson_interval(0, 10)[0] == 0 and wilson_interval(10, 10)[1] == 1
 
 
-def test_python_problems_are_right_when_the_reply_states_the_program_output(model, tokenizer, tmp_path, capsys):
+def test_python_problems_are_right_when_the_reply_states_the_program_output(model, tokenizer, tmp_path):
     from chatforge.cli import main
 
     question = "What is the sum of the squares of the numbers from 1 to 35?"
@@ -144,7 +144,7 @@ def test_python_problems_are_right_when_the_reply_states_the_program_output(mode
     right, wrong = {"question": question, "answer": "14910"}, {"question": question, "answer": "14911"}
     (tmp_path / "problems.jsonl").write_text(json.dumps(right) + "\n" + json.dumps(wrong) + "\n")
     main(["eval", str(tmp_path / "model"), "--tasks", "python_problems", "--python-problems",
-          str(tmp_path / "problems.jsonl")])
-    figures = json.loads(capsys.readouterr().out)["python_problems"]
+          str(tmp_path / "problems.jsonl"), "--output", str(tmp_path / "figures.json")])
+    figures = json.loads((tmp_path / "figures.json").read_text())["python_problems"]
     assert figures["with_tools"]["accuracy"] == 0.5 and figures["with_tools"]["tool_calls"] == 2
     assert figures["without_tools"]["tool_calls"] == 0 and figures["without_tools"]["tasks"] == 2

@@ -1,5 +1,6 @@
 """``chatforge speedrun --recipe smollm2-135m``: a pretrained model imported offline, given the tool protocol, then
-SFT with tools, evaluation, export and report; here with a few training steps and a few items per figure."""
+SFT with tools, reward model, PPO, GRPO, evaluation, export and report; here with a few training steps and a few
+items per figure."""
 
 import json
 from pathlib import Path
@@ -25,8 +26,14 @@ def smollm2_run(tmp_path_factory):
     recipe = yaml.safe_load(recipe_file("smollm2-135m/speedrun.yaml").read_text())
     recipe["training"]["sft"]["overrides"] = FEW
     recipe["training"]["sft-probe"]["overrides"] = {**FEW, "eval_world_questions": None, "probe_samples": 1}
-    recipe["training"]["grpo"]["overrides"] = {"max_steps": 1, "num_generations": 2, "per_device_train_batch_size": 2,
-                                               "max_completion_length": 16, "eval_problems": 4, "eval_k": 2}
+    recipe["training"]["reward"]["overrides"] = {"max_steps": 1, "per_device_train_batch_size": 2, "policy_samples": 0,
+                                                 "eval_pairs": 4, "eval_rankings": 2}
+    recipe["training"]["ppo"]["overrides"] = {"max_steps": 1, "per_device_train_batch_size": 2, "num_mini_batches": 1,
+                                              "num_ppo_epochs": 1, "max_completion_length": 8, "eval_prompts": 2,
+                                              "test_prompts": 2, "eval_steps": 1}
+    grpo = recipe["training"]["grpo"]
+    grpo["overrides"] = {**grpo["overrides"], "max_steps": 1, "num_generations": 2, "per_device_train_batch_size": 2,
+                         "max_completion_length": 16, "eval_problems": 4, "eval_k": 2}
     recipe["eval"] = {**recipe["eval"], "limit": 4, "k": 2, "benchmark_tokens": 16}
     (folder / "speedrun.yaml").write_text(yaml.safe_dump(recipe))
     with pytest.MonkeyPatch.context() as patch:
@@ -37,8 +44,8 @@ def smollm2_run(tmp_path_factory):
 
 def test_the_speedrun_imports_the_model_and_post_trains_it(smollm2_run):
     output, report = smollm2_run
-    assert list(report) == ["import", "sft-data", "sft", "probe", "sft-probe", "problems", "grpo", "eval", "export",
-                            "report", "run"]
+    assert list(report) == ["import", "sft-data", "sft", "probe", "sft-probe", "preference-data", "reward", "ppo",
+                            "problems", "grpo", "eval", "export", "report", "run"]
     assert report["import"]["tool_tokens_added"] == 4
     sft = report["sft"]
     assert sft["base.word_problems.with_tools.accuracy.items"] == sft["word_problems.with_tools.accuracy.items"] == 4
@@ -49,7 +56,8 @@ def test_the_speedrun_imports_the_model_and_post_trains_it(smollm2_run):
     assert {"knowledge.known.accuracy", "knowledge.unknown.dont_know_rate",
             "base.knowledge.known.accuracy"} <= set(probed)
     evaluation = json.loads((output / "eval.json").read_text())
-    assert set(evaluation) == {"base", "sft", "grpo"}
+    assert set(evaluation) == {"base", "sft", "ppo", "grpo", "reward"}
+    assert report["reward"]["reward_model.pairs.pairs"] == 4 and report["ppo"]["best.test_prompts"] == 2
     assert report["grpo"]["before.arithmetic.problems"] == report["grpo"]["after.arithmetic.problems"] == 4
     benchmarks = {"hellaswag_100", "truthfulqa_mc1_100", "gsm8k_cot_100", "humaneval"}
     # no pretraining data; the problems GRPO trains on are held out for every chat model
@@ -60,4 +68,5 @@ def test_the_speedrun_imports_the_model_and_post_trains_it(smollm2_run):
     assert "imported from a GGUF file" in (output / "export/base/README.md").read_text()
     card = (output / "report.md").read_text()
     assert "| word problems, with the calculator |" in card and "## Exported models" in card
+    assert "## RLHF (PPO)" in card and "| better > worse | pairs | reward model right |" in card
     assert "| hellaswag_100 (acc_norm, n=4) |" in card and (output / "report_assets/benchmarks.png").exists()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..io import atomic_write_text, read_jsonl
 from .harness import BENCHMARKS
+from .intervals import wilson_interval
 from .plots import plot_panels, plot_scores
 
 ASSETS = "report_assets"
@@ -170,15 +171,23 @@ def _sft(report: dict, evaluation: dict) -> list[str]:
     return lines
 
 
-def _reward_model(report: dict) -> list[str]:
+def _reward_model(report: dict, evaluation: dict) -> list[str]:
     figures = report.get("reward")
     if not figures:
         return []
     rows = [[metric, figures.get(f"untrained.{key}"), figures.get(f"reward_model.{key}")]
             for metric, key in (("pairwise accuracy", "pairs.accuracy"), ("Kendall τ", "rankings.kendall_tau"),
                                 ("top-1 accuracy", "rankings.top1_accuracy"))]
-    return ["## Reward model", "", "On held-out preference pairs and rankings:", ""] + _table(
+    lines = ["## Reward model", "", "On held-out preference pairs and rankings:", ""] + _table(
         ["", "untrained", "trained"], rows)
+    by_kind = evaluation.get("reward", {}).get("rankings", {}).get("pairwise_accuracy_by_kind", {})
+    if by_kind:
+        rows = [[kinds, counts["pairs"], "{:.0%} ({:.0%}–{:.0%})".format(
+                    counts["accuracy"], *wilson_interval(round(counts["accuracy"] * counts["pairs"]), counts["pairs"]))]
+                for kinds, counts in by_kind.items()]
+        lines += ["By the kinds of reply compared (held-out rankings; 95% Wilson intervals):", ""]
+        lines += _table(["better > worse", "pairs", "reward model right"], rows)
+    return lines
 
 
 def _ppo(run: Path, report: dict) -> list[str]:
@@ -283,7 +292,7 @@ def write_report(run_dir: str | Path, stage_text: dict | None = None) -> Path:
     lines = [f"# Speedrun report: {Path(report.get('run', {}).get('recipe', '')).parent.name}", ""]
     lines += _summary(report, stage_text or {})
     for section in (_data(run, report), _tokenizer(run, report), _pretraining(run, report),
-                    _sft(report, evaluation), _reward_model(report), _ppo(run, report), _grpo(run, report),
+                    _sft(report, evaluation), _reward_model(report, evaluation), _ppo(run, report), _grpo(run, report),
                     _evaluation(evaluation), _benchmarks(run, evaluation), _exports(report)):
         lines += section
     path = run / "report.md"

@@ -9,45 +9,61 @@ from tqdm.auto import tqdm
 
 
 @torch.no_grad()
-def score_token_ids(model, sequences: Sequence[Sequence[int]], pad_token_id: int, batch_size: int = 32) -> list[float]:
-    """The reward model's scalar for each token sequence (right-padded batches)."""
+def score_token_ids(model, sequences: Sequence[Sequence[int]], pad_token_id: int, batch_size: int = 32,
+                    desc: str | None = None) -> list[float]:
+    """The reward model's scalar for each token sequence: each distinct one scored once, in right-padded batches
+    of similar lengths, longest first; ``desc`` names a progress bar."""
     device = next(model.parameters()).device
-    scores: list[float] = []
-    for start in range(0, len(sequences), batch_size):
-        batch = sequences[start:start + batch_size]
-        width = max(len(ids) for ids in batch)
-        input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+    distinct = sorted({tuple(ids) for ids in sequences}, key=len, reverse=True)
+    score_of: dict[tuple, float] = {}
+    for start in tqdm(range(0, len(distinct), batch_size), desc=desc, unit="batch", leave=False, disable=desc is None):
+        batch = distinct[start:start + batch_size]
+        input_ids = torch.full((len(batch), len(batch[0])), pad_token_id, dtype=torch.long)
         attention_mask = torch.zeros_like(input_ids)
         for row, ids in enumerate(batch):
             input_ids[row, :len(ids)] = torch.as_tensor(ids)
             attention_mask[row, :len(ids)] = 1
         logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-        scores += logits[:, 0].float().tolist()
-    return scores
+        score_of.update(zip(batch, logits[:, 0].float().tolist()))
+    return [score_of[tuple(ids)] for ids in sequences]
 
 
-def score_conversations(model, tokenizer, conversations: Sequence[list[dict]], batch_size: int = 32) -> list[float]:
-    """The reward of each conversation, rendered with the tokenizer's chat template as RewardTrainer does."""
-    sequences = [tokenizer.apply_chat_template(c, tokenize=True, return_dict=False) for c in conversations]
-    return score_token_ids(model, sequences, tokenizer.pad_token_id, batch_size)
+class RewardScorer:
+    """A reward model's score of conversations, rendered with the tokenizer's chat template as RewardTrainer does;
+    each distinct conversation is scored once however often it is asked about (pairs and rankings share them)."""
+
+    def __init__(self, model, tokenizer, batch_size: int = 32):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
+        self.scores: dict[tuple, float] = {}
+
+    def __call__(self, conversations: Sequence[list[dict]], desc: str | None = None) -> list[float]:
+        sequences = [tuple(self.tokenizer.apply_chat_template(c, tokenize=True, return_dict=False))
+                     for c in conversations]
+        new = [ids for ids in dict.fromkeys(sequences) if ids not in self.scores]
+        self.scores.update(zip(new, score_token_ids(self.model, new, self.tokenizer.pad_token_id, self.batch_size,
+                                                    desc)))
+        return [self.scores[ids] for ids in sequences]
 
 
-def pairwise_accuracy(model, tokenizer, pairs: Sequence[dict]) -> dict:
+def pairwise_accuracy(scorer: RewardScorer, pairs: Sequence[dict]) -> dict:
     """Share of ``{"chosen", "rejected"}`` conversation pairs where the chosen one scores higher."""
-    chosen = score_conversations(model, tokenizer, [p["chosen"] for p in tqdm(pairs, desc="pairs", leave=False)])
-    rejected = score_conversations(model, tokenizer, [p["rejected"] for p in pairs])
+    scores = scorer([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], desc="scoring pairs")
+    chosen, rejected = scores[:len(pairs)], scores[len(pairs):]
     return {"accuracy": sum(c > r for c, r in zip(chosen, rejected)) / max(1, len(pairs)), "pairs": len(pairs),
             "mean_margin": sum(c - r for c, r in zip(chosen, rejected)) / max(1, len(pairs))}
 
 
-def ranking_agreement(model, tokenizer, rankings: Sequence[dict]) -> dict:
+def ranking_agreement(scorer: RewardScorer, rankings: Sequence[dict]) -> dict:
     """Agreement of the reward model's order with K-way rankings: mean Kendall tau, the share where its top
-    pick is the best completion, and pairwise accuracy by (better kind, worse kind) where records name kinds."""
+    pick is the best completion, and pairwise accuracy (with the number of pairs) by (better kind, worse kind)
+    where records name kinds."""
     taus, top1 = [], 0
     by_kind: dict = defaultdict(lambda: [0, 0])
-    for record in tqdm(rankings, desc="rankings", leave=False):
-        conversations = [record["prompt"] + [{"role": "assistant", "content": c}] for c in record["completions"]]
-        scores = score_conversations(model, tokenizer, conversations)
+    conversations = [record["prompt"] + [{"role": "assistant", "content": c}]
+                     for record in rankings for c in record["completions"]]
+    all_scores = scorer(conversations, desc="scoring rankings")
+    for record in rankings:
+        scores, all_scores = all_scores[:len(record["completions"])], all_scores[len(record["completions"]):]
         rank_of = {index: position for position, index in enumerate(record["ranking"])}
         taus.append(kendalltau([-rank_of[i] for i in range(len(scores))], scores).statistic)
         top1 += max(range(len(scores)), key=scores.__getitem__) == record["ranking"][0]
@@ -60,4 +76,5 @@ def ranking_agreement(model, tokenizer, rankings: Sequence[dict]) -> dict:
                     counts[1] += 1
     return {"kendall_tau": sum(taus) / max(1, len(taus)), "top1_accuracy": top1 / max(1, len(rankings)),
             "rankings": len(rankings),
-            "pairwise_accuracy_by_kind": {key: round(hit / total, 4) for key, (hit, total) in sorted(by_kind.items())}}
+            "pairwise_accuracy_by_kind": {key: {"accuracy": round(hit / total, 4), "pairs": total}
+                                          for key, (hit, total) in sorted(by_kind.items())}}

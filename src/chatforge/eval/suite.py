@@ -38,7 +38,7 @@ from .harness import BENCHMARKS, check_benchmark_names, run_benchmarks
 from .induction import repeated_sequence_copying
 from .problems import problem_accuracy
 from .recall import cloze_recall
-from .reward import pairwise_accuracy, ranking_agreement
+from .reward import RewardScorer, pairwise_accuracy, ranking_agreement
 
 #: Tool-use tasks: how each is scored, asked with the tools and without them.
 TOOL_TASKS = {"word_problems": word_problem_accuracy, "world_search": look_up_accuracy,
@@ -300,15 +300,14 @@ def is_reward_model(model_path: str) -> bool:
 def evaluate_reward_model(model, tokenizer, tasks: Sequence[str], data: EvalData,
                           config: EvalConfig = EvalConfig()) -> dict:
     """Run reward-model ``tasks`` (:data:`REWARD_TASKS`) on a loaded sequence classifier; task name -> figures."""
-    results = {}
-    if "pairs" in tasks:
-        pairs = _records(data.pairs, "pairs", "preference pairs", config.limit_of("pairs"), ("chosen", "rejected"))
-        results["pairs"] = pairwise_accuracy(model, tokenizer, pairs)
-    if "rankings" in tasks:
-        rankings = _records(data.rankings, "rankings", "rankings", config.limit_of("rankings"),
-                            ("prompt", "completions", "ranking"))
-        results["rankings"] = ranking_agreement(model, tokenizer, rankings)
-    return {task: results[task] for task in tasks}
+    scorer = RewardScorer(model, tokenizer)
+    runners = {
+        "pairs": lambda: pairwise_accuracy(scorer, _records(data.pairs, "pairs", "preference pairs",
+                                                            config.limit_of("pairs"), ("chosen", "rejected"))),
+        "rankings": lambda: ranking_agreement(scorer, _records(data.rankings, "rankings", "rankings",
+                                                               config.limit_of("rankings"),
+                                                               ("prompt", "completions", "ranking")))}
+    return {task: runners[task]() for task in tasks}
 
 
 def applicable_tasks(tasks: Sequence[str], data: EvalData, engine: Engine) -> list[str]:
