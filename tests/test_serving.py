@@ -431,7 +431,8 @@ def test_the_chat_page_streams_replies_shows_tool_calls_and_keeps_markup_inert(s
     }""")
     _ask_on_page(page, QUESTION)
     lengths = page.evaluate("window.lengths")
-    assert len(set(lengths)) > 5 and lengths == sorted(lengths)  # the reply grew piece by piece
+    # the reply grew piece by piece (under load the browser may take several streamed pieces in one update)
+    assert len(set(lengths)) > 3 and lengths == sorted(lengths)
     assert page.inner_text(".tool-call") == "calculator call: 123 * 456"
     assert page.inner_text(".tool-output") == "calculator output: 56088"
     assert page.inner_text(".assistant").startswith("Let me compute.")
