@@ -2,6 +2,7 @@
 
 from collections import defaultdict
 from collections.abc import Sequence
+from itertools import islice
 
 import torch
 from scipy.stats import kendalltau
@@ -39,7 +40,7 @@ class RewardScorer:
     def __call__(self, conversations: Sequence[list[dict]], desc: str | None = None) -> list[float]:
         sequences = [tuple(self.tokenizer.apply_chat_template(c, tokenize=True, return_dict=False))
                      for c in conversations]
-        new = [ids for ids in dict.fromkeys(sequences) if ids not in self.scores]
+        new = [ids for ids in sequences if ids not in self.scores]  # score_token_ids scores each distinct one once
         self.scores.update(zip(new, score_token_ids(self.model, new, self.tokenizer.pad_token_id, self.batch_size,
                                                     desc)))
         return [self.scores[ids] for ids in sequences]
@@ -61,9 +62,9 @@ def ranking_agreement(scorer: RewardScorer, rankings: Sequence[dict]) -> dict:
     by_kind: dict = defaultdict(lambda: [0, 0])
     conversations = [record["prompt"] + [{"role": "assistant", "content": c}]
                      for record in rankings for c in record["completions"]]
-    all_scores = scorer(conversations, desc="scoring rankings")
+    all_scores = iter(scorer(conversations, desc="scoring rankings"))
     for record in rankings:
-        scores, all_scores = all_scores[:len(record["completions"])], all_scores[len(record["completions"]):]
+        scores = list(islice(all_scores, len(record["completions"])))
         rank_of = {index: position for position, index in enumerate(record["ranking"])}
         taus.append(kendalltau([-rank_of[i] for i in range(len(scores))], scores).statistic)
         top1 += max(range(len(scores)), key=scores.__getitem__) == record["ranking"][0]
