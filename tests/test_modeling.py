@@ -78,6 +78,36 @@ def test_packed_documents_do_not_attend_across_boundaries(model, tokenizer, docu
             start += document.shape[1]
 
 
+def test_packed_rows_attended_document_by_document_train_as_under_the_block_mask(tokenizer):
+    """On a CPU, SDPA runs on each packed document alone where the documents are short; eager attention applies the
+    block-diagonal mask the mask builder makes from the same positions. Loss and every gradient agree (rows with
+    different documents, one document a token long)."""
+    from chatforge.modeling.modeling_chatforge import document_spans, worth_attending_by_document
+
+    torch.manual_seed(0)
+    positions = torch.stack([torch.cat([torch.arange(n) for n in (9, 1, 6, 8, 8)]),
+                             torch.cat([torch.arange(n) for n in (10, 12, 10)])])
+    assert document_spans(positions) == [[0, 9, 10, 16, 24, 32], [0, 10, 22, 32]]
+    assert worth_attending_by_document(document_spans(positions))
+    assert not worth_attending_by_document([[0, 20, 32], [0, 32]])  # long documents: one masked call
+    assert document_spans(torch.arange(5, 37).repeat(2, 1)) is None
+    ids = torch.randint(0, len(tokenizer), (2, 32))
+    results = []
+    for attention in ("sdpa", "eager"):
+        torch.manual_seed(1)
+        model = ChatForgeForCausalLM(small_config(tokenizer)).train()
+        model.set_attn_implementation(attention)
+        loss = model(ids, position_ids=positions, labels=ids).loss
+        loss.backward()
+        results.append((model, loss.detach(), {name: p.grad for name, p in model.named_parameters()}))
+    (model, by_document, grads), (_, masked, expected) = results
+    torch.testing.assert_close(by_document, masked, atol=1e-5, rtol=1e-5)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, expected[name], atol=1e-5, rtol=1e-4, msg=name)
+    model.set_attn_implementation("sdpa")
+    assert not torch.allclose(model(ids, labels=ids).loss, by_document)  # as one document each row, it differs
+
+
 def _attention_by_document(module, query, key, value, attention_mask, scaling, dropout=0.0, position_ids=None,
                            **kwargs):
     """Attention that, like varlen flash attention, gets no mask and finds each packed document from the positions

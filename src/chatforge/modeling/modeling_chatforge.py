@@ -103,6 +103,42 @@ def eager_attention_forward(module, query, key, value, attention_mask, scaling, 
     return attn_output, attn_weights
 
 
+def document_spans(position_ids: torch.Tensor) -> list[list[int]] | None:
+    """Where each packed document of each row starts and ends (``[0, ..., length]`` per row), from positions that
+    restart at each document (a position that does not follow the one before it starts a document); None when
+    every row holds one document. Reads the positions on the host."""
+    starts = torch.ones_like(position_ids, dtype=torch.bool)
+    starts[:, 1:] = position_ids[:, 1:] != position_ids[:, :-1] + 1
+    if not starts[:, 1:].any():
+        return None
+    length = position_ids.shape[1]
+    return [[*row.nonzero().flatten().tolist(), length] for row in starts]
+
+
+def attention_by_document(query, key, value, spans: list[list[int]], scaling: float, dropout: float = 0.0):
+    """SDPA with its causal kernel on each packed document alone (queries ``(batch, heads, seq, head_dim)``, keys and
+    values with their own head count), instead of one call over the whole row with a materialized block-diagonal
+    mask, which computes every query-key product of the row. Returns ``(batch, seq, heads, head_dim)``, as the
+    attention interface does."""
+    rows = []
+    for row, bounds in enumerate(spans):
+        pieces = [F.scaled_dot_product_attention(query[row:row + 1, :, start:end], key[row:row + 1, :, start:end],
+                                                 value[row:row + 1, :, start:end], dropout_p=dropout, is_causal=True,
+                                                 scale=scaling, enable_gqa=True)
+                  for start, end in zip(bounds, bounds[1:])]
+        rows.append(torch.cat(pieces, dim=2))
+    return torch.cat(rows).transpose(1, 2)
+
+
+def worth_attending_by_document(spans: list[list[int]]) -> bool:
+    """Whether the documents' own query-key products come to at most half of the rows' (many short documents, as
+    in padding-free SFT rows): one call per document then beats one call over all rows under the mask. Rows of
+    one or two long documents (pretraining's) keep the single call."""
+    length = spans[0][-1]
+    kept = sum((end - start) ** 2 for bounds in spans for start, end in zip(bounds, bounds[1:]))
+    return kept <= 0.5 * len(spans) * length ** 2
+
+
 class ChatForgeAttention(nn.Module):
     """Grouped-query self-attention with RoPE, optional QK-norm, through transformers' attention interface.
 
@@ -134,8 +170,11 @@ class ChatForgeAttention(nn.Module):
         position_embeddings: tuple[torch.Tensor, torch.Tensor],
         attention_mask: torch.Tensor | None = None,
         cache: Cache | None = None,
+        document_spans: list[list[int]] | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``document_spans`` (from :func:`document_spans`): attend within each packed document, by
+        :func:`attention_by_document`, instead of through the attention interface."""
         input_shape = hidden_states.shape[:-1]
         hidden_shape = (*input_shape, -1, self.head_dim)
         query, key, value = self.qkv_proj(hidden_states).split(self.qkv_split, dim=-1)
@@ -148,6 +187,10 @@ class ChatForgeAttention(nn.Module):
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)  # a paged cache fills kwargs
 
+        dropout = self.config.attention_dropout if self.training else 0.0
+        if document_spans is not None:
+            attn_output = attention_by_document(query, key, value, document_spans, self.scaling, dropout)
+            return self.o_proj(attn_output.reshape(*input_shape, -1)), None
         attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
             self.config._attn_implementation, eager_attention_forward
         )
@@ -157,7 +200,7 @@ class ChatForgeAttention(nn.Module):
             key,
             value,
             attention_mask,
-            dropout=self.config.attention_dropout if self.training else 0.0,
+            dropout=dropout,
             scaling=self.scaling,
             **kwargs,
         )
@@ -275,7 +318,8 @@ class ChatForgeModel(ChatForgePreTrainedModel):
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPast:
         """Packed rows: pass ``position_ids`` that restart at 0 for each document and no ``attention_mask``;
-        the causal mask then also stops attention across documents."""
+        the causal mask then also stops attention across documents. On a CPU, without a cache or compilation, SDPA
+        then runs on each document alone (:func:`attention_by_document`) rather than under a block-diagonal mask."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of input_ids or inputs_embeds.")
         if inputs_embeds is None:
@@ -291,7 +335,14 @@ class ChatForgeModel(ChatForgePreTrainedModel):
             position_ids = torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past_seen_tokens
             position_ids = position_ids.unsqueeze(0)
 
-        if plain_causal and self.config._attn_implementation in IS_CAUSAL_ATTENTION:
+        spans = None  # packed documents, attended one by one: SDPA on a CPU, without a cache, not compiling
+        if (attention_mask is None and not plain_causal and cache is None and inputs_embeds.device.type == "cpu"
+                and self.config._attn_implementation == "sdpa" and not torch.compiler.is_compiling()):
+            spans = document_spans(position_ids)
+            plain_causal = spans is None  # one document a row
+            if spans is not None and not worth_attending_by_document(spans):
+                spans = None
+        if spans is not None or (plain_causal and self.config._attn_implementation in IS_CAUSAL_ATTENTION):
             # No padding, no packing, no past: the kernel's own causal mode. (Under torch.compile the mask
             # builder cannot always tell, and would hand SDPA an explicit mask: slower.)
             causal_mask = None
@@ -312,6 +363,7 @@ class ChatForgeModel(ChatForgePreTrainedModel):
                 attention_mask=causal_mask,
                 cache=cache,
                 position_ids=position_ids,  # kernels without a mask (flash attention) find documents from them
+                document_spans=spans,
                 **kwargs,
             )
         return BaseModelOutputWithPast(last_hidden_state=self.norm(hidden_states), cache=cache)
