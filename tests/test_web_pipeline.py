@@ -293,3 +293,17 @@ def test_a_killed_run_redoes_only_its_unfinished_tasks(ground_truth, tmp_path):
     assert resumed["output"] == complete["output"]
     assert resumed["errors"] == complete["errors"] and len(complete["errors"]) == 1
     assert len(output_texts(tmp_path / "run")) == complete["output"]["documents"]
+
+
+def test_domains_are_split_by_the_bundled_suffix_list_without_a_download(caplog, monkeypatch, tmp_path):
+    """The URL filter never fetches the public-suffix list (offline each attempt logs long tracebacks first, and an
+    online machine would split by a newer list than another)."""
+    import logging
+
+    from chatforge.data.web.steps import UrlBlocklistFilter
+
+    monkeypatch.setenv("TLDEXTRACT_CACHE", str(tmp_path))  # nothing cached from an earlier run
+    with caplog.at_level(logging.DEBUG, logger="tldextract"):
+        parts = UrlBlocklistFilter().tldextractor("https://news.bbc.co.uk/sport/page.html")
+    assert (parts.subdomain, parts.domain, parts.suffix) == ("news", "bbc", "co.uk")
+    assert not [record for record in caplog.records if "Public Suffix List" in record.getMessage()]

@@ -10,6 +10,7 @@ from datatrove.pipeline.filters import LanguageFilter, URLFilter
 from datatrove.pipeline.formatters.pii import PIIFormatter, PIIReplacer
 from datatrove.utils.lid import FT176LID
 from datatrove.utils.typeshelper import StatHints
+from tldextract import TLDExtract
 
 from ...errors import InvalidValue
 from .. import EMBEDDED_DIR
@@ -84,7 +85,13 @@ class HtmlToText(PipelineStep):
 
 
 class UrlBlocklistFilter(URLFilter):
-    """datatrove's URL filter (blocklisted domains, URLs and words); documents without a URL pass."""
+    """datatrove's URL filter (blocklisted domains, URLs and words); documents without a URL pass. Domains are
+    split by tldextract's bundled public-suffix list, never a downloaded one: the same split on every machine, and
+    no download attempt (offline, each fails with long tracebacks before the bundled list is used)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tldextractor = TLDExtract(suffix_list_urls=())
 
     def filter(self, document: Document) -> bool | tuple[bool, str]:
         if not document.metadata.get("url"):
