@@ -106,6 +106,9 @@ def test_packed_rows_attended_document_by_document_train_as_under_the_block_mask
         torch.testing.assert_close(grad, expected[name], atol=1e-5, rtol=1e-4, msg=name)
     model.set_attn_implementation("sdpa")
     assert not torch.allclose(model(ids, labels=ids).loss, by_document)  # as one document each row, it differs
+    shared = positions[:1]  # one row of positions for the whole batch
+    torch.testing.assert_close(model(ids, position_ids=shared, labels=ids).loss,
+                               model(ids, position_ids=shared.expand(2, -1), labels=ids).loss)
 
 
 def _attention_by_document(module, query, key, value, attention_mask, scaling, dropout=0.0, position_ids=None,

@@ -338,13 +338,13 @@ class ChatForgeModel(ChatForgePreTrainedModel):
         spans = None  # packed documents, attended one by one: SDPA on a CPU, without a cache, not compiling
         if (attention_mask is None and not plain_causal and cache is None and inputs_embeds.device.type == "cpu"
                 and self.config._attn_implementation == "sdpa" and not torch.compiler.is_compiling()):
-            spans = document_spans(position_ids)
+            spans = document_spans(position_ids.expand(inputs_embeds.shape[0], -1))
             plain_causal = spans is None  # one document a row
             if spans is not None and not worth_attending_by_document(spans):
                 spans = None
         if spans is not None or (plain_causal and self.config._attn_implementation in IS_CAUSAL_ATTENTION):
-            # No padding, no packing, no past: the kernel's own causal mode. (Under torch.compile the mask
-            # builder cannot always tell, and would hand SDPA an explicit mask: slower.)
+            # No padding, no packing, no past (or packed documents attended one by one): the kernel's own causal
+            # mode. (Under torch.compile the mask builder cannot always tell, and would hand SDPA an explicit mask.)
             causal_mask = None
         else:
             causal_mask = create_causal_mask(
