@@ -116,18 +116,28 @@ def document_spans(position_ids: torch.Tensor) -> list[list[int]] | None:
 
 
 def attention_by_document(query, key, value, spans: list[list[int]], scaling: float, dropout: float = 0.0):
-    """SDPA with its causal kernel on each packed document alone (queries ``(batch, heads, seq, head_dim)``, keys and
-    values with their own head count), instead of one call over the whole row with a materialized block-diagonal
-    mask, which computes every query-key product of the row. Returns ``(batch, seq, heads, head_dim)``, as the
-    attention interface does."""
-    rows = []
-    for row, bounds in enumerate(spans):
-        pieces = [F.scaled_dot_product_attention(query[row:row + 1, :, start:end], key[row:row + 1, :, start:end],
-                                                 value[row:row + 1, :, start:end], dropout_p=dropout, is_causal=True,
-                                                 scale=scaling, enable_gqa=True)
-                  for start, end in zip(bounds, bounds[1:])]
-        rows.append(torch.cat(pieces, dim=2))
-    return torch.cat(rows).transpose(1, 2)
+    """SDPA with its causal kernel on the packed documents laid out as a batch of their own (queries ``(batch, heads,
+    seq, head_dim)``, keys and values with their own head count), instead of one call over each whole row under a
+    materialized block-diagonal mask, which computes every query-key product of the row. A document shorter than
+    the longest is padded at its end: causal attention keeps its real positions from seeing the padding. One call
+    for all documents (not one each: many small calls crawl where processes share the cores). Returns ``(batch,
+    seq, heads, head_dim)``, as the attention interface does."""
+    batch, heads, length, head_dim = query.shape
+    documents = [(row * length + start, end - start) for row, bounds in enumerate(spans)
+                 for start, end in zip(bounds, bounds[1:])]
+    longest = max(size for _, size in documents)
+    offsets = torch.arange(longest)
+    gather = torch.cat([first + offsets.clamp(max=size - 1) for first, size in documents]).to(query.device)
+    scatter = torch.cat([index * longest + torch.arange(size) for index, (_, size) in enumerate(documents)])
+
+    def by_document(states: torch.Tensor) -> torch.Tensor:
+        flat = states.transpose(1, 2).reshape(batch * length, states.shape[1], head_dim)
+        return flat.index_select(0, gather).view(len(documents), longest, -1, head_dim).transpose(1, 2)
+
+    output = F.scaled_dot_product_attention(by_document(query), by_document(key), by_document(value),
+                                            dropout_p=dropout, is_causal=True, scale=scaling, enable_gqa=True)
+    output = output.transpose(1, 2).reshape(len(documents) * longest, heads, head_dim)
+    return output.index_select(0, scatter.to(query.device)).view(batch, length, heads, head_dim)
 
 
 def worth_attending_by_document(spans: list[list[int]]) -> bool:
