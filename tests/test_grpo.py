@@ -1,4 +1,5 @@
 import json
+from functools import partial
 from pathlib import Path
 
 import datasets
@@ -6,13 +7,14 @@ import pytest
 import torch
 from conftest import small_config, small_llama_config
 from transformers import LlamaForCausalLM
-from trl import DatasetMixtureConfig, GRPOConfig, ModelConfig
+from trl import DatasetMixtureConfig, GRPOConfig, GRPOTrainer, ModelConfig
 
 from chatforge.data import DataCollatorForChat
 from chatforge.eval.problems import pass_at_k
 from chatforge.io import read_jsonl, write_jsonl
 from chatforge.modeling import ChatForgeForCausalLM, set_generation_defaults
 from chatforge.posttrain.grpo import GRPOScriptArguments, grpo_parser, run_grpo
+from chatforge.posttrain.packed_scoring import PackedGRPOTrainer, pack_completions
 from chatforge.tasks.verifiable import (
     ProblemConfig,
     ProblemError,
@@ -127,3 +129,41 @@ def test_gsm_symbolic_problems_have_checkable_answers(tmp_path):
     assert len(problems) == 4 and all(p["answer"].lstrip("-").replace(".", "").isdigit() for p in problems)
     answers = [p["answer"] for p in problems]
     assert answer_reward([f"The answer is {a}." for a in answers], answers) == [1.0] * 4
+
+
+@pytest.mark.parametrize("architecture", ["chatforge", "llama"])
+def test_packed_scoring_gives_trls_log_probabilities_entropies_and_gradients(tmp_path, tokenizer, architecture):
+    """Prompts left-padded and completions right-padded to different lengths: the packed rows score what TRL's
+    own path scores on the padded grid."""
+    torch.manual_seed(0)
+    model = (ChatForgeForCausalLM(small_config(tokenizer, initializer_range=0.1)) if architecture == "chatforge"
+             else LlamaForCausalLM(small_llama_config(tokenizer, initializer_range=0.1)))
+    problems = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": q}], "answer": "1"}
+                                           for q in QUESTIONS])
+    training = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2,
+                          temperature=0.7, bf16=False, use_cpu=True, report_to="none")
+    trainer = PackedGRPOTrainer(model=model, reward_funcs=answer_reward, args=training, train_dataset=problems,
+                                processing_class=tokenizer)
+    prompts, completions = [[5, 6, 7], [8, 9, 10, 11, 12], [13, 14], [15]], [[20, 21, 22, 23], [24], [25, 26, 27], [28]]
+    width, keep = 5, 4
+    ids = torch.full((4, width + keep), tokenizer.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for row, (prompt, completion) in enumerate(zip(prompts, completions)):
+        ids[row, width - len(prompt):width + len(completion)] = torch.tensor(prompt + completion)
+        mask[row, width - len(prompt):width + len(completion)] = 1
+    scored = mask[:, width:].bool()
+    results = []
+    for score in (trainer._get_per_token_logps_and_entropies, partial(GRPOTrainer._get_per_token_logps_and_entropies,
+                                                                      trainer)):
+        trainer.model.zero_grad()
+        logps, entropies, _ = score(trainer.model, ids, mask, keep, compute_entropy=True)
+        logps[scored].sum().backward()
+        results.append((logps[scored].detach(), entropies[scored].detach(),
+                        [p.grad.clone() for p in trainer.model.parameters()]))
+    (packed_logps, packed_entropies, packed_grads), (logps, entropies, grads) = results
+    torch.testing.assert_close(packed_logps, logps, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed_entropies, entropies, atol=1e-5, rtol=1e-5)
+    for packed_grad, grad in zip(packed_grads, grads):
+        torch.testing.assert_close(packed_grad, grad, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="follows padding"):
+        pack_completions(torch.tensor([[5, 6, 0, 7]]), torch.tensor([[1, 1, 0, 1]]), 1)

@@ -1,4 +1,5 @@
-"""GRPO on problems with checkable answers, on TRL's GRPOTrainer with chatforge's reward functions.
+"""GRPO on problems with checkable answers, on TRL's GRPOTrainer (completions scored on packed rows) with
+chatforge's reward functions.
 
 Rewards: the right final answer (numeric match, else math-verify), the answer format, and optionally
 DAPO's soft over-length penalty. Held-out greedy pass@1, sampled pass@1 and pass@k before and after go
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import datasets
 from transformers import AutoModelForCausalLM
-from trl import DatasetMixtureConfig, GRPOConfig, GRPOTrainer, ModelConfig, TrlParser, get_peft_config
+from trl import DatasetMixtureConfig, GRPOConfig, ModelConfig, TrlParser, get_peft_config
 from trl.rewards import get_soft_overlong_punishment
 
 from ..errors import InvalidValue
@@ -26,6 +27,7 @@ from ..tasks.word_problems import KINDS
 from ..training.checkpoint import trainer_checkpoint
 from ..training.precision import fit_precision
 from .mixture import load_mixture
+from .packed_scoring import PackedGRPOTrainer
 from .saving import evaluated_before_training, evaluated_on_main, save_trained_model
 from .sft import load_policy
 
@@ -125,8 +127,9 @@ def run_grpo(script: GRPOScriptArguments, training_args: GRPOConfig, model_args:
     model = load_policy(model_args, tokenizer)
     before = evaluated_before_training(model, lambda: held_out_evaluation(
         model, tokenizer, script, training_args.max_completion_length))
-    trainer = GRPOTrainer(model=model, reward_funcs=reward_functions(script, training_args), args=training_args,
-                          train_dataset=train, processing_class=tokenizer, peft_config=get_peft_config(model_args))
+    trainer = PackedGRPOTrainer(model=model, reward_funcs=reward_functions(script, training_args),
+                                args=training_args, train_dataset=train, processing_class=tokenizer,
+                                peft_config=get_peft_config(model_args))
     trainer.train(resume_from_checkpoint=trainer_checkpoint(training_args.output_dir,
                                                              training_args.resume_from_checkpoint))
     save_trained_model(trainer, training_args.output_dir,

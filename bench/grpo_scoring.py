@@ -1,0 +1,98 @@
+"""GRPO's training step: completions scored on packed rows (chatforge's PackedGRPOTrainer) against TRL's fused
+head over the padded grid (what GRPOTrainer does where Triton is missing).
+
+Both run the same step (log-probabilities and entropies of the completion tokens, a policy-gradient loss,
+backward, AdamW) of the same model on the same batch, in rounds of alternating order so that machine noise hits
+both alike. The batch is laid out as GRPOTrainer lays it out: prompts left-padded to the longest, completions
+right-padded to the longest. Prints the completion tokens scored per second of each and the median per-round
+ratio (above 1.0 means packed is faster).
+
+    python bench/grpo_scoring.py                     # the tiny GRPO recipe's shape: 64 completions of <= 64 tokens
+    python bench/grpo_scoring.py --preset gpt2-124m --completions 16
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+from trl.trainer.utils import add_fused_lm_head
+
+from chatforge.modeling import ChatForgeConfig, ChatForgeForCausalLM
+from chatforge.posttrain.packed_scoring import completion_logps_and_entropies, pack_completions
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--completions", type=int, default=64, help="completions per step")
+    parser.add_argument("--prompt-tokens", type=int, nargs=2, default=(30, 43), help="prompt length range")
+    parser.add_argument("--completion-tokens", type=int, nargs=2, default=(8, 64), help="completion length range")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
+    return parser.parse_args()
+
+
+def grpo_batch(args: argparse.Namespace, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Random prompts (left-padded) and completions (right-padded) of lengths drawn from the given ranges."""
+    generator = torch.Generator().manual_seed(0)
+    prompts = torch.randint(args.prompt_tokens[0], args.prompt_tokens[1] + 1, (args.completions,), generator=generator)
+    replies = torch.randint(args.completion_tokens[0], args.completion_tokens[1] + 1, (args.completions,),
+                            generator=generator)
+    width, keep = int(prompts.max()), int(replies.max())
+    columns = torch.arange(width + keep)
+    mask = ((columns >= width - prompts[:, None]) & (columns < width + replies[:, None])).long()
+    ids = torch.randint(1, vocab_size, mask.shape, generator=generator) * mask
+    return ids, mask, keep
+
+
+def main() -> None:
+    args = parse_args()
+    torch.manual_seed(0)
+    config = ChatForgeConfig.from_preset(args.preset)
+    model = ChatForgeForCausalLM(config).train()
+    model.set_attn_implementation("sdpa")
+    add_fused_lm_head(model, temperature=args.temperature, outputs=("log_probs", "entropy"))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    ids, mask, keep = grpo_batch(args, config.vocab_size)
+    scored = mask[:, -keep:].bool()
+    advantages = torch.randn(ids.shape[0], 1)
+
+    def padded_grid() -> torch.Tensor:
+        labels = ids.masked_fill(mask == 0, -100)
+        labels[:, :-keep] = -100
+        return model(input_ids=ids, attention_mask=mask, labels=labels, fused_lm_head=True).log_probs[:, -keep:]
+
+    def packed() -> torch.Tensor:
+        logps, _ = completion_logps_and_entropies(model, pack_completions(ids, mask, keep), args.temperature,
+                                                  entropy_requires_grad=False)
+        return logps
+
+    runners = {"packed": packed, "padded_grid": padded_grid}
+
+    def step(score) -> None:
+        (-(score() * advantages)[scored].mean()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for score in runners.values():
+        step(score)  # warm-up
+    rates: dict[str, list[float]] = {name: [] for name in runners}
+    for round_index in range(args.rounds):
+        order = list(runners) if round_index % 2 == 0 else list(reversed(runners))
+        for name in order:
+            started = time.perf_counter()
+            for _ in range(args.steps):
+                step(runners[name])
+            rates[name].append(args.steps * int(scored.sum()) / (time.perf_counter() - started))
+    print(f"{args.preset}, {ids.shape[0]} completions, grid {tuple(ids.shape)}, {int(mask.sum())} real tokens "
+          f"({1 - mask.float().mean():.0%} padding), {int(scored.sum())} scored, {torch.get_num_threads()} threads")
+    for name, values in rates.items():
+        print(f"{name:>12}: {statistics.median(values):,.0f} completion tokens/s")
+    ratios = [a / b for a, b in zip(rates["packed"], rates["padded_grid"])]
+    print(f"packed / padded_grid: {statistics.median(ratios):.3f} (median of {len(ratios)} rounds)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Completion log-probabilities from rows packed without padding, the head applied where a token is scored.
+
+GRPO scores each batch as prompts left-padded to the longest and completions right-padded to the longest, and
+TRL's fused head projects every position of that grid where Triton is missing (CPUs): at the tiny recipe's
+shapes about 40% of the positions are padding and the prompt's positions are projected for nothing. Here the
+real tokens of every row are laid end to end in one row whose positions restart at each sequence (document
+masking keeps the sequences apart, as in packed SFT), and the head projects only the positions that predict a
+completion token. The log-probabilities and entropies are those of the padded grid.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from trl import GRPOTrainer
+from trl.trainer.utils import selective_log_softmax_and_entropy
+
+
+@dataclass
+class PackedCompletions:
+    """A padded (batch, width) grid of prompts and completions as one packed row, and what to score in it."""
+
+    input_ids: torch.Tensor  # (tokens,): the real tokens, row after row
+    position_ids: torch.Tensor  # (tokens,): each token's position in its own sequence
+    predicting: torch.Tensor  # (scored,): index into the packed row of the logit that predicts each scored token
+    scored: torch.Tensor  # (batch, logits_to_keep) bool: the completion cells that hold a token
+    targets: torch.Tensor  # (scored,): the scored tokens
+
+
+def pack_completions(input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int) -> PackedCompletions:
+    """Pack ``input_ids`` (padding where ``attention_mask`` is 0) into one row; the scored tokens are the real
+    ones among the last ``logits_to_keep`` columns, each predicted by the real token just before it."""
+    real = attention_mask.bool()
+    width = input_ids.size(1)
+    packed_index = real.flatten().cumsum(0).view_as(real) - 1  # where each real cell lands in the packed row
+    scored = real[:, width - logits_to_keep:]
+    predictors = slice(width - logits_to_keep - 1, width - 1)
+    if not real[:, predictors][scored].all():
+        raise ValueError("a scored completion token follows padding: prompts must be left-padded and completions "
+                         "right-padded, with no gap between them")
+    return PackedCompletions(input_ids=input_ids[real], position_ids=(real.cumsum(-1) - 1)[real],
+                             predicting=packed_index[:, predictors][scored], scored=scored,
+                             targets=input_ids[:, width - logits_to_keep:][scored])
+
+
+def completion_logps_and_entropies(model, packed: PackedCompletions, temperature: float,
+                                   entropy_requires_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log-probabilities and entropies (at ``temperature``) of the scored tokens, laid back on the
+    (batch, logits_to_keep) grid with zeros elsewhere."""
+    logits = model(input_ids=packed.input_ids[None], position_ids=packed.position_ids[None],
+                   logits_to_keep=packed.predicting, use_cache=False).logits[0]
+    logps, entropy = selective_log_softmax_and_entropy(logits.float(), packed.targets, temperature=temperature,
+                                                       entropy_requires_grad=entropy_requires_grad)
+    return tuple(values.new_zeros(packed.scored.shape).masked_scatter(packed.scored, values)
+                 for values in (logps, entropy))
+
+
+class PackedGRPOTrainer(GRPOTrainer):
+    """TRL's GRPOTrainer scoring text completions on packed rows (multimodal inputs and MoE auxiliary losses take
+    TRL's own path). The model must take ``position_ids`` that restart per sequence as document boundaries, as
+    ChatForge and transformers' Llama-family models do."""
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **media):
+        if compute_aux_loss or any(value is not None for value in media.values()):
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **media)
+        batch_size = batch_size or input_ids.size(0)
+        entropy_requires_grad = compute_entropy and self._entropy_bonus_enabled and torch.is_grad_enabled()
+        chunks = []
+        for start in range(0, input_ids.size(0), batch_size):
+            packed = pack_completions(input_ids[start:start + batch_size], attention_mask[start:start + batch_size],
+                                      logits_to_keep)
+            with self.accelerator.autocast():
+                chunks.append(completion_logps_and_entropies(model, packed, self.temperature, entropy_requires_grad))
+        logps, entropies = (torch.cat(parts) for parts in zip(*chunks))
+        return logps, (entropies if compute_entropy else None), None
