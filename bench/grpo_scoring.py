@@ -12,14 +12,17 @@ ratio (above 1.0 means packed is faster).
 """
 
 import argparse
-import statistics
-import time
+import sys
+from functools import partial
+from pathlib import Path
 
 import torch
 from trl.trainer.utils import add_fused_lm_head
 
-from chatforge.modeling import ChatForgeConfig, ChatForgeForCausalLM
-from chatforge.posttrain.packed_scoring import completion_logps_and_entropies, pack_completions
+sys.path.insert(0, str(Path(__file__).parent))
+from side_by_side import rates_in_alternating_rounds, report, training_model  # noqa: E402
+
+from chatforge.posttrain.packed_scoring import completion_logps_and_entropies, pack_completions  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -49,13 +52,10 @@ def grpo_batch(args: argparse.Namespace, vocab_size: int) -> tuple[torch.Tensor,
 
 def main() -> None:
     args = parse_args()
-    torch.manual_seed(0)
-    config = ChatForgeConfig.from_preset(args.preset)
-    model = ChatForgeForCausalLM(config).train()
-    model.set_attn_implementation("sdpa")
+    model = training_model(args.preset)
     add_fused_lm_head(model, temperature=args.temperature, outputs=("log_probs", "entropy"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    ids, mask, keep = grpo_batch(args, config.vocab_size)
+    ids, mask, keep = grpo_batch(args, model.config.vocab_size)
     scored = mask[:, -keep:].bool()
     advantages = torch.randn(ids.shape[0], 1)
 
@@ -69,29 +69,16 @@ def main() -> None:
                                                   entropy_requires_grad=False)
         return logps
 
-    runners = {"packed": packed, "padded_grid": padded_grid}
-
     def step(score) -> None:
         (-(score() * advantages)[scored].mean()).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for score in runners.values():
-        step(score)  # warm-up
-    rates: dict[str, list[float]] = {name: [] for name in runners}
-    for round_index in range(args.rounds):
-        order = list(runners) if round_index % 2 == 0 else list(reversed(runners))
-        for name in order:
-            started = time.perf_counter()
-            for _ in range(args.steps):
-                step(runners[name])
-            rates[name].append(args.steps * int(scored.sum()) / (time.perf_counter() - started))
+    rates = rates_in_alternating_rounds({"packed": partial(step, packed), "padded_grid": partial(step, padded_grid)},
+                                        args.rounds, args.steps, int(scored.sum()))
     print(f"{args.preset}, {ids.shape[0]} completions, grid {tuple(ids.shape)}, {int(mask.sum())} real tokens "
           f"({1 - mask.float().mean():.0%} padding), {int(scored.sum())} scored, {torch.get_num_threads()} threads")
-    for name, values in rates.items():
-        print(f"{name:>12}: {statistics.median(values):,.0f} completion tokens/s")
-    ratios = [a / b for a, b in zip(rates["packed"], rates["padded_grid"])]
-    print(f"packed / padded_grid: {statistics.median(ratios):.3f} (median of {len(ratios)} rounds)")
+    report(rates, "completion tokens/s", "packed", "padded_grid")
 
 
 if __name__ == "__main__":

@@ -12,13 +12,15 @@ ratio (above 1.0 means by-document is faster).
 
 import argparse
 import random
-import statistics
-import time
+import sys
+from functools import partial
+from pathlib import Path
 
 import torch
 from transformers.masking_utils import create_causal_mask
 
-from chatforge.modeling import ChatForgeConfig, ChatForgeForCausalLM
+sys.path.insert(0, str(Path(__file__).parent))
+from side_by_side import rates_in_alternating_rounds, report, training_model  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -46,10 +48,8 @@ def packed_positions(rows: int, seq_len: int, low: int, high: int, rng: random.R
 
 def main() -> None:
     args = parse_args()
-    torch.manual_seed(0)
-    config = ChatForgeConfig.from_preset(args.preset)
-    model = ChatForgeForCausalLM(config).train()
-    model.set_attn_implementation("sdpa")
+    model = training_model(args.preset)
+    config = model.config
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     positions = packed_positions(args.rows, args.seq_len, args.min_doc, args.max_doc, random.Random(0))
     ids = torch.randint(0, config.vocab_size, positions.shape)
@@ -63,23 +63,12 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    for extra in runners.values():
-        step(extra)  # warm-up
-    rates: dict[str, list[float]] = {name: [] for name in runners}
-    for round_index in range(args.rounds):
-        order = list(runners) if round_index % 2 == 0 else list(reversed(runners))
-        for name in order:
-            started = time.perf_counter()
-            for _ in range(args.steps):
-                step(runners[name])
-            rates[name].append(args.steps * ids.numel() / (time.perf_counter() - started))
+    rates = rates_in_alternating_rounds({name: partial(step, extra) for name, extra in runners.items()},
+                                        args.rounds, args.steps, ids.numel())
     documents = int((positions == 0).sum())
     print(f"{args.preset}, {args.rows} row(s) x {args.seq_len} tokens, {documents} documents, "
           f"{torch.get_num_threads()} threads")
-    for name, values in rates.items():
-        print(f"{name:>12}: {statistics.median(values):,.0f} tokens/s")
-    ratios = [a / b for a, b in zip(rates["by_document"], rates["block_mask"])]
-    print(f"by_document / block_mask: {statistics.median(ratios):.3f} (median of {len(ratios)} rounds)")
+    report(rates, "tokens/s", "by_document", "block_mask")
 
 
 if __name__ == "__main__":
