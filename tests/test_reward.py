@@ -1,17 +1,25 @@
 import json
 import random
+from functools import partial
 from pathlib import Path
 
 import datasets
 import pytest
 import torch
-from conftest import memorize
+from conftest import memorize, small_config
 from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM
-from trl import DatasetMixtureConfig, ModelConfig, RewardConfig
+from trl import DatasetMixtureConfig, ModelConfig, RewardConfig, RewardTrainer
 
 from chatforge.eval.reward import score_token_ids
 from chatforge.io import read_jsonl
-from chatforge.posttrain.reward import RewardScriptArguments, pair_split, reward_parser, run_reward
+from chatforge.modeling import ChatForgeForSequenceClassification
+from chatforge.posttrain.reward import (
+    PackedRewardTrainer,
+    RewardScriptArguments,
+    pair_split,
+    reward_parser,
+    run_reward,
+)
 from chatforge.tasks.gold import judge
 from chatforge.tasks.preferences import (
     PreferenceDataConfig,
@@ -208,3 +216,34 @@ def test_scores_of_a_batch_match_each_sequence_scored_alone():
     batched = score_token_ids(model, sequences, pad_token_id=0, batch_size=2)
     assert batched == pytest.approx([alone[tuple(ids)] for ids in sequences], abs=1e-5)
     assert len(set(batched)) == len(distinct)
+
+
+def test_packed_batches_give_the_padded_batches_loss_and_gradients(tmp_path, tokenizer):
+    """Chosen and rejected conversations of different lengths, right-padded as TRL's collator pads them: scored
+    packed into one row, the loss, the scores and every gradient are those of the padded batch."""
+    torch.manual_seed(0)
+    model = ChatForgeForSequenceClassification(small_config(tokenizer, num_labels=1, initializer_range=0.1))
+    pairs = datasets.Dataset.from_list([{"chosen": [*QUESTION, {"role": "assistant", "content": "Paris."}],
+                                         "rejected": [*QUESTION, {"role": "assistant", "content": "No."}]}] * 2)
+    config = RewardConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True, report_to="none",
+                          center_rewards_coefficient=0.01)
+    trainer = PackedRewardTrainer(model=model, args=config, train_dataset=pairs, processing_class=tokenizer)
+    rng = random.Random(0)
+    lengths = [3, 9, 5, 12, 7, 4]
+    pad = tokenizer.pad_token_id
+    ids = torch.full((len(lengths), max(lengths)), pad)
+    for row, length in enumerate(lengths):
+        ids[row, :length] = torch.tensor([rng.choice([t for t in range(len(tokenizer)) if t != pad])
+                                          for _ in range(length)])
+    batch = {"input_ids": ids, "attention_mask": (ids != pad).long()}
+    results = []
+    for compute_loss in (trainer.compute_loss, partial(RewardTrainer.compute_loss, trainer)):
+        trainer.model.zero_grad()
+        loss, outputs = compute_loss(trainer.model, dict(batch), return_outputs=True)
+        loss.backward()
+        results.append((loss.detach(), outputs.logits.detach(), [p.grad.clone() for p in trainer.model.parameters()]))
+    (packed_loss, packed_scores, packed_grads), (loss, scores, grads) = results
+    torch.testing.assert_close(packed_scores, scores, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(packed_loss, loss, atol=1e-6, rtol=1e-5)
+    for packed_grad, grad in zip(packed_grads, grads):
+        torch.testing.assert_close(packed_grad, grad, atol=1e-5, rtol=1e-4)

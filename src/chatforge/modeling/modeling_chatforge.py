@@ -25,6 +25,7 @@ from transformers.modeling_layers import (
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
     CausalLMOutputWithPast,
+    SequenceClassifierOutputWithPast,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.processing_utils import Unpack
@@ -505,7 +506,11 @@ class ChatForgeForCausalLM(ChatForgePreTrainedModel, GenerationMixin):
 
 
 class ChatForgeForSequenceClassification(GenericForSequenceClassification, ChatForgePreTrainedModel):
-    """The decoder with a linear score head read at the last non-padding token (reward models)."""
+    """The decoder with a linear score head read at the last non-padding token (reward models); a packed row
+    (one row, ``position_ids`` restarting per sequence, no ``attention_mask``) gets one score per sequence."""
+
+    #: packed rows are scored sequence by sequence (what chatforge's reward trainer checks before packing)
+    scores_packed_sequences = True
 
     def __init__(self, config: ChatForgeConfig):
         ChatForgePreTrainedModel.__init__(self, config)
@@ -513,6 +518,19 @@ class ChatForgeForSequenceClassification(GenericForSequenceClassification, ChatF
         self.model = ChatForgeModel(config)
         self.score = nn.Linear(config.hidden_size, config.num_labels, bias=False)
         self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, **kwargs):
+        """A packed row's ``logits`` are ``(sequences, num_labels)``, each read at its sequence's last token;
+        anything else is scored as transformers' sequence classifiers score it."""
+        packed = (attention_mask is None and position_ids is not None and position_ids.shape[0] == 1
+                  and kwargs.get("labels") is None)
+        spans = document_spans(position_ids) if packed else None
+        if spans is None:
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   **kwargs)
+        hidden = self.model(input_ids=input_ids, position_ids=position_ids, **kwargs).last_hidden_state
+        ends = torch.tensor(spans[0][1:], device=hidden.device) - 1
+        return SequenceClassifierOutputWithPast(logits=self.score(hidden[0, ends]))
 
 
 __all__ = [

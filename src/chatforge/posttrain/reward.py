@@ -1,4 +1,4 @@
-"""Reward modelling from preferences, on TRL's RewardTrainer.
+"""Reward modelling from preferences, on TRL's RewardTrainer (batches packed where the model scores packed rows).
 
 Any sequence-classification model with one label (ChatForge's, or a Llama-family one from a path)
 learns to score the chosen conversation above the rejected one (Bradley-Terry loss). Records may be
@@ -9,9 +9,11 @@ tau on held-out rankings go to ``eval.json``.
 import json
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import datasets
+import torch
 from transformers import AutoModelForSequenceClassification, set_seed
 from trl import DatasetMixtureConfig, ModelConfig, RewardConfig, RewardTrainer, TrlParser, get_peft_config
 
@@ -23,6 +25,7 @@ from ..tasks.preferences import to_pairs
 from ..training.checkpoint import trainer_checkpoint
 from ..training.precision import fit_precision
 from .mixture import load_mixture
+from .packed_scoring import pack_rows
 from .saving import evaluated_before_training, evaluated_on_main, save_trained_model
 from .sft import trained_dtype
 
@@ -85,6 +88,23 @@ def held_out_evaluation(model, tokenizer, script: RewardScriptArguments, test_pa
                                  config)
 
 
+def score_packed(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, **unused):
+    """The model's score of every sequence of a padded batch, computed on the batch packed into one row."""
+    rows = pack_rows(input_ids, attention_mask)
+    return model(input_ids=rows.input_ids[None], position_ids=rows.position_ids[None], use_cache=False)
+
+
+class PackedRewardTrainer(RewardTrainer):
+    """TRL's RewardTrainer scoring each batch of chosen and rejected conversations packed into one row, where the
+    model scores packed sequences one by one (ChatForge's); other models get TRL's padded batches."""
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if getattr(self.accelerator.unwrap_model(model), "scores_packed_sequences", False):
+            model = partial(score_packed, model)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)
+
+
 def load_reward_model(model_args: ModelConfig, tokenizer):
     """``model_name_or_path`` as a one-label sequence classifier (a causal-LM checkpoint gets a new head)."""
     model = AutoModelForSequenceClassification.from_pretrained(
@@ -113,9 +133,9 @@ def run_reward(script: RewardScriptArguments, training_args: RewardConfig, model
     untrained = evaluated_before_training(model, lambda: held_out_evaluation(model, tokenizer, script,
                                                                              splits.get("test")))
     evaluates = training_args.eval_strategy != "no"  # else the trainer need not tokenize the held-out pairs
-    trainer = RewardTrainer(model=model, args=training_args, train_dataset=splits["train"],
-                            eval_dataset=splits.get("test") if evaluates else None, processing_class=tokenizer,
-                            peft_config=get_peft_config(model_args))
+    trainer = PackedRewardTrainer(model=model, args=training_args, train_dataset=splits["train"],
+                                  eval_dataset=splits.get("test") if evaluates else None, processing_class=tokenizer,
+                                  peft_config=get_peft_config(model_args))
     trainer.train(resume_from_checkpoint=trainer_checkpoint(training_args.output_dir,
                                                              training_args.resume_from_checkpoint))
     save_trained_model(trainer, training_args.output_dir,
