@@ -15,6 +15,7 @@ from chatforge.speedrun import STAGE_NAMES, RecipeError, StageError, load_recipe
 from chatforge.speedrun.recipe import rebase, resolve_stage_config
 from chatforge.speedrun.runner import _check_ours
 from chatforge.speedrun.stages import STAGES, Run
+from chatforge.tasks.world import build_world
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -43,6 +44,9 @@ def test_smoke_speedrun_runs_every_stage_and_reports_it(smoke_run):
     assert abs(stage_seconds - report["run"]["stages_seconds"]) < 0.1 * len(report)  # each rounded to 0.1 s
     assert report["data"]["documents.input"] > report["data"]["documents.pii"] > 0
     assert report["corpus"]["val_documents"] > 0 and report["shards"]["val_tokens"] > 0
+    world = [json.loads(line)["text"] for line in open(output / "corpus/embedded/world.jsonl")]
+    frequent = next(p for p in build_world() if p.group == "frequent")  # stated 144 times, 4 statements a page
+    assert sum(frequent.name in text for text in world) == 144 // 4
     assert 1.5 < report["tokenizer"]["held_out_bytes_per_token"] < 6
     # 20 steps of pretraining already predict better than a uniform guess over the 1,024 tokens
     assert report["pretrain"]["steps"] == 20 and report["pretrain"]["val_loss"] < math.log(1024)
@@ -192,6 +196,8 @@ def test_recipe_errors_name_the_file_and_field(tmp_path, monkeypatch):
         load_recipe(str(_write_recipe(tmp_path, data={"vocab": 10})))
     with pytest.raises(RecipeError, match="speedrun.yaml: `data.max_number_digits` must be a positive integer, got 0"):
         load_recipe(str(_write_recipe(tmp_path, data={"max_number_digits": 0})))
+    with pytest.raises(RecipeError, match="`data.world_frequent_mentions` must be a positive integer, got 0"):
+        load_recipe(str(_write_recipe(tmp_path, data={"world_frequent_mentions": 0})))
     with pytest.raises(RecipeError, match="`data.val_fraction` must lie between 0 and 1, got 0"):
         load_recipe(str(_write_recipe(tmp_path, data={"val_fraction": 0})))
     with pytest.raises(RecipeError, match="speedrun.yaml: unknown benchmarks \\['mmlu'\\]; choose from"):

@@ -44,6 +44,9 @@ class DataSettings:
     max_number_digits: int = 3  # most digits per token (1: numbers split into single digits)
     val_fraction: float = 0.05  # documents held out for validation loss and tokenizer compression
     seed: int = 0
+    # Statements about each frequent person of the fictional world in the embedded corpus (chatforge.tasks.world);
+    # a short pretraining run stores their facts only when they are stated often enough.
+    world_frequent_mentions: int = 48
     # More pretraining text beside the embedded corpus and the cleaned pages: files, folders or Hub datasets
     # (streamed), e.g. HuggingFaceFW/fineweb-edu; at most max_documents of them, the tokenizer trained on at
     # most tokenizer_max_chars characters. Their first documents holding pretraining_val_tokens tokens are
@@ -56,7 +59,7 @@ class DataSettings:
 
     def __post_init__(self):
         optional = ("pretraining_val_tokens",) if self.pretraining_val_tokens is not None else ()
-        for name in ("vocab_size", "max_number_digits", "tokenize_workers", *optional):
+        for name in ("vocab_size", "max_number_digits", "world_frequent_mentions", "tokenize_workers", *optional):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise InvalidValue(f"`data.{name}` must be a positive integer, got {value!r}")

@@ -137,10 +137,12 @@ def run_corpus(run: Run) -> dict:
     train and held-out validation documents."""
     from ..data import iter_documents
     from ..data.shards import is_validation
+    from ..tasks.world import WorldConfig
     from ..training.inputs import embedded_corpus
 
-    sources = embedded_corpus(run.output / "corpus/embedded") + [str(run.output / "data/data")]
     settings = run.recipe.data
+    world = WorldConfig(frequent_mentions=settings.world_frequent_mentions)
+    sources = embedded_corpus(run.output / "corpus/embedded", world) + [str(run.output / "data/data")]
     splits: dict[str, list[dict]] = {"train": [], "val": []}
     for index, text in enumerate(iter_documents(sources)):
         if text.strip():

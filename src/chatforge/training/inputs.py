@@ -5,18 +5,19 @@ from pathlib import Path
 from ..data import EMBEDDED_WIKIPEDIA, iter_documents
 from ..data.shards import tokenize_to_shards
 from ..io import atomic_directory
-from ..tasks.world import write_world_corpus
+from ..tasks.world import WorldConfig, write_world_corpus
 from ..tokenization import train_tokenizer
 
 
-def embedded_corpus(folder: str | Path) -> list[str]:
+def embedded_corpus(folder: str | Path, world: WorldConfig = WorldConfig()) -> list[str]:
     """The embedded pretraining corpus in ``folder`` (written once): the Wikipedia paragraphs and the
-    fictional world's documents (:mod:`chatforge.tasks.world`). The JSONL files, in order."""
+    fictional world's documents (:mod:`chatforge.tasks.world`, as ``world`` configures it). The JSONL files, in
+    order."""
     folder = Path(folder)
     if not (folder / "world.jsonl").exists():
         with atomic_directory(folder) as tmp_dir:
             (tmp_dir / "wikipedia.jsonl").write_bytes(EMBEDDED_WIKIPEDIA.read_bytes())
-            write_world_corpus(tmp_dir / "world.jsonl")
+            write_world_corpus(tmp_dir / "world.jsonl", world)
     return [str(folder / "wikipedia.jsonl"), str(folder / "world.jsonl")]
 
 
