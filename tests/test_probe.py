@@ -102,3 +102,6 @@ def test_the_embedded_pretraining_corpus_carries_the_world(tmp_path):
     pages = " ".join(d for d in documents if frequent.name in d)
     assert all(frequent.describe(line) in pages for line in DESCRIPTIONS + FAQ_LINES)  # prose and every question
     assert sum(1 for _ in open(wikipedia)) == 1000
+    # asked for the world with other settings, the folder is written again
+    _, world = embedded_corpus(tmp_path / "corpus", WorldConfig(frequent_mentions=96))
+    assert sum(frequent.name in json.loads(line)["text"] for line in open(world)) == 96 // 4

@@ -1,5 +1,7 @@
 """The embedded pretraining corpus, and a tokenizer and token shards made from it for quick experiments."""
 
+import json
+from dataclasses import asdict
 from pathlib import Path
 
 from ..data import EMBEDDED_WIKIPEDIA, iter_documents
@@ -10,14 +12,17 @@ from ..tokenization import train_tokenizer
 
 
 def embedded_corpus(folder: str | Path, world: WorldConfig = WorldConfig()) -> list[str]:
-    """The embedded pretraining corpus in ``folder`` (written once): the Wikipedia paragraphs and the
-    fictional world's documents (:mod:`chatforge.tasks.world`, as ``world`` configures it). The JSONL files, in
-    order."""
+    """The embedded pretraining corpus in ``folder``: the Wikipedia paragraphs and the fictional world's documents
+    (:mod:`chatforge.tasks.world`, as ``world`` configures it), written once and again only when ``world``
+    differs from the settings recorded beside them. The JSONL files, in order."""
     folder = Path(folder)
-    if not (folder / "world.jsonl").exists():
+    settings = json.dumps(asdict(world), sort_keys=True)
+    recorded = folder / "world_config.json"
+    if not (folder / "world.jsonl").exists() or not recorded.exists() or recorded.read_text() != settings:
         with atomic_directory(folder) as tmp_dir:
             (tmp_dir / "wikipedia.jsonl").write_bytes(EMBEDDED_WIKIPEDIA.read_bytes())
             write_world_corpus(tmp_dir / "world.jsonl", world)
+            (tmp_dir / "world_config.json").write_text(settings)
     return [str(folder / "wikipedia.jsonl"), str(folder / "world.jsonl")]
 
 
