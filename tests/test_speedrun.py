@@ -298,6 +298,12 @@ def test_tiny_speedrun_moves_every_figure_the_right_way(tmp_path):
     report = json.loads((tmp_path / "tiny/report.json").read_text())
     assert report["pretrain"]["val_loss"] < report["pretrain"]["unigram_val_loss"]
     assert report["sft-probe"]["format_adherence"] >= 0.95
+    # knowing what it knows: the probed assistant refuses the unseen people and answers the frequent ones about as
+    # often as the plain SFT model, which does answer some (both asked every held-out question)
+    plain, probed = report["sft"], report["sft-probe"]
+    assert probed["knowledge.unseen.dont_know_rate"] >= 0.80
+    assert probed["knowledge.frequent.accuracy"] >= plain["knowledge.frequent.accuracy"] - 0.05
+    assert plain["knowledge.frequent.accuracy"] >= 0.25
     assert report["reward"]["reward_model.pairs.accuracy"] >= 0.80
     assert report["ppo"]["last.rm_score"] > report["ppo"]["initial.rm_score"]  # PPO raised the RM's score
     # and kept a policy no worse by the gold reward on test prompts, which its stop rule never saw
