@@ -370,3 +370,74 @@ def test_the_loss_without_logits_under_bf16_autocast_and_compiled(tokenizer):
     assert torch.nn.functional.cosine_similarity(compiled_grad.flatten(), fused_grad.flatten(), dim=0) > 0.999
     with torch.no_grad():  # evaluation: the loss alone
         torch.testing.assert_close(model(ids, labels=ids, skip_logits=True).loss, model(ids, labels=ids).loss)
+
+
+@pytest.mark.parametrize("shape", [(3, 40, 64), (3, 40, 4, 16)])
+def test_rms_norm_gradients_on_cpu_equal_the_formulas_in_float64(shape):
+    """RMSNorm's CPU training path (LayerNorm's backward kernel plus a correction) against autograd through
+    ``x * rsqrt(mean(x^2) + eps) * w`` in float64, with a weight far from ones so that each term counts."""
+    from chatforge.modeling.modeling_chatforge import ChatForgeRMSNorm
+
+    torch.manual_seed(0)
+    norm = ChatForgeRMSNorm(shape[-1], eps=1e-5)
+    with torch.no_grad():
+        norm.weight.uniform_(-2.0, 2.0)
+    hidden = (3.0 * torch.randn(shape) + 1.0).requires_grad_()
+    grad = torch.randn(shape)
+    norm(hidden).backward(grad)
+
+    hidden64 = hidden.detach().double().requires_grad_()
+    weight64 = norm.weight.detach().double().requires_grad_()
+    reference = hidden64 * torch.rsqrt(hidden64.pow(2).mean(-1, keepdim=True) + 1e-5) * weight64
+    reference.backward(grad.double())
+    torch.testing.assert_close(norm(hidden).double(), reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hidden.grad.double(), hidden64.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(norm.weight.grad.double(), weight64.grad, atol=1e-4, rtol=1e-5)
+
+
+def test_rotary_projection_on_cpu_gives_the_values_and_gradients_of_rotating_after_a_split(tokenizer):
+    """The attention's CPU training path (:class:`_RotaryQKV`) against splitting the projection and rotating
+    with ``apply_rotary_pos_emb``, in float64, on packed rows whose positions differ row by row."""
+    from chatforge.modeling.modeling_chatforge import ChatForgeAttention, apply_rotary_pos_emb
+
+    config = small_config(tokenizer)
+    torch.manual_seed(0)
+    attention = ChatForgeAttention(config, layer_idx=0).double()
+    model = ChatForgeModel(config).double()
+    hidden = torch.randn(2, 12, config.hidden_size, dtype=torch.float64, requires_grad=True)
+    position_ids = torch.tensor([list(range(12)), [*range(5), *range(7)]])
+    cos, sin = model.rotary_emb(hidden, position_ids)
+    grads = [torch.randn(2, heads, 12, config.head_dim, dtype=torch.float64)
+             for heads in (config.num_attention_heads, config.num_key_value_heads, config.num_key_value_heads)]
+
+    fast = attention.project(hidden, (cos, sin))
+    torch.autograd.backward(fast, grads)
+    fast_grads = hidden.grad.clone(), attention.qkv_proj.weight.grad.clone()
+    hidden.grad = attention.qkv_proj.weight.grad = None
+
+    query, key, value = attention.qkv_proj(hidden).split(attention.qkv_split, dim=-1)
+    query, key, value = (part.unflatten(-1, (-1, config.head_dim)).transpose(1, 2) for part in (query, key, value))
+    reference = (*apply_rotary_pos_emb(query, key, cos, sin), value)
+    torch.autograd.backward(reference, grads)
+    for a, b in zip(fast, reference):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(fast_grads[0], hidden.grad)
+    torch.testing.assert_close(fast_grads[1], attention.qkv_proj.weight.grad)
+
+
+def test_swiglu_on_cpu_gives_the_values_and_gradients_of_the_plain_formula():
+    """The MLP's CPU training path (:class:`_SwiGLU`) against ``silu(gate) * up`` through autograd, in float64."""
+    from chatforge.modeling.modeling_chatforge import _SwiGLU
+
+    torch.manual_seed(0)
+    gate_up = torch.randn(2, 7, 2 * 24, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 7, 24, dtype=torch.float64)
+    fast = _SwiGLU.apply(gate_up)
+    fast.backward(grad)
+    fast_grad = gate_up.grad.clone()
+    gate_up.grad = None
+    gate, up = gate_up.chunk(2, dim=-1)
+    reference = torch.nn.functional.silu(gate) * up
+    reference.backward(grad)
+    torch.testing.assert_close(fast, reference)
+    torch.testing.assert_close(fast_grad, gate_up.grad)

@@ -48,6 +48,29 @@ AUTO_MAP = {
 IS_CAUSAL_ATTENTION = ("sdpa", "flash_attention_2", "flash_attention_3")
 
 
+class _RMSNormByLayerNormBackward(torch.autograd.Function):
+    """RMSNorm whose backward pass is LayerNorm's fused kernel with the mean taken as zero, plus the one term in
+    which the two differ (LayerNorm also subtracts the mean of ``grad * weight``). On a CPU, RMSNorm's own backward
+    runs as a chain of elementwise operations: this is about twice as fast in float32, same values up to summation
+    order. (LayerNorm's bfloat16 backward sums the weight's gradient too coarsely: float32 inputs only.)"""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, eps: float):
+        width = hidden.shape[-1]
+        mean_square = torch.linalg.vector_norm(hidden, dim=-1, keepdim=True).square_() / width
+        ctx.save_for_backward(hidden, torch.rsqrt(mean_square + eps), weight)
+        return F.rms_norm(hidden, (width,), weight, eps)
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, rstd, weight = ctx.saved_tensors
+        width = hidden.shape[-1]
+        grad_hidden, grad_weight, _ = torch.ops.aten.native_layer_norm_backward(
+            grad, hidden, [width], torch.zeros_like(rstd), rstd, weight, None, [True, True, False])
+        mean_grad = (grad @ weight).unsqueeze(-1) / width
+        return grad_hidden.addcmul_(rstd, mean_grad), grad_weight, None
+
+
 class ChatForgeRMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float):
         super().__init__()
@@ -55,7 +78,11 @@ class ChatForgeRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(hidden_states, self.weight.shape, self.weight.to(hidden_states.dtype), self.eps)
+        weight = self.weight.to(hidden_states.dtype)
+        if (hidden_states.device.type == "cpu" and hidden_states.dtype == torch.float32 and torch.is_grad_enabled()
+                and not torch.compiler.is_compiling()):
+            return _RMSNormByLayerNormBackward.apply(hidden_states, weight, self.eps)
+        return F.rms_norm(hidden_states, self.weight.shape, weight, self.eps)
 
 
 class ChatForgeRotaryEmbedding(nn.Module):
@@ -88,6 +115,48 @@ def apply_rotary_pos_emb(q, k, cos, sin):
     (under autocast they stay in bf16 for the attention kernel)."""
     cos, sin = cos.unsqueeze(1).to(q.dtype), sin.unsqueeze(1).to(q.dtype)
     return (q * cos) + (rotate_half(q) * sin), (k * cos) + (rotate_half(k) * sin)
+
+
+def _rotate_into(out: torch.Tensor, states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> None:
+    """``out = states * cos + sign * rotate_half(states) * sin`` written into ``out`` (the halves of ``cos`` and
+    ``sin`` being equal, ``cos``/``sin`` here are one half); ``sign=-1`` is the rotation's transpose."""
+    first, second = states.chunk(2, dim=-1)
+    out_first, out_second = out.chunk(2, dim=-1)
+    torch.mul(first, cos, out=out_first).addcmul_(second, sin, value=-sign)
+    torch.mul(second, cos, out=out_second).addcmul_(first, sin, value=sign)
+
+
+class _RotaryQKV(torch.autograd.Function):
+    """Queries, keys and values from the fused projection's output ``(batch, seq, (heads + 2 * kv_heads) *
+    head_dim)``, queries and keys rotated by RoPE, each returned ``(batch, heads, seq, head_dim)``. The rotation is
+    two passes over the data each way, written straight into its output, and the backward pass writes the three
+    gradients into one buffer: on a CPU, where each elementwise operation is a pass over memory, this takes about
+    half the time of rotating by ``apply_rotary_pos_emb`` after a split (whose gradient is then concatenated)."""
+
+    @staticmethod
+    def forward(ctx, qkv, cos, sin, heads: int, kv_heads: int):
+        batch, length, _ = qkv.shape
+        rotated_heads = heads + kv_heads
+        head_dim = cos.shape[-1]
+        query_key = qkv.unflatten(-1, (rotated_heads + kv_heads, head_dim))
+        cos, sin = (table.to(qkv.dtype)[:, :, None, :head_dim // 2] for table in (cos, sin))
+        rotated = qkv.new_empty(batch, length, rotated_heads, head_dim)
+        _rotate_into(rotated, query_key[:, :, :rotated_heads], cos, sin, 1.0)
+        ctx.save_for_backward(cos, sin)
+        ctx.heads = heads
+        query, key = rotated.split((heads, kv_heads), dim=2)
+        return query.transpose(1, 2), key.transpose(1, 2), query_key[:, :, rotated_heads:].transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad_query, grad_key, grad_value):
+        cos, sin = ctx.saved_tensors
+        batch, _, length, head_dim = grad_query.shape
+        grad = grad_query.new_empty(batch, length, ctx.heads + 2 * grad_key.shape[1], head_dim)
+        grad_query_key, grad_value_out = grad.split((ctx.heads + grad_key.shape[1], grad_key.shape[1]), dim=2)
+        _rotate_into(grad_query_key[:, :, :ctx.heads], grad_query.transpose(1, 2), cos, sin, -1.0)
+        _rotate_into(grad_query_key[:, :, ctx.heads:], grad_key.transpose(1, 2), cos, sin, -1.0)
+        grad_value_out.copy_(grad_value.transpose(1, 2))
+        return grad.flatten(2), None, None, None, None
 
 
 def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
@@ -175,6 +244,22 @@ class ChatForgeAttention(nn.Module):
             self.q_norm = ChatForgeRMSNorm(self.head_dim, config.rms_norm_eps)
             self.k_norm = ChatForgeRMSNorm(self.head_dim, config.rms_norm_eps)
 
+    def project(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor]):
+        """Queries and keys (normed where QK-norm is on, rotated) and values, each ``(batch, heads, seq,
+        head_dim)``."""
+        qkv = self.qkv_proj(hidden_states)
+        if (not self.config.qk_norm and qkv.device.type == "cpu" and torch.is_grad_enabled()
+                and not torch.compiler.is_compiling()):
+            heads, kv_heads = self.config.num_attention_heads, self.config.num_key_value_heads
+            return _RotaryQKV.apply(qkv, *position_embeddings, heads, kv_heads)
+        hidden_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+        query, key, value = qkv.split(self.qkv_split, dim=-1)
+        query, key = query.view(hidden_shape), key.view(hidden_shape)
+        if self.config.qk_norm:
+            query, key = self.q_norm(query), self.k_norm(key)
+        query, key = apply_rotary_pos_emb(query.transpose(1, 2), key.transpose(1, 2), *position_embeddings)
+        return query, key, value.view(hidden_shape).transpose(1, 2)
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -187,13 +272,7 @@ class ChatForgeAttention(nn.Module):
         """``document_spans`` (from :func:`document_spans`): attend within each packed document, by
         :func:`attention_by_document`, instead of through the attention interface."""
         input_shape = hidden_states.shape[:-1]
-        hidden_shape = (*input_shape, -1, self.head_dim)
-        query, key, value = self.qkv_proj(hidden_states).split(self.qkv_split, dim=-1)
-        query, key = query.view(hidden_shape), key.view(hidden_shape)
-        value = value.view(hidden_shape).transpose(1, 2)
-        if self.config.qk_norm:
-            query, key = self.q_norm(query), self.k_norm(key)
-        query, key = apply_rotary_pos_emb(query.transpose(1, 2), key.transpose(1, 2), *position_embeddings)
+        query, key, value = self.project(hidden_states, position_embeddings)
 
         if cache is not None:
             key, value = cache.update(key, value, self.layer_idx, kwargs=kwargs)  # a paged cache fills kwargs
@@ -219,6 +298,28 @@ class ChatForgeAttention(nn.Module):
         return attn_output, attn_weights
 
 
+class _SwiGLU(torch.autograd.Function):
+    """``silu(gate) * up`` from the fused projection's output (gate first), with the backward pass writing both
+    halves' gradients into one buffer instead of concatenating them (a pass over the widest activation less)."""
+
+    @staticmethod
+    def forward(ctx, gate_up):
+        gate, up = gate_up.chunk(2, dim=-1)
+        activated = F.silu(gate)
+        ctx.save_for_backward(gate_up, activated)
+        return activated * up
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate_up, activated = ctx.saved_tensors
+        gate, up = gate_up.chunk(2, dim=-1)
+        grad_gate_up = torch.empty_like(gate_up)
+        grad_gate, grad_up = grad_gate_up.chunk(2, dim=-1)
+        torch.mul(grad, activated, out=grad_up)
+        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=grad_gate)
+        return grad_gate_up
+
+
 class ChatForgeMLP(nn.Module):
     """``down(act(gate(x)) * up(x))`` when gated (SwiGLU, gate and up fused in ``gate_up_proj``),
     else ``down(act(up(x)))`` (e.g. ReLU²)."""
@@ -233,10 +334,15 @@ class ChatForgeMLP(nn.Module):
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
         self.down_proj.writes_residual = True
         self.act_fn = ACT2FN[config.hidden_act]
+        self.silu = config.hidden_act == "silu"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:
-            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            gate_up = self.gate_up_proj(x)
+            if (self.silu and gate_up.device.type == "cpu" and torch.is_grad_enabled()
+                    and not torch.compiler.is_compiling()):
+                return self.down_proj(_SwiGLU.apply(gate_up))
+            gate, up = gate_up.chunk(2, dim=-1)
             return self.down_proj(self.act_fn(gate) * up)
         return self.down_proj(self.act_fn(self.up_proj(x)))
 
@@ -394,6 +500,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, chunk_rows: int, dtype: torch.dtype, need_grads: bool):
         with torch.autocast(hidden.device.type, enabled=False):
             matrix = weight.to(dtype)
+            matrix_t = matrix.T.contiguous()  # the forward product runs faster on a contiguous right-hand side
             softmax_dtype = torch.promote_types(dtype, torch.float32)
             total = torch.zeros((), dtype=softmax_dtype, device=hidden.device)
             grad_hidden = torch.empty_like(hidden) if need_grads else None
@@ -403,16 +510,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 wanted = targets[start:start + chunk_rows]
                 counted = wanted != IGNORE_INDEX
                 index = torch.where(counted, wanted, 0)
-                logits = (rows @ matrix.T).to(softmax_dtype)
-                log_normaliser = torch.logsumexp(logits, dim=-1)
-                picked = logits.gather(1, index[:, None])[:, 0]
-                total += ((log_normaliser - picked) * counted).sum()
+                log_probs = torch.log_softmax((rows @ matrix_t).to(softmax_dtype), dim=-1)
+                total -= (log_probs.gather(1, index[:, None])[:, 0] * counted).sum()
                 if need_grads:  # d loss / d logits = softmax - one-hot, on counted rows
-                    grad_logits = torch.exp_(logits.sub_(log_normaliser[:, None]))
+                    grad_logits = log_probs.exp_()
                     grad_logits[torch.arange(len(index), device=index.device), index] -= 1.0
-                    grad_logits = (grad_logits * counted[:, None]).to(dtype)
-                    grad_hidden[start:start + chunk_rows] = grad_logits @ matrix
-                    grad_weight += grad_logits.T @ rows
+                    grad_logits = grad_logits.mul_(counted[:, None]).to(dtype)
+                    if grad_hidden.dtype == grad_weight.dtype == dtype:  # in place: no temporary per chunk
+                        torch.mm(grad_logits, matrix, out=grad_hidden[start:start + chunk_rows])
+                        grad_weight.addmm_(grad_logits.T, rows)
+                    else:
+                        grad_hidden[start:start + chunk_rows] = grad_logits @ matrix
+                        grad_weight += grad_logits.T @ rows
         if need_grads:
             ctx.save_for_backward(grad_hidden, grad_weight)
             ctx.weight_dtype = weight.dtype
