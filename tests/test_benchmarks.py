@@ -122,3 +122,41 @@ def test_hub_benchmarks_without_a_network_say_so(answering_model, tokenizer, mon
     monkeypatch.setattr("datasets.config.HF_HUB_OFFLINE", True)
     with pytest.raises(NotFound, match=r"\['arc_easy'\] load their items from the Hub.*offline ones"):
         run_benchmarks(answering_model, tokenizer, ["arc_easy"], limit=2)
+
+
+def test_a_shared_prompt_prefix_runs_once_and_changes_no_result(tokenizer):
+    """Requests that share a few-shot preamble: the harness's model with the prefix shared gives the log-likelihoods
+    and greedy generations of lm-eval's own ``HFLM`` (left padding included), and the model reads fewer tokens.
+    A wide initialisation makes each generated token depend on every position it attends to."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from chatforge.eval.shared_prefix import SharedPrefixHFLM
+
+    torch.manual_seed(0)
+    model = ChatForgeForCausalLM(small_config(tokenizer, initializer_range=0.5)).eval()
+
+    preamble = "Q: What is two plus two?\nA: four\n\nQ: What colour is snow?\nA: white\n\n"
+    questions = ["Q: What is the capital of France?\nA:", "Q: Name a fruit.\nA:", "Q: How many legs has a cat?\nA:"]
+    scored = [Instance("loglikelihood", {}, (preamble + question, choice), index)
+              for index, (question, choice) in enumerate((q, c) for q in questions for c in (" Paris", " four legs"))]
+    generated = [Instance("generate_until", {}, (preamble + question, {"until": ["\n\n"], "max_gen_toks": 10,
+                                                                       "do_sample": False}), index)
+                 for index, question in enumerate(questions)]
+    read = []
+    hook = model.register_forward_pre_hook(lambda _, args, kwargs: read.append((kwargs.get("input_ids", args[0]
+                                                                                         if args else None)).numel()),
+                                           with_kwargs=True)
+    results = {}
+    try:
+        for name, harness_class in (("hf", HFLM), ("shared", SharedPrefixHFLM)):
+            read.clear()
+            harness = harness_class(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=4)
+            results[name] = (harness.loglikelihood(scored), harness.generate_until(generated), sum(read))
+    finally:
+        hook.remove()
+    (hf_scores, hf_texts, hf_read), (scores, texts, shared_read) = results["hf"], results["shared"]
+    assert texts == hf_texts and any(text.strip() for text in texts)
+    for (logprob, greedy), (hf_logprob, hf_greedy) in zip(scores, hf_scores):
+        assert logprob == pytest.approx(hf_logprob, abs=1e-4) and greedy == hf_greedy
+    assert shared_read < 0.6 * hf_read

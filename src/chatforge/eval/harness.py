@@ -223,12 +223,13 @@ def run_benchmarks(model, tokenizer, names: Sequence[str], limit: int | None = N
     ``samples_dir`` also gets ``<benchmark>.jsonl``: each item's prompt, reply, target and score."""
     check_benchmarks([name for name in names if name not in (sources or {})])
     from lm_eval import simple_evaluate
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
+
+    from .shared_prefix import SharedPrefixHFLM
 
     with tempfile.TemporaryDirectory(prefix="chatforge-benchmarks-") as folder:
         specs = task_specs(names, Path(folder), sources)
-        harness = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size)
+        harness = SharedPrefixHFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=batch_size)
         try:
             # the offline tasks' YAMLs include their harness task by path: only Hub tasks need the harness's index
             manager = TaskManager(include_path=folder, include_defaults=any(name in HUB_TASKS for name in names))
