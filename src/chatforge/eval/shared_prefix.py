@@ -6,13 +6,14 @@ scores as it does with ``HFLM``; only the forward passes change.
 A batch's longest common token prefix is run once (continuing from the previous batch's where the two agree),
 its key/value cache is copied to every row, and the rows' remaining tokens run on top of it. Log-likelihood
 batches get the prefix's logits in front of their own; generation continues from the copied cache, each row's
-own tokens left-padded after the prefix (positions and attention follow the attention mask)."""
+own tokens left-padded after the prefix (positions and attention follow the attention mask), in a cache
+allocated once for the whole generation."""
 
 import copy
 
 import torch
 from lm_eval.models.huggingface import HFLM
-from transformers import DynamicCache
+from transformers import DynamicCache, StaticCache
 
 #: Shorter common prefixes are not worth a cache copy: the batch runs as the harness runs it.
 MIN_SHARED_TOKENS = 16
@@ -61,6 +62,16 @@ class SharedPrefixHFLM(HFLM):
         copied.batch_repeat_interleave(batch)
         return copied, logits
 
+    def _generation_cache(self, tokens: torch.Tensor, batch: int, max_length: int) -> StaticCache:
+        """A cache of ``max_length`` positions a row, holding ``tokens``' keys and values (if any): written in place
+        as generation goes, where a growing cache is copied whole at every step."""
+        cache = StaticCache(config=self.model.config, max_cache_len=max_length)
+        if len(tokens):
+            prefix, _ = self._prefix_state(tokens)
+            for index, layer in enumerate(prefix.layers):
+                cache.update(layer.keys.repeat_interleave(batch, 0), layer.values.repeat_interleave(batch, 0), index)
+        return cache
+
     def _model_call(self, inps: torch.Tensor, attn_mask=None, labels=None) -> torch.Tensor:
         if attn_mask is not None or labels is not None or self.backend != "causal":
             return super()._model_call(inps, attn_mask, labels)
@@ -78,17 +89,16 @@ class SharedPrefixHFLM(HFLM):
         width = context.shape[1]
         rows = [row[width - int(length):] for row, length in zip(context, mask.sum(dim=1))]
         shared = min(common_prefix_length(rows), min(len(row) for row in rows) - 1)
-        if shared < MIN_SHARED_TOKENS:
-            return super()._model_generate(context, max_length, stop, **generation_kwargs)
-        cache, _ = self._batch_cache(rows[0][:shared], len(rows))
-        # The same width as the harness's batch: the prefix, then each row's own tokens left-padded.
-        own = torch.full((len(rows), width - shared), self.tokenizer.pad_token_id, dtype=context.dtype,
-                         device=context.device)
-        own_mask = torch.zeros_like(own, dtype=mask.dtype)
-        for index, row in enumerate(rows):
-            own[index, own.shape[1] - (len(row) - shared):] = row[shared:]
-            own_mask[index, own.shape[1] - (len(row) - shared):] = 1
-        prefix = rows[0][:shared].expand(len(rows), -1)
-        generation_kwargs["attention_mask"] = torch.cat([torch.ones_like(prefix, dtype=mask.dtype), own_mask], 1)
-        return super()._model_generate(torch.cat([prefix, own], dim=1), max_length, stop, cache=cache,
-                                       **generation_kwargs)
+        shared = shared if shared >= MIN_SHARED_TOKENS else 0
+        cache = self._generation_cache(rows[0][:shared], len(rows), max_length)
+        if shared:  # the same width as the harness's batch: the prefix, then each row's own tokens left-padded
+            own = torch.full((len(rows), width - shared), self.tokenizer.pad_token_id, dtype=context.dtype,
+                             device=context.device)
+            own_mask = torch.zeros_like(own, dtype=mask.dtype)
+            for index, row in enumerate(rows):
+                own[index, own.shape[1] - (len(row) - shared):] = row[shared:]
+                own_mask[index, own.shape[1] - (len(row) - shared):] = 1
+            prefix = rows[0][:shared].expand(len(rows), -1)
+            context = torch.cat([prefix, own], dim=1)
+            generation_kwargs["attention_mask"] = torch.cat([torch.ones_like(prefix, dtype=mask.dtype), own_mask], 1)
+        return super()._model_generate(context, max_length, stop, cache=cache, **generation_kwargs)
