@@ -95,12 +95,14 @@ def unsure_model_dir(request, tmp_path, tokenizer):
 
 
 def test_grpo_raises_accuracy_and_writes_its_curves(tmp_path, unsure_model_dir):
+    """Scored on 8 samples a problem (64 in all) after 16 steps: the gain stands clear of sampling noise (+0.27 to
+    +0.31 over three training seeds for either model, where 4 samples after 12 steps gave +0.09 to +0.38)."""
     problems = [{"prompt": [{"role": "user", "content": q}], "answer": "1"} for q in QUESTIONS]
     (tmp_path / "problems").mkdir()
     for split in ("train", "test"):
         write_jsonl(tmp_path / f"problems/{split}.jsonl", problems)
-    script = GRPOScriptArguments(problems_dir=str(tmp_path / "problems"), eval_k=4)
-    training = GRPOConfig(output_dir=str(tmp_path / "grpo"), max_steps=12, per_device_train_batch_size=16,
+    script = GRPOScriptArguments(problems_dir=str(tmp_path / "problems"), eval_k=8)
+    training = GRPOConfig(output_dir=str(tmp_path / "grpo"), max_steps=16, per_device_train_batch_size=16,
                           num_generations=4, max_completion_length=12, learning_rate=1e-3, logging_steps=2,
                           bf16=False, use_cpu=True, report_to="none", save_strategy="no", seed=0,
                           activation_checkpointing=False, reward_weights=[1.0, 0.2])
@@ -108,7 +110,7 @@ def test_grpo_raises_accuracy_and_writes_its_curves(tmp_path, unsure_model_dir):
                                               "split": "train"}])
     figures = run_grpo(script, training, ModelConfig(model_name_or_path=str(unsure_model_dir)), mixture)
     before, after = figures["before"]["arithmetic"], figures["grpo"]["arithmetic"]
-    assert 0.1 < before["pass@1"] < 0.9 and before["pass@4"] > before["pass@1"]
+    assert 0.1 < before["pass@1"] < 0.9 and before["pass@8"] > before["pass@1"]
     assert after["pass@1"] > before["pass@1"] + 0.2
     logged = [json.loads(line) for line in open(tmp_path / "grpo/metrics.jsonl")]
     assert any("completions/mean_length" in entry for entry in logged)
