@@ -48,6 +48,12 @@ AUTO_MAP = {
 IS_CAUSAL_ATTENTION = ("sdpa", "flash_attention_2", "flash_attention_3")
 
 
+def _cpu_training(states: torch.Tensor) -> bool:
+    """Whether ``states`` are computed for a gradient on a CPU, uncompiled: where the hand-written backward passes
+    below beat autograd's chains of elementwise kernels (compiled, inductor fuses those itself)."""
+    return states.device.type == "cpu" and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+
 class _RMSNormByLayerNormBackward(torch.autograd.Function):
     """RMSNorm whose backward pass is LayerNorm's fused kernel with the mean taken as zero, plus the one term in
     which the two differ (LayerNorm also subtracts the mean of ``grad * weight``). On a CPU, RMSNorm's own backward
@@ -79,8 +85,7 @@ class ChatForgeRMSNorm(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         weight = self.weight.to(hidden_states.dtype)
-        if (hidden_states.device.type == "cpu" and hidden_states.dtype == torch.float32 and torch.is_grad_enabled()
-                and not torch.compiler.is_compiling()):
+        if hidden_states.dtype == torch.float32 and _cpu_training(hidden_states):
             return _RMSNormByLayerNormBackward.apply(hidden_states, weight, self.eps)
         return F.rms_norm(hidden_states, self.weight.shape, weight, self.eps)
 
@@ -143,7 +148,7 @@ class _RotaryQKV(torch.autograd.Function):
         rotated = qkv.new_empty(batch, length, rotated_heads, head_dim)
         _rotate_into(rotated, query_key[:, :, :rotated_heads], cos, sin, 1.0)
         ctx.save_for_backward(cos, sin)
-        ctx.heads = heads
+        ctx.heads, ctx.kv_heads = heads, kv_heads
         query, key = rotated.split((heads, kv_heads), dim=2)
         return query.transpose(1, 2), key.transpose(1, 2), query_key[:, :, rotated_heads:].transpose(1, 2)
 
@@ -151,8 +156,8 @@ class _RotaryQKV(torch.autograd.Function):
     def backward(ctx, grad_query, grad_key, grad_value):
         cos, sin = ctx.saved_tensors
         batch, _, length, head_dim = grad_query.shape
-        grad = grad_query.new_empty(batch, length, ctx.heads + 2 * grad_key.shape[1], head_dim)
-        grad_query_key, grad_value_out = grad.split((ctx.heads + grad_key.shape[1], grad_key.shape[1]), dim=2)
+        grad = grad_query.new_empty(batch, length, ctx.heads + 2 * ctx.kv_heads, head_dim)
+        grad_query_key, grad_value_out = grad.split((ctx.heads + ctx.kv_heads, ctx.kv_heads), dim=2)
         _rotate_into(grad_query_key[:, :, :ctx.heads], grad_query.transpose(1, 2), cos, sin, -1.0)
         _rotate_into(grad_query_key[:, :, ctx.heads:], grad_key.transpose(1, 2), cos, sin, -1.0)
         grad_value_out.copy_(grad_value.transpose(1, 2))
@@ -248,8 +253,7 @@ class ChatForgeAttention(nn.Module):
         """Queries and keys (normed where QK-norm is on, rotated) and values, each ``(batch, heads, seq,
         head_dim)``."""
         qkv = self.qkv_proj(hidden_states)
-        if (not self.config.qk_norm and qkv.device.type == "cpu" and torch.is_grad_enabled()
-                and not torch.compiler.is_compiling()):
+        if not self.config.qk_norm and _cpu_training(qkv):
             heads, kv_heads = self.config.num_attention_heads, self.config.num_key_value_heads
             return _RotaryQKV.apply(qkv, *position_embeddings, heads, kv_heads)
         hidden_shape = (*hidden_states.shape[:-1], -1, self.head_dim)
@@ -339,8 +343,7 @@ class ChatForgeMLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gated:
             gate_up = self.gate_up_proj(x)
-            if (self.silu and gate_up.device.type == "cpu" and torch.is_grad_enabled()
-                    and not torch.compiler.is_compiling()):
+            if self.silu and _cpu_training(gate_up):
                 return self.down_proj(_SwiGLU.apply(gate_up))
             gate, up = gate_up.chunk(2, dim=-1)
             return self.down_proj(self.act_fn(gate) * up)
