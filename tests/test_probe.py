@@ -69,8 +69,28 @@ def test_probing_labels_what_the_model_memorised_and_writes_matching_examples(mo
     replies = [example["messages"][1]["content"] for example in probe_examples(labels, known_copies=4,
                                                                                unknown_copies=3)]
     assert replies[:4] == [KNOWN["reply"]] * 4 and len(replies) == 7 and all(map(says_dont_know, replies[4:]))
+    own_words = ["I don't know where Brawen Dovros worked.", "I'm sorry, I don't know what Brawen Dovros did."]
+    asked = [UNKNOWN["question"], "What did Brawen Dovros do for a living?"]
+    examples = probe_examples([{**labels[1], "dont_know": own_words, "phrasings": asked}], unknown_copies=8)
+    assert {example["messages"][1]["content"] for example in examples} == set(own_words)  # each drawn anew
+    assert {example["messages"][0]["content"] for example in examples} == set(asked)
     recipe = {"probe_dir": "runs/probe", "probe_known_copies": 4, "probe_unknown_copies": 3}  # an SFT recipe's keys
     assert ProbeConfig.from_recipe(recipe) == ProbeConfig(known_copies=4, unknown_copies=3)
+
+
+def test_a_known_share_balances_answers_and_admissions_within_each_group():
+    """Capitals known once in four, countries twice in four: with known_share 0.5 each group's examples are half
+    answers, so the kind of question does not tell the model whether to answer."""
+    labels = [{"question": f"{group} {index}", "answer": "x", "reply": "It is x.", "group": group,
+               "known": index < known} for group, known in (("capital", 1), ("country", 2)) for index in range(4)]
+    examples = probe_examples(labels, known_share=0.5)
+    for group in ("capital", "country"):
+        replies = [e["messages"][1]["content"] for e in examples if e["messages"][0]["content"].startswith(group)]
+        answers = sum(not says_dont_know(reply) for reply in replies)
+        assert answers == len(replies) - answers > 0
+    assert len(probe_examples(labels, known_copies=3)) == 3 * 3 + 5  # without a share: the same copies for all
+    with pytest.raises(ValueError, match="known_share=1"):
+        ProbeConfig(known_share=1)
 
 
 def test_probe_command_writes_labels_examples_and_summary(tmp_path, saved_model_dir):

@@ -39,6 +39,9 @@ def add_commands(stages) -> None:
     probe.add_argument("--threshold", type=float, default=0.5, help="share of right answers that counts as known")
     probe.add_argument("--known-copies", type=int, default=1, help="copies of each answered example")
     probe.add_argument("--unknown-copies", type=int, default=1, help='copies of each "I don\'t know" example')
+    probe.add_argument("--known-share", type=float, default=None,
+                       help="share of each group's examples that answer (known ones copied to reach it; "
+                            "instead of --known-copies)")
     probe.add_argument("--seed", type=int, default=0)
     probe.set_defaults(func=_probe)
 
@@ -49,6 +52,7 @@ def _probe(args: argparse.Namespace) -> None:
     summary = run_probe(args.model, args.questions, args.output,
                         ProbeConfig(samples=args.samples, temperature=args.temperature, threshold=args.threshold,
                                     seed=args.seed, known_copies=args.known_copies,
-                                    unknown_copies=args.unknown_copies), args.held_out)
+                                    unknown_copies=args.unknown_copies, known_share=args.known_share),
+                        args.held_out)
     groups = ", ".join(f"{name} {g['known_share']:.0%}" for name, g in summary["by_group"].items())
     print(f"probe: {summary['known']}/{summary['questions']} questions known ({groups}) -> {args.output}")

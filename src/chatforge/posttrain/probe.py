@@ -28,7 +28,10 @@ from ..tasks.world import dont_know_reply, is_correct
 class ProbeConfig:
     """``samples`` answers per question at ``temperature``; known when at least ``threshold`` are right.
     ``train.jsonl`` holds ``known_copies`` of each answered example and ``unknown_copies`` of each "I don't
-    know": more answers than admissions keep the model from saying "I don't know" to what it knows."""
+    know": more answers than admissions keep the model from saying "I don't know" to what it knows. With
+    ``known_share``, answers make up that share of each group's examples instead (its known ones copied as often as
+    that takes): where one kind of question is known more often than another, the model would otherwise learn to
+    answer that kind rather than what it knows."""
 
     samples: int = 4
     temperature: float = 0.7
@@ -38,11 +41,14 @@ class ProbeConfig:
     seed: int = 0
     known_copies: int = 1
     unknown_copies: int = 1
+    known_share: float | None = None
 
     def __post_init__(self):
         if min(self.known_copies, self.unknown_copies) < 1:
             raise InvalidValue(f"known_copies={self.known_copies}, unknown_copies={self.unknown_copies}: give at "
                                "least one copy of each")
+        if self.known_share is not None and not 0 < self.known_share < 1:
+            raise InvalidValue(f"known_share={self.known_share}: give a share between 0 and 1 (exclusive)")
 
     @classmethod
     def from_recipe(cls, recipe: Mapping) -> "ProbeConfig":
@@ -51,7 +57,7 @@ class ProbeConfig:
 
 
 #: The settings ``chatforge probe`` takes as options (``--known-copies``, ...).
-COMMAND_OPTIONS = ("samples", "temperature", "threshold", "known_copies", "unknown_copies", "seed")
+COMMAND_OPTIONS = ("samples", "temperature", "threshold", "known_copies", "unknown_copies", "known_share", "seed")
 
 
 def probe_command(model: str, questions: str, output: str, config: ProbeConfig, held_out: str | None = None) -> str:
@@ -65,7 +71,8 @@ def probe_command(model: str, questions: str, output: str, config: ProbeConfig, 
 
 def load_questions(source: str) -> list[dict]:
     """Questions with reference answers from a JSONL/parquet file or a Hub dataset (``question``, ``answer``;
-    optional ``reply`` as the full reference reply, ``group``)."""
+    optional ``reply`` as the full reference reply, ``phrasings`` as other ways to ask it, ``dont_know`` as ways to
+    say "I don't know" in the question's own terms, ``group``)."""
     if Path(source).exists():
         kind = "parquet" if source.endswith(".parquet") else "json"
         records = datasets.load_dataset(kind, data_files=source, split="train")
@@ -92,15 +99,34 @@ def probe(engine: Engine, questions: list[dict], config: ProbeConfig = ProbeConf
     return labels
 
 
-def probe_examples(labels: list[dict], seed: int = 0, known_copies: int = 1, unknown_copies: int = 1) -> list[dict]:
-    """SFT conversations: known questions answered with the reference (``known_copies`` times), unknown ones
-    with "I don't know" (``unknown_copies`` times, each with a phrasing drawn anew)."""
+def known_copies_by_group(labels: list[dict], known_share: float, unknown_copies: int = 1) -> dict:
+    """Per ``group`` of the labels: the copies of each known example that make answers ``known_share`` of the
+    group's examples, beside ``unknown_copies`` of each unknown one (at least one copy)."""
+    counts: dict = defaultdict(lambda: [0, 0])  # known, unknown
+    for label in labels:
+        counts[label.get("group")][0 if label["known"] else 1] += 1
+    return {group: max(1, round(unknown * unknown_copies * known_share / (1 - known_share) / known)) if known else 1
+            for group, (known, unknown) in counts.items()}
+
+
+def probe_examples(labels: list[dict], seed: int = 0, known_copies: int = 1, unknown_copies: int = 1,
+                   known_share: float | None = None) -> list[dict]:
+    """SFT conversations: known questions answered with the reference (``known_copies`` times, or as often as
+    makes answers ``known_share`` of their group's examples), unknown ones with "I don't know" (``unknown_copies``
+    times, each with a phrasing drawn anew: from the question's own ``dont_know`` where it has them). Questions
+    with ``phrasings`` are asked in one drawn anew for each copy, known or not alike: the model learns what it
+    knows about a country, not about a sentence."""
+    by_group = known_copies_by_group(labels, known_share, unknown_copies) if known_share is not None else {}
     rng = random.Random(seed)
     examples = []
     for label in labels:
-        for _ in range(known_copies if label["known"] else unknown_copies):
-            reply = (label.get("reply") or str(label["answer"])) if label["known"] else dont_know_reply(rng)
-            examples.append({"messages": [{"role": "user", "content": label["question"]},
+        for _ in range(by_group.get(label.get("group"), known_copies) if label["known"] else unknown_copies):
+            question = rng.choice(label["phrasings"]) if label.get("phrasings") else label["question"]
+            if label["known"]:
+                reply = label.get("reply") or str(label["answer"])
+            else:
+                reply = rng.choice(label["dont_know"]) if label.get("dont_know") else dont_know_reply(rng)
+            examples.append({"messages": [{"role": "user", "content": question},
                                           {"role": "assistant", "content": reply}], "source": "probe"})
     return examples
 
@@ -129,7 +155,7 @@ def run_probe(model: str, questions: str, output_dir: str | Path, config: ProbeC
                "config": vars(config)}
     if held:
         summary["held_out"] = {"questions": len(held), "known": sum(item["group"] == "known" for item in held)}
-    examples = probe_examples(labels, config.seed, config.known_copies, config.unknown_copies)
+    examples = probe_examples(labels, config.seed, config.known_copies, config.unknown_copies, config.known_share)
     with atomic_directory(output_dir) as tmp_dir:
         write_jsonl(tmp_dir / "labels.jsonl", labels)
         write_jsonl(tmp_dir / "train.jsonl", examples)

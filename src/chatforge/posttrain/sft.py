@@ -67,6 +67,9 @@ class SFTScriptArguments:
                                                                    "question known to the probed model"})
     probe_known_copies: int = field(default=1, metadata={"help": "copies of each answered probe example"})
     probe_unknown_copies: int = field(default=1, metadata={"help": "copies of each 'I don't know' probe example"})
+    probe_known_share: float | None = field(
+        default=None, metadata={"help": "share of each question group's probe examples that answer (known ones "
+                                        "copied to reach it; instead of probe_known_copies)"})
     replay_shards: str | None = field(
         default=None, metadata={"help": "pretraining token shards (chatforge data tokenize) replayed as plain text "
                                         "among the training rows, against forgetting what pretraining taught"})

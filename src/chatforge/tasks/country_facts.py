@@ -6,11 +6,34 @@ model knows."""
 import importlib.resources
 import json
 import random
+from typing import NamedTuple
 
-#: (group, question, answer, reference reply), formatted with ``country`` and ``capital``.
+
+class Template(NamedTuple):
+    """One kind of question, formatted with ``country`` and ``capital``: the question the probe and the evaluation
+    ask first among ``phrasings`` (all of them for training examples), the ``answer``, the reference ``reply`` and
+    ways to say "I don't know" (``dont_know``). An admission starts as the reply does and departs from it where the
+    answer would stand ("The capital of Peru is something I don't know."): the model decides whether to answer
+    at the token where it recalls the answer, not before it has."""
+
+    group: str
+    phrasings: tuple[str, ...]
+    answer: str
+    reply: str
+    dont_know: tuple[str, ...]
+
+
 TEMPLATES = (
-    ("capital", "What is the capital of {country}?", "{capital}", "The capital of {country} is {capital}."),
-    ("country", "{capital} is the capital of which country?", "{country}", "{capital} is the capital of {country}."),
+    Template("capital", ("What is the capital of {country}?", "What's the capital city of {country}?",
+                         "Which city is the capital of {country}?", "Name the capital of {country}."),
+             "{capital}", "The capital of {country} is {capital}.",
+             ("The capital of {country} is something I don't know.",
+              "The capital of {country} is a city I don't know, I'm sorry.")),
+    Template("country", ("{capital} is the capital of which country?", "Which country has {capital} as its capital?",
+                         "Of which country is {capital} the capital?", "{capital} is the capital of what country?"),
+             "{country}", "{capital} is the capital of {country}.",
+             ("{capital} is the capital of a country I don't know.",
+              "{capital} is the capital of a country I don't know, I'm sorry.")),
 )
 
 
@@ -31,15 +54,19 @@ def countries() -> list[dict]:
 
 
 def country_questions(test_fraction: float = 0.3, seed: int = 0) -> list[dict]:
-    """Both questions about each country, with ``answer``, ``reply``, ``group`` (capital / country) and ``split``
-    (``test`` for a seeded ``test_fraction`` of the countries, else ``probe``)."""
+    """Both questions about each country (:data:`TEMPLATES`), with ``phrasings``, ``answer``, ``reply``,
+    ``dont_know``, ``group`` (capital / country) and ``split`` (``test`` for a seeded ``test_fraction`` of the
+    countries, else ``probe``)."""
     places = countries()
     order = list(range(len(places)))
     random.Random(seed).shuffle(order)
     test = set(order[:round(len(places) * test_fraction)])
-    return [{"question": question.format(**place), "answer": answer.format(**place), "reply": reply.format(**place),
-             "group": group, "split": "test" if index in test else "probe", "country": place["country"]}
-            for index, place in enumerate(places) for group, question, answer, reply in TEMPLATES]
+    return [{"question": template.phrasings[0].format(**place),
+             "phrasings": [phrasing.format(**place) for phrasing in template.phrasings],
+             "answer": template.answer.format(**place), "reply": template.reply.format(**place),
+             "dont_know": [reply.format(**place) for reply in template.dont_know], "group": template.group,
+             "split": "test" if index in test else "probe", "country": place["country"]}
+            for index, place in enumerate(places) for template in TEMPLATES]
 
 
-__all__ = ["TEMPLATES", "countries", "country_questions"]
+__all__ = ["TEMPLATES", "Template", "countries", "country_questions"]
