@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import learn_texts, small_config
+from conftest import learn_texts, small_config, small_llama_config
 
 from chatforge.errors import InvalidValue, NotFound
 from chatforge.eval.harness import HUMANEVAL_SOURCE, OFFLINE_TASKS, humaneval_passes, run_benchmarks
@@ -126,7 +126,8 @@ def test_hub_benchmarks_without_a_network_say_so(answering_model, tokenizer, mon
 
 def test_a_shared_prompt_prefix_runs_once_and_changes_no_result(tokenizer):
     """Requests that share a few-shot preamble: the harness's model with the prefix shared gives the log-likelihoods
-    and greedy generations of lm-eval's own ``HFLM`` (left padding included), and the model reads fewer tokens.
+    and greedy generations of lm-eval's own ``HFLM`` (left padding included; generated in slots, or in batches),
+    and the model reads fewer tokens.
     A wide initialisation makes each generated token depend on every position it attends to."""
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
@@ -149,14 +150,46 @@ def test_a_shared_prompt_prefix_runs_once_and_changes_no_result(tokenizer):
                                            with_kwargs=True)
     results = {}
     try:
-        for name, harness_class in (("hf", HFLM), ("shared", SharedPrefixHFLM)):
+        for name, harness_class, rows in (("hf", HFLM, 4), ("shared", SharedPrefixHFLM, 4),
+                                          ("batches", SharedPrefixHFLM, 2)):
             read.clear()
-            harness = harness_class(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=4)
+            harness = harness_class(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=rows)
+            harness.decode_in_slots = name != "batches"  # generation in the harness's batches of 2 rows
             results[name] = (harness.loglikelihood(scored), harness.generate_until(generated), sum(read))
     finally:
         hook.remove()
     (hf_scores, hf_texts, hf_read), (scores, texts, shared_read) = results["hf"], results["shared"]
-    assert texts == hf_texts and any(text.strip() for text in texts)
+    assert texts == hf_texts == results["batches"][1] and any(text.strip() for text in texts)
     for (logprob, greedy), (hf_logprob, hf_greedy) in zip(scores, hf_scores):
         assert logprob == pytest.approx(hf_logprob, abs=1e-4) and greedy == hf_greedy
     assert shared_read < 0.6 * hf_read
+
+
+@pytest.mark.parametrize("architecture", ["chatforge", "llama"])
+def test_greedy_replies_decoded_in_slots_equal_the_harness_batches(tokenizer, architecture):
+    """More requests than rows: each row takes the next request when its reply ends (a stop string or the length
+    limit), and the cache's columns are reused once they run out. The replies equal lm-eval's ``HFLM`` decoding all
+    requests in one batch, for prompts of several lengths after the shared preamble."""
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+    from transformers import LlamaForCausalLM
+
+    from chatforge.eval.shared_prefix import SharedPrefixHFLM
+
+    torch.manual_seed(0)
+    model = (ChatForgeForCausalLM(small_config(tokenizer, initializer_range=0.5)) if architecture == "chatforge"
+             else LlamaForCausalLM(small_llama_config(tokenizer, initializer_range=0.5))).eval()
+    preamble = "Answer each question in a few words.\n\nQ: What is two plus two?\nA: four\n\n"
+    questions = [f"Q: {question}\nA:" for question in (
+        "Name a fruit.", "How many legs has a cat?", "What colour is snow on a bright winter morning?", "Why?",
+        "Which city is the capital of France, and which river runs through it?", "Name a bird.", "Who?",
+        "What is the opposite of hot?", "Count to three.")]
+    requests = [Instance("generate_until", {}, (preamble + question, {"until": ["e", "\n"], "max_gen_toks": 12,
+                                                                      "do_sample": False}), index)
+                for index, question in enumerate(questions)]
+    expected = HFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=len(requests)
+                    ).generate_until(requests)
+    harness = SharedPrefixHFLM(pretrained=model, tokenizer=tokenizer, backend="causal", batch_size=2)
+    harness.epoch_factor = 1  # a short cache: several epochs
+    assert harness.generate_until(requests) == expected
+    assert len({len(text) for text in expected}) > 2  # replies of several lengths: rows left at different steps
