@@ -1,11 +1,12 @@
 import copy
 import io
+import time
 
 import pytest
 import torch
 from conftest import assert_drawn_from, learn_texts, memorize
 
-from chatforge.inference.batching import chat_many
+from chatforge.inference.batching import Batcher, Job, chat_many
 from chatforge.inference.chat_cli import chat_loop
 from chatforge.inference.engine import Engine, SamplingParams, end_of_turn_token, tool_token_ids
 from chatforge.inference.open_calls import open_call_rows
@@ -140,6 +141,37 @@ def test_conversations_decoded_together_reply_as_each_alone(model, tokenizer, us
     assert [events[-1].text for events in together] == [
         "".join(event.text for event in events if event.kind == "text") for events in alone]
     assert ("tool_output", "56088", "calculator") in _merged(together[0]) if use_tools else "56088" not in str(together)
+
+
+def _decode_jobs(engine: Engine, prompts: list[list[int]], budgets: list[int], max_batch: int
+                 ) -> tuple[list[str], Batcher]:
+    """Greedy replies to ``prompts`` (``budgets`` tokens each) through a batcher of ``max_batch`` rows."""
+    replies = [[] for _ in prompts]
+    batcher = Batcher(engine, max_batch=max_batch)
+    try:
+        for row, (prompt, budget) in enumerate(zip(prompts, budgets)):
+            params = SamplingParams(max_new_tokens=budget, temperature=0)
+            batcher.submit(Job(prompt, params, lambda _, event, row=row: replies[row].append(event)))
+        while not all(events and events[-1].kind == "done" for events in replies):
+            time.sleep(0.01)
+    finally:
+        batcher.close()
+    return ["".join(event.text for event in events if event.kind == "text") for events in replies], batcher
+
+
+def test_a_long_lived_batch_keeps_only_the_columns_its_rows_attend_to(model, tokenizer):
+    """Twelve prompts through two rows, with replies of 4 to 8 tokens: most join as another leaves, and the
+    batch's cache drops the columns of rows that left, so it stays about as wide as one prompt and its reply (it
+    grew by a column a step, to the batch's whole run, before). Each reply is the one it gets alone."""
+    engine = Engine(model, tokenizer)
+    prompts = [tokenizer(f"Story {index}: once upon a time", add_special_tokens=False)["input_ids"]
+               for index in range(12)]
+    budgets = [4 + index % 5 for index in range(12)]
+    together, batcher = _decode_jobs(engine, prompts, budgets, max_batch=2)
+    assert batcher.joined >= 8
+    assert batcher.widest <= max(map(len, prompts)) + max(budgets) + 1
+    assert together == [_decode_jobs(engine, [prompt], [budget], max_batch=1)[0][0]
+                        for prompt, budget in zip(prompts, budgets)]
 
 
 def test_a_call_once_opened_must_close_before_the_turn_ends(model, tokenizer):

@@ -160,6 +160,16 @@ class _Batch:
         self.sequences = [self.sequences[row] for row in rows]
         self.fresh = [self.fresh[row] for row in rows]
 
+    def trim(self) -> None:
+        """Drop the leading columns that no remaining row attends to (those of rows that have left), so that the
+        cache a long-lived batch carries does not grow with every step it has run."""
+        first = int(self.mask.any(dim=0).long().argmax())
+        if first == 0 or not self.joinable():
+            return
+        for layer in self.cache.layers:
+            layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
+        self.mask = self.mask[:, first:]
+
     def joinable(self) -> bool:
         """Whether rows can be added: full-attention layers only (a sliding window's cache cannot be padded)."""
         return all(type(layer) is DynamicLayer for layer in self.cache.layers)
@@ -199,7 +209,7 @@ class Batcher:
         self.closing = False
         self.tools = ThreadPoolExecutor(tool_threads, thread_name_prefix="chatforge-tool")
         self.suppressed = engine.tool_call_start_id if engine.tools_supported else None
-        self.batches = self.largest_batch = self.joined = 0
+        self.batches = self.largest_batch = self.joined = self.widest = 0  # widest: the most cache columns a batch had
         self.worker = threading.Thread(target=self._serve, name="chatforge-batcher", daemon=True)
         self.worker.start()
 
@@ -278,6 +288,7 @@ class Batcher:
             if len(keep) < len(batch.sequences):
                 feed = [feed[row] for row in keep]
                 batch.keep(keep)
+                batch.trim()
             if all(token is None for token in feed):  # every sequence waits on a tool
                 running = [s.tool for s in batch.sequences if s.tool is not None]
                 if not running:
@@ -288,6 +299,7 @@ class Batcher:
             real = torch.tensor([token is not None for token in feed], device=device, dtype=torch.long)
             step = torch.tensor([[engine.pad_id if token is None else token] for token in feed], device=device)
             batch.mask = torch.cat([batch.mask, real[:, None]], 1)
+            self.widest = max(self.widest, batch.mask.shape[1])
             # Without padding or masked steps, every row attends to all it has: no mask to build.
             mask = None if bool(batch.mask.all()) else batch.mask
             output = engine.model(input_ids=step, attention_mask=mask, position_ids=batch.lengths[:, None],

@@ -149,7 +149,7 @@ def create_app(engine: Engine, model_name: str, use_tools: bool = False, api_key
     async def health():
         batcher = state["batcher"]
         return {"status": "ok", "model": model_name, "batches": batcher.batches, "largest_batch": batcher.largest_batch,
-                "joined": batcher.joined}
+                "joined": batcher.joined, "widest_cache": batcher.widest}
 
     @app.get("/v1/models", dependencies=[Depends(authorized)])
     async def models():
