@@ -104,6 +104,44 @@ def smollm2(tmp_path_factory) -> Path:
     return import_gguf("smollm2-135m-instruct", tmp_path_factory.mktemp("gguf") / "smollm2")
 
 
+def write_small_smollm2_gguf(path: Path) -> Path:
+    """A GGUF file with SmolLM2-135M-Instruct's tokenizer, chat template and metadata but a 2-layer, 64-wide Llama
+    of random weights: the import and every stage after it on SmolLM2's own vocabulary, at a fraction of the cost."""
+    import gguf
+    import numpy as np
+
+    from chatforge.modeling.gguf_import import gguf_file
+
+    width, ffn, layers, heads, kv_heads, vocab = 64, 128, 2, 4, 2, 49152
+    shape = {"llama.block_count": layers, "llama.embedding_length": width, "llama.feed_forward_length": ffn,
+             "llama.attention.head_count": heads, "llama.attention.head_count_kv": kv_heads,
+             "llama.rope.dimension_count": width // heads, "llama.context_length": 1024, "general.file_type": 0}
+    reader = gguf.GGUFReader(gguf_file("smollm2-135m-instruct"))
+    writer = gguf.GGUFWriter(path, "llama")
+    for name, field in reader.fields.items():
+        if not name.startswith("GGUF.") and name != "general.architecture":
+            array = field.types[0] == gguf.GGUFValueType.ARRAY
+            writer.add_key_value(name, shape.get(name, field.contents()), field.types[0],
+                                 sub_type=field.types[1] if array else None)
+    rng = np.random.default_rng(0)
+    kv_width = kv_heads * width // heads
+    matrices = {"token_embd": (vocab, width)}
+    for i in range(layers):
+        matrices |= {f"blk.{i}.attn_q": (width, width), f"blk.{i}.attn_k": (kv_width, width),
+                     f"blk.{i}.attn_v": (kv_width, width), f"blk.{i}.attn_output": (width, width),
+                     f"blk.{i}.ffn_gate": (ffn, width), f"blk.{i}.ffn_up": (ffn, width),
+                     f"blk.{i}.ffn_down": (width, ffn)}
+    for name, dims in matrices.items():
+        writer.add_tensor(f"{name}.weight", (0.02 * rng.standard_normal(dims)).astype(np.float32))
+    for name in [f"blk.{i}.{norm}_norm" for i in range(layers) for norm in ("attn", "ffn")] + ["output_norm"]:
+        writer.add_tensor(f"{name}.weight", np.ones(width, np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 @pytest.fixture(scope="session")
 def documents() -> list[str]:
     return list(iter_documents([str(EMBEDDED_WIKIPEDIA)]))
