@@ -214,7 +214,8 @@ def _distributed_args(inputs: Path) -> list[str]:
             "--global_batch_size", "8"]
 
 
-@pytest.mark.parametrize("sharding", ["ddp", "fsdp2"])
+# data parallel behind slow: PPO's two-process test runs it too, and FSDP2 takes every path it takes
+@pytest.mark.parametrize("sharding", [pytest.param("ddp", marks=pytest.mark.slow), "fsdp2"])
 def test_two_processes_sample_save_and_resume_to_the_weights_of_one(inputs, tmp_path, one_process_run, sharding):
     """Two processes (data parallel, or FSDP2 with every parameter sharded) sample and checkpoint mid-run; the
     checkpoints hold whole weights, a run resumed from one ends where an unbroken run ends, and both match one
@@ -244,7 +245,8 @@ def test_two_processes_sample_save_and_resume_to_the_weights_of_one(inputs, tmp_
         torch.testing.assert_close(weight, expected[name], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("stage", [2, 3])
+# ZeRO-2 behind slow: ZeRO-3 shards what it shards and the parameters too
+@pytest.mark.parametrize("stage", [pytest.param(2, marks=pytest.mark.slow), 3])
 def test_deepspeed_zero_on_two_processes_trains_as_one_process(inputs, tmp_path, one_process_run, stage):
     """ZeRO-2 (optimizer state and gradients sharded) and ZeRO-3 (parameters too) over two CPU processes: with no
     dataloader to read them from, the run gives DeepSpeed its micro-batch and accumulation; its losses are one
