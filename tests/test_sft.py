@@ -131,6 +131,7 @@ def test_sft_of_a_chatml_model_given_a_training_template(tmp_path, smollm2, sft_
     folder = _smol_llama(tmp_path / "smol", smollm2, given_as == "tool protocol")
     # rows of SmolLM2's 49k-token vocabulary: 2 a step (the head's loss is most of the step's work)
     script, training, model, mixture = _args(tmp_path, folder, sft_data, max_steps=15, per_device_train_batch_size=2)
+    script.eval_prompts = script.eval_word_problems = script.eval_world_questions = 2  # a random model's 96 tokens
     expected = tool_chat_template(AutoTokenizer.from_pretrained(smollm2))
     if given_as == "template file":
         expected = CHATML_TEMPLATE
