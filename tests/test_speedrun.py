@@ -99,12 +99,16 @@ def test_finished_stages_are_skipped_and_from_reruns(smoke_run, capfd, monkeypat
             speedrun("smoke", output, start=stage)
 
 
-def test_an_interrupted_stage_resumes_from_its_checkpoint(smoke_run, capfd, monkeypatch):
+def test_an_interrupted_stage_resumes_from_its_checkpoint_through_a_launcher(smoke_run, capfd, monkeypatch,
+                                                                             tmp_path):
+    """The smoke run's stages ran in its own process (launcher ``[python]``); resumed with a launcher that has
+    options, the stage runs as a process of its own, as under ``accelerate launch``."""
     output, _ = smoke_run
     (output / "speedrun" / "ppo.json").unlink()  # as if killed after its last checkpoint
     monkeypatch.chdir(REPO)
-    speedrun("smoke", output, until="ppo")
+    speedrun(str(_write_recipe(tmp_path, launcher=["python", "-u"])), output, until="ppo")
     out = capfd.readouterr().out
+    assert f"{sys.executable} -u -m chatforge.cli ppo --config" in out
     assert "ppo: RLHF with PPO, stopped before over-optimisation (resuming)" in out
     assert "resumed from" in out and "checkpoint-4" in out
 

@@ -16,7 +16,7 @@ from ..errors import UserError
 from ..io import atomic_write_text, write_jsonl
 from .recipe import SpeedrunRecipe, resolve_stage_config
 
-#: The ``chatforge`` command each training stage runs (in a process of its own, through the recipe's launcher);
+#: The ``chatforge`` command each training stage runs (in the speedrun's process, or through the recipe's launcher);
 #: sft-probe is SFT with the probe's examples.
 COMMANDS = {"pretrain": "pretrain", "sft": "sft", "sft-probe": "sft", "reward": "reward", "ppo": "ppo",
             "grpo": "grpo"}
@@ -196,18 +196,49 @@ def launcher_command(recipe: SpeedrunRecipe) -> list[str]:
     return [str(local) if local.exists() else program, *rest]
 
 
+def runs_in_this_process(recipe: SpeedrunRecipe) -> bool:
+    """Whether training stages run in the speedrun's own process: where the launcher is plain Python (one process
+    either way), which saves each stage the quarter-minute of importing torch, transformers and TRL."""
+    return recipe.launcher[0] in ("python", "python3") and len(recipe.launcher) == 1
+
+
 def train(run: Run, stage: str) -> None:
-    """Run the stage's command through the recipe's launcher (``python -m chatforge.cli sft ...``, or
-    ``accelerate launch ... -m chatforge.cli sft ...``) on its resolved config (written to
-    ``speedrun/configs/``)."""
+    """Run the stage's command on its resolved config (written to ``speedrun/configs/``): in this process where the
+    launcher is plain Python, else through the launcher (``accelerate launch ... -m chatforge.cli sft ...``)."""
     config_path = run.state_dir / "configs" / f"{stage}.yaml"
     atomic_write_text(config_path, yaml.safe_dump(run.config(stage), sort_keys=False))
-    command = [*launcher_command(run.recipe), "-m", "chatforge.cli", COMMANDS[stage], "--config", str(config_path)]
+    arguments = [COMMANDS[stage], "--config", str(config_path)]
+    if runs_in_this_process(run.recipe):
+        print("$ chatforge " + " ".join(arguments), flush=True)
+        _train_here(*arguments)
+        return
+    command = [*launcher_command(run.recipe), "-m", "chatforge.cli", *arguments]
     print("$ " + " ".join(command), flush=True)
     result = subprocess.run(command)
     if result.returncode != 0:
         raise StageError(f"stage {stage} failed (exit status {result.returncode}; its output is above). "
                          "Rerunning the speedrun resumes it from its last checkpoint.")
+
+
+def _train_here(name: str, *arguments: str) -> None:
+    """A training stage's command run in this process; afterwards nothing of it is kept (Accelerate's state,
+    compiled graphs, the models), so that the next stage starts as a process of its own would."""
+    import gc
+
+    import torch
+    from accelerate.state import AcceleratorState, GradientState
+
+    from ..posttrain.command import STAGE_COMMANDS
+    from ..training.command import named_function
+
+    command = STAGE_COMMANDS[name]
+    try:
+        named_function(command.run)(*command.make_parser().parse_args_and_config(list(arguments)))
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+        torch._dynamo.reset()
+        gc.collect()
 
 
 #: The shares an SFT evaluation measures: where it keeps each (task's figures, share, item count) and the key it
