@@ -137,7 +137,7 @@ def _offline_yaml(name: str, task: OfflineTask, base_yaml: str, data_file: Path)
             **splits, f"{task.split}_split": task.split}
 
 
-def harness_task_yaml(task: OfflineTask) -> Path:
+def _harness_task_yaml(task: OfflineTask) -> Path:
     """The harness's YAML of ``task.base``, found by its path (indexing the harness's thousands of task files
     takes half a minute)."""
     return Path(str(resources.files("lm_eval.tasks").joinpath(task.base_yaml)))
@@ -154,7 +154,7 @@ def task_specs(names: Sequence[str], folder: Path, sources: dict[str, str | Path
             task = OFFLINE_TASKS[name]
             data_file = folder / f"{name}.jsonl"
             write_jsonl(data_file, _records(name, Path(sources.get(name) or task.source()), task.record))
-            config = _offline_yaml(name, task, str(harness_task_yaml(task)), data_file)
+            config = _offline_yaml(name, task, str(_harness_task_yaml(task)), data_file)
             (folder / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
             specs.append(name)
         elif name == "humaneval":

@@ -199,7 +199,7 @@ def launcher_command(recipe: SpeedrunRecipe) -> list[str]:
 def runs_in_this_process(recipe: SpeedrunRecipe) -> bool:
     """Whether training stages run in the speedrun's own process: where the launcher is plain Python (one process
     either way), which saves each stage the quarter-minute of importing torch, transformers and TRL."""
-    return recipe.launcher[0] in ("python", "python3") and len(recipe.launcher) == 1
+    return recipe.launcher in (["python"], ["python3"])
 
 
 def train(run: Run, stage: str) -> None:
