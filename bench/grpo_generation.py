@@ -1,9 +1,9 @@
-"""GRPO rollout throughput: chatforge's sampling engine against the generate() path TRL's GRPOTrainer
-takes by default (each prompt repeated ``num_generations`` times, left-padded, one ``model.generate``).
+"""GRPO rollout throughput against the generate() call TRL's GRPOTrainer makes by default (each prompt repeated
+``num_generations`` times, left-padded, one ``model.generate(do_sample=True)``): the same call decoded greedily
+with the inverse-transform sampler (what chatforge's GRPO trainer makes), and chatforge's sampling engine.
 
-Both sample the same prompts with the same seed, so they produce the same completions; rounds alternate
-the order so machine noise hits both alike. Prints completions/s of each and the median per-round ratio
-(engine / TRL path; above 1.0 means the engine is faster).
+All three sample the same prompts at the same temperature; rounds rotate the order so machine noise hits each
+alike. Prints completions/s of each and the median per-round ratio to TRL's call (above 1.0 means faster).
 
     python bench/grpo_generation.py --model runs/tiny/sft
     python bench/grpo_generation.py --preset tiny        # a randomly initialised model, no checkpoint needed
@@ -18,6 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from chatforge.inference.engine import Engine, SamplingParams
+from chatforge.inference.inverse_transform import as_greedy_with_sampler
 from chatforge.modeling import ChatForgeForCausalLM, config_for_tokenizer, set_generation_defaults
 from chatforge.tasks.word_problems import word_problem
 
@@ -57,37 +58,42 @@ def main() -> None:
     config = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=args.max_new_tokens,
                               eos_token_id=engine.stop_ids, pad_token_id=engine.pad_id, disable_compile=True)
 
-    def trl_path(seed: int) -> int:
-        repeated = [ids for ids in prompts for _ in range(args.num_generations)]
-        width = max(map(len, repeated))
-        input_ids = torch.tensor([[engine.pad_id] * (width - len(ids)) + ids for ids in repeated], device=device)
-        attention_mask = (torch.arange(width, device=device) >= torch.tensor(
-            [width - len(ids) for ids in repeated], device=device)[:, None]).long()
-        torch.manual_seed(seed)
-        with torch.no_grad():
-            output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
-        return output.shape[0]
+    repeated = [ids for ids in prompts for _ in range(args.num_generations)]
+    width = max(map(len, repeated))
+    input_ids = torch.tensor([[engine.pad_id] * (width - len(ids)) + ids for ids in repeated], device=device)
+    attention_mask = (torch.arange(width, device=device) >= torch.tensor(
+        [width - len(ids) for ids in repeated], device=device)[:, None]).long()
+
+    def generate_path(generation_config, processors):
+        def run(seed: int) -> int:
+            torch.manual_seed(seed)
+            with torch.no_grad():
+                output = model.generate(input_ids=input_ids, attention_mask=attention_mask,
+                                        generation_config=generation_config, logits_processor=processors)
+            return output.shape[0]
+        return run
 
     def engine_path(seed: int) -> int:
         return len(engine.generate_ids(prompts, SamplingParams(**{**params.__dict__, "seed": seed}),
                                        n=args.num_generations))
 
-    runners = {"engine": engine_path, "trl_generate": trl_path}
+    runners = {"trl_generate": generate_path(config, None),
+               "inverse_transform": generate_path(*as_greedy_with_sampler(config)), "engine": engine_path}
     for runner in runners.values():
         runner(0)  # warm-up
     rates: dict[str, list[float]] = {name: [] for name in runners}
     for round_index in range(args.rounds):
-        order = list(runners) if round_index % 2 == 0 else list(reversed(runners))
-        for name in order:
+        names = list(runners)
+        for name in names[round_index % len(names):] + names[:round_index % len(names)]:
             start = time.perf_counter()
             completions = runners[name](round_index + 1)
             rates[name].append(completions / (time.perf_counter() - start))
-    ratios = [e / t for e, t in zip(rates["engine"], rates["trl_generate"])]
     for name, values in rates.items():
-        print(f"{name:>13}: {statistics.median(values):8.1f} completions/s (median of {args.rounds} rounds)")
-    print(f"ratio engine / TRL generate path: {statistics.median(ratios):.3f} "
-          f"(rounds {min(ratios):.2f}-{max(ratios):.2f}); {args.prompts} prompts x {args.num_generations} generations "
-          f"x up to {args.max_new_tokens} tokens on {device}")
+        ratios = [rate / reference for rate, reference in zip(values, rates["trl_generate"])]
+        print(f"{name:>17}: {statistics.median(values):8.1f} completions/s (median of {args.rounds} rounds), "
+              f"ratio to TRL's call {statistics.median(ratios):.3f} (rounds {min(ratios):.2f}-{max(ratios):.2f})")
+    print(f"{args.prompts} prompts x {args.num_generations} generations x up to {args.max_new_tokens} tokens on "
+          f"{device}")
 
 
 if __name__ == "__main__":

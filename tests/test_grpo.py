@@ -5,7 +5,7 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from conftest import small_config, small_llama_config
+from conftest import assert_drawn_from, small_config, small_llama_config
 from transformers import LlamaForCausalLM
 from trl import DatasetMixtureConfig, GRPOConfig, GRPOTrainer, ModelConfig
 
@@ -14,6 +14,7 @@ from chatforge.eval.problems import pass_at_k
 from chatforge.io import read_jsonl, write_jsonl
 from chatforge.modeling import ChatForgeForCausalLM, set_generation_defaults
 from chatforge.posttrain.grpo import GRPOScriptArguments, grpo_parser, run_grpo
+from chatforge.posttrain.grpo_trainer import ChatForgeGRPOTrainer
 from chatforge.posttrain.packed_scoring import PackedGRPOTrainer, pack_completions
 from chatforge.tasks.verifiable import (
     ProblemConfig,
@@ -169,3 +170,24 @@ def test_packed_scoring_gives_trls_log_probabilities_entropies_and_gradients(tmp
         torch.testing.assert_close(packed_grad, grad, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="follows padding"):
         pack_completions(torch.tensor([[5, 6, 0, 7]]), torch.tensor([[1, 1, 0, 1]]), 1)
+
+
+def test_rollouts_are_drawn_from_the_policy_at_the_training_temperature(tmp_path, tokenizer):
+    """TRL's generate call, decoded greedily with the inverse-transform sampler: the first tokens of 2,000 rollouts
+    of one prompt follow the policy's softmax at temperature 0.7 (chi-square), and ``generate`` is the model's
+    own again afterwards."""
+    torch.manual_seed(0)
+    model = ChatForgeForCausalLM(small_config(tokenizer, initializer_range=0.1))
+    problems = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": q}], "answer": "1"}
+                                           for q in QUESTIONS])
+    training = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2,
+                          max_completion_length=1, temperature=0.7, bf16=False, use_cpu=True, report_to="none")
+    trainer = ChatForgeGRPOTrainer(model=model, reward_funcs=answer_reward, args=training, train_dataset=problems,
+                                   processing_class=tokenizer)
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": QUESTIONS[0]}], add_generation_prompt=True,
+                                           tokenize=True, return_dict=False)
+    completions, _ = trainer._generate_single_turn([prompt] * 2000, None, {}, 2000)
+    assert not trainer.generation_config.do_sample and "generate" not in vars(model)
+    with torch.no_grad():
+        probs = torch.softmax(model(torch.tensor([prompt])).logits[0, -1].double() / 0.7, -1)
+    assert assert_drawn_from([completion[0] for completion in completions], probs) > 1e-3

@@ -126,7 +126,9 @@ def test_ppo_log_probabilities_are_those_of_the_distribution_rollouts_are_sample
 
 
 def test_ppo_raises_the_reward_model_score_with_bounded_kl(tmp_path, tokenizer, models):
-    summary = _trainer(tmp_path, tokenizer, models).train()
+    """At this learning rate every assertion held for each of training seeds 0-7 (KL at most 1.3); at 5e-4, three
+    of those eight seeds sent the KL above 5 for a step or more."""
+    summary = _trainer(tmp_path, tokenizer, models, learning_rate=2e-4).train()
     first, best = summary["initial"], summary["best"]
     assert 0.2 < first["eval_gold"] < 0.8 or first["eval_gold"] in (0.0, 1.0)
     history = [json.loads(line) for line in open(tmp_path / "ppo/metrics.jsonl")]

@@ -3,6 +3,7 @@
 import torch
 
 from .engine import SamplingParams
+from .inverse_transform import draw
 
 
 def truncate(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -27,10 +28,8 @@ def sample_tokens(logits: torch.Tensor, params: list[SamplingParams], generators
     for row, p in enumerate(params):
         if p.temperature > 0 and (p.top_k or (p.top_p is not None and p.top_p < 1)):
             scaled[row] = truncate(scaled[row], p)
-    cdf = torch.softmax(scaled, -1).cumsum(-1)
-    uniform = torch.stack([torch.rand((), generator=g, device=g.device) for g in generators]).to(cdf)
-    drawn = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None], side="right").squeeze(-1)
-    tokens = torch.where(temperatures == 0, logits.argmax(-1), drawn.clamp(max=logits.shape[-1] - 1))
+    uniform = torch.stack([torch.rand((), generator=g, device=g.device) for g in generators])
+    tokens = torch.where(temperatures == 0, logits.argmax(-1), draw(torch.softmax(scaled, -1), uniform))
     return tokens.tolist()
 
 

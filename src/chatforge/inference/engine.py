@@ -23,6 +23,7 @@ from ..tokenization.tokenization_chatforge import (
 from ..tools import Toolbox, format_tool_output, parse_tool_call
 from ..tools.errors import ToolError
 from .detokenize import IncrementalText
+from .inverse_transform import InverseTransformSampler, as_greedy_with_sampler
 from .open_calls import CloseOpenCalls
 
 
@@ -141,27 +142,30 @@ class Engine:
         return next(self.model.parameters()).device
 
     def _generation_config(self, params: SamplingParams, max_new_tokens: int, stop_ids: list[int],
-                           num_return_sequences: int = 1, suppress: list[int] | None = None) -> GenerationConfig:
+                           suppress: list[int] | None = None) -> tuple[GenerationConfig, LogitsProcessorList]:
+        """The config and logits processors of one ``generate`` call; sampling is decoded greedily with the
+        :class:`InverseTransformSampler` last (it draws from the same distribution as ``do_sample``)."""
         sampling = params.temperature > 0
         # generate() fills every unset (None) field from the model's generation config, then from transformers'
         # defaults (top_k=50): each warper is set here, to its no-op value unless ``params`` asks for it.
         warpers = dict(temperature=params.temperature, top_k=params.top_k or 0, top_p=params.top_p or 1.0,
                        min_p=0.0, typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0) if sampling else {}
-        return GenerationConfig(
+        config, sampler = as_greedy_with_sampler(GenerationConfig(
             suppress_tokens=suppress or None, **warpers,
-            max_new_tokens=max_new_tokens, do_sample=sampling, num_return_sequences=num_return_sequences,
+            max_new_tokens=max_new_tokens, do_sample=sampling,
             repetition_penalty=params.repetition_penalty, no_repeat_ngram_size=0,
             eos_token_id=stop_ids, pad_token_id=self.pad_id, stop_strings=list(params.stop) or None,
             return_dict_in_generate=True,
-        )
+        ))
+        return config, LogitsProcessorList([*self.logits_processors, *sampler])
 
     def _generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, config: GenerationConfig,
-                  cache=None, streamer: BaseStreamer | None = None):
+                  processors: LogitsProcessorList, cache=None, streamer: BaseStreamer | None = None):
         extra = {"tokenizer": self.tokenizer} if config.stop_strings else {}
         with torch.inference_mode():
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
                                        cache=cache, streamer=streamer, synced_gpus=self.synced_processes or None,
-                                       logits_processor=self.logits_processors, **extra)
+                                       logits_processor=processors, **extra)
 
     @contextlib.contextmanager
     def _seeded(self, seed: int | None):
@@ -182,22 +186,24 @@ class Engine:
         """:meth:`generate_ids`, and the log-probability of each generated token under the distribution it was
         drawn from (temperature, truncation and suppressed tokens applied; empty lists with ``logprobs=False``).
         A plain continuation runs no tools, so it cannot open a tool call (:func:`tool_token_ids`)."""
-        width = max(len(ids) for ids in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        rows = [ids for ids in prompts for _ in range(n)]
+        width = max(len(ids) for ids in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros_like(input_ids)
-        for row, ids in enumerate(prompts):
+        for row, ids in enumerate(rows):
             input_ids[row, width - len(ids):] = torch.as_tensor(ids, dtype=torch.long)
             attention_mask[row, width - len(ids):] = 1
-        config = self._generation_config(params, params.max_new_tokens, self.stop_ids, n,
-                                         suppress=self.plain_suppressed_ids)
+        config, processors = self._generation_config(params, params.max_new_tokens, self.stop_ids,
+                                                     suppress=self.plain_suppressed_ids)
         config.output_scores = logprobs
         with self._seeded(params.seed):
-            output = self._generate(input_ids.to(self.device), attention_mask.to(self.device), config)
+            output = self._generate(input_ids.to(self.device), attention_mask.to(self.device), config, processors)
         generated = output.sequences[:, width:]
         chosen = [[] for _ in range(len(generated))]
-        if logprobs:  # scores[t]: the processed logits that token t was sampled from
-            chosen = torch.stack([torch.log_softmax(scores.float(), -1).gather(-1, generated[:, t:t + 1]).squeeze(-1)
-                                  for t, scores in enumerate(output.scores)], 1).tolist()
+        if logprobs:  # scores[t]: the drawn token's log-probability where sampled, else the processed logits
+            drawn = any(isinstance(processor, InverseTransformSampler) for processor in processors)
+            chosen = torch.stack([(scores if drawn else torch.log_softmax(scores.float(), -1)).gather(
+                -1, generated[:, t:t + 1]).squeeze(-1) for t, scores in enumerate(output.scores)], 1).tolist()
         stops = set(self.stop_ids)
         continuations, continuation_logprobs = [], []
         for row, row_logprobs in zip(generated.tolist(), chosen):
@@ -221,14 +227,15 @@ class Engine:
         return self.tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
                                                   tokenize=False)
 
-    def _stream_ids(self, ids: list[int], config: GenerationConfig, cache, outcome: dict) -> Iterator[int]:
+    def _stream_ids(self, ids: list[int], config: tuple[GenerationConfig, LogitsProcessorList], cache,
+                    outcome: dict) -> Iterator[int]:
         """Yield generated token ids as they come; at the end ``outcome`` holds ``sequence`` and ``cache``."""
         streamer, result, failure = _TokenQueue(), {}, []
         input_ids = torch.tensor([ids], device=self.device)
 
         def work():
             try:
-                result["output"] = self._generate(input_ids, torch.ones_like(input_ids), config, cache, streamer)
+                result["output"] = self._generate(input_ids, torch.ones_like(input_ids), *config, cache, streamer)
             except BaseException as error:  # handed to the consuming thread
                 failure.append(error)
                 streamer.end()

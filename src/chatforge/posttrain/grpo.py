@@ -1,5 +1,5 @@
-"""GRPO on problems with checkable answers, on TRL's GRPOTrainer (completions scored on packed rows) with
-chatforge's reward functions.
+"""GRPO on problems with checkable answers, on TRL's GRPOTrainer (completions sampled by inverse transform and
+scored on packed rows) with chatforge's reward functions.
 
 Rewards: the right final answer (numeric match, else math-verify), the answer format, and optionally
 DAPO's soft over-length penalty. Held-out greedy pass@1, sampled pass@1 and pass@k before and after go
@@ -26,8 +26,8 @@ from ..tasks.verifiable import REWARD_FUNCTIONS, ProblemConfig, to_problems
 from ..tasks.word_problems import KINDS
 from ..training.checkpoint import trainer_checkpoint
 from ..training.precision import fit_precision
+from .grpo_trainer import ChatForgeGRPOTrainer
 from .mixture import load_mixture
-from .packed_scoring import PackedGRPOTrainer
 from .saving import evaluated_before_training, evaluated_on_main, save_trained_model
 from .sft import load_policy
 
@@ -127,9 +127,9 @@ def run_grpo(script: GRPOScriptArguments, training_args: GRPOConfig, model_args:
     model = load_policy(model_args, tokenizer)
     before = evaluated_before_training(model, lambda: held_out_evaluation(
         model, tokenizer, script, training_args.max_completion_length))
-    trainer = PackedGRPOTrainer(model=model, reward_funcs=reward_functions(script, training_args),
-                                args=training_args, train_dataset=train, processing_class=tokenizer,
-                                peft_config=get_peft_config(model_args))
+    trainer = ChatForgeGRPOTrainer(model=model, reward_funcs=reward_functions(script, training_args),
+                                   args=training_args, train_dataset=train, processing_class=tokenizer,
+                                   peft_config=get_peft_config(model_args))
     trainer.train(resume_from_checkpoint=trainer_checkpoint(training_args.output_dir,
                                                              training_args.resume_from_checkpoint))
     save_trained_model(trainer, training_args.output_dir,
