@@ -17,6 +17,14 @@ def test_draw_follows_the_probabilities_and_never_draws_an_impossible_token():
     assert draw(probs[None], torch.tensor([1 - 1e-7])).item() == probs.nonzero()[-1].item()  # and the highest
 
 
+def test_a_token_of_tiny_probability_keeps_its_share_at_the_end_of_a_large_vocabulary():
+    """In float32 the cumulative sum no longer grows by 1e-9 after reaching 1: the last token would be lost."""
+    probs = torch.zeros(1, 50_000)
+    probs[0, :2], probs[0, -1] = 0.5, 1e-9
+    assert draw(probs, torch.tensor([1 - 0.5e-9], dtype=torch.float64)).item() == 49_999
+    assert draw(probs, torch.tensor([1 - 2e-9], dtype=torch.float64)).item() == 1
+
+
 def first_tokens(model, config: GenerationConfig, prompt: list[int], rows: int, **kwargs) -> list[int]:
     input_ids = torch.tensor([prompt] * rows)
     with torch.no_grad():

@@ -3,7 +3,7 @@
 import torch
 
 from .engine import SamplingParams
-from .inverse_transform import draw
+from .inverse_transform import draw, wide_dtype
 
 
 def truncate(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -28,7 +28,8 @@ def sample_tokens(logits: torch.Tensor, params: list[SamplingParams], generators
     for row, p in enumerate(params):
         if p.temperature > 0 and (p.top_k or (p.top_p is not None and p.top_p < 1)):
             scaled[row] = truncate(scaled[row], p)
-    uniform = torch.stack([torch.rand((), generator=g, device=g.device) for g in generators])
+    uniform = torch.stack([torch.rand((), generator=g, device=g.device, dtype=wide_dtype(g.device))
+                           for g in generators])
     tokens = torch.where(temperatures == 0, logits.argmax(-1), draw(torch.softmax(scaled, -1), uniform))
     return tokens.tolist()
 

@@ -20,11 +20,17 @@ from transformers.generation.logits_process import (
 )
 
 
+def wide_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of :func:`draw`'s cumulative sums and uniform numbers: float64, so that over a large vocabulary
+    no token of small probability is lost to rounding, where the device has it (Apple's MPS has not)."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def draw(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     """One token per row of ``probs`` (batch, vocab; unnormalized is fine): the first index whose cumulative
     probability exceeds the row's ``uniform`` number in [0, 1) times the row's total. A token of probability 0 is
     never drawn."""
-    cdf = probs.cumsum(-1)
+    cdf = probs.to(wide_dtype(probs.device)).cumsum(-1)
     drawn = torch.searchsorted(cdf, (uniform.to(cdf) * cdf[:, -1])[:, None], side="right").squeeze(-1)
     return drawn.clamp(max=probs.shape[-1] - 1)
 
@@ -42,7 +48,8 @@ class InverseTransformSampler(LogitsProcessor):
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         log_probs = torch.log_softmax(self.warpers(input_ids, scores).float(), -1)
-        uniform = torch.rand(len(scores), generator=self.generator, device=scores.device)
+        uniform = torch.rand(len(scores), generator=self.generator, device=scores.device,
+                             dtype=wide_dtype(scores.device))
         drawn = draw(log_probs.exp(), uniform)[:, None]
         return torch.full_like(scores, float("-inf")).scatter_(1, drawn, log_probs.gather(1, drawn).to(scores.dtype))
 
@@ -82,4 +89,4 @@ def as_greedy_with_sampler(config: GenerationConfig) -> tuple[GenerationConfig, 
     return greedy, LogitsProcessorList([InverseTransformSampler(warpers)])
 
 
-__all__ = ["InverseTransformSampler", "as_greedy_with_sampler", "draw"]
+__all__ = ["InverseTransformSampler", "as_greedy_with_sampler", "draw", "wide_dtype"]
