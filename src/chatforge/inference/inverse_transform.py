@@ -37,19 +37,17 @@ def draw(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
 
 class InverseTransformSampler(LogitsProcessor):
     """The last logits processor of a greedy ``generate``: warps the scores, draws one token per row from their
-    softmax with :func:`draw` (the global random stream, or ``generator``), and returns scores that are -inf except
+    softmax with :func:`draw` (uniform numbers from the global random stream), and returns scores that are -inf except
     at the drawn token, which holds its log-probability under the warped distribution. So greedy decoding emits
     the draw, and ``output_scores`` records each drawn token's log-probability (read it with ``gather``, not
     ``log_softmax``)."""
 
-    def __init__(self, warpers: LogitsProcessorList, generator: torch.Generator | None = None):
+    def __init__(self, warpers: LogitsProcessorList):
         self.warpers = warpers
-        self.generator = generator
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         log_probs = torch.log_softmax(self.warpers(input_ids, scores).float(), -1)
-        uniform = torch.rand(len(scores), generator=self.generator, device=scores.device,
-                             dtype=wide_dtype(scores.device))
+        uniform = torch.rand(len(scores), device=scores.device, dtype=wide_dtype(scores.device))
         drawn = draw(log_probs.exp(), uniform)[:, None]
         return torch.full_like(scores, float("-inf")).scatter_(1, drawn, log_probs.gather(1, drawn).to(scores.dtype))
 
