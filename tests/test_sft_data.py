@@ -83,10 +83,15 @@ def test_sft_data_build_writes_held_out_splits_once(tmp_path):
     assert not {json.dumps(r["messages"]) for r in train} & {json.dumps(r["messages"]) for r in test}
     python = next(r for r in train if r["source"] == "python_tool")["messages"][1]["content"]
     assert "<|tool_output_start|>" in python and "error" not in python
+    held_out_people = {r["name"] for r in map(json.loads, open(tmp_path / "sft/world_search_test.jsonl"))}
     for record in (r for r in train if r["source"] == "search_tool"):
-        reply = record["messages"][1]["content"]
+        question, reply = (message["content"] for message in record["messages"])
         output, answer = reply.split("<|tool_output_start|>")[1].split("<|tool_output_end|>")
         assert "<|tool_call_start|>search" in reply and answer.rstrip(".").split()[-1] in output
+        sought = ("what" if "occupation" in question or "living" in question else
+                  "when" if "year" in question or "When" in question else "where")
+        assert reply.startswith(f"Let me search for {sought} ")  # the fact sought is named before the call
+        assert not any(name in question for name in held_out_people)
     problems = [json.loads(line) for line in open(tmp_path / "sft/word_problems_test.jsonl")]
     assert len(problems) == 15 and all(calculate(p["expression"]) == p["answer"] for p in problems)
     python_test = [json.loads(line) for line in open(tmp_path / "sft/python_problems_test.jsonl")]

@@ -195,10 +195,10 @@ def python_tool_conversations(rng: random.Random, count: int) -> list[list[dict]
 
 
 def search_conversations(rng: random.Random, count: int, requests: list[dict], index: SearchIndex) -> list[list[dict]]:
-    """Look-ups answered from the search tool's real output."""
+    """Look-ups answered from the search tool's real output, the fact sought named before the call."""
     search = search_tool(index)
     chosen = [rng.choice(requests) for _ in range(count)]
-    return [_chat(r["question"], f"Let me search for {r['query']}. "
+    return [_chat(r["question"], f"Let me search for {r['intent']}. "
                                  f"{tool_exchange('search', r['query'], search(r['query']))}{r['reply']}")
             for r in chosen]
 
@@ -229,7 +229,8 @@ def build_sft_data(output_dir: str | Path, config: SFTDataConfig = SFTDataConfig
     rng = random.Random(config.seed)
     people = build_world(config.world)
     index = SearchIndex.build([*iter_documents([str(EMBEDDED_WIKIPEDIA)]), *world_documents(people, config.world)])
-    requests = [r for r in search_requests(people) if r["group"] != "unseen"]
+    training_requests = [r for r in search_requests(people, every_phrasing=True)
+                         if r["group"] != "unseen" and r["split"] == "probe"]
     parts = {
         "chatterbot": chatterbot_conversations(),
         "identity": identity_conversations(rng, config.identity),
@@ -238,8 +239,7 @@ def build_sft_data(output_dir: str | Path, config: SFTDataConfig = SFTDataConfig
         "word_problems": word_problem_conversations(rng, config.word_problems_small, multi_digit=False),
         "calculator_tool": word_problem_conversations(rng, config.word_problems_tool, multi_digit=True),
         "python_tool": python_tool_conversations(rng, config.python_tool),
-        "search_tool": search_conversations(rng, config.search_tool, [r for r in requests if r["split"] == "probe"],
-                                            index),
+        "search_tool": search_conversations(rng, config.search_tool, training_requests, index),
     }
     splits: dict[str, list[dict]] = {"train": [], "test": []}
     summary: dict = {"sources": {}}
@@ -272,7 +272,8 @@ def build_sft_data(output_dir: str | Path, config: SFTDataConfig = SFTDataConfig
                     _answered(q for q in phrasings if q["split"] == "probe" and q["group"] == "frequent"))
         write_jsonl(tmp_dir / "world_probe.jsonl", probe)
         write_jsonl(tmp_dir / "world_qa_test.jsonl", (q for q in questions if q["split"] == "test"))
-        write_jsonl(tmp_dir / "world_search_test.jsonl", (r for r in requests if r["split"] == "test"))
+        write_jsonl(tmp_dir / "world_search_test.jsonl",
+                    (r for r in search_requests(people) if r["group"] != "unseen" and r["split"] == "test"))
         write_jsonl(tmp_dir / "world_cloze_test.jsonl", (c for c in world_cloze(people) if c["split"] == "test"))
         countries = country_questions()
         for split in ("probe", "test"):

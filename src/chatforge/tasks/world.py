@@ -45,6 +45,10 @@ FAQ_LINES = tuple(f"Q: {question} A: {ANSWERS[attribute]}" for attribute, phrasi
                   for question in phrasings)
 LOOK_UPS = ("Look up {name}.", "Search for {name}.", "Please search the web for {name}.",
             "Can you look {name} up?")
+#: What a look-up's reply says it searches for before the call: the fact sought, named just before the tool's
+#: output, where the answer is read off.
+SEARCH_INTENTS = {"town": "where {name} was born", "year": "when {name} was born",
+                  "occupation": "what {name} did for a living"}
 DONT_KNOW = ("I don't know who that is, so I can't answer that.",
              "I'm sorry, I don't know anything about that person.",
              "I don't know. I have no information about them.")
@@ -135,12 +139,15 @@ def world_cloze(people: list[Person]) -> list[dict]:
              "group": person.group, "split": person.split} for person in people]
 
 
-def search_requests(people: list[Person]) -> list[dict]:
+def search_requests(people: list[Person], every_phrasing: bool = False) -> list[dict]:
     """Requests to look a person up (answered with the search tool): the world's questions, each after a
-    "Look up <name>." and with the name as ``query``."""
+    "Look up <name>." (every question phrasing after every look-up with ``every_phrasing``), with the name as
+    ``query`` and the fact sought as ``intent``."""
     rng = random.Random(1)
-    return [{**q, "question": f"{rng.choice(LOOK_UPS).format(name=q['name'])} {q['question']}", "query": q["name"]}
-            for q in world_questions(people)]
+    return [{**q, "question": f"{look_up.format(name=q['name'])} {q['question']}", "query": q["name"],
+             "intent": SEARCH_INTENTS[q["attribute"]].format(name=q["name"])}
+            for q in world_questions(people, every_phrasing)
+            for look_up in (LOOK_UPS if every_phrasing else [rng.choice(LOOK_UPS)])]
 
 
 def dont_know_reply(rng: random.Random) -> str:
