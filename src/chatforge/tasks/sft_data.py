@@ -229,8 +229,8 @@ def build_sft_data(output_dir: str | Path, config: SFTDataConfig = SFTDataConfig
     rng = random.Random(config.seed)
     people = build_world(config.world)
     index = SearchIndex.build([*iter_documents([str(EMBEDDED_WIKIPEDIA)]), *world_documents(people, config.world)])
-    training_requests = [r for r in search_requests(people, every_phrasing=True)
-                         if r["group"] != "unseen" and r["split"] == "probe"]
+    indexed = [person for person in people if person.group != "unseen"]  # the people the search index describes
+    training_requests = [r for r in search_requests(indexed, every_phrasing=True) if r["split"] == "probe"]
     parts = {
         "chatterbot": chatterbot_conversations(),
         "identity": identity_conversations(rng, config.identity),
@@ -273,7 +273,7 @@ def build_sft_data(output_dir: str | Path, config: SFTDataConfig = SFTDataConfig
         write_jsonl(tmp_dir / "world_probe.jsonl", probe)
         write_jsonl(tmp_dir / "world_qa_test.jsonl", (q for q in questions if q["split"] == "test"))
         write_jsonl(tmp_dir / "world_search_test.jsonl",
-                    (r for r in search_requests(people) if r["group"] != "unseen" and r["split"] == "test"))
+                    (r for r in search_requests(indexed) if r["split"] == "test"))
         write_jsonl(tmp_dir / "world_cloze_test.jsonl", (c for c in world_cloze(people) if c["split"] == "test"))
         countries = country_questions()
         for split in ("probe", "test"):
