@@ -48,10 +48,13 @@ def _args(tmp_path, model_dir, data_dir, **overrides):
 
 def test_sft_of_a_chatforge_model_lowers_the_held_out_loss_on_assistant_tokens(tmp_path, saved_model_dir,
                                                                                sft_data):
-    figures = run_sft(*_args(tmp_path, saved_model_dir, sft_data))
+    script, training, model, mixture = _args(tmp_path, saved_model_dir, sft_data)
+    script.eval_base_model, script.eval_base_tasks = True, ["knowledge"]  # as the probed SFT of smollm2-135m
+    figures = run_sft(script, training, model, mixture)
     assert figures["eval_loss"] < figures["eval_loss_before"] - 1.0
     saved = json.loads((tmp_path / "out/eval.json").read_text())
     assert saved["eval_loss"] == figures["eval_loss"] and saved["sft"] == figures["sft"]
+    assert set(saved["base"]) == {"knowledge"}  # the model before: only the tasks asked for
     assert {"word_problems", "world_search", "python_problems", "knowledge"} <= set(saved["sft"])
     assert set(saved["sft"]["python_problems"]) == {"with_tools", "without_tools"}
     assert sum(group["questions"] for group in saved["sft"]["knowledge"].values()) == 12
@@ -211,3 +214,9 @@ def test_eval_conversations_below_one_is_refused():
     with pytest.raises(ValueError, match="eval_conversations=0: must be a positive count"):
         sft_parser().parse_args_and_config(args=["--config", str(ROOT / "recipes/tiny/sft.yaml"),
                                                  "--eval_conversations", "0"])
+
+
+def test_an_unknown_task_to_measure_before_training_is_refused():
+    with pytest.raises(InvalidValue, match="eval_base_tasks: search is not an SFT task; choose from format, "):
+        sft_parser().parse_args_and_config(args=["--config", str(ROOT / "recipes/tiny/sft.yaml"),
+                                                 "--eval_base_tasks", "format", "search"])

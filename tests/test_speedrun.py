@@ -72,6 +72,10 @@ def test_smoke_speedrun_runs_every_stage_and_reports_it(smoke_run):
         assert heading in card
     for image in ("funnel.png", "pretrain_loss.png", "ppo.png", "grpo.png"):
         assert f"report_assets/{image}" in card and (output / "report_assets" / image).stat().st_size > 1000
+    # the tools of the probed assistant beside those of the SFT model it continued
+    probed = card.split("The tools before and after SFT with the probe's examples")[1].split("\n\n")[1]
+    before, after = report["sft"]["format_adherence"], report["sft-probe"]["format_adherence"]
+    assert f"| chat-format adherence | {before:.1%} (" in probed and f"| {after:.1%} (" in probed
 
 
 def test_eval_run_option_finds_the_held_out_files_where_the_stage_configs_put_them(smoke_run):

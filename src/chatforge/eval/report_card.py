@@ -137,24 +137,32 @@ def _share(figures: dict, key: str) -> str:
     return f"{figures[key]:.1%} ({figures[key + '.low']:.0%}–{figures[key + '.high']:.0%}, n={figures[key + '.items']})"
 
 
-def _before_after(figures: dict, shown: dict[str, str], title: str) -> list[str]:
-    """A table of ``shown`` figures before (``base.*``: the model the stage started from) and after the stage."""
-    if not any(f"base.{key}" in figures for key in shown):
+def _base(figures: dict) -> dict:
+    """A stage's figures of the model it started from (``base.*``), without the prefix."""
+    return {key.removeprefix("base."): value for key, value in figures.items() if key.startswith("base.")}
+
+
+def _before_after(before: dict, after: dict, shown: dict[str, str], title: str) -> list[str]:
+    """A table of ``shown`` figures of two models, where both have some of them."""
+    if not any(key in before for key in shown) or not any(key in after for key in shown):
         return []
-    rows = [[what, _share(figures, f"base.{key}"), _share(figures, key)] for key, what in shown.items()
-            if key in figures]
+    rows = [[what, _share(before, key), _share(after, key)] for key, what in shown.items() if key in after]
     return [title, ""] + _table(["held-out task", "before", "after"], rows)
 
 
 def _sft(report: dict, evaluation: dict) -> list[str]:
     lines = ["## Supervised fine-tuning", ""]
-    sft, probe = report.get("sft-probe") or report.get("sft", {}), report.get("probe", {})
-    if sft:
-        lines += [f"Held-out loss on conversations {sft['eval_loss_before']:.3f} → {sft['eval_loss']:.3f}; "
-                  f"chat-format adherence {sft['format_adherence']:.1%}.", ""]
-    lines += _before_after(report.get("sft", {}), TOOL_FIGURES,
+    sft, probed, probe = report.get("sft", {}), report.get("sft-probe", {}), report.get("probe", {})
+    if sft or probed:
+        final = probed or sft
+        lines += [f"Held-out loss on conversations {final['eval_loss_before']:.3f} → {final['eval_loss']:.3f}; "
+                  f"chat-format adherence {final['format_adherence']:.1%}.", ""]
+    lines += _before_after(_base(sft), sft, TOOL_FIGURES,
                            "SFT with tools, before and after (greedy; 95% Wilson intervals):")
-    lines += _before_after(report.get("sft-probe", {}), KNOWLEDGE_FIGURES,
+    lines += _before_after(sft, probed, TOOL_FIGURES,
+                           "The tools before and after SFT with the probe's examples (the SFT model, then the probed "
+                           "one):")
+    lines += _before_after(_base(probed), probed, KNOWLEDGE_FIGURES,
                            "SFT with the probe's examples, on held-out questions labelled by the same probe:")
     if probe:
         shares = ", ".join(f"{k.removeprefix('known_share.')} {v:.0%}" for k, v in probe.items()

@@ -10,6 +10,7 @@ among the conversations against forgetting (:mod:`.replay`). Held-out figures go
 import json
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,9 @@ from .probe import ProbeConfig, probe_command
 from .replay import check_compatible, mix_in, shard_rows
 from .saving import evaluated_before_training, evaluated_on_main, save_trained_model
 
+#: What an SFT evaluation measures, on the held-out files of ``sft_data_dir`` (those that are there).
+SFT_TASKS = ("format", *TOOL_TASKS, "knowledge")
+
 
 @dataclass
 class SFTScriptArguments:
@@ -52,6 +56,9 @@ class SFTScriptArguments:
         default=None, metadata={"help": "held-out knowledge questions ({question, answer, group}; default: the "
                                         "fictional world's, world_qa_test.jsonl in sft_data_dir)"})
     eval_base_model: bool = field(default=True, metadata={"help": "also measure the model before SFT"})
+    eval_base_tasks: list[str] | None = field(
+        default=None, metadata={"help": "the tasks measured on the model before SFT (default: all of them; e.g. "
+                                        "[knowledge] where the stage before measured the same model's others)"})
     probe_dir: str | None = field(
         default=None, metadata={"help": "knowledge-probe examples this mixture uses (chatforge probe)"})
     probe_model: str | None = field(
@@ -80,6 +87,9 @@ class SFTScriptArguments:
         if self.eval_conversations is not None and self.eval_conversations < 1:
             raise InvalidValue(f"eval_conversations={self.eval_conversations}: must be a positive count "
                                "(or unset for all)")
+        if unknown := set(self.eval_base_tasks or ()) - set(SFT_TASKS):
+            raise InvalidValue(f"eval_base_tasks: {', '.join(sorted(unknown))} is not an SFT task; choose from "
+                               f"{', '.join(SFT_TASKS)}")
 
 
 def check_inputs(script: SFTScriptArguments, model_args: ModelConfig) -> None:
@@ -148,20 +158,16 @@ def checked_split(dataset: datasets.Dataset, name: str, on_invalid: str, tokeniz
     return kept, dict(skipped)
 
 
-#: What an SFT evaluation measures, on the held-out files of ``sft_data_dir`` (those that are there).
-SFT_TASKS = ("format", *TOOL_TASKS, "knowledge")
-
-
-def held_out_evaluation(model, tokenizer, script: SFTScriptArguments) -> dict:
-    """:data:`SFT_TASKS` through the evaluation suite: format adherence; word-problem, look-up and python-problem
-    accuracy with and without tools (for a model with the tool tokens); accuracy and "I don't know" rate on
-    questions about held-out people of the fictional world."""
+def held_out_evaluation(model, tokenizer, script: SFTScriptArguments, tasks: Sequence[str] = SFT_TASKS) -> dict:
+    """``tasks`` (of :data:`SFT_TASKS`) through the evaluation suite: format adherence; word-problem, look-up and
+    python-problem accuracy with and without tools (for a model with the tool tokens); accuracy and "I don't know"
+    rate on questions about held-out people of the fictional world."""
     data = EvalData(**EvalData.of_sft_data(script.sft_data_dir))
     data.questions = script.knowledge_questions or data.questions
     config = EvalConfig(limits={"format": script.eval_prompts, "knowledge": script.eval_world_questions,
                                 **dict.fromkeys(TOOL_TASKS, script.eval_word_problems)})
     engine = Engine(model, tokenizer, toolbox=data.toolbox())
-    return evaluate_language_model(engine, applicable_tasks(SFT_TASKS, data, engine), data, config)
+    return evaluate_language_model(engine, applicable_tasks(tasks, data, engine), data, config)
 
 
 def with_replay(train: datasets.Dataset, script: SFTScriptArguments, training_args: SFTConfig, tokenizer,
@@ -235,8 +241,8 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
                                                                  training_args.max_length)
     training_args.assistant_only_loss = True
     model = load_policy(model_args, tokenizer)
-    base_figures = (evaluated_before_training(model, lambda: held_out_evaluation(model, tokenizer, script))
-                    if script.eval_base_model else None)
+    base_figures = (evaluated_before_training(model, lambda: held_out_evaluation(
+        model, tokenizer, script, script.eval_base_tasks or SFT_TASKS)) if script.eval_base_model else None)
     if model_args.use_peft and not model_args.lora_target_modules:
         model_args.lora_target_modules = "all-linear"
     trainer = SFTTrainer(model=model, args=training_args, train_dataset=checked["train"],
