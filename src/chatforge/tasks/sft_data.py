@@ -261,6 +261,10 @@ def build_sft_data(output_dir: str | Path, config: SFTDataConfig = SFTDataConfig
         for split, records in splits.items():
             rng.shuffle(records)
             write_jsonl(tmp_dir / f"{split}.jsonl", records)
+        (tmp_dir / "train_by_source").mkdir()
+        for source in parts:  # for mixtures that weight the sources (the smollm2 recipe's probed SFT)
+            write_jsonl(tmp_dir / "train_by_source" / f"{source}.jsonl",
+                        (record for record in splits["train"] if record["source"] == source))
         write_jsonl(tmp_dir / "word_problems_test.jsonl",
                      ({"question": p.question, "answer": p.answer, "expression": p.expression} for p in problems))
         write_jsonl(tmp_dir / "python_problems_test.jsonl", python_test)
