@@ -81,6 +81,9 @@ def test_sft_data_build_writes_held_out_splits_once(tmp_path):
     assert {r["source"] for r in train} == {r["source"] for r in test} == set(summary["sources"])
     assert len(train) == sum(s["train"] for s in summary["sources"].values())
     assert not {json.dumps(r["messages"]) for r in train} & {json.dumps(r["messages"]) for r in test}
+    for source in summary["sources"]:  # the training split again, one file per source, for weighted mixtures
+        by_source = [json.loads(line) for line in open(tmp_path / f"sft/train_by_source/{source}.jsonl")]
+        assert by_source == [r for r in train if r["source"] == source]
     python = next(r for r in train if r["source"] == "python_tool")["messages"][1]["content"]
     assert "<|tool_output_start|>" in python and "error" not in python
     held_out_people = {r["name"] for r in map(json.loads, open(tmp_path / "sft/world_search_test.jsonl"))}
