@@ -6,6 +6,7 @@ import pytest
 import torch
 from conftest import assert_drawn_from, learn_texts, memorize
 
+from chatforge.eval.chat import format_adherence
 from chatforge.inference.batching import Batcher, Job, chat_many
 from chatforge.inference.chat_cli import chat_loop
 from chatforge.inference.engine import Engine, SamplingParams, end_of_turn_token, tool_token_ids
@@ -204,6 +205,13 @@ def test_without_tools_the_model_cannot_open_a_call(tool_model, tokenizer):
     engine = Engine(tool_model, tokenizer, toolbox=default_toolbox())
     reply = engine.reply([{"role": "user", "content": QUESTION}], GREEDY, use_tools=False)
     assert reply.startswith("Let me compute.") and "<|tool_call_start|>" not in reply and "56088" not in reply
+
+
+def test_format_adherence_asks_a_prompt_taught_with_a_call_with_its_tools_running(tool_model, tokenizer):
+    engine = Engine(tool_model, tokenizer, toolbox=default_toolbox())
+    figures = format_adherence(engine, [[{"role": "user", "content": QUESTION}]], GREEDY)
+    assert figures["format_adherence"] == 1.0
+    assert figures["examples"][0]["reply"] == "Let me compute. Done."  # the call ran and the turn ended after it
 
 
 def test_a_plain_continuation_cannot_open_a_call_it_could_not_have_answered(tool_model, tokenizer):

@@ -8,6 +8,7 @@ from conftest import learn_texts, memorize, small_config
 
 from chatforge.eval.induction import ordinary_token_ids, repeated_sequence_copying
 from chatforge.eval.intervals import wilson_interval
+from chatforge.eval.model_identity import model_fingerprint
 from chatforge.eval.recall import DISTRACTOR, cloze_recall
 from chatforge.eval.suite import EvalData, bits_per_byte, evaluate_model, regurgitation
 from chatforge.inference.engine import Engine, SamplingParams
@@ -148,3 +149,23 @@ def test_python_problems_are_right_when_the_reply_states_the_program_output(mode
     figures = json.loads((tmp_path / "figures.json").read_text())["python_problems"]
     assert figures["with_tools"]["accuracy"] == 0.5 and figures["with_tools"]["tool_calls"] == 2
     assert figures["without_tools"]["tool_calls"] == 0 and figures["without_tools"]["tasks"] == 2
+
+
+def test_a_model_saved_again_has_the_same_fingerprint_and_a_changed_one_does_not(saved_model_dir, model, tokenizer,
+                                                                                 tmp_path):
+    again = tmp_path / "kept"  # as a stage that keeps its starting model saves it, with its own logs beside it
+    model.save_pretrained(again)
+    tokenizer.save_pretrained(again)
+    (again / "eval.json").write_text("{}")
+    (again / "checkpoint-10").mkdir()
+    assert model_fingerprint(again) == model_fingerprint(saved_model_dir)
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        next(changed.parameters()).view(-1)[0] += 1e-3
+    changed.save_pretrained(tmp_path / "changed")
+    tokenizer.save_pretrained(tmp_path / "changed")
+    assert model_fingerprint(tmp_path / "changed") != model_fingerprint(saved_model_dir)
+    other_template = copy.deepcopy(tokenizer)
+    other_template.chat_template = tokenizer.chat_template.replace("<|im_end|>", "<|im_end|> ", 1)
+    other_template.save_pretrained(again)
+    assert model_fingerprint(again) != model_fingerprint(saved_model_dir)

@@ -19,9 +19,11 @@ GREEDY = SamplingParams(temperature=0.0, max_new_tokens=96)
 def format_adherence(engine: Engine, prompts: Sequence[list[dict]], params: SamplingParams = GREEDY,
                      examples: int = 3) -> dict:
     """Share of replies that are non-empty, start no new turn and end with the template's end-of-turn token
-    (``<|im_end|>`` for ChatForge) within the token budget; a few (prompt, reply) pairs for the report."""
+    (``<|im_end|>`` for ChatForge) within the token budget; a few (prompt, reply) pairs for the report. The
+    model's tools run as in a chat (where it has them): a prompt taught with a tool call is asked as it is used,
+    not with the call suppressed."""
     adherent, shown = 0, []
-    replies = chat_many(engine, list(prompts), params, use_tools=False, desc="format adherence")
+    replies = chat_many(engine, list(prompts), params, use_tools=True, desc="format adherence")
     for messages, (*_, last) in zip(prompts, replies):
         ended = last.finish_reason == "stop" and engine.end_of_turn in (None, last.stop_token)
         ok = ended and bool(last.text.strip()) and IM_START not in last.text

@@ -231,7 +231,7 @@ def _grpo(run: Path, report: dict) -> list[str]:
     return lines
 
 
-def _evaluation(evaluation: dict) -> list[str]:
+def _evaluation(report: dict, evaluation: dict) -> list[str]:
     if not evaluation:
         return []
     rows: dict[str, dict] = {}
@@ -249,6 +249,9 @@ def _evaluation(evaluation: dict) -> list[str]:
     models = list(evaluation)
     table = [[name, *(values.get(model, "") for model in models)] for name, values in rows.items()]
     lines = ["## Evaluation of every stage's model", ""] + _table(["task: metric", *models], table)
+    lines += [f"`{key.removesuffix('.same_model_as')}` holds the same model files as `{twin}` (a stage that kept "
+              "its starting model): evaluated once, its figures are the same.\n"
+              for key, twin in report.get("eval", {}).items() if key.endswith(".same_model_as")]
     longest = evaluation.get("base", {}).get("regurgitation", {}).get("longest")
     if longest:
         lines += [f"Longest verbatim continuation of a training document by the base model "
@@ -301,7 +304,7 @@ def write_report(run_dir: str | Path, stage_text: dict | None = None) -> Path:
     lines += _summary(report, stage_text or {})
     for section in (_data(run, report), _tokenizer(run, report), _pretraining(run, report),
                     _sft(report, evaluation), _reward_model(report, evaluation), _ppo(run, report), _grpo(run, report),
-                    _evaluation(evaluation), _benchmarks(run, evaluation), _exports(report)):
+                    _evaluation(report, evaluation), _benchmarks(run, evaluation), _exports(report)):
         lines += section
     path = run / "report.md"
     atomic_write_text(path, "\n".join(lines))

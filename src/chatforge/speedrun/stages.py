@@ -3,6 +3,7 @@ figures (stage -> metric -> value in ``report.json``)."""
 
 import json
 import random
+import shutil
 import subprocess
 import sys
 import warnings
@@ -388,21 +389,36 @@ TASKS_BY_KIND = {"base": ["bpb", "format", "regurgitation", "induction", "recall
 
 
 def run_eval(run: Run) -> dict:
+    from ..eval.model_identity import model_fingerprint
     from ..eval.suite import EvalData, evaluate_model
 
     training = run.recipe.training
     data = EvalData.from_folders(run.output / "corpus", run.config("sft")["sft_data_dir"],
                                  run.config("grpo")["problems_dir"] if "grpo" in training else None,
                                  run.config("reward")["preference_data_dir"] if "reward" in training else None)
-    results = {}
+    results, evaluated, twins = {}, {}, {}
     for name, (_, kind) in run.models.items():
+        samples = run.output / "benchmark-samples" / name
+        fingerprint = (model_fingerprint(run.model_dir_of(name)), kind)
+        if fingerprint in evaluated:
+            twins[name] = evaluated[fingerprint]
+            print(f"{name} holds the same model files as {twins[name]}: its figures are {twins[name]}'s", flush=True)
+            results[name] = results[twins[name]]
+            _copy_if_there(run.output / "benchmark-samples" / twins[name], samples)
+            continue
         tasks = [task for task in TASKS_BY_KIND[kind] if data.has_data_for(task)]
         tasks += run.recipe.eval.benchmarks if kind != "reward" else []
         print(f"evaluating {name} ({run.model_dir_of(name)}): {', '.join(tasks)}", flush=True)
-        results[name] = evaluate_model(str(run.model_dir_of(name)), tasks, data, run.recipe.eval,
-                                       samples_dir=run.output / "benchmark-samples" / name)
+        results[name] = evaluate_model(str(run.model_dir_of(name)), tasks, data, run.recipe.eval, samples_dir=samples)
+        evaluated[fingerprint] = name
     atomic_write_text(run.output / "eval.json", json.dumps(results, indent=2, ensure_ascii=False))
-    return {key: value for key, value in flatten(results).items() if ".longest." not in key}
+    figures = {key: value for key, value in flatten(results).items() if ".longest." not in key}
+    return {**figures, **{f"{name}.same_model_as": twin for name, twin in twins.items()}}
+
+
+def _copy_if_there(source: Path, destination: Path) -> None:
+    if source.is_dir():
+        shutil.copytree(source, destination, dirs_exist_ok=True)
 
 
 def run_export(run: Run) -> dict:

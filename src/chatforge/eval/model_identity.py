@@ -1,0 +1,30 @@
+"""Whether two model folders hold the same model: the files ``from_pretrained`` reads (weights, configuration,
+tokenizer, chat template, custom code), hashed. A stage that keeps its starting model (PPO's stop rule keeping
+step 0) saves the same files again, and an evaluation of it would repeat its twin's to the last digit."""
+
+import hashlib
+from pathlib import Path
+
+#: Files of a model folder that decide what it computes; checkpoints, logs and figures beside them do not.
+MODEL_FILE_NAMES = frozenset({"config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                              "special_tokens_map.json", "added_tokens.json", "chat_template.jinja",
+                              "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model",
+                              "model.safetensors.index.json", "pytorch_model.bin.index.json"})
+MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".py")
+_CHUNK = 1 << 24
+
+
+def _is_model_file(path: Path) -> bool:
+    return path.is_file() and (path.name in MODEL_FILE_NAMES or path.suffix in MODEL_FILE_SUFFIXES) \
+        and path.name != "training_args.bin"
+
+
+def model_fingerprint(folder: str | Path) -> str:
+    """SHA-256 over the names, sizes and contents of the folder's model files (top level only), in name order."""
+    digest = hashlib.sha256()
+    for path in sorted(filter(_is_model_file, Path(folder).iterdir())):
+        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
+        with path.open("rb") as handle:
+            while chunk := handle.read(_CHUNK):
+                digest.update(chunk)
+    return digest.hexdigest()
