@@ -3,11 +3,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import datasets
 import pytest
 import torch
 from conftest import CHATML_TEMPLATE, learn_texts, small_config, small_llama_config
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
-from trl import DatasetMixtureConfig, ModelConfig, SFTConfig
+from trl import DatasetMixtureConfig, ModelConfig, SFTConfig, SFTTrainer
 from trl.chat_template_utils import llama3_chat_template
 
 from chatforge.data.shards import tokenize_to_shards
@@ -18,6 +19,7 @@ from chatforge.inference.engine import ChatEvent, Engine
 from chatforge.modeling import ChatForgeForCausalLM, set_generation_defaults
 from chatforge.modeling.tool_protocol import add_tool_protocol
 from chatforge.posttrain.sft import SFTScriptArguments, run_sft, sft_parser
+from chatforge.posttrain.sft_trainer import FullLogitsOnCPUSFTTrainer
 from chatforge.tasks.sft_data import SFTDataConfig, build_sft_data
 from chatforge.tasks.world import build_world, world_cloze
 from chatforge.tokenization.turn_format import tool_chat_template
@@ -103,6 +105,24 @@ def test_sft_of_a_llama_with_llama_3s_own_chat_template(tmp_path, tokenizer, sft
     assert figures["eval_loss"] < figures["eval_loss_before"] - 1.0
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "out").config.model_type == "llama"
     assert Engine(llama, tokenizer).end_of_turn == "<|eot_id|>"
+
+
+def test_on_a_cpu_the_loss_from_full_logits_is_trls_fused_head_loss(tmp_path, tokenizer, sft_data):
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(small_llama_config(tokenizer))
+    train = datasets.load_dataset("json", data_files=str(sft_data / "train.jsonl"), split="train").select(range(24))
+    args = SFTConfig(output_dir=str(tmp_path), max_length=256, packing=True, per_device_train_batch_size=2,
+                     use_cpu=True, bf16=False, report_to="none", assistant_only_loss=True,
+                     activation_checkpointing=False)
+    trainer = FullLogitsOnCPUSFTTrainer(model=llama, args=args, train_dataset=train.select_columns(["messages"]),
+                                        processing_class=tokenizer)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert "position_ids" in batch and (batch["labels"] == -100).any()  # packed, the prompts' tokens not scored
+    fused = SFTTrainer.compute_loss(trainer, trainer.model, dict(batch))
+    full = trainer.compute_loss(trainer.model, dict(batch))
+    assert full.item() == pytest.approx(fused.item(), rel=1e-5)
+    fused_accuracy, full_accuracy = trainer._metrics["train"]["mean_token_accuracy"]
+    assert full_accuracy == pytest.approx(fused_accuracy)
 
 
 def _smol_llama(folder: Path, smollm2: Path, tool_protocol: bool) -> Path:

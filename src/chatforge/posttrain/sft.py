@@ -17,7 +17,7 @@ from pathlib import Path
 import datasets
 import torch
 from transformers import AutoModelForCausalLM
-from trl import DatasetMixtureConfig, ModelConfig, SFTConfig, SFTTrainer, TrlParser, get_peft_config
+from trl import DatasetMixtureConfig, ModelConfig, SFTConfig, TrlParser, get_peft_config
 from trl.chat_template_utils import get_training_chat_template
 
 from ..data.shards import TokenShards
@@ -33,6 +33,7 @@ from .mixture import load_mixture
 from .probe import ProbeConfig, probe_command
 from .replay import check_compatible, mix_in, shard_rows
 from .saving import evaluated_before_training, evaluated_on_main, save_trained_model
+from .sft_trainer import FullLogitsOnCPUSFTTrainer
 
 #: What an SFT evaluation measures, on the held-out files of ``sft_data_dir`` (those that are there).
 SFT_TASKS = ("format", *TOOL_TASKS, "knowledge")
@@ -245,9 +246,9 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
         model, tokenizer, script, script.eval_base_tasks or SFT_TASKS)) if script.eval_base_model else None)
     if model_args.use_peft and not model_args.lora_target_modules:
         model_args.lora_target_modules = "all-linear"
-    trainer = SFTTrainer(model=model, args=training_args, train_dataset=checked["train"],
-                         eval_dataset=checked.get("test"), processing_class=tokenizer,
-                         peft_config=get_peft_config(model_args))
+    trainer = FullLogitsOnCPUSFTTrainer(model=model, args=training_args, train_dataset=checked["train"],
+                                        eval_dataset=checked.get("test"), processing_class=tokenizer,
+                                        peft_config=get_peft_config(model_args))
     if script.replay_shards:
         trainer.train_dataset = with_replay(trainer.train_dataset, script, training_args, tokenizer,
                                             model.get_input_embeddings().num_embeddings)
