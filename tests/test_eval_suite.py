@@ -169,3 +169,21 @@ def test_a_model_saved_again_has_the_same_fingerprint_and_a_changed_one_does_not
     other_template.chat_template = tokenizer.chat_template.replace("<|im_end|>", "<|im_end|> ", 1)
     other_template.save_pretrained(again)
     assert model_fingerprint(again) != model_fingerprint(saved_model_dir)
+
+
+def test_kept_right_counts_the_questions_answered_right_before_that_still_are(model, tokenizer):
+    from chatforge.eval.chat import kept_right, knowledge
+
+    questions = [{"question": f"Where was {name} born?", "answer": town, "group": "known"}
+                 for name, town in (("Falol Corpra", "Dovstead"), ("Brazar Corbra", "Kelmouth"))]
+    taught = [[{"role": "user", "content": q["question"]}, {"role": "assistant", "content": f"In {q['answer']}."}]
+              for q in questions]
+    before = knowledge(Engine(memorize(model, tokenizer, taught), tokenizer), questions)
+    assert before["known"]["right_questions"] == [q["question"] for q in questions]
+    # taught afterwards to admit it does not know the first person
+    taught[0][1]["content"] = "I don't know where Falol Corpra was born."
+    after = knowledge(Engine(memorize(copy.deepcopy(model), tokenizer, taught), tokenizer), questions)
+    kept_right(before, after)
+    assert after["known"]["accuracy"] == 0.5 and after["known"]["dont_know_rate"] == 0.5
+    assert (after["known"]["right_before"], after["known"]["kept_right"]) == (2, 0.5)
+    assert after["known"]["kept_right_interval_95"] == list(wilson_interval(1, 2))

@@ -97,19 +97,35 @@ def python_accuracy(engine: Engine, problems: Sequence[dict], use_tools: bool) -
 
 def knowledge(engine: Engine, questions: Sequence[dict], params: SamplingParams = GREEDY) -> dict:
     """Per group of questions (the fictional world's frequent / rare / unseen people, or known / unknown as a probe
-    found): the share answered correctly and the share answered "I don't know", each with its 95% interval."""
+    found): the share answered correctly and the share answered "I don't know", each with its 95% interval, and
+    the questions answered right (``right_questions``, for :func:`kept_right`)."""
     prompts = [engine.chat_prompt(q["question"]) for q in questions]
     replies = [batch[0] for start in tqdm(range(0, len(prompts), 32), desc="knowledge", leave=False)
                for batch in engine.complete(prompts[start:start + 32], params)]
     figures: dict = {}
     for question, reply in zip(questions, replies):
         group = figures.setdefault(question.get("group", "all"), {"questions": 0, "accuracy": 0.0,
-                                                                   "dont_know_rate": 0.0})
+                                                                   "dont_know_rate": 0.0, "right_questions": []})
         group["questions"] += 1
-        group["accuracy"] += is_correct(reply, question["answer"])
+        if is_correct(reply, question["answer"]):
+            group["accuracy"] += 1
+            group["right_questions"].append(question["question"])
         group["dont_know_rate"] += says_dont_know(reply)
     for group in figures.values():
         for share in ("accuracy", "dont_know_rate"):
             group[f"{share}_interval_95"] = list(wilson_interval(round(group[share]), group["questions"]))
             group[share] /= group["questions"]
     return figures
+
+
+def kept_right(before: dict, after: dict) -> None:
+    """Add to each group of ``after`` (:func:`knowledge`'s figures of a model after training) the share of the
+    questions that the model before training (``before``, on the same questions) answered right that it still
+    answers right: ``kept_right`` of ``right_before`` questions, with its 95% interval."""
+    for name, group in after.items():
+        right_before = before.get(name, {}).get("right_questions")
+        if not right_before:
+            continue
+        kept = len(set(right_before) & set(group["right_questions"]))
+        group |= {"right_before": len(right_before), "kept_right": kept / len(right_before),
+                  "kept_right_interval_95": list(wilson_interval(kept, len(right_before)))}

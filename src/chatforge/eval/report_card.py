@@ -124,6 +124,8 @@ TOOL_FIGURES = {"format_adherence": "chat-format adherence",
                 "python_problems.without_tools.accuracy": "questions that need a program, without tools"}
 KNOWLEDGE_FIGURES = {"knowledge.known.accuracy": "questions the probe found known: answered right",
                      "knowledge.known.dont_know_rate": "questions the probe found known: \"I don't know\"",
+                     "knowledge.known.kept_right": "questions the probe found known, answered right before: still "
+                                                   "right",
                      "knowledge.unknown.accuracy": "questions the probe found unknown: answered right",
                      "knowledge.unknown.dont_know_rate": "questions the probe found unknown: \"I don't know\""}
 

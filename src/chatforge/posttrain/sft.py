@@ -22,6 +22,7 @@ from trl.chat_template_utils import get_training_chat_template
 
 from ..data.shards import TokenShards
 from ..errors import InvalidValue, MissingInput
+from ..eval.chat import kept_right
 from ..eval.suite import TOOL_TASKS, EvalConfig, EvalData, applicable_tasks, evaluate_language_model
 from ..inference.engine import Engine
 from ..io import atomic_write_text, require_input, will_exist
@@ -268,5 +269,7 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
         if trained is not None:
             figures.update(sft=held_out_evaluation(trained, tokenizer, script),
                            seconds=round(time.perf_counter() - started, 1))
+            if "knowledge" in (base_figures or {}) and "knowledge" in figures["sft"]:
+                kept_right(base_figures["knowledge"], figures["sft"]["knowledge"])
             atomic_write_text(Path(training_args.output_dir) / "eval.json", json.dumps(figures, indent=2))
     return figures

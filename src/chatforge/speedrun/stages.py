@@ -249,10 +249,14 @@ _SHARES = ((("format",), "format_adherence", "prompts", "format_adherence"),
              for task in ("word_problems", "world_search", "python_problems")
              for tools in ("with_tools", "without_tools")))
 
+#: The shares of each group of knowledge questions, and the item count each is of.
+_KNOWLEDGE_SHARES = {"accuracy": "questions", "dont_know_rate": "questions", "kept_right": "right_before"}
+
 
 def _chat_figures(figures: dict) -> dict:
     """The headline figures of an SFT evaluation (``eval.json``'s ``sft`` or ``base``): each share, with its item
-    count and 95% interval, of the tasks and of accuracy and "I don't know" per group of knowledge questions."""
+    count and 95% interval, of the tasks and of accuracy and "I don't know" per group of knowledge questions (and
+    of those answered right before, the share still right, where the stage measured its starting model)."""
     out = {}
     for path, share, count, key in _SHARES:
         task = figures
@@ -262,8 +266,10 @@ def _chat_figures(figures: dict) -> dict:
             out |= {key: task[share], f"{key}.items": task[count]}
             out[f"{key}.low"], out[f"{key}.high"] = task["interval_95"]
     for group, values in figures.get("knowledge", {}).items():
-        for share in ("accuracy", "dont_know_rate"):
-            key, count = f"knowledge.{group}.{share}", values["questions"]
+        for share, count_key in _KNOWLEDGE_SHARES.items():
+            if share not in values:
+                continue
+            key, count = f"knowledge.{group}.{share}", values[count_key]
             out |= {key: values[share], f"{key}.items": count}
             out[f"{key}.low"], out[f"{key}.high"] = values[f"{share}_interval_95"]
     return out
