@@ -187,3 +187,8 @@ def test_kept_right_counts_the_questions_answered_right_before_that_still_are(mo
     assert after["known"]["accuracy"] == 0.5 and after["known"]["dont_know_rate"] == 0.5
     assert (after["known"]["right_before"], after["known"]["kept_right"]) == (2, 0.5)
     assert after["known"]["kept_right_interval_95"] == list(wilson_interval(1, 2))
+    # and as the speedrun reports an SFT stage's figures
+    from chatforge.speedrun.stages import _chat_figures
+    reported = _chat_figures({"knowledge": after})
+    assert (reported["knowledge.known.kept_right"], reported["knowledge.known.kept_right.items"]) == (0.5, 2)
+    assert [reported[f"knowledge.known.kept_right.{end}"] for end in ("low", "high")] == list(wilson_interval(1, 2))
