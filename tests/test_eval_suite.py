@@ -131,6 +131,10 @@ def test_wilson_intervals_match_published_values():
     # 81 of 263 (Newcombe 1998, Statistics in Medicine 17:857, table I's example): 0.2553 to 0.3662
     assert [round(bound, 4) for bound in wilson_interval(81, 263)] == [0.2553, 0.3662]
     assert wilson_interval(0, 10)[0] == 0 and wilson_interval(10, 10)[1] == 1
+    for trials in range(1, 301):  # the observed share inside its interval, exactly, at every count
+        for successes in range(trials + 1):
+            low, high = wilson_interval(successes, trials)
+            assert low <= successes / trials <= high
 
 
 def test_python_problems_are_right_when_the_reply_states_the_program_output(model, tokenizer, tmp_path):
