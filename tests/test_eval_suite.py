@@ -155,6 +155,36 @@ def test_python_problems_are_right_when_the_reply_states_the_program_output(mode
     assert figures["without_tools"]["tool_calls"] == 0 and figures["without_tools"]["tasks"] == 2
 
 
+def test_greedy_replies_that_call_no_tool_are_not_generated_again_without_tools(model, tokenizer, monkeypatch):
+    from chatforge.eval import chat
+    from chatforge.inference.batching import chat_many
+    from chatforge.tools import default_toolbox
+
+    calls = {"question": "What is 1234 times 5678?", "answer": "7006652"}
+    plain = {"question": "What is 3 plus 4?", "answer": "7"}
+    memorize(model, tokenizer, [
+        [{"role": "user", "content": calls["question"]}, {"role": "assistant", "content": "Let me compute it. "
+         + tool_exchange("calculator", "1234*5678", "7006652") + "The answer is 7006652."}],
+        [{"role": "user", "content": plain["question"]}, {"role": "assistant", "content": "The answer is 7."}]])
+    engine = Engine(model, tokenizer, toolbox=default_toolbox())
+    generated = []
+    monkeypatch.setattr(chat, "chat_many", lambda engine, conversations, params, use_tools, desc: (
+        generated.append((use_tools, len(conversations))) or chat_many(engine, conversations, params, use_tools)))
+    figures = chat.word_problem_accuracy(engine, [calls, plain])
+    assert generated == [(True, 2), (False, 1)]  # only the reply that called the calculator is asked again
+    assert figures["with_tools"]["accuracy"] == 1 and figures["with_tools"]["tool_calls"] == 1
+    # the same figures as asking both without tools
+    replies = chat_many(engine, [[{"role": "user", "content": task["question"]}] for task in (calls, plain)],
+                        chat.GREEDY, use_tools=False)
+    assert not any(event.kind == "tool_call" for events in replies for event in events)
+    right = [chat.extract_answer(events[-1].text) == task["answer"] for task, events in zip((calls, plain), replies)]
+    assert figures["without_tools"]["accuracy"] == sum(right) / 2 and right[1]
+    generated.clear()  # sampled, every reply is drawn again without the tools
+    chat.tool_task_accuracy(engine, [calls, plain], lambda reply, task: True, "sampled",
+                            SamplingParams(temperature=1.0, max_new_tokens=32, seed=0))
+    assert generated == [(True, 2), (False, 2)]
+
+
 def test_a_model_saved_again_has_the_same_fingerprint_and_a_changed_one_does_not(saved_model_dir, model, tokenizer,
                                                                                  tmp_path):
     again = tmp_path / "kept"  # as a stage that keeps its starting model saves it, with its own logs beside it

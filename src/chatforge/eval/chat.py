@@ -34,24 +34,39 @@ def format_adherence(engine: Engine, prompts: Sequence[list[dict]], params: Samp
             "interval_95": list(wilson_interval(adherent, len(prompts))), "examples": shown}
 
 
-def tool_task_accuracy(engine: Engine, tasks: Sequence[dict], use_tools: bool, judge: Callable[[str, dict], bool],
-                       name: str, params: SamplingParams = GREEDY,
+def tool_task_accuracy(engine: Engine, tasks: Sequence[dict], judge: Callable[[str, dict], bool], name: str,
+                       params: SamplingParams = GREEDY,
                        diagnostics: dict[str, Callable[[list[ChatEvent], dict], bool]] | None = None) -> dict:
-    """Share of tasks (``question`` + reference) whose reply ``judge`` accepts; ``tool_calls`` counts the
-    replies that called a tool; each of ``diagnostics`` (a test of a reply's events) adds the share it holds for.
-    The tasks are generated together, each pausing for its own tool calls."""
-    correct, calls = 0, 0
-    diagnostics = diagnostics or {}
-    held = dict.fromkeys(diagnostics, 0)
-    replies = chat_many(engine, [[{"role": "user", "content": task["question"]}] for task in tasks], params,
-                        use_tools=use_tools, desc=f"{name} ({'with' if use_tools else 'without'} tools)")
-    for task, events in zip(tasks, replies):
-        calls += any(event.kind == "tool_call" for event in events)
-        correct += judge(events[-1].text, task)
-        for key, test in diagnostics.items():
-            held[key] += test(events, task)
+    """Share of tasks (``question`` + reference) whose reply ``judge`` accepts, asked with the model's tools
+    (``with_tools``) and without them (``without_tools``); ``tool_calls`` counts the replies that called a tool;
+    each of ``diagnostics`` (a test of a reply's events) adds the share it holds for with tools. The tasks are
+    generated together, each pausing for its own tool calls. Greedy, a reply that ended its turn without touching
+    a tool is the reply without tools too (the call token it never chose is all that is withheld), so only the
+    others are generated again."""
+    conversations = [[{"role": "user", "content": task["question"]}] for task in tasks]
+    with_tools = chat_many(engine, conversations, params, use_tools=True, desc=f"{name} (with tools)")
+    redo = [row for row, events in enumerate(with_tools)
+            if params.temperature > 0 or _touched_a_tool(events) or events[-1].finish_reason != "stop"]
+    without_tools = list(with_tools)
+    again = chat_many(engine, [conversations[row] for row in redo], params, use_tools=False,
+                      desc=f"{name} (without tools, {len(redo)} of {len(tasks)} replies differ)")
+    for row, events in zip(redo, again):
+        without_tools[row] = events
+    return {"with_tools": _scored(tasks, with_tools, judge, diagnostics or {}),
+            "without_tools": _scored(tasks, without_tools, judge, {})}
+
+
+def _touched_a_tool(events: list[ChatEvent]) -> bool:
+    return any(event.kind in ("tool_call", "tool_output") for event in events)
+
+
+def _scored(tasks: Sequence[dict], replies: list[list[ChatEvent]], judge: Callable[[str, dict], bool],
+            diagnostics: dict[str, Callable[[list[ChatEvent], dict], bool]]) -> dict:
+    correct = sum(judge(events[-1].text, task) for task, events in zip(tasks, replies))
+    held = {key: sum(test(events, task) for task, events in zip(tasks, replies)) for key, test in diagnostics.items()}
     return {"accuracy": correct / max(1, len(tasks)), "tasks": len(tasks),
-            "interval_95": list(wilson_interval(correct, len(tasks))), "tool_calls": calls,
+            "interval_95": list(wilson_interval(correct, len(tasks))),
+            "tool_calls": sum(any(event.kind == "tool_call" for event in events) for events in replies),
             **{key: count / max(1, len(tasks)) for key, count in held.items()}}
 
 
@@ -71,27 +86,26 @@ def answer_copies_tool_output(events: list[ChatEvent], problem: dict) -> bool:
     return bool(outputs) and extract_answer(events[-1].text) == outputs[-1]
 
 
-def word_problem_accuracy(engine: Engine, problems: Sequence[dict], use_tools: bool) -> dict:
+def word_problem_accuracy(engine: Engine, problems: Sequence[dict]) -> dict:
     """Word problems: right when the reply's ``The answer is N`` matches. With tools, where the problems carry
     their ``expression``, also the shares of replies that copy it into the call and copy the call's result
     into the answer: the two steps where small models fail."""
     diagnostics = ({"calls_copy_expression": call_copies_expression,
                     "answers_copy_tool_output": answer_copies_tool_output}
-                   if use_tools and all("expression" in problem for problem in problems) else None)
-    return tool_task_accuracy(engine, problems, use_tools, lambda reply, p: extract_answer(reply) == p["answer"],
+                   if all("expression" in problem for problem in problems) else None)
+    return tool_task_accuracy(engine, problems, lambda reply, p: extract_answer(reply) == p["answer"],
                               "word problems", diagnostics=diagnostics)
 
 
-def look_up_accuracy(engine: Engine, requests: Sequence[dict], use_tools: bool) -> dict:
+def look_up_accuracy(engine: Engine, requests: Sequence[dict]) -> dict:
     """Look-ups of people: right when the reply states the reference fact."""
-    return tool_task_accuracy(engine, requests, use_tools, lambda reply, r: is_correct(reply, r["answer"]),
-                              "look-ups")
+    return tool_task_accuracy(engine, requests, lambda reply, r: is_correct(reply, r["answer"]), "look-ups")
 
 
-def python_accuracy(engine: Engine, problems: Sequence[dict], use_tools: bool) -> dict:
+def python_accuracy(engine: Engine, problems: Sequence[dict]) -> dict:
     """Questions that need a program: right when the reply's ``The result is ...`` is the program's output. The
     budget leaves room for a program and a long result (a factorial), besides the sentence around them."""
-    return tool_task_accuracy(engine, problems, use_tools, lambda reply, p: stated_result(reply) == p["answer"],
+    return tool_task_accuracy(engine, problems, lambda reply, p: stated_result(reply) == p["answer"],
                               "python problems", params=SamplingParams(temperature=0.0, max_new_tokens=192))
 
 

@@ -268,8 +268,7 @@ def _task_runners(data: EvalData, config: EvalConfig) -> dict[str, Callable[[Eng
                 raise InvalidValue(f"task {task!r} needs a model with ChatForge's tool tokens "
                                    "(chatforge model add-tools)")
             tasks = records(task, "tool tasks", "question", "answer")
-            return {"with_tools": TOOL_TASKS[task](engine, tasks, use_tools=True),
-                    "without_tools": TOOL_TASKS[task](engine, tasks, use_tools=False)}
+            return TOOL_TASKS[task](engine, tasks)
         return run
 
     return {
