@@ -226,3 +226,38 @@ def test_kept_right_counts_the_questions_answered_right_before_that_still_are(mo
     reported = _chat_figures({"knowledge": after})
     assert (reported["knowledge.known.kept_right"], reported["knowledge.known.kept_right.items"]) == (0.5, 2)
     assert [reported[f"knowledge.known.kept_right.{end}"] for end in ("low", "high")] == list(wilson_interval(1, 2))
+
+
+def test_a_kept_figure_is_measured_again_when_the_model_records_or_settings_change(saved_model_dir, model,
+                                                                                 tokenizer, tmp_path, monkeypatch):
+    from chatforge.eval import suite
+    from chatforge.eval.result_cache import cached_in
+
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps({"prompt": [{"role": "user", "content": f"What is {n} plus 1?"}],
+                                            "answer": str(n + 1)}) + "\n" for n in range(3)))
+    measurements = []
+    monkeypatch.setattr(suite, "problem_accuracy", lambda engine, records, **settings: (
+        measurements.append(len(records)) or {"pass@1": 0.0, "problems": len(records)}))
+
+    def evaluate(config=suite.EvalConfig(k=2, max_new_tokens=4)):
+        return evaluate_model(str(saved_model_dir), ["arithmetic"], EvalData(problems=str(problems)), config)
+
+    evaluate()  # no cache: measured every time
+    with cached_in(tmp_path / "cache"):
+        evaluate()
+        evaluate()
+        assert measurements == [3, 3]
+        evaluate(suite.EvalConfig(k=2, max_new_tokens=5))
+        evaluate(suite.EvalConfig(k=2, max_new_tokens=4, limit=2))
+        assert measurements == [3, 3, 3, 2]
+        with problems.open("a") as handle:
+            handle.write(json.dumps({"prompt": [{"role": "user", "content": "What is 7 plus 1?"}], "answer": "8"})
+                         + "\n")
+        assert evaluate()["arithmetic"]["problems"] == 4
+        with torch.no_grad():
+            next(model.parameters()).view(-1)[0] += 1e-3
+        model.save_pretrained(saved_model_dir)
+        evaluate()
+        evaluate()
+    assert measurements == [3, 3, 3, 2, 4, 4]

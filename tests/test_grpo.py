@@ -10,7 +10,9 @@ from transformers import LlamaForCausalLM
 from trl import DatasetMixtureConfig, GRPOConfig, GRPOTrainer, ModelConfig
 
 from chatforge.data import DataCollatorForChat
+from chatforge.eval import suite
 from chatforge.eval.problems import pass_at_k
+from chatforge.eval.result_cache import cached_in
 from chatforge.io import read_jsonl, write_jsonl
 from chatforge.modeling import ChatForgeForCausalLM, set_generation_defaults
 from chatforge.posttrain.grpo import GRPOScriptArguments, grpo_parser, run_grpo
@@ -95,7 +97,7 @@ def unsure_model_dir(request, tmp_path, tokenizer):
     return tmp_path / "unsure"
 
 
-def test_grpo_raises_accuracy_and_writes_its_curves(tmp_path, unsure_model_dir):
+def test_grpo_raises_accuracy_and_writes_its_curves(tmp_path, unsure_model_dir, monkeypatch):
     """Scored on 8 samples a problem (64 in all) after 16 steps: the gain stands clear of sampling noise (+0.27 to
     +0.31 over three training seeds for either model, where 4 samples after 12 steps gave +0.09 to +0.38)."""
     problems = [{"prompt": [{"role": "user", "content": q}], "answer": "1"} for q in QUESTIONS]
@@ -109,13 +111,28 @@ def test_grpo_raises_accuracy_and_writes_its_curves(tmp_path, unsure_model_dir):
                           activation_checkpointing=False, reward_weights=[1.0, 0.2])
     mixture = DatasetMixtureConfig(datasets=[{"path": "json", "data_files": str(tmp_path / "problems/train.jsonl"),
                                               "split": "train"}])
-    figures = run_grpo(script, training, ModelConfig(model_name_or_path=str(unsure_model_dir)), mixture)
+    with cached_in(tmp_path / "eval-cache"):
+        figures = run_grpo(script, training, ModelConfig(model_name_or_path=str(unsure_model_dir)), mixture)
     before, after = figures["before"]["arithmetic"], figures["grpo"]["arithmetic"]
     assert 0.1 < before["pass@1"] < 0.9 and before["pass@8"] > before["pass@1"]
     assert after["pass@1"] > before["pass@1"] + 0.2
     logged = [json.loads(line) for line in open(tmp_path / "grpo/metrics.jsonl")]
     assert any("completions/mean_length" in entry for entry in logged)
     assert (tmp_path / "grpo/grpo.png").stat().st_size > 0 and (tmp_path / "grpo/eval.json").exists()
+    # the figures on the model it loaded and on the one it saved are those `chatforge eval` measures on their
+    # folders, so the eval stage may take them from the cache, where both were kept
+    config = suite.EvalConfig(limit=script.eval_problems, k=8, max_new_tokens=12)
+    data = suite.EvalData(problems=str(tmp_path / "problems/test.jsonl"))
+    folders = {"before": unsure_model_dir, "grpo": tmp_path / "grpo"}
+
+    def measured(folder):
+        return suite.evaluate_model(str(folder), ["arithmetic"], data, config)["arithmetic"]
+
+    assert all(measured(folder) == figures[name]["arithmetic"] for name, folder in folders.items())
+    assert len(list((tmp_path / "eval-cache").glob("*.json"))) == 2
+    monkeypatch.setattr(suite, "problem_accuracy", None)  # nothing is generated
+    with cached_in(tmp_path / "eval-cache"):
+        assert all(measured(folder) == figures[name]["arithmetic"] for name, folder in folders.items())
 
 
 @pytest.mark.parametrize("recipe", sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("recipes/*/grpo*.yaml")))

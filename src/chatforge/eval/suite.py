@@ -17,6 +17,8 @@
     hellaswag, arc_easy, arc_challenge, gsm8k, truthfulqa_mc1   the same harness on Hub datasets (need a network)
 """
 
+import hashlib
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,12 +34,15 @@ from ..data.text_sources import iter_documents
 from ..errors import InvalidValue, NotFound
 from ..inference.engine import Engine, SamplingParams
 from ..io import read_jsonl
+from ..modeling.factory import local_folder
 from ..tools import Toolbox, default_toolbox
 from .chat import format_adherence, knowledge, look_up_accuracy, python_accuracy, word_problem_accuracy
 from .harness import BENCHMARKS, check_benchmark_names, run_benchmarks
 from .induction import repeated_sequence_copying
+from .model_identity import model_fingerprint
 from .problems import problem_accuracy
 from .recall import cloze_recall
+from .result_cache import EvalCache, file_digest
 from .reward import RewardScorer, pairwise_accuracy, ranking_agreement
 
 #: Tool-use tasks: how each is scored, asked with the tools and without them.
@@ -49,6 +54,12 @@ REWARD_TASKS = ("pairs", "rankings")
 TASK_DATA = {"bpb": "val_text", "format": "prompts", "arithmetic": "problems", "gsm_symbolic": "gsm_symbolic",
              "knowledge": "questions", "regurgitation": "corpus", "recall": "cloze", "pairs": "pairs",
              "rankings": "rankings", **{task: task for task in TOOL_TASKS}}
+_PROBLEM_SETTINGS = ("k", "temperature", "max_new_tokens", "seed")
+#: The :class:`EvalConfig` settings each task reads besides its limit (the others read none).
+TASK_SETTINGS = {"bpb": ("max_length",), "arithmetic": _PROBLEM_SETTINGS, "gsm_symbolic": _PROBLEM_SETTINGS,
+                 "regurgitation": ("prefix_tokens", "suffix_tokens"), "induction": ("seed",)}
+#: Tasks asked with the model's tools running.
+TASKS_WITH_TOOLS = ("format", *TOOL_TASKS)
 
 Source = str | list[dict] | None
 
@@ -316,18 +327,64 @@ def applicable_tasks(tasks: Sequence[str], data: EvalData, engine: Engine) -> li
 
 
 def evaluate_language_model(engine: Engine, tasks: Sequence[str], data: EvalData, config: EvalConfig = EvalConfig(),
-                            samples_dir: str | Path | None = None) -> dict:
+                            samples_dir: str | Path | None = None, model_folder: str | Path | None = None) -> dict:
     """Run language-model ``tasks`` with ``engine`` (its toolbox serves the tool-use tasks); task name -> figures.
-    ``samples_dir`` gets each benchmark item's prompt, reply and score (``<benchmark>.jsonl``)."""
+    ``samples_dir`` gets each benchmark item's prompt, reply and score (``<benchmark>.jsonl``). Where the engine's
+    model and tokenizer are those of the files in ``model_folder``, figures are kept in and reused from the
+    :class:`~chatforge.eval.result_cache.EvalCache` that ``CHATFORGE_EVAL_CACHE`` names."""
     for task in tasks:
         if task in CHAT_TASKS and engine.tokenizer.chat_template is None:
             raise InvalidValue(f"task {task!r} needs a chat model; {engine.model.name_or_path} has no chat template")
     runners = _task_runners(data, config)
-    results = {task: runners[task](engine) for task in tasks if task not in BENCHMARKS}
+    cache = EvalCache.from_environment() if model_folder is not None else None
+    fingerprint = model_fingerprint(model_folder) if cache is not None else None
+    results = {}
+    for task in (task for task in tasks if task not in BENCHMARKS):
+        description = _cache_description(task, data, config, engine) if cache is not None else None
+        if description is None:
+            results[task] = runners[task](engine)
+            continue
+        description["model"] = fingerprint
+        key = cache.key(description)
+        if (kept := cache.get(key)) is not None:
+            print(f"{task}: measured earlier on the same model files and settings ({cache.folder / key}.json)",
+                  flush=True)
+            results[task] = kept
+            continue
+        results[task] = runners[task](engine)
+        cache.put(key, description, results[task])
     if benchmarks := [task for task in tasks if task in BENCHMARKS]:
         results |= run_benchmarks(engine.model, engine.tokenizer, benchmarks, limit=config.limit,
                                   max_gen_toks=config.benchmark_tokens, seed=config.seed, samples_dir=samples_dir)
     return {task: results[task] for task in tasks}
+
+
+def _source_digest(source: Source) -> str | None:
+    """SHA-256 of held-out records (a list, or a local file); None for any other source (a Hub dataset, a
+    folder), whose figures are not kept."""
+    if isinstance(source, list):
+        return hashlib.sha256(json.dumps(source, sort_keys=True, default=str).encode()).hexdigest()
+    if isinstance(source, str) and Path(source).is_file():
+        return file_digest(source)
+    return None
+
+
+def _cache_description(task: str, data: EvalData, config: EvalConfig, engine: Engine) -> dict | None:
+    """What decides ``task``'s figures besides the model's files and the code, or None where they are not kept."""
+    records = _source_digest(getattr(data, TASK_DATA[task])) if task in TASK_DATA else None
+    if records is None:
+        return None
+    parameter = next(engine.model.parameters())
+    description = {"task": task, "records": records, "limit": config.limit_of(task),
+                   "settings": {name: getattr(config, name) for name in TASK_SETTINGS.get(task, ())},
+                   "dtype": str(parameter.dtype), "device": parameter.device.type}
+    if task in TASKS_WITH_TOOLS:
+        index = _source_digest(data.search_index) if data.search_index else "none"
+        if index is None:
+            return None
+        description["tools"] = {"names": sorted(engine.toolbox.tools) if engine.toolbox else [],
+                                "search_index": index, "max_tool_calls": engine.max_tool_calls}
+    return description
 
 
 def evaluate_model(model_path: str, tasks: Sequence[str], data: EvalData, config: EvalConfig = EvalConfig(),
@@ -345,4 +402,4 @@ def evaluate_model(model_path: str, tasks: Sequence[str], data: EvalData, config
         return evaluate_reward_model(AutoModelForSequenceClassification.from_pretrained(model_path),
                                      AutoTokenizer.from_pretrained(model_path), tasks, data, config)
     return evaluate_language_model(Engine.from_pretrained(model_path, toolbox=data.toolbox()), tasks, data, config,
-                                   samples_dir)
+                                   samples_dir, model_folder=local_folder(model_path))

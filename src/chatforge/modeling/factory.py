@@ -57,6 +57,11 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
+def local_folder(name_or_path: str) -> str | None:
+    """``name_or_path`` where it is a local folder (not a Hub id), else None."""
+    return name_or_path if Path(name_or_path).is_dir() else None
+
+
 def require_model(field: str, name_or_path: str) -> None:
     """Raise :class:`~chatforge.errors.MissingInput` where the setting ``field`` names a local model folder that
     is not there: a path that cannot be a Hub id, or one inside a local folder (``runs/sft`` where ``runs/`` is);

@@ -21,7 +21,7 @@ from ..eval.plots import history_series, plot_panels
 from ..eval.suite import EvalConfig, EvalData, applicable_tasks, evaluate_language_model
 from ..inference.engine import Engine, tool_token_ids
 from ..io import atomic_write_text, require_input, write_jsonl
-from ..modeling.factory import load_tokenizer, require_model
+from ..modeling.factory import load_tokenizer, local_folder, require_model
 from ..tasks.verifiable import REWARD_FUNCTIONS, ProblemConfig, to_problems
 from ..tasks.word_problems import KINDS
 from ..training.checkpoint import trainer_checkpoint
@@ -97,15 +97,17 @@ def reward_functions(script: GRPOScriptArguments, training_args: GRPOConfig) -> 
     return functions
 
 
-def held_out_evaluation(model, tokenizer, script: GRPOScriptArguments, max_new_tokens: int) -> dict:
+def held_out_evaluation(model, tokenizer, script: GRPOScriptArguments, max_new_tokens: int,
+                        model_folder: str | None) -> dict:
     """Through the evaluation suite: pass@1 (greedy and sampled) and pass@k on the held-out word problems
-    (``arithmetic``), and on GSM-symbolic ones where they were built (``gsm_symbolic``)."""
+    (``arithmetic``), and on GSM-symbolic ones where they were built (``gsm_symbolic``). ``model_folder`` holds
+    the files of ``model`` and ``tokenizer`` where the figures may be kept for the eval stage (None: not kept)."""
     data = EvalData(**EvalData.of_problems(script.problems_dir))
     config = EvalConfig(limit=script.eval_problems, k=script.eval_k, temperature=script.eval_temperature,
                         max_new_tokens=max_new_tokens)
     engine = Engine(model, tokenizer)
     return evaluate_language_model(engine, applicable_tasks(("arithmetic", "gsm_symbolic"), data, engine), data,
-                                   config)
+                                   config, model_folder=model_folder)
 
 
 def run_grpo(script: GRPOScriptArguments, training_args: GRPOConfig, model_args: ModelConfig,
@@ -126,7 +128,7 @@ def run_grpo(script: GRPOScriptArguments, training_args: GRPOConfig, model_args:
         training_args.generation_kwargs = {**(training_args.generation_kwargs or {}), "suppress_tokens": suppress}
     model = load_policy(model_args, tokenizer)
     before = evaluated_before_training(model, lambda: held_out_evaluation(
-        model, tokenizer, script, training_args.max_completion_length))
+        model, tokenizer, script, training_args.max_completion_length, local_folder(model_args.model_name_or_path)))
     trainer = ChatForgeGRPOTrainer(model=model, reward_funcs=reward_functions(script, training_args),
                                    args=training_args, train_dataset=train, processing_class=tokenizer,
                                    peft_config=get_peft_config(model_args))
@@ -137,7 +139,8 @@ def run_grpo(script: GRPOScriptArguments, training_args: GRPOConfig, model_args:
     figures = {"before": before, "train_problems": len(train)}
     with evaluated_on_main(trainer, AutoModelForCausalLM, training_args.output_dir) as trained:
         if trained is not None:
-            after = held_out_evaluation(trained, tokenizer, script, training_args.max_completion_length)
+            after = held_out_evaluation(trained, tokenizer, script, training_args.max_completion_length,
+                                        training_args.output_dir)
             figures.update(grpo=after, seconds=round(time.perf_counter() - started, 1))
             _write_outputs(Path(training_args.output_dir), figures, trainer.state.log_history)
             print(f"GRPO -> {training_args.output_dir}: held-out greedy pass@1 "

@@ -26,7 +26,7 @@ from ..eval.chat import kept_right
 from ..eval.suite import TOOL_TASKS, EvalConfig, EvalData, applicable_tasks, evaluate_language_model
 from ..inference.engine import Engine
 from ..io import atomic_write_text, require_input, will_exist
-from ..modeling.factory import load_tokenizer, require_model, set_generation_defaults
+from ..modeling.factory import load_tokenizer, local_folder, require_model, set_generation_defaults
 from ..tasks.conversations import ON_INVALID, ConversationError, check_conversation
 from ..training.checkpoint import trainer_checkpoint
 from ..training.precision import fit_precision
@@ -160,16 +160,19 @@ def checked_split(dataset: datasets.Dataset, name: str, on_invalid: str, tokeniz
     return kept, dict(skipped)
 
 
-def held_out_evaluation(model, tokenizer, script: SFTScriptArguments, tasks: Sequence[str] = SFT_TASKS) -> dict:
+def held_out_evaluation(model, tokenizer, script: SFTScriptArguments, model_folder: str | None,
+                        tasks: Sequence[str] = SFT_TASKS) -> dict:
     """``tasks`` (of :data:`SFT_TASKS`) through the evaluation suite: format adherence; word-problem, look-up and
     python-problem accuracy with and without tools (for a model with the tool tokens); accuracy and "I don't know"
-    rate on questions about held-out people of the fictional world."""
+    rate on questions about held-out people of the fictional world. ``model_folder`` holds the files of ``model``
+    and ``tokenizer`` where the figures may be kept for the eval stage (None: not kept)."""
     data = EvalData(**EvalData.of_sft_data(script.sft_data_dir))
     data.questions = script.knowledge_questions or data.questions
     config = EvalConfig(limits={"format": script.eval_prompts, "knowledge": script.eval_world_questions,
                                 **dict.fromkeys(TOOL_TASKS, script.eval_word_problems)})
     engine = Engine(model, tokenizer, toolbox=data.toolbox())
-    return evaluate_language_model(engine, applicable_tasks(tasks, data, engine), data, config)
+    return evaluate_language_model(engine, applicable_tasks(tasks, data, engine), data, config,
+                                   model_folder=model_folder)
 
 
 def with_replay(train: datasets.Dataset, script: SFTScriptArguments, training_args: SFTConfig, tokenizer,
@@ -243,8 +246,11 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
                                                                  training_args.max_length)
     training_args.assistant_only_loss = True
     model = load_policy(model_args, tokenizer)
+    # a template given as chat_template_path is not the folder's: the figures are not kept
+    base_folder = local_folder(model_args.model_name_or_path) if training_args.chat_template_path is None else None
     base_figures = (evaluated_before_training(model, lambda: held_out_evaluation(
-        model, tokenizer, script, script.eval_base_tasks or SFT_TASKS)) if script.eval_base_model else None)
+        model, tokenizer, script, base_folder, script.eval_base_tasks or SFT_TASKS))
+        if script.eval_base_model else None)
     if model_args.use_peft and not model_args.lora_target_modules:
         model_args.lora_target_modules = "all-linear"
     trainer = FullLogitsOnCPUSFTTrainer(model=model, args=training_args, train_dataset=checked["train"],
@@ -267,7 +273,7 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
                "base": base_figures}
     with evaluated_on_main(trainer, AutoModelForCausalLM, training_args.output_dir) as trained:
         if trained is not None:
-            figures.update(sft=held_out_evaluation(trained, tokenizer, script),
+            figures.update(sft=held_out_evaluation(trained, tokenizer, script, training_args.output_dir),
                            seconds=round(time.perf_counter() - started, 1))
             if "knowledge" in (base_figures or {}) and "knowledge" in figures["sft"]:
                 kept_right(base_figures["knowledge"], figures["sft"]["knowledge"])

@@ -11,12 +11,15 @@ from pathlib import Path
 import torch
 
 from ..errors import InvalidValue
+from ..eval.result_cache import cached_in
 from ..io import atomic_write_text
 from .check import check_stages
 from .recipe import load_recipe
 from .stages import Run, Stage, StageError
 
 REPORT_FILE = "report.json"
+#: The run's folder of evaluation figures that a later stage reuses (:mod:`~chatforge.eval.result_cache`).
+EVAL_CACHE_DIR = "eval-cache"
 
 
 def hardware() -> dict:
@@ -69,6 +72,24 @@ def write_report_json(run: Run) -> dict:
     return report
 
 
+def _run_stage(run: Run, stage: Stage, position: str) -> None:
+    """Run ``stage`` unless it has finished, record its figures and wall time, and rewrite ``report.json``."""
+    if _marker(run, stage).exists():
+        print(f"{position} {stage.name}: finished earlier, skipped", flush=True)
+        return
+    _check_ours(run, stage)
+    resuming = _started(run, stage).exists()
+    print(f"{position} {stage.name}: {stage.what}{' (resuming)' if resuming else ''}", flush=True)
+    _started(run, stage).touch()
+    began = time.perf_counter()
+    figures = stage.run(run)
+    seconds = round(time.perf_counter() - began, 1)
+    record = {"stage": stage.name, "seconds": seconds, "figures": figures}
+    atomic_write_text(_marker(run, stage), json.dumps(record, indent=2, ensure_ascii=False))
+    print(f"{position} {stage.name}: done in {seconds:.0f} s", flush=True)
+    write_report_json(run)
+
+
 def speedrun(recipe: str, output: str | Path, start: str | None = None, until: str | None = None,
              dry_run: bool = False) -> dict | None:
     """Run the stages of ``recipe`` from ``start`` (rerun even when finished; earlier stages must have
@@ -103,19 +124,7 @@ def speedrun(recipe: str, output: str | Path, start: str | None = None, until: s
     if start:
         for stage in stages[first:last + 1]:
             _reset(run, stage)
-    for index, stage in enumerate(stages[first:last + 1], start=first + 1):
-        if _marker(run, stage).exists():
-            print(f"[{index}/{len(stages)}] {stage.name}: finished earlier, skipped", flush=True)
-            continue
-        _check_ours(run, stage)
-        resuming = _started(run, stage).exists()
-        print(f"[{index}/{len(stages)}] {stage.name}: {stage.what}{' (resuming)' if resuming else ''}", flush=True)
-        _started(run, stage).touch()
-        began = time.perf_counter()
-        figures = stage.run(run)
-        seconds = round(time.perf_counter() - began, 1)
-        record = {"stage": stage.name, "seconds": seconds, "figures": figures}
-        atomic_write_text(_marker(run, stage), json.dumps(record, indent=2, ensure_ascii=False))
-        print(f"[{index}/{len(stages)}] {stage.name}: done in {seconds:.0f} s", flush=True)
-        write_report_json(run)
+    with cached_in(run.output / EVAL_CACHE_DIR):
+        for index, stage in enumerate(stages[first:last + 1], start=first + 1):
+            _run_stage(run, stage, f"[{index}/{len(stages)}]")
     return write_report_json(run)
