@@ -64,6 +64,11 @@ def test_smoke_speedrun_runs_every_stage_and_reports_it(smoke_run):
     assert set(evaluation["grpo"]) == {"bpb", "format", "arithmetic", "knowledge", "induction", "recall"}
     assert {"frequent", "unseen", "all"} <= set(evaluation["base"]["recall"])  # cloze items of the held-out people
     assert report["eval"]["grpo.bpb.bpb"] == evaluation["grpo"]["bpb"]["bpb"]
+    # the eval stage asks the word problems as the GRPO stage does (the recipe's settings): its figures, kept
+    grpo_stage = json.loads((output / "grpo/eval.json").read_text())
+    assert evaluation["grpo"]["arithmetic"] == grpo_stage["grpo"]["arithmetic"]
+    kept = [json.loads(path.read_text()) for path in (output / "eval-cache").glob("*.json")]
+    assert grpo_stage["grpo"]["arithmetic"] in [entry["figures"] for entry in kept]
 
     card = (output / "report.md").read_text()
     assert "| induction: second_copy_accuracy |" in card and "| recall: frequent start_accuracy |" in card
