@@ -1,7 +1,7 @@
 """Evaluation figures kept on disk by everything that decides them, so that a model is measured on a task once:
 the GRPO stage's held-out word problems on its starting and trained models are the eval stage's figures too.
 
-On where the environment variable ``CHATFORGE_EVAL_CACHE`` names a folder (``chatforge speedrun`` sets it to
+Used where the environment variable ``CHATFORGE_EVAL_CACHE`` names a folder (``chatforge speedrun`` sets it to
 ``<run>/eval-cache`` for its stages). A task's figures are reused only where all of these are the same: the
 model's files (:func:`~chatforge.eval.model_identity.model_fingerprint`), the task, its held-out records, the
 settings it reads, the tools it is asked with, the dtype and device the model runs in, and the code (chatforge's
