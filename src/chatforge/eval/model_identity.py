@@ -2,6 +2,7 @@
 tokenizer, chat template, custom code), hashed. A stage that keeps its starting model (PPO's stop rule keeping
 step 0) saves the same files again, and an evaluation of it would repeat its twin's to the last digit."""
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -11,7 +12,15 @@ MODEL_FILE_NAMES = frozenset({"config.json", "generation_config.json", "tokenize
                               "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model",
                               "model.safetensors.index.json", "pytorch_model.bin.index.json"})
 MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".py")
-_CHUNK = 1 << 24
+
+
+def file_digest(path: str | Path) -> str:
+    """SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while chunk := handle.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _is_model_file(path: Path) -> bool:
@@ -20,11 +29,15 @@ def _is_model_file(path: Path) -> bool:
 
 
 def model_fingerprint(folder: str | Path) -> str:
-    """SHA-256 over the names, sizes and contents of the folder's model files (top level only), in name order."""
+    """SHA-256 over the names, sizes and contents of the folder's model files (top level only), in name order.
+    Files not changed since (same size and modification time) are not read again in this process."""
+    files = sorted(filter(_is_model_file, Path(folder).resolve().iterdir()))
+    return _fingerprint(tuple((str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in files))
+
+
+@functools.lru_cache(maxsize=64)
+def _fingerprint(files: tuple[tuple[str, int, int], ...]) -> str:
     digest = hashlib.sha256()
-    for path in sorted(filter(_is_model_file, Path(folder).iterdir())):
-        digest.update(f"{path.name}\0{path.stat().st_size}\0".encode())
-        with path.open("rb") as handle:
-            while chunk := handle.read(_CHUNK):
-                digest.update(chunk)
+    for path, size, _ in files:
+        digest.update(f"{Path(path).name}\0{size}\0{file_digest(path)}\0".encode())
     return digest.hexdigest()

@@ -20,15 +20,6 @@ from ..io import atomic_write_text
 ENVIRONMENT_VARIABLE = "CHATFORGE_EVAL_CACHE"
 
 
-def file_digest(path: str | Path) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while chunk := handle.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @functools.cache
 def code_digest() -> str:
     """SHA-256 over chatforge's Python source and the versions of torch and transformers: a code change makes every

@@ -39,10 +39,10 @@ from ..tools import Toolbox, default_toolbox
 from .chat import format_adherence, knowledge, look_up_accuracy, python_accuracy, word_problem_accuracy
 from .harness import BENCHMARKS, check_benchmark_names, run_benchmarks
 from .induction import repeated_sequence_copying
-from .model_identity import model_fingerprint
+from .model_identity import file_digest, model_fingerprint
 from .problems import problem_accuracy
 from .recall import cloze_recall
-from .result_cache import EvalCache, file_digest
+from .result_cache import EvalCache
 from .reward import RewardScorer, pairwise_accuracy, ranking_agreement
 
 #: Tool-use tasks: how each is scored, asked with the tools and without them.
@@ -84,14 +84,18 @@ class EvalData:
 
     @classmethod
     def from_folders(cls, corpus: str | Path, sft_data: str | Path, problems: str | Path | None,
-                     preference_data: str | Path | None) -> "EvalData":
+                     preference_data: str | Path | None, knowledge_questions: str | Path | None = None) -> "EvalData":
         """The held-out files in a speedrun's corpus folder (``train.jsonl``/``val.jsonl``) and in the folders
         that ``chatforge sft-data build``, ``problems build`` and ``preference-data build`` write (None: a run
-        without problems or preference data)."""
+        without problems or preference data). ``knowledge_questions`` replaces the fictional world's questions
+        where a run's probe labelled its own held-out questions known / unknown (a pretrained model's probe)."""
         corpus = Path(corpus)
-        return cls(val_text=str(corpus / "val.jsonl"), corpus=str(corpus / "train.jsonl"),
+        data = cls(val_text=str(corpus / "val.jsonl"), corpus=str(corpus / "train.jsonl"),
                    **cls.of_sft_data(sft_data), **cls.of_problems(problems) if problems else {},
                    **cls.of_preference_data(preference_data) if preference_data else {})
+        if knowledge_questions:
+            data.questions = str(knowledge_questions)
+        return data
 
     @staticmethod
     def of_sft_data(folder: str | Path) -> dict:
@@ -127,13 +131,14 @@ class EvalData:
         (``speedrun/configs/``) put the data, else the speedrun's default layout."""
         run = Path(run_dir)
 
-        def folder(stage: str, key: str, default: str) -> Path:
+        def setting(stage: str, key: str, default: Path | None = None) -> str | Path | None:
             config = run / "speedrun/configs" / f"{stage}.yaml"
-            return Path(yaml.safe_load(config.read_text())[key]) if config.exists() else run / default
+            return yaml.safe_load(config.read_text()).get(key, default) if config.exists() else default
 
-        return cls.from_folders(run / "corpus", folder("sft", "sft_data_dir", "sft-data"),
-                                folder("grpo", "problems_dir", "problems"),
-                                folder("reward", "preference_data_dir", "preference-data"))
+        return cls.from_folders(run / "corpus", setting("sft", "sft_data_dir", run / "sft-data"),
+                                setting("grpo", "problems_dir", run / "problems"),
+                                setting("reward", "preference_data_dir", run / "preference-data"),
+                                setting("sft-probe", "knowledge_questions"))
 
 
 @dataclass

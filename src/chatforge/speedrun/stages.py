@@ -395,13 +395,19 @@ TASKS_BY_KIND = {"base": ["bpb", "format", "regurgitation", "induction", "recall
 
 
 def run_eval(run: Run) -> dict:
+    """Every model of the run on its kind's tasks and the recipe's benchmarks. Where the base model answers the
+    knowledge questions (an imported chat model), each later model's figures say how many of the questions it
+    answered right are still answered right (``kept_right``)."""
+    from ..eval.chat import kept_right
     from ..eval.model_identity import model_fingerprint
     from ..eval.suite import EvalData, evaluate_model
 
     training = run.recipe.training
     data = EvalData.from_folders(run.output / "corpus", run.config("sft")["sft_data_dir"],
                                  run.config("grpo")["problems_dir"] if "grpo" in training else None,
-                                 run.config("reward")["preference_data_dir"] if "reward" in training else None)
+                                 run.config("reward")["preference_data_dir"] if "reward" in training else None,
+                                 run.config("sft-probe").get("knowledge_questions") if "sft-probe" in training
+                                 else None)
     results, evaluated, twins = {}, {}, {}
     for name, (_, kind) in run.models.items():
         samples = run.output / "benchmark-samples" / name
@@ -417,6 +423,10 @@ def run_eval(run: Run) -> dict:
         print(f"evaluating {name} ({run.model_dir_of(name)}): {', '.join(tasks)}", flush=True)
         results[name] = evaluate_model(str(run.model_dir_of(name)), tasks, data, run.recipe.eval, samples_dir=samples)
         evaluated[fingerprint] = name
+    base = results.get("base", {})
+    for figures in results.values():
+        if "knowledge" in base and "knowledge" in figures and figures is not base:
+            kept_right(base["knowledge"], figures["knowledge"])
     atomic_write_text(run.output / "eval.json", json.dumps(results, indent=2, ensure_ascii=False))
     figures = {key: value for key, value in flatten(results).items() if ".longest." not in key}
     return {**figures, **{f"{name}.same_model_as": twin for name, twin in twins.items()}}
