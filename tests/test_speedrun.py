@@ -93,6 +93,18 @@ def test_eval_run_option_finds_the_held_out_files_where_the_stage_configs_put_th
     assert all(Path(path).exists() for name, path in vars(data).items() if name not in optional)
 
 
+def test_eval_of_a_probed_run_asks_the_probes_held_out_questions(tmp_path):
+    """A run whose probe labelled its own held-out questions (a pretrained model's capitals) is evaluated on those,
+    not on the fictional world's people."""
+    configs = tmp_path / "speedrun/configs"
+    configs.mkdir(parents=True)
+    (configs / "sft.yaml").write_text(yaml.safe_dump({"sft_data_dir": str(tmp_path / "data")}))
+    assert EvalData.from_run(tmp_path).questions == str(tmp_path / "data/world_qa_test.jsonl")
+    (configs / "sft-probe.yaml").write_text(yaml.safe_dump({"knowledge_questions": str(tmp_path / "probe/held.jsonl")}))
+    assert EvalData.from_run(tmp_path).questions == str(tmp_path / "probe/held.jsonl")
+    assert EvalData.from_run(tmp_path).prompts == str(tmp_path / "data/test.jsonl")
+
+
 def test_finished_stages_are_skipped_and_from_reruns(smoke_run, capfd, monkeypatch):
     output, _ = smoke_run
     names = _stage_names(output)
