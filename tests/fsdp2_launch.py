@@ -8,6 +8,7 @@ tell a real FSDP2 run from a silent fallback.
     python -m torch.distributed.run --nproc_per_node 2 tests/fsdp2_launch.py SCRIPT [ARGS ...]
 """
 
+import os
 import runpy
 import sys
 
@@ -36,7 +37,11 @@ def reporting_prepare(self, *args, **kwargs):
     modules = [obj for obj in (prepared if isinstance(prepared, (tuple, list)) else [prepared])
                if isinstance(obj, torch.nn.Module)]
     parameters = [p for module in modules for p in module.parameters()]
-    print(SHARDED, sum(isinstance(p, DTensor) for p in parameters), "of", len(parameters), flush=True)
+    # one write of the whole line: the processes share the test's pipe, and print() writes its pieces one by one
+    # where Python runs unbuffered (PYTHONUNBUFFERED), so two reports could interleave
+    sys.stdout.flush()
+    report = f"{SHARDED} {sum(isinstance(p, DTensor) for p in parameters)} of {len(parameters)}\n"
+    os.write(sys.stdout.fileno(), report.encode())
     return prepared
 
 

@@ -258,9 +258,10 @@ def test_the_dry_run_of_every_shipped_recipe_finds_nothing_and_writes_nothing(na
     assert not (tmp_path / "run").exists()
     if name == "gpt2-124m":  # validation from FineWeb-Edu's held-out tokens: the recipe's 20 batches of 64 x 1025
         assert "pretrain: 512 rows of 1024 tokens per step over 8 process(es); validation: 20 at least" in out
-    if "sft-probe" in recipe.training:  # the probe asks the model of the stage before it
+    if "sft-probe" in recipe.training:  # the probe asks a model the run has made by then, inside the run:
         sft, sft_probe = (resolve_stage_config(recipe, stage, tmp_path) for stage in ("sft", "sft-probe"))
-        assert sft_probe["probe_model"] == sft["output_dir"]
+        # a pretrained model's import, which holds what pretraining taught, or else the SFT model
+        assert sft_probe["probe_model"] == (sft["model_name_or_path"] if recipe.base_model else sft["output_dir"])
 
 
 def test_the_dry_run_finds_what_would_stop_a_stage_and_the_speedrun_refuses_to_start(tmp_path, monkeypatch, capsys):
