@@ -105,6 +105,13 @@ def test_sft_data_build_writes_held_out_splits_once(tmp_path):
     frequent = [r["messages"] for r in map(json.loads, open(tmp_path / "sft/world_qa_frequent.jsonl"))]
     assert len(frequent) == 6 * sum(group == "frequent" for _, group in probe_people)  # 3 questions, 2 phrasings
     assert all(any(name in m[0]["content"] for name, group in probe_people if group == "frequent") for m in frequent)
+    # no conversation states a held-out capital (chatterbot's trivia asks "Canberra is the capital city of which
+    # country?"): the knowledge evaluation's answers stay unseen
+    held_out = [(q["country"], q["answer"]) for q in map(json.loads, open(tmp_path / "sft/country_test.jsonl"))
+                if q["group"] == "capital"]
+    assert ("Australia", "Canberra") in held_out
+    texts = [" ".join(m["content"] for m in r["messages"]) for r in train + test]
+    assert not [text for text in texts if any(country in text and capital in text for country, capital in held_out)]
     (tmp_path / "sft/train.jsonl").write_text("")
     assert build_sft_data(tmp_path / "sft", config) == summary  # finished folders are reused as they are
 

@@ -61,16 +61,15 @@ def test_knowledge_and_tools_goals(through_sft_probe):
     # the imported model before SFT, beside it: it has never seen the tool protocol
     assert sft["base.word_problems.with_tools.accuracy"] < 0.80
     assert sft["base.world_search.with_tools.accuracy"] < 0.60
-    # knowing what it knows, on the held-out capitals the probe labelled from the SFT model's answers
+    # knowing what it knows, on the held-out capitals the probe labelled from the imported model's answers (what it
+    # keeps of them: the eval stage's, below)
     known = through_sft_probe["probe"]["held_out.known"]
     unknown = through_sft_probe["probe"]["held_out.questions"] - known
     assert _with_interval(probed, "knowledge.unknown.dont_know_rate", unknown) >= 0.70
-    assert probed["knowledge.known.kept_right.items"] > 10  # the SFT model answered enough of them right
-    assert _with_interval(probed, "knowledge.known.kept_right", probed["knowledge.known.kept_right.items"]) >= 0.90
     assert _with_interval(probed, "format_adherence", 100) >= 0.95
 
 
-def test_reward_ppo_grpo_and_benchmark_goals(whole_run, run_folder):
+def test_knowledge_kept_reward_ppo_grpo_and_benchmark_goals(whole_run, run_folder):
     assert whole_run["reward"]["reward_model.pairs.accuracy"] >= 0.80
     assert whole_run["reward"]["reward_model.pairs.accuracy"] > whole_run["reward"]["untrained.pairs.accuracy"] + 0.2
     ppo = whole_run["ppo"]
@@ -83,6 +82,13 @@ def test_reward_ppo_grpo_and_benchmark_goals(whole_run, run_folder):
     assert grpo["after.arithmetic.pass@1"] >= grpo["before.arithmetic.pass@1"] + 0.10
     assert grpo["before.arithmetic.mean_reply_tokens"] > 0 < grpo["after.arithmetic.mean_reply_tokens"]
     evaluation = json.loads((run_folder / "eval.json").read_text())
+    # of the held-out capitals the imported model answered right (among those the probe found known), the probed
+    # model still answers 90% right; to those the probe found unknown it says "I don't know"
+    knowledge = evaluation["sft"]["knowledge"]
+    assert knowledge["known"]["right_before"] > 20
+    low, high = knowledge["known"]["kept_right_interval_95"]
+    assert low <= knowledge["known"]["kept_right"] <= high and knowledge["known"]["kept_right"] >= 0.90
+    assert knowledge["unknown"]["dont_know_rate"] >= 0.70
     for model in ("base", "sft", "ppo", "grpo"):  # the standard benchmarks on every language model
         assert all(evaluation[model][name]["items"] == 100 for name in BENCHMARKS)
     card = (run_folder / "report.md").read_text()

@@ -50,7 +50,7 @@ def test_smoke_speedrun_runs_every_stage_and_reports_it(smoke_run):
     assert 1.5 < report["tokenizer"]["held_out_bytes_per_token"] < 6
     # 20 steps of pretraining already predict better than a uniform guess over the 1,024 tokens
     assert report["pretrain"]["steps"] == 20 and report["pretrain"]["val_loss"] < math.log(1024)
-    assert report["probe"]["questions"] == 180
+    assert report["probe"]["questions"] == 180 and report["probe"]["model"] == "sft"  # the tiny recipe: its SFT model
     reward = report["reward"]  # accuracy over the eval_pairs asked for: a count of them
     assert reward["reward_model.pairs.pairs"] == 64
     assert (reward["reward_model.pairs.accuracy"] * 64).is_integer()

@@ -169,7 +169,8 @@ def _sft(report: dict, evaluation: dict) -> list[str]:
     if probe:
         shares = ", ".join(f"{k.removeprefix('known_share.')} {v:.0%}" for k, v in probe.items()
                            if k.startswith("known_share."))
-        lines += [f"Knowledge probe of the first SFT model: {probe['known']} of {probe['questions']} questions "
+        probed = "the first SFT model" if probe.get("model", "sft") == "sft" else "the model SFT started from"
+        lines += [f"Knowledge probe of {probed}: {probe['known']} of {probe['questions']} questions "
                   f"known ({shares}); the rest were taught as \"I don't know\".", ""]
     before = evaluation.get("base", {}).get("format", {}).get("examples", [])
     after = evaluation.get("sft", {}).get("format", {}).get("examples", [])

@@ -330,7 +330,8 @@ def run_probe(run: Run) -> dict:
     summary = probe.run_probe(script.probe_model, str(data_dir / script.probe_questions), script.probe_dir,
                               probe.ProbeConfig.from_recipe(vars(script)),
                               str(data_dir / script.probe_held_out) if script.probe_held_out else None)
-    return {"questions": summary["questions"], "known": summary["known"],
+    asked_sft = Path(script.probe_model).resolve() == run.model_dir("sft").resolve()
+    return {"questions": summary["questions"], "known": summary["known"], "model": "sft" if asked_sft else "base",
             **{f"known_share.{group}": g["known_share"] for group, g in summary["by_group"].items()},
             **{f"held_out.{key}": value for key, value in summary.get("held_out", {}).items()}}
 

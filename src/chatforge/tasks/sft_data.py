@@ -208,6 +208,12 @@ def _answered(questions) -> Iterator[dict]:
     return ({"messages": _chat(q["question"], q["reply"]), "source": "world_qa"} for q in questions)
 
 
+def _states_any(messages: list[dict], pairs: set[tuple[str, str]]) -> bool:
+    """Whether the conversation names both words of one of ``pairs`` (a country and its capital)."""
+    text = " ".join(message["content"] for message in messages)
+    return any(first in text and second in text for first, second in pairs)
+
+
 SOURCES = {
     "chatterbot": ("chatterbot-corpus 1.3.3 (PyPI), English dialogues", "BSD-3-Clause"),
     "identity": ("generated: who the assistant is", "Apache-2.0 (chatforge)"),
@@ -243,9 +249,15 @@ def build_sft_data(output_dir: str | Path, config: SFTDataConfig = SFTDataConfig
     }
     splits: dict[str, list[dict]] = {"train": [], "test": []}
     summary: dict = {"sources": {}}
+    countries = country_questions()
+    held_out_capitals = {(q["country"], q["answer"]) for q in countries
+                         if q["split"] == "test" and q["group"] == "capital"}
     for source, conversations in parts.items():
         for number, messages in enumerate(conversations):
             check_messages(messages, f"{source} conversation {number}")
+        # the knowledge evaluation's held-out capitals are never stated in training ("Canberra is the capital city
+        # of which country?" in chatterbot's trivia)
+        conversations = [messages for messages in conversations if not _states_any(messages, held_out_capitals)]
         unique = {json.dumps(messages, sort_keys=True): messages for messages in conversations}
         records = [{"messages": messages, "source": source} for messages in unique.values()]
         rng.shuffle(records)
@@ -279,7 +291,6 @@ def build_sft_data(output_dir: str | Path, config: SFTDataConfig = SFTDataConfig
         write_jsonl(tmp_dir / "world_search_test.jsonl",
                     (r for r in search_requests(indexed) if r["split"] == "test"))
         write_jsonl(tmp_dir / "world_cloze_test.jsonl", (c for c in world_cloze(people) if c["split"] == "test"))
-        countries = country_questions()
         for split in ("probe", "test"):
             write_jsonl(tmp_dir / f"country_{split}.jsonl", (q for q in countries if q["split"] == split))
         index.save(tmp_dir / "search-index")
