@@ -69,8 +69,9 @@ def test_the_speedrun_imports_the_model_and_post_trains_it(smollm2_run):
     assert sft["base.word_problems.with_tools.accuracy.items"] == sft["word_problems.with_tools.accuracy.items"] == 2
     low, high = wilson_interval(round(sft["world_search.with_tools.accuracy"] * 2), 2)
     assert (sft["world_search.with_tools.accuracy.low"], sft["world_search.with_tools.accuracy.high"]) == (low, high)
-    probed = report["sft-probe"]  # the held-out capitals, grouped by what the probe found the SFT model to know
+    probed = report["sft-probe"]  # the held-out capitals, grouped by what the probe found the imported model to know
     assert report["probe"]["held_out.questions"] == 28 and report["probe"]["questions"] == 41
+    assert report["probe"]["model"] == "base"
     held_out = {"known": report["probe"]["held_out.known"]}
     held_out["unknown"] = report["probe"]["held_out.questions"] - held_out["known"]
     for group, questions in held_out.items():  # the small model's random weights know no capital
@@ -78,6 +79,9 @@ def test_the_speedrun_imports_the_model_and_post_trains_it(smollm2_run):
             assert probed.get(f"{model}knowledge.{group}.dont_know_rate.items", 0) == questions
     evaluation = json.loads((output / "eval.json").read_text())
     assert set(evaluation) == {"base", "sft", "ppo", "grpo", "reward"}
+    for model in ("base", "sft", "grpo"):  # every held-out capital, as the probe labelled it, asked of every model
+        knowledge = evaluation[model]["knowledge"]
+        assert set(knowledge) <= {"known", "unknown"} and sum(g["questions"] for g in knowledge.values()) == 28
     assert report["reward"]["reward_model.pairs.pairs"] == 4 and report["ppo"]["best.test_prompts"] == 2
     assert report["grpo"]["before.arithmetic.problems"] == report["grpo"]["after.arithmetic.problems"] == 2
     benchmarks = {"hellaswag_100", "humaneval"}
