@@ -93,6 +93,36 @@ def test_a_known_share_balances_answers_and_admissions_within_each_group():
         ProbeConfig(known_share=1)
 
 
+class ScriptedAnswers:
+    """Stands in for the engine: each question answered right in a set share of its samples."""
+
+    def __init__(self, right_share: dict):
+        self.right_share = right_share
+
+    def chat_prompt(self, question: str) -> str:
+        return question
+
+    def complete(self, prompts, params, n):
+        return [[KNOWN["reply"] if i < self.right_share[prompt] * n else "I have no idea." for i in range(n)]
+                for prompt in prompts]
+
+
+def test_questions_answered_now_and_then_are_neither_answered_nor_declined_in_the_examples():
+    shares = [1.0, 0.5, 0.25, 0.0]
+    questions = [{**KNOWN, "question": f"Q{share}", "group": "capital"} for share in shares]
+    engine = ScriptedAnswers({q["question"]: share for q, share in zip(questions, shares)})
+    labels = probe(engine, questions, ProbeConfig(samples=4, unknown_below=0.25))
+    assert [(label["known"], label["unsure"]) for label in labels] == [(True, False), (True, False),
+                                                                      (False, True), (False, False)]
+    taught = probe_examples(labels, known_share=0.5)
+    assert sorted(e["messages"][0]["content"] for e in taught) == ["Q0.0", "Q0.5", "Q1.0"]
+    assert sum(says_dont_know(e["messages"][1]["content"]) for e in taught) == 1
+    everything = probe(engine, questions, ProbeConfig(samples=4))  # without it: all below threshold are unknown
+    assert [label["unsure"] for label in everything] == [False] * 4 and len(probe_examples(everything)) == 4
+    with pytest.raises(ValueError, match="unknown_below=0.75: give a share above 0 and at most threshold=0.5"):
+        ProbeConfig(unknown_below=0.75)
+
+
 def test_probe_command_writes_labels_examples_and_summary(tmp_path, saved_model_dir):
     questions = tmp_path / "questions.jsonl"
     questions.write_text("".join(json.dumps(q) + "\n" for q in (KNOWN, UNKNOWN)))

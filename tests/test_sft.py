@@ -88,6 +88,22 @@ def test_a_bf16_dtype_trains_fp32_master_weights(tmp_path, saved_model_dir, sft_
     torch.testing.assert_close(moved["bfloat16"], moved["float32"], atol=1e-7, rtol=0)
 
 
+def test_a_trained_weights_share_saves_the_interpolation_with_the_starting_model(tmp_path, saved_model_dir, sft_data):
+    initial = AutoModelForCausalLM.from_pretrained(saved_model_dir).state_dict()
+    saved = {}
+    for share in (1.0, 0.25):
+        script, training, model, mixture = _args(tmp_path / str(share), saved_model_dir, sft_data, max_steps=3)
+        script.eval_prompts = script.eval_word_problems = script.eval_world_questions = 1
+        script.trained_weights_share = share
+        assert run_sft(script, training, model, mixture)["trained_weights_share"] == share
+        saved[share] = AutoModelForCausalLM.from_pretrained(tmp_path / str(share) / "out").state_dict()
+    assert any((saved[1.0][name] - weight).abs().max() > 1e-3 for name, weight in initial.items())
+    for name, weight in initial.items():
+        torch.testing.assert_close(saved[0.25][name], weight + 0.25 * (saved[1.0][name] - weight))
+    with pytest.raises(InvalidValue, match="trained_weights_share=0: give a share above 0 and at most 1"):
+        SFTScriptArguments(trained_weights_share=0)
+
+
 def test_sft_of_a_llama_with_llama_3s_own_chat_template(tmp_path, tokenizer, sft_data):
     tokenizer.save_pretrained(tmp_path / "tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")

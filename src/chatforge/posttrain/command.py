@@ -37,6 +37,9 @@ def add_commands(stages) -> None:
     probe.add_argument("--samples", type=int, default=4, help="answers sampled per question")
     probe.add_argument("--temperature", type=float, default=0.7)
     probe.add_argument("--threshold", type=float, default=0.5, help="share of right answers that counts as known")
+    probe.add_argument("--unknown-below", type=float, default=None,
+                       help="unknown only below this share of right answers; those in between are left out of "
+                            "the examples (default: all below --threshold are unknown)")
     probe.add_argument("--known-copies", type=int, default=1, help="copies of each answered example")
     probe.add_argument("--unknown-copies", type=int, default=1, help='copies of each "I don\'t know" example')
     probe.add_argument("--known-share", type=float, default=None,
@@ -51,7 +54,7 @@ def _probe(args: argparse.Namespace) -> None:
 
     summary = run_probe(args.model, args.questions, args.output,
                         ProbeConfig(samples=args.samples, temperature=args.temperature, threshold=args.threshold,
-                                    seed=args.seed, known_copies=args.known_copies,
+                                    unknown_below=args.unknown_below, seed=args.seed, known_copies=args.known_copies,
                                     unknown_copies=args.unknown_copies, known_share=args.known_share),
                         args.held_out)
     groups = ", ".join(f"{name} {g['known_share']:.0%}" for name, g in summary["by_group"].items())

@@ -26,7 +26,9 @@ from ..tasks.world import dont_know_reply, is_correct
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    """``samples`` answers per question at ``temperature``; known when at least ``threshold`` are right.
+    """``samples`` answers per question at ``temperature``; known when at least ``threshold`` are right. With
+    ``unknown_below``, unknown only when fewer than that share are right: the questions in between, which the model
+    sometimes answers, are unsure and left out of ``train.jsonl`` (neither answered nor declined).
     ``train.jsonl`` holds ``known_copies`` of each answered example and ``unknown_copies`` of each "I don't
     know": more answers than admissions keep the model from saying "I don't know" to what it knows. With
     ``known_share``, answers make up that share of each group's examples instead (its known ones copied as often as
@@ -42,6 +44,7 @@ class ProbeConfig:
     known_copies: int = 1
     unknown_copies: int = 1
     known_share: float | None = None
+    unknown_below: float | None = None
 
     def __post_init__(self):
         if min(self.known_copies, self.unknown_copies) < 1:
@@ -49,6 +52,9 @@ class ProbeConfig:
                                "least one copy of each")
         if self.known_share is not None and not 0 < self.known_share < 1:
             raise InvalidValue(f"known_share={self.known_share}: give a share between 0 and 1 (exclusive)")
+        if self.unknown_below is not None and not 0 < self.unknown_below <= self.threshold:
+            raise InvalidValue(f"unknown_below={self.unknown_below}: give a share above 0 and at most threshold="
+                               f"{self.threshold}")
 
     @classmethod
     def from_recipe(cls, recipe: Mapping) -> "ProbeConfig":
@@ -57,7 +63,8 @@ class ProbeConfig:
 
 
 #: The settings ``chatforge probe`` takes as options (``--known-copies``, ...).
-COMMAND_OPTIONS = ("samples", "temperature", "threshold", "known_copies", "unknown_copies", "known_share", "seed")
+COMMAND_OPTIONS = ("samples", "temperature", "threshold", "unknown_below", "known_copies", "unknown_copies",
+                   "known_share", "seed")
 
 
 def probe_command(model: str, questions: str, output: str, config: ProbeConfig, held_out: str | None = None) -> str:
@@ -85,7 +92,8 @@ def load_questions(source: str) -> list[dict]:
 
 
 def probe(engine: Engine, questions: list[dict], config: ProbeConfig = ProbeConfig()) -> list[dict]:
-    """Sample each question ``config.samples`` times and judge the answers against the reference."""
+    """Sample each question ``config.samples`` times and judge the answers against the reference: ``known``, or
+    ``unsure`` (see :class:`ProbeConfig`), or neither."""
     params = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_k=None,
                             seed=config.seed)
     labels = []
@@ -94,16 +102,22 @@ def probe(engine: Engine, questions: list[dict], config: ProbeConfig = ProbeConf
         prompts = [engine.chat_prompt(q["question"]) for q in batch]
         for question, answers in zip(batch, engine.complete(prompts, params, n=config.samples)):
             share = sum(is_correct(answer, str(question["answer"])) for answer in answers) / len(answers)
-            labels.append({**question, "sampled": answers, "correct_share": share,
-                           "known": share >= config.threshold})
+            known = share >= config.threshold
+            unsure = not known and config.unknown_below is not None and share >= config.unknown_below
+            labels.append({**question, "sampled": answers, "correct_share": share, "known": known, "unsure": unsure})
     return labels
+
+
+def taught(labels: list[dict]) -> list[dict]:
+    """The labels that make examples: all but the unsure ones."""
+    return [label for label in labels if not label.get("unsure")]
 
 
 def known_copies_by_group(labels: list[dict], known_share: float, unknown_copies: int = 1) -> dict:
     """Per ``group`` of the labels: the copies of each known example that make answers ``known_share`` of the
     group's examples, beside ``unknown_copies`` of each unknown one (at least one copy)."""
     counts: dict = defaultdict(lambda: [0, 0])  # known, unknown
-    for label in labels:
+    for label in taught(labels):
         counts[label.get("group")][0 if label["known"] else 1] += 1
     return {group: max(1, round(unknown * unknown_copies * known_share / (1 - known_share) / known)) if known else 1
             for group, (known, unknown) in counts.items()}
@@ -119,7 +133,7 @@ def probe_examples(labels: list[dict], seed: int = 0, known_copies: int = 1, unk
     by_group = known_copies_by_group(labels, known_share, unknown_copies) if known_share is not None else {}
     rng = random.Random(seed)
     examples = []
-    for label in labels:
+    for label in taught(labels):
         for _ in range(by_group.get(label.get("group"), known_copies) if label["known"] else unknown_copies):
             question = rng.choice(label["phrasings"]) if label.get("phrasings") else label["question"]
             if label["known"]:
@@ -151,6 +165,7 @@ def run_probe(model: str, questions: str, output_dir: str | Path, config: ProbeC
         group["questions"] += 1
         group["known"] += label["known"]
     summary = {"model": model, "questions": len(labels), "known": sum(label["known"] for label in labels),
+               "unsure": sum(label["unsure"] for label in labels),
                "by_group": {name: {**g, "known_share": g["known"] / g["questions"]} for name, g in by_group.items()},
                "config": vars(config)}
     if held:

@@ -30,6 +30,22 @@ def save_trained_model(trainer, output_dir: str, load_base: Callable | None = No
     trainer.accelerator.wait_for_everyone()
 
 
+def interpolate_with_start(accelerator, output_dir: str, load_start: Callable, share: float) -> None:
+    """Weight-space interpolation with the starting model (WiSE-FT): the model saved in ``output_dir`` becomes
+    ``share`` of its own weights plus ``1 - share`` of ``load_start()``'s, which gives back part of what training
+    overwrote (facts it knew) while keeping most of what it taught. On the main process; every process calls this."""
+    if accelerator.is_main_process:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        trained = AutoModelForCausalLM.from_pretrained(output_dir)
+        start = load_start().state_dict()
+        trained.load_state_dict({name: start[name].to(torch.float32).lerp(weight.to(torch.float32), share).to(
+            weight.dtype) for name, weight in trained.state_dict().items()})
+        trained.save_pretrained(output_dir)
+    accelerator.wait_for_everyone()
+
+
 @contextlib.contextmanager
 def evaluated_on_main(trainer, auto_class, output_dir: str):
     """The model :func:`save_trained_model` wrote, loaded whole on the main process for evaluation inside (None

@@ -33,7 +33,7 @@ from ..training.precision import fit_precision
 from .mixture import load_mixture
 from .probe import ProbeConfig, probe_command
 from .replay import check_compatible, mix_in, shard_rows
-from .saving import evaluated_before_training, evaluated_on_main, save_trained_model
+from .saving import evaluated_before_training, evaluated_on_main, interpolate_with_start, save_trained_model
 from .sft_trainer import FullLogitsOnCPUSFTTrainer
 
 #: What an SFT evaluation measures, on the held-out files of ``sft_data_dir`` (those that are there).
@@ -74,11 +74,18 @@ class SFTScriptArguments:
     probe_samples: int = field(default=4, metadata={"help": "answers the probe samples per question"})
     probe_threshold: float = field(default=0.5, metadata={"help": "share of right sampled answers that makes a "
                                                                    "question known to the probed model"})
+    probe_unknown_below: float | None = field(
+        default=None, metadata={"help": "share of right sampled answers below which a question is unknown; those "
+                                        "between it and probe_threshold are left out of the examples"})
     probe_known_copies: int = field(default=1, metadata={"help": "copies of each answered probe example"})
     probe_unknown_copies: int = field(default=1, metadata={"help": "copies of each 'I don't know' probe example"})
     probe_known_share: float | None = field(
         default=None, metadata={"help": "share of each question group's probe examples that answer (known ones "
                                         "copied to reach it; instead of probe_known_copies)"})
+    trained_weights_share: float = field(
+        default=1.0, metadata={"help": "the saved model's weights: this share of the trained ones, the rest the "
+                                       "starting model's (weight-space interpolation, WiSE-FT; 1 saves the trained "
+                                       "model)"})
     replay_shards: str | None = field(
         default=None, metadata={"help": "pretraining token shards (chatforge data tokenize) replayed as plain text "
                                         "among the training rows, against forgetting what pretraining taught"})
@@ -89,6 +96,9 @@ class SFTScriptArguments:
         if self.eval_conversations is not None and self.eval_conversations < 1:
             raise InvalidValue(f"eval_conversations={self.eval_conversations}: must be a positive count "
                                "(or unset for all)")
+        if not 0 < self.trained_weights_share <= 1:
+            raise InvalidValue(f"trained_weights_share={self.trained_weights_share}: give a share above 0 and at "
+                               "most 1")
         if unknown := set(self.eval_base_tasks or ()) - set(SFT_TASKS):
             raise InvalidValue(f"eval_base_tasks: {', '.join(sorted(unknown))} is not an SFT task; choose from "
                                f"{', '.join(SFT_TASKS)}")
@@ -267,10 +277,13 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
     # saved before the evaluation, so that its failure loses no training
     save_trained_model(trainer, training_args.output_dir,
                        (lambda: load_policy(model_args, tokenizer)) if model_args.use_peft else None)
+    if script.trained_weights_share < 1:
+        interpolate_with_start(trainer.accelerator, training_args.output_dir,
+                               lambda: load_policy(model_args, tokenizer), script.trained_weights_share)
     figures = {"eval_loss_before": eval_loss_before, "eval_loss": eval_loss,
                "eval_conversations": len(checked["test"]) if "test" in checked else 0, "skipped": skipped,
                "train_conversations": len(checked["train"]), "train_rows": len(trainer.train_dataset),
-               "base": base_figures}
+               "trained_weights_share": script.trained_weights_share, "base": base_figures}
     with evaluated_on_main(trainer, AutoModelForCausalLM, training_args.output_dir) as trained:
         if trained is not None:
             figures.update(sft=held_out_evaluation(trained, tokenizer, script, training_args.output_dir),
