@@ -331,7 +331,8 @@ def run_probe(run: Run) -> dict:
                               probe.ProbeConfig.from_recipe(vars(script)),
                               str(data_dir / script.probe_held_out) if script.probe_held_out else None)
     asked_sft = Path(script.probe_model).resolve() == run.model_dir("sft").resolve()
-    return {"questions": summary["questions"], "known": summary["known"], "model": "sft" if asked_sft else "base",
+    return {"questions": summary["questions"], "known": summary["known"], "unsure": summary["unsure"],
+            "model": "sft" if asked_sft else "base",
             **{f"known_share.{group}": g["known_share"] for group, g in summary["by_group"].items()},
             **{f"held_out.{key}": value for key, value in summary.get("held_out", {}).items()}}
 
