@@ -227,6 +227,8 @@ def test_recipe_errors_name_the_file_and_field(tmp_path, monkeypatch):
         load_recipe(str(_write_recipe(tmp_path, data={"val_fraction": 0})))
     with pytest.raises(RecipeError, match="speedrun.yaml: unknown benchmarks \\['mmlu'\\]; choose from"):
         load_recipe(str(_write_recipe(tmp_path, eval={"benchmarks": ["hellaswag_100", "mmlu"]})))
+    with pytest.raises(RecipeError, match="speedrun.yaml: skip: unknown tasks \\['recal'\\]; choose from"):
+        load_recipe(str(_write_recipe(tmp_path, eval={"skip": ["recal"]})))
 
 
 def test_stage_configs_are_moved_under_the_output(tmp_path, monkeypatch):

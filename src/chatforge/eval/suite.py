@@ -156,9 +156,12 @@ class EvalConfig:
     seed: int = 0
     benchmarks: list[str] = field(default_factory=list)  # a speedrun's standard benchmarks for every language model
     benchmark_tokens: int = 256  # at most this many tokens generated per benchmark item (GSM8K, HumanEval)
+    skip: list[str] = field(default_factory=list)  # tasks a speedrun's eval stage leaves out
 
     def __post_init__(self):
         check_benchmark_names(self.benchmarks)
+        if unknown := [task for task in self.skip if task not in TASKS]:
+            raise InvalidValue(f"skip: unknown tasks {unknown}; choose from {list(TASKS)}")
 
     def limit_of(self, task: str) -> int | None:
         return self.limits.get(task, self.limit)

@@ -420,7 +420,7 @@ def run_eval(run: Run) -> dict:
             results[name] = results[twins[name]]
             _copy_if_there(run.output / "benchmark-samples" / twins[name], samples)
             continue
-        tasks = [task for task in TASKS_BY_KIND[kind] if data.has_data_for(task)]
+        tasks = [task for task in TASKS_BY_KIND[kind] if data.has_data_for(task) and task not in run.recipe.eval.skip]
         tasks += run.recipe.eval.benchmarks if kind != "reward" else []
         print(f"evaluating {name} ({run.model_dir_of(name)}): {', '.join(tasks)}", flush=True)
         results[name] = evaluate_model(str(run.model_dir_of(name)), tasks, data, run.recipe.eval, samples_dir=samples)
