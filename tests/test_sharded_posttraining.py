@@ -132,3 +132,13 @@ def test_two_processes_checkpoint_resume_and_save_whole_weights(stage, inputs, t
     shutil.rmtree(tmp_path / "fsdp2/checkpoint-4")  # back to a run stopped after step 2
     _run(stage, inputs, tmp_path / "fsdp2", "fsdp2", resume_from_checkpoint="latest")
     _assert_same_weights(tmp_path / "fsdp2", straight)
+
+
+def test_an_fsdp2_sft_saves_its_interpolation_with_the_starting_model(inputs, tmp_path):
+    """`trained_weights_share` under FSDP2: the main process interpolates the whole weights both processes saved."""
+    initial = AutoModel.from_pretrained(inputs / "model").state_dict()
+    for share in (1.0, 0.5):
+        _run("sft", inputs, tmp_path / str(share), "fsdp2", trained_weights_share=share, save_strategy="no")
+    trained, halfway = (AutoModel.from_pretrained(tmp_path / str(share)).state_dict() for share in (1.0, 0.5))
+    for name, weight in initial.items():
+        torch.testing.assert_close(halfway[name], (weight + trained[name]) / 2, atol=1e-5, rtol=0, msg=name)
