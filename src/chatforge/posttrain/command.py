@@ -50,12 +50,9 @@ def add_commands(stages) -> None:
 
 
 def _probe(args: argparse.Namespace) -> None:
-    from .probe import ProbeConfig, run_probe
+    from .probe import COMMAND_OPTIONS, ProbeConfig, run_probe
 
     summary = run_probe(args.model, args.questions, args.output,
-                        ProbeConfig(samples=args.samples, temperature=args.temperature, threshold=args.threshold,
-                                    unknown_below=args.unknown_below, seed=args.seed, known_copies=args.known_copies,
-                                    unknown_copies=args.unknown_copies, known_share=args.known_share),
-                        args.held_out)
+                        ProbeConfig(**{name: getattr(args, name) for name in COMMAND_OPTIONS}), args.held_out)
     groups = ", ".join(f"{name} {g['known_share']:.0%}" for name, g in summary["by_group"].items())
     print(f"probe: {summary['known']}/{summary['questions']} questions known ({groups}) -> {args.output}")
