@@ -6,7 +6,8 @@ import datasets
 import pytest
 import torch
 from conftest import assert_drawn_from, small_config, small_llama_config
-from transformers import LlamaForCausalLM
+from transformers import LlamaForCausalLM, LogitsProcessorList
+from transformers.generation import SuppressTokensLogitsProcessor, TemperatureLogitsWarper
 from trl import DatasetMixtureConfig, GRPOConfig, GRPOTrainer, ModelConfig
 
 from chatforge.data import DataCollatorForChat
@@ -151,6 +152,19 @@ def test_gsm_symbolic_problems_have_checkable_answers(tmp_path):
     assert answer_reward([f"The answer is {a}." for a in answers], answers) == [1.0] * 4
 
 
+def _padded_grid(tokenizer) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Four prompts left-padded and their completions right-padded, as GRPO scores them: ids, mask, and the
+    completion width."""
+    prompts, completions = [[5, 6, 7], [8, 9, 10, 11, 12], [13, 14], [15]], [[20, 21, 22, 23], [24], [25, 26, 27], [28]]
+    width, keep = 5, 4
+    ids = torch.full((4, width + keep), tokenizer.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for row, (prompt, completion) in enumerate(zip(prompts, completions)):
+        ids[row, width - len(prompt):width + len(completion)] = torch.tensor(prompt + completion)
+        mask[row, width - len(prompt):width + len(completion)] = 1
+    return ids, mask, keep
+
+
 @pytest.mark.parametrize("architecture", ["chatforge", "llama"])
 def test_packed_scoring_gives_trls_log_probabilities_entropies_and_gradients(tmp_path, tokenizer, architecture):
     """Prompts left-padded and completions right-padded to different lengths: the packed rows score what TRL's
@@ -164,14 +178,8 @@ def test_packed_scoring_gives_trls_log_probabilities_entropies_and_gradients(tmp
                           temperature=0.7, bf16=False, use_cpu=True, report_to="none")
     trainer = PackedGRPOTrainer(model=model, reward_funcs=answer_reward, args=training, train_dataset=problems,
                                 processing_class=tokenizer)
-    prompts, completions = [[5, 6, 7], [8, 9, 10, 11, 12], [13, 14], [15]], [[20, 21, 22, 23], [24], [25, 26, 27], [28]]
-    width, keep = 5, 4
-    ids = torch.full((4, width + keep), tokenizer.pad_token_id)
-    mask = torch.zeros_like(ids)
-    for row, (prompt, completion) in enumerate(zip(prompts, completions)):
-        ids[row, width - len(prompt):width + len(completion)] = torch.tensor(prompt + completion)
-        mask[row, width - len(prompt):width + len(completion)] = 1
-    scored = mask[:, width:].bool()
+    ids, mask, keep = _padded_grid(tokenizer)
+    scored = mask[:, -keep:].bool()
     results = []
     for score in (trainer._get_per_token_logps_and_entropies, partial(GRPOTrainer._get_per_token_logps_and_entropies,
                                                                       trainer)):
@@ -187,6 +195,36 @@ def test_packed_scoring_gives_trls_log_probabilities_entropies_and_gradients(tmp
         torch.testing.assert_close(packed_grad, grad, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="follows padding"):
         pack_completions(torch.tensor([[5, 6, 0, 7]]), torch.tensor([[1, 1, 0, 1]]), 1)
+
+
+def test_tokens_that_sampling_suppresses_are_scored_as_the_sampler_draws_them(tmp_path, tokenizer):
+    """With ``suppress_tokens`` in the generation settings, the scores are the log-probabilities of the distribution
+    transformers' sampling processors give (suppression, then temperature), not those of the unsuppressed model:
+    trained on the latter, the suppressed tokens' logits drift unseen."""
+    torch.manual_seed(0)
+    model = ChatForgeForCausalLM(small_config(tokenizer, initializer_range=0.1))
+    problems = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": q}], "answer": "1"}
+                                           for q in QUESTIONS])
+    suppressed = [30, 31, 40]
+    training = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2,
+                          temperature=0.7, bf16=False, use_cpu=True, report_to="none",
+                          generation_kwargs={"suppress_tokens": suppressed})
+    trainer = PackedGRPOTrainer(model=model, reward_funcs=answer_reward, args=training, train_dataset=problems,
+                                processing_class=tokenizer)
+    ids, mask, keep = _padded_grid(tokenizer)
+    scored = mask[:, -keep:].bool()
+    with torch.no_grad():
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(model, ids, mask, keep)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        logits = model(input_ids=ids, attention_mask=mask, position_ids=positions).logits[:, -keep - 1:-1]
+    processors = LogitsProcessorList([SuppressTokensLogitsProcessor(suppressed), TemperatureLogitsWarper(0.7)])
+    sampled = torch.stack([processors(ids[:, :ids.size(1) - keep + step], logits[:, step]) for step in range(keep)], 1)
+    expected = sampled.log_softmax(-1).gather(-1, ids[:, -keep:, None])[..., 0]
+    torch.testing.assert_close(logps[scored], expected[scored], atol=1e-5, rtol=1e-5)
+    unsuppressed = (logits / 0.7).log_softmax(-1).gather(-1, ids[:, -keep:, None])[..., 0]
+    assert (logps[scored] - unsuppressed[scored]).min() > 1e-4  # the suppressed tokens' mass went to the others
+    with pytest.raises(ValueError, match="suppress_tokens is scored on packed text completions only"):
+        trainer._get_per_token_logps_and_entropies(model, ids, mask, keep, compute_aux_loss=True)
 
 
 def test_rollouts_are_drawn_from_the_policy_at_the_training_temperature(tmp_path, tokenizer):

@@ -89,6 +89,8 @@ def test_knowledge_kept_reward_ppo_grpo_and_benchmark_goals(whole_run, run_folde
     low, high = knowledge["known"]["kept_right_interval_95"]
     assert low <= knowledge["known"]["kept_right"] <= high and knowledge["known"]["kept_right"] >= 0.90
     assert knowledge["unknown"]["dont_know_rate"] >= 0.70
+    # GRPO's word problems, worked in the text with the tool tokens suppressed, left the final model a chat assistant
+    assert evaluation["grpo"]["format"]["format_adherence"] >= evaluation["sft"]["format"]["format_adherence"] - 0.05
     for model in ("base", "sft", "ppo", "grpo"):  # the standard benchmarks on every language model
         assert all(evaluation[model][name]["items"] == 100 for name in BENCHMARKS)
     card = (run_folder / "report.md").read_text()

@@ -339,3 +339,7 @@ def test_tiny_speedrun_moves_every_figure_the_right_way(tmp_path):
     assert ppo["best.test_gold"] >= ppo["initial.test_gold"] - 2 * math.hypot(ppo["initial.test_gold_se"],
                                                                                ppo["best.test_gold_se"])
     assert report["grpo"]["after.arithmetic.pass@1"] >= report["grpo"]["before.arithmetic.pass@1"] + 0.10
+    # and GRPO's word problems, worked in the text with the tool tokens suppressed, left the final model a chat
+    # assistant on the eval stage's held-out prompts (tools running)
+    evaluation = report["eval"]
+    assert evaluation["grpo.format.format_adherence"] >= evaluation["sft.format.format_adherence"] - 0.10

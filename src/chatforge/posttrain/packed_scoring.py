@@ -15,6 +15,8 @@ import torch
 from trl import GRPOTrainer
 from trl.trainer.utils import selective_log_softmax_and_entropy
 
+from ..errors import InvalidValue
+
 
 @dataclass
 class PackedRows:
@@ -63,12 +65,15 @@ def pack_completions(input_ids: torch.Tensor, attention_mask: torch.Tensor, logi
                              targets=input_ids[:, width - logits_to_keep:][scored])
 
 
-def completion_logps_and_entropies(model, packed: PackedCompletions, temperature: float,
-                                   entropy_requires_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def completion_logps_and_entropies(model, packed: PackedCompletions, temperature: float, entropy_requires_grad: bool,
+                                   suppressed: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probabilities and entropies (at ``temperature``) of the scored tokens, laid back on the
-    (batch, logits_to_keep) grid with zeros elsewhere."""
-    logits = packed_logits(model, packed.rows, packed.predicting)
-    logps, entropy = selective_log_softmax_and_entropy(logits.float(), packed.targets, temperature=temperature,
+    (batch, logits_to_keep) grid with zeros elsewhere. The ``suppressed`` token ids get no probability, as in
+    sampling that suppresses them: the policy scored is the one that sampled, and their logits get no gradient."""
+    logits = packed_logits(model, packed.rows, packed.predicting).float() / temperature
+    if suppressed:
+        logits = logits.index_fill(-1, torch.tensor(suppressed, device=logits.device), torch.finfo(logits.dtype).min)
+    logps, entropy = selective_log_softmax_and_entropy(logits, packed.targets,
                                                        entropy_requires_grad=entropy_requires_grad)
     return tuple(values.new_zeros(packed.scored.shape).masked_scatter(packed.scored, values)
                  for values in (logps, entropy))
@@ -77,11 +82,18 @@ def completion_logps_and_entropies(model, packed: PackedCompletions, temperature
 class PackedGRPOTrainer(GRPOTrainer):
     """TRL's GRPOTrainer scoring text completions on packed rows (multimodal inputs and MoE auxiliary losses take
     TRL's own path). The model must take ``position_ids`` that restart per sequence as document boundaries, as
-    ChatForge and transformers' Llama-family models do."""
+    ChatForge and transformers' Llama-family models do. Tokens that sampling suppresses
+    (``generation_kwargs["suppress_tokens"]``) get no probability in the scores either: trained on the scores of
+    the unsuppressed policy, their logits drift where no sample ever holds them (after 400 steps of the tiny recipe
+    a tool-call token came first in most chat replies)."""
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, compute_aux_loss=False, **media):
+        suppressed = (self.args.generation_kwargs or {}).get("suppress_tokens")
         if compute_aux_loss or any(value is not None for value in media.values()):
+            if suppressed:
+                raise InvalidValue("suppress_tokens is scored on packed text completions only: multimodal inputs and "
+                                   "MoE auxiliary losses cannot take it")
             return super()._get_per_token_logps_and_entropies(
                 model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
                 compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **media)
@@ -92,6 +104,7 @@ class PackedGRPOTrainer(GRPOTrainer):
             packed = pack_completions(input_ids[start:start + batch_size], attention_mask[start:start + batch_size],
                                       logits_to_keep)
             with self.accelerator.autocast():
-                chunks.append(completion_logps_and_entropies(model, packed, self.temperature, entropy_requires_grad))
+                chunks.append(completion_logps_and_entropies(model, packed, self.temperature, entropy_requires_grad,
+                                                             suppressed))
         logps, entropies = (torch.cat(parts) for parts in zip(*chunks))
         return logps, (entropies if compute_entropy else None), None
