@@ -40,6 +40,14 @@ def packed_logits(model, rows: PackedRows, predicting: torch.Tensor) -> torch.Te
                  use_cache=False).logits[0]
 
 
+def without_suppressed(logits: torch.Tensor, suppressed: list[int] | None) -> torch.Tensor:
+    """``logits`` with the ``suppressed`` token ids (vocabulary, last axis) at the dtype's lowest value: no
+    probability, as when the sampler suppresses them, no gradient, and finite entropies."""
+    if not suppressed:
+        return logits
+    return logits.index_fill(-1, torch.tensor(suppressed, device=logits.device), torch.finfo(logits.dtype).min)
+
+
 @dataclass
 class PackedCompletions:
     """A GRPO batch packed, and what to score in it."""
@@ -70,9 +78,7 @@ def completion_logps_and_entropies(model, packed: PackedCompletions, temperature
     """Per-token log-probabilities and entropies (at ``temperature``) of the scored tokens, laid back on the
     (batch, logits_to_keep) grid with zeros elsewhere. The ``suppressed`` token ids get no probability, as in
     sampling that suppresses them: the policy scored is the one that sampled, and their logits get no gradient."""
-    logits = packed_logits(model, packed.rows, packed.predicting).float() / temperature
-    if suppressed:
-        logits = logits.index_fill(-1, torch.tensor(suppressed, device=logits.device), torch.finfo(logits.dtype).min)
+    logits = without_suppressed(packed_logits(model, packed.rows, packed.predicting).float() / temperature, suppressed)
     logps, entropy = selective_log_softmax_and_entropy(logits, packed.targets,
                                                        entropy_requires_grad=entropy_requires_grad)
     return tuple(values.new_zeros(packed.scored.shape).masked_scatter(packed.scored, values)

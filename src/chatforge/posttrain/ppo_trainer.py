@@ -58,7 +58,7 @@ from ..training.distributed import (
     without_tied_copies,
 )
 from ..training.precision import mixed_precision
-from .packed_scoring import PackedRows, pack_rows, packed_logits
+from .packed_scoring import PackedRows, pack_rows, packed_logits, without_suppressed
 from .ppo_config import SELECTION_METRICS, PPOConfig
 
 BEST_DIR = "best"
@@ -164,11 +164,10 @@ def token_logprobs(model, rollout: Rollout, temperature: float) -> tuple[torch.T
     suppressed tokens left out, as when it was sampled) and the entropy of each predicting distribution; the
     rollout is scored packed, the head applied at reply positions only."""
     rows, predicting = _packed(rollout)
-    logits = packed_logits(model, rows, predicting).float() / temperature
-    logits[:, rollout.suppressed] = float("-inf")
+    logits = without_suppressed(packed_logits(model, rows, predicting).float() / temperature, rollout.suppressed)
     targets = rollout.input_ids.gather(1, rollout.positions + 1)[rollout.mask.bool()]
     logprobs = F.log_softmax(logits, dim=-1)
-    entropy = -(logprobs.exp() * logprobs.masked_fill(logprobs.isinf(), 0.0)).sum(-1)
+    entropy = -(logprobs.exp() * logprobs).sum(-1)
     return (_on_reply_grid(rollout, logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)),
             _on_reply_grid(rollout, entropy))
 
