@@ -8,6 +8,7 @@ tokens.
 """
 
 import copy
+import inspect
 import json
 import uuid
 from dataclasses import dataclass
@@ -32,11 +33,17 @@ def _renders_tools(tokenizer) -> bool:
         return False
 
 
+def _family_argument(model):
+    """What ``get_response_template`` finds the model's family by: its config from transformers 5.25 on, the model
+    itself before."""
+    return model.config if "config" in inspect.signature(get_response_template).parameters else model
+
+
 def tool_call_template(tokenizer, model) -> tuple[dict | None, str | None]:
     """``(response template, None)`` for a model that takes declared tools, else ``(None, why not)``."""
     if not _renders_tools(tokenizer):
         return None, "this model's chat template does not take tools"
-    template = get_response_template(tokenizer, model)  # the tokenizer's own, else its family's
+    template = get_response_template(tokenizer, _family_argument(model))  # the tokenizer's own, else its family's
     if template is None and TOOL_CALL_START in tokenizer.get_vocab():
         template = RESPONSE_TEMPLATE
     if template is None:
