@@ -261,3 +261,32 @@ def test_a_kept_figure_is_measured_again_when_the_model_records_or_settings_chan
         evaluate()
         evaluate()
     assert measurements == [3, 3, 3, 2, 4, 4]
+
+
+def test_a_figure_asked_with_the_search_tool_is_kept_for_its_index_folder(saved_model_dir, documents, tmp_path,
+                                                                         monkeypatch):
+    """Format adherence with the tools running is measured once per model, prompts and search index (a folder):
+    the SFT stage's figure of a model is the eval stage's; another index measures it again."""
+    from chatforge.eval import suite
+    from chatforge.eval.result_cache import cached_in
+    from chatforge.tools import SearchIndex
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"messages": [{"role": "user", "content": text}]}) + "\n"
+                               for text in ("Hello there.", "What is the capital of France?")))
+    SearchIndex.build(documents[:20]).save(tmp_path / "index")
+    measured = []
+    adherence = suite.format_adherence
+    monkeypatch.setattr(suite, "format_adherence", lambda *args, **kwargs: (
+        measured.append(1) or adherence(*args, **kwargs)))
+
+    def evaluate():
+        data = EvalData(prompts=str(prompts), search_index=str(tmp_path / "index"))
+        return evaluate_model(str(saved_model_dir), ["format"], data, suite.EvalConfig(limit=2))["format"]
+
+    with cached_in(tmp_path / "cache"):
+        first = evaluate()
+        assert evaluate() == first and len(measured) == 1
+        SearchIndex.build(documents[:21]).save(tmp_path / "index")
+        evaluate()
+    assert len(measured) == 2 and first["prompts"] == 2

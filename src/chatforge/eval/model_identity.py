@@ -23,6 +23,15 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def folder_digest(folder: str | Path) -> str:
+    """SHA-256 over the relative names and contents of every file under ``folder``, in name order."""
+    root = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(path for path in root.rglob("*") if path.is_file()):
+        digest.update(f"{path.relative_to(root).as_posix()}\0{file_digest(path)}\0".encode())
+    return digest.hexdigest()
+
+
 def _is_model_file(path: Path) -> bool:
     return path.is_file() and (path.name in MODEL_FILE_NAMES or path.suffix in MODEL_FILE_SUFFIXES) \
         and path.name != "training_args.bin"

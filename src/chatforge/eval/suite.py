@@ -39,7 +39,7 @@ from ..tools import Toolbox, default_toolbox
 from .chat import format_adherence, knowledge, look_up_accuracy, python_accuracy, word_problem_accuracy
 from .harness import BENCHMARKS, check_benchmark_names, run_benchmarks
 from .induction import repeated_sequence_copying
-from .model_identity import file_digest, model_fingerprint
+from .model_identity import file_digest, folder_digest, model_fingerprint
 from .problems import problem_accuracy
 from .recall import cloze_recall
 from .result_cache import EvalCache
@@ -387,11 +387,12 @@ def _cache_description(task: str, data: EvalData, config: EvalConfig, engine: En
                    "settings": {name: getattr(config, name) for name in TASK_SETTINGS.get(task, ())},
                    "dtype": str(parameter.dtype), "device": parameter.device.type}
     if task in TASKS_WITH_TOOLS:
-        index = _source_digest(data.search_index) if data.search_index else "none"
-        if index is None:
+        index = data.search_index
+        digest = "none" if not index else folder_digest(index) if Path(index).is_dir() else _source_digest(index)
+        if digest is None:
             return None
         description["tools"] = {"names": sorted(engine.toolbox.tools) if engine.toolbox else [],
-                                "search_index": index, "max_tool_calls": engine.max_tool_calls}
+                                "search_index": digest, "max_tool_calls": engine.max_tool_calls}
     return description
 
 
