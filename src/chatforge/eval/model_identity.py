@@ -24,11 +24,18 @@ def file_digest(path: str | Path) -> str:
 
 
 def folder_digest(folder: str | Path) -> str:
-    """SHA-256 over the relative names and contents of every file under ``folder``, in name order."""
-    root = Path(folder)
+    """SHA-256 over the relative names and contents of every file under ``folder``, in name order. Files not
+    changed since (same size and modification time) are not read again in this process."""
+    root = Path(folder).resolve()
+    files = sorted(path for path in root.rglob("*") if path.is_file())
+    return _folder_digest(str(root), tuple((str(path), path.stat().st_size, path.stat().st_mtime_ns) for path in files))
+
+
+@functools.lru_cache(maxsize=64)
+def _folder_digest(root: str, files: tuple[tuple[str, int, int], ...]) -> str:
     digest = hashlib.sha256()
-    for path in sorted(path for path in root.rglob("*") if path.is_file()):
-        digest.update(f"{path.relative_to(root).as_posix()}\0{file_digest(path)}\0".encode())
+    for path, _, _ in files:
+        digest.update(f"{Path(path).relative_to(root).as_posix()}\0{file_digest(path)}\0".encode())
     return digest.hexdigest()
 
 
