@@ -2,7 +2,8 @@
 architecture and shape (``reference``), and a GPT of nanoGPT's architecture at the same width, depth, heads
 and context (``nanogpt``: learned positions, LayerNorm, GELU MLP).
 
-The models run the same training step (forward, next-token loss, backward, AdamW) on the same batches, in
+The models run the same training step (forward, next-token loss, backward, AdamW: ChatForge's as its pretraining
+loop builds it, the references' as nanoGPT's train.py does) on the same batches, in
 rounds of rotating order so that machine noise hits each alike. Prints tokens/s of each, and the median
 per-round ratios (above 1.0 means ChatForge is faster): tokens/s against ``reference``, achieved model
 FLOP/s (6N + 12·L·C·T per token, each model's own N) against ``nanogpt``; MFU where a peak is known.
@@ -32,6 +33,8 @@ from chatforge.modeling import (  # noqa: E402
     num_parameters,
     peak_bf16_flops,
 )
+from chatforge.training import PretrainConfig  # noqa: E402
+from chatforge.training.optim import build_optimizer  # noqa: E402
 from chatforge.training.precision import mixed_precision  # noqa: E402
 
 
@@ -81,8 +84,11 @@ def main() -> None:
         raise SystemExit(f"shape mismatch: {n_params}")
     flops = {"chatforge": flops_per_token(config, seq_len), "reference": flops_per_token(config, seq_len),
              "nanogpt": nanogpt_flops_per_token(config, seq_len)}
+    # each as its own code trains it: the references with torch's AdamW as nanoGPT's train.py sets it up (fused on
+    # CUDA only), ChatForge with the optimizer of its pretraining loop
     optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4, fused=on_gpu)
-                  for name, model in models.items()}
+                  for name, model in models.items() if name != "chatforge"}
+    optimizers["chatforge"] = build_optimizer(models["chatforge"], PretrainConfig(learning_rate=1e-4), device)
     steppers = {name: torch.compile(model) if args.compile else model for name, model in models.items()}
 
     def autocast():
