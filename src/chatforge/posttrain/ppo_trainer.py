@@ -57,6 +57,7 @@ from ..training.distributed import (
     root_parameters_gathered,
     without_tied_copies,
 )
+from ..training.optim import adamw_runs_fused
 from ..training.precision import mixed_precision
 from .packed_scoring import PackedRows, pack_rows, packed_logits, without_suppressed
 from .ppo_config import SELECTION_METRICS, PPOConfig
@@ -241,7 +242,7 @@ class PPOTrainer:
         if self.checkpoint is not None:  # before prepare(), which may shard the parameters (ZeRO-3, FSDP)
             load_weights(modules, self.checkpoint)
         optimizer = torch.optim.AdamW(modules.parameters(), lr=config.learning_rate, eps=1e-5,
-                                      weight_decay=config.weight_decay)
+                                      weight_decay=config.weight_decay, fused=adamw_runs_fused(self.accelerator.device))
         self.modules, self.optimizer = self.accelerator.prepare(modules, optimizer)
         synced = parameters_sharded(self.accelerator) and self.accelerator.num_processes > 1
         self.engine = Engine(self.accelerator.unwrap_model(self.modules).policy, tokenizer, synced_processes=synced)

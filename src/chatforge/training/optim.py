@@ -34,6 +34,12 @@ class ChainedOptimizer(torch.optim.Optimizer):
             optimizer.load_state_dict(state)
 
 
+def adamw_runs_fused(device: torch.device) -> bool:
+    """Whether torch's AdamW runs fused (one kernel for all its tensors) for a model on ``device``: on CUDA and on
+    CPUs, where torch's default updates one tensor at a time in several passes (3-4x slower for the tiny model)."""
+    return device.type in ("cuda", "cpu")
+
+
 def _adamw(groups: list[dict], config: PretrainConfig, fused: bool) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                              fused=fused)
@@ -41,11 +47,10 @@ def _adamw(groups: list[dict], config: PretrainConfig, fused: bool) -> torch.opt
 
 def build_optimizer(model: nn.Module, config: PretrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """``optim: adamw``: AdamW with weight decay on matrices only. ``optim: muon``: Muon (``muon_learning_rate``)
-    for the 2-D weights inside the decoder blocks, AdamW for embeddings, output head, norms and biases. AdamW runs
-    fused (one kernel for all its tensors) where the model trains on CUDA or a CPU (``device``): on a CPU,
-    torch's default AdamW updates one tensor at a time, several passes each, 3-4x slower for the tiny model.
-    torch's Muon orthogonalises in bf16: on a CPU that emulates bf16, a warning says Muon is slow there."""
-    fused = device.type in ("cuda", "cpu")
+    for the 2-D weights inside the decoder blocks, AdamW for embeddings, output head, norms and biases; AdamW fused
+    where :func:`adamw_runs_fused` says so for ``device``, where the model will train. torch's Muon orthogonalises
+    in bf16: on a CPU that emulates bf16, a warning says Muon is slow there."""
+    fused = adamw_runs_fused(device)
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if config.optim == "adamw":
         return _adamw([{"params": [p for _, p in named if p.dim() >= 2], "weight_decay": config.weight_decay},
