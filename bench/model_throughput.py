@@ -3,7 +3,8 @@ architecture and shape (``reference``), and a GPT of nanoGPT's architecture at t
 and context (``nanogpt``: learned positions, LayerNorm, GELU MLP).
 
 The models run the same training step (forward, next-token loss, backward, AdamW: ChatForge's as its pretraining
-loop builds it, the references' as nanoGPT's train.py does) on the same batches, in
+loop builds it, the same kernel for the same-architecture reference, nanoGPT's architecture's as nanoGPT's
+train.py sets it up) on the same batches, in
 rounds of rotating order so that machine noise hits each alike. Prints tokens/s of each, and the median
 per-round ratios (above 1.0 means ChatForge is faster): tokens/s against ``reference``, achieved model
 FLOP/s (6N + 12·L·C·T per token, each model's own N) against ``nanogpt``; MFU where a peak is known.
@@ -34,7 +35,7 @@ from chatforge.modeling import (  # noqa: E402
     peak_bf16_flops,
 )
 from chatforge.training import PretrainConfig  # noqa: E402
-from chatforge.training.optim import build_optimizer  # noqa: E402
+from chatforge.training.optim import adamw_runs_fused, build_optimizer  # noqa: E402
 from chatforge.training.precision import mixed_precision  # noqa: E402
 
 
@@ -50,6 +51,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dtype", choices=["bf16", "fp32"], default=None,
                         help="default: bf16, or fp32 on a CPU that emulates bf16")
     parser.add_argument("--attn", default="sdpa", help="ChatForge attention implementation")
+    parser.add_argument("--nanogpt-fused", action="store_true",
+                        help="fused AdamW for nanoGPT's architecture on a CPU too (its train.py fuses on CUDA only)")
     parser.add_argument("--json", default=None, help="also write the results to this file")
     return parser.parse_args()
 
@@ -84,10 +87,11 @@ def main() -> None:
         raise SystemExit(f"shape mismatch: {n_params}")
     flops = {"chatforge": flops_per_token(config, seq_len), "reference": flops_per_token(config, seq_len),
              "nanogpt": nanogpt_flops_per_token(config, seq_len)}
-    # each as its own code trains it: the references with torch's AdamW as nanoGPT's train.py sets it up (fused on
-    # CUDA only), ChatForge with the optimizer of its pretraining loop
-    optimizers = {name: torch.optim.AdamW(model.parameters(), lr=1e-4, fused=on_gpu)
-                  for name, model in models.items() if name != "chatforge"}
+    # ChatForge with its pretraining loop's optimizer, the same-architecture reference with the same AdamW kernel
+    # (it isolates the model's code), nanoGPT's architecture as nanoGPT's train.py sets it up: fused on CUDA only,
+    # unless --nanogpt-fused
+    fused = {"reference": adamw_runs_fused(device), "nanogpt": on_gpu or args.nanogpt_fused}
+    optimizers = {name: torch.optim.AdamW(models[name].parameters(), lr=1e-4, fused=fused[name]) for name in fused}
     optimizers["chatforge"] = build_optimizer(models["chatforge"], PretrainConfig(learning_rate=1e-4), device)
     steppers = {name: torch.compile(model) if args.compile else model for name, model in models.items()}
 
@@ -138,6 +142,7 @@ def main() -> None:
         "dtype": args.dtype,
         "compile": args.compile,
         "attn": args.attn,
+        "fused_adamw": {"chatforge": adamw_runs_fused(device), **fused},
         "tokens_per_s": {name: round(value) for name, value in tokens_per_s.items()},
         "model_tflops": {name: round(value * flops[name] / 1e12, 4) for name, value in tokens_per_s.items()},
         "ratio_chatforge_over_reference": round(ratio, 3),
