@@ -66,8 +66,12 @@ def test_sft_of_a_chatforge_model_lowers_the_held_out_loss_on_assistant_tokens(t
 
 
 def test_lora_sft_trains_adapters_and_saves_a_merged_model(tmp_path, saved_model_dir, sft_data):
-    figures = run_sft(*_args(tmp_path, saved_model_dir, sft_data, use_peft=True, lora_r=8, learning_rate=1e-2))
+    script, training, model, mixture = _args(tmp_path, saved_model_dir, sft_data, use_peft=True, lora_r=8,
+                                             learning_rate=1e-2)
+    script.eval_tasks = ["format"]
+    figures = run_sft(script, training, model, mixture)
     assert figures["eval_loss"] < figures["eval_loss_before"] - 0.5
+    assert set(figures["sft"]) == {"format"}  # the trained model: only the tasks asked for
     state = AutoModelForCausalLM.from_pretrained(tmp_path / "out").state_dict()
     assert not any("lora" in name for name in state)
 
@@ -252,7 +256,8 @@ def test_eval_conversations_below_one_is_refused():
                                                  "--eval_conversations", "0"])
 
 
-def test_an_unknown_task_to_measure_before_training_is_refused():
-    with pytest.raises(InvalidValue, match="eval_base_tasks: search is not an SFT task; choose from format, "):
+@pytest.mark.parametrize("setting", ["eval_tasks", "eval_base_tasks"])
+def test_an_unknown_task_to_measure_is_refused(setting):
+    with pytest.raises(InvalidValue, match=f"{setting}: search is not an SFT task; choose from format, "):
         sft_parser().parse_args_and_config(args=["--config", str(ROOT / "recipes/tiny/sft.yaml"),
-                                                 "--eval_base_tasks", "format", "search"])
+                                                 f"--{setting}", "format", "search"])

@@ -57,9 +57,12 @@ class SFTScriptArguments:
     knowledge_questions: str | None = field(
         default=None, metadata={"help": "held-out knowledge questions ({question, answer, group}; default: the "
                                         "fictional world's, world_qa_test.jsonl in sft_data_dir)"})
+    eval_tasks: list[str] | None = field(
+        default=None, metadata={"help": f"the tasks measured on the trained model (default: all of "
+                                        f"{', '.join(SFT_TASKS)} that its data holds)"})
     eval_base_model: bool = field(default=True, metadata={"help": "also measure the model before SFT"})
     eval_base_tasks: list[str] | None = field(
-        default=None, metadata={"help": "the tasks measured on the model before SFT (default: all of them; e.g. "
+        default=None, metadata={"help": "the tasks measured on the model before SFT (default: eval_tasks; e.g. "
                                         "[knowledge] where the stage before measured the same model's others)"})
     probe_dir: str | None = field(
         default=None, metadata={"help": "knowledge-probe examples this mixture uses (chatforge probe)"})
@@ -99,9 +102,10 @@ class SFTScriptArguments:
         if not 0 < self.trained_weights_share <= 1:
             raise InvalidValue(f"trained_weights_share={self.trained_weights_share}: give a share above 0 and at "
                                "most 1")
-        if unknown := set(self.eval_base_tasks or ()) - set(SFT_TASKS):
-            raise InvalidValue(f"eval_base_tasks: {', '.join(sorted(unknown))} is not an SFT task; choose from "
-                               f"{', '.join(SFT_TASKS)}")
+        for name in ("eval_tasks", "eval_base_tasks"):
+            if unknown := set(getattr(self, name) or ()) - set(SFT_TASKS):
+                raise InvalidValue(f"{name}: {', '.join(sorted(unknown))} is not an SFT task; choose from "
+                                   f"{', '.join(SFT_TASKS)}")
 
 
 def check_inputs(script: SFTScriptArguments, model_args: ModelConfig) -> None:
@@ -259,7 +263,7 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
     # a template given as chat_template_path is not the folder's: the figures are not kept
     base_folder = local_folder(model_args.model_name_or_path) if training_args.chat_template_path is None else None
     base_figures = (evaluated_before_training(model, lambda: held_out_evaluation(
-        model, tokenizer, script, base_folder, script.eval_base_tasks or SFT_TASKS))
+        model, tokenizer, script, base_folder, script.eval_base_tasks or script.eval_tasks or SFT_TASKS))
         if script.eval_base_model else None)
     if model_args.use_peft and not model_args.lora_target_modules:
         model_args.lora_target_modules = "all-linear"
@@ -286,7 +290,8 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
                "trained_weights_share": script.trained_weights_share, "base": base_figures}
     with evaluated_on_main(trainer, AutoModelForCausalLM, training_args.output_dir) as trained:
         if trained is not None:
-            figures.update(sft=held_out_evaluation(trained, tokenizer, script, training_args.output_dir),
+            figures.update(sft=held_out_evaluation(trained, tokenizer, script, training_args.output_dir,
+                                                   script.eval_tasks or SFT_TASKS),
                            seconds=round(time.perf_counter() - started, 1))
             if "knowledge" in (base_figures or {}) and "knowledge" in figures["sft"]:
                 kept_right(base_figures["knowledge"], figures["sft"]["knowledge"])
