@@ -2,6 +2,7 @@
 
 from .compute import estimate_mfu, flops_per_token, num_parameters, peak_bf16_flops
 from .configuration_chatforge import PRESETS, ChatForgeConfig
+from .document_attention import NAME as DOCUMENT_ATTENTION
 from .factory import config_for_tokenizer, set_generation_defaults
 from .modeling_chatforge import (
     ChatForgeForCausalLM,
@@ -11,6 +12,7 @@ from .modeling_chatforge import (
 )
 
 __all__ = [
+    "DOCUMENT_ATTENTION",
     "PRESETS",
     "ChatForgeConfig",
     "ChatForgeForCausalLM",
