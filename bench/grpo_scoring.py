@@ -7,8 +7,15 @@ both alike. The batch is laid out as GRPOTrainer lays it out: prompts left-padde
 right-padded to the longest. Prints the completion tokens scored per second of each and the median per-round
 ratio (above 1.0 means packed is faster).
 
+A transformers model from a folder (``--model``, e.g. the smollm2 run's SmolLM2) scores the packed rows with
+``sdpa_documents`` (each completion attended alone); ``packed_whole_row`` is the same packed step under ``sdpa``,
+which attends over the whole row under a block-diagonal mask. ChatForge's model attends by document on a CPU with
+plain ``sdpa``.
+
     python bench/grpo_scoring.py                     # the tiny GRPO recipe's shape: 64 completions of <= 64 tokens
     python bench/grpo_scoring.py --preset gpt2-124m --completions 16
+    python bench/grpo_scoring.py --model runs/smollm2/sft-probe --completions 32 --prompt-tokens 50 70 \
+        --completion-tokens 20 128 --temperature 1      # the smollm2 GRPO recipe's shape
 """
 
 import argparse
@@ -17,17 +24,20 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from transformers import AutoModelForCausalLM
 from trl.trainer.utils import add_fused_lm_head
 
 sys.path.insert(0, str(Path(__file__).parent))
 from side_by_side import rates_in_alternating_rounds, report, training_model  # noqa: E402
 
+from chatforge.modeling import DOCUMENT_ATTENTION  # noqa: E402
 from chatforge.posttrain.packed_scoring import completion_logps_and_entropies, pack_completions  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--model", default=None, help="a transformers model folder instead of --preset")
     parser.add_argument("--completions", type=int, default=64, help="completions per step")
     parser.add_argument("--prompt-tokens", type=int, nargs=2, default=(30, 43), help="prompt length range")
     parser.add_argument("--completion-tokens", type=int, nargs=2, default=(8, 64), help="completion length range")
@@ -52,7 +62,10 @@ def grpo_batch(args: argparse.Namespace, vocab_size: int) -> tuple[torch.Tensor,
 
 def main() -> None:
     args = parse_args()
-    model = training_model(args.preset)
+    if args.model:
+        model = AutoModelForCausalLM.from_pretrained(args.model, attn_implementation=DOCUMENT_ATTENTION).train()
+    else:
+        model = training_model(args.preset)
     add_fused_lm_head(model, temperature=args.temperature, outputs=("log_probs", "entropy"))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
     ids, mask, keep = grpo_batch(args, model.config.vocab_size)
@@ -69,16 +82,21 @@ def main() -> None:
                                                   entropy_requires_grad=False)
         return logps
 
-    def step(score) -> None:
+    def step(score, attention: str) -> None:
+        model.set_attn_implementation(attention)
         (-(score() * advantages)[scored].mean()).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    rates = rates_in_alternating_rounds({"packed": partial(step, packed), "padded_grid": partial(step, padded_grid)},
-                                        args.rounds, args.steps, int(scored.sum()))
-    print(f"{args.preset}, {ids.shape[0]} completions, grid {tuple(ids.shape)}, {int(mask.sum())} real tokens "
-          f"({1 - mask.float().mean():.0%} padding), {int(scored.sum())} scored, {torch.get_num_threads()} threads")
-    report(rates, "completion tokens/s", "packed", "padded_grid")
+    attention = model.config._attn_implementation
+    steps = {"packed": partial(step, packed, attention), "padded_grid": partial(step, padded_grid, attention)}
+    if attention == DOCUMENT_ATTENTION:
+        steps["packed_whole_row"] = partial(step, packed, "sdpa")
+    rates = rates_in_alternating_rounds(steps, args.rounds, args.steps, int(scored.sum()))
+    print(f"{args.model or args.preset}, {ids.shape[0]} completions, grid {tuple(ids.shape)}, "
+          f"{int(mask.sum())} real tokens ({1 - mask.float().mean():.0%} padding), {int(scored.sum())} scored, "
+          f"{torch.get_num_threads()} threads")
+    report(rates, "completion tokens/s", "packed", *[name for name in steps if name != "packed"])
 
 
 if __name__ == "__main__":

@@ -34,9 +34,10 @@ def rates_in_alternating_rounds(steps: dict[str, Callable[[], None]], rounds: in
     return rates
 
 
-def report(rates: dict[str, list[float]], unit: str, faster: str, slower: str) -> None:
-    """Each step's median rate, and the median per-round ratio of ``faster`` to ``slower``."""
+def report(rates: dict[str, list[float]], unit: str, faster: str, *slower: str) -> None:
+    """Each step's median rate, and the median per-round ratio of ``faster`` to each of ``slower``."""
     for name, values in rates.items():
         print(f"{name:>12}: {statistics.median(values):,.0f} {unit}")
-    ratios = [a / b for a, b in zip(rates[faster], rates[slower])]
-    print(f"{faster} / {slower}: {statistics.median(ratios):.3f} (median of {len(ratios)} rounds)")
+    for reference in slower:
+        ratios = [a / b for a, b in zip(rates[faster], rates[reference])]
+        print(f"{faster} / {reference}: {statistics.median(ratios):.3f} (median of {len(ratios)} rounds)")

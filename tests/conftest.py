@@ -169,6 +169,20 @@ def small_llama_config(tokenizer, **fields):
 
 
 @pytest.fixture
+def attention_lengths(monkeypatch) -> list[int]:
+    """The query length of every SDPA call from here on (a packed row attended sequence by sequence makes calls
+    of the sequences' lengths; under a whole-row mask, one of the row's)."""
+    lengths, sdpa = [], torch.nn.functional.scaled_dot_product_attention
+
+    def recording(query, *args, **kwargs):
+        lengths.append(query.shape[-2])
+        return sdpa(query, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    return lengths
+
+
+@pytest.fixture
 def model(tokenizer):
     """A randomly initialised 2-layer ChatForge model (GQA 4 query / 2 key-value heads); a wide init
     keeps greedy choices far from ties."""

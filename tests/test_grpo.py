@@ -15,7 +15,7 @@ from chatforge.eval import suite
 from chatforge.eval.problems import pass_at_k
 from chatforge.eval.result_cache import cached_in
 from chatforge.io import read_jsonl, write_jsonl
-from chatforge.modeling import ChatForgeForCausalLM, set_generation_defaults
+from chatforge.modeling import DOCUMENT_ATTENTION, ChatForgeForCausalLM, set_generation_defaults
 from chatforge.posttrain.grpo import GRPOScriptArguments, grpo_parser, run_grpo
 from chatforge.posttrain.grpo_trainer import ChatForgeGRPOTrainer
 from chatforge.posttrain.packed_scoring import PackedGRPOTrainer, pack_completions
@@ -165,13 +165,18 @@ def _padded_grid(tokenizer) -> tuple[torch.Tensor, torch.Tensor, int]:
     return ids, mask, keep
 
 
-@pytest.mark.parametrize("architecture", ["chatforge", "llama"])
-def test_packed_scoring_gives_trls_log_probabilities_entropies_and_gradients(tmp_path, tokenizer, architecture):
+@pytest.mark.parametrize("architecture", ["chatforge", "llama", DOCUMENT_ATTENTION])
+def test_packed_scoring_gives_trls_log_probabilities_entropies_and_gradients(tmp_path, tokenizer, architecture,
+                                                                             attention_lengths):
     """Prompts left-padded and completions right-padded to different lengths: the packed rows score what TRL's
-    own path scores on the padded grid."""
+    own path scores on the padded grid (a Llama under ``sdpa``'s whole-row mask, or with ``sdpa_documents``
+    attending sequence by sequence)."""
     torch.manual_seed(0)
+    config = small_llama_config(tokenizer, initializer_range=0.1)
+    if architecture == DOCUMENT_ATTENTION:
+        config._attn_implementation = DOCUMENT_ATTENTION
     model = (ChatForgeForCausalLM(small_config(tokenizer, initializer_range=0.1)) if architecture == "chatforge"
-             else LlamaForCausalLM(small_llama_config(tokenizer, initializer_range=0.1)))
+             else LlamaForCausalLM(config))
     problems = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": q}], "answer": "1"}
                                            for q in QUESTIONS])
     training = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2,
@@ -181,13 +186,16 @@ def test_packed_scoring_gives_trls_log_probabilities_entropies_and_gradients(tmp
     ids, mask, keep = _padded_grid(tokenizer)
     scored = mask[:, -keep:].bool()
     results = []
-    for score in (trainer._get_per_token_logps_and_entropies, partial(GRPOTrainer._get_per_token_logps_and_entropies,
-                                                                      trainer)):
+    trls = partial(GRPOTrainer._get_per_token_logps_and_entropies, trainer)
+    for packed, score in ((True, trainer._get_per_token_logps_and_entropies), (False, trls)):
+        attention_lengths.clear()
         trainer.model.zero_grad()
         logps, entropies, _ = score(trainer.model, ids, mask, keep, compute_entropy=True)
         logps[scored].sum().backward()
         results.append((logps[scored].detach(), entropies[scored].detach(),
                         [p.grad.clone() for p in trainer.model.parameters()]))
+        if packed and architecture == DOCUMENT_ATTENTION:
+            assert sorted(attention_lengths) == sorted(mask.sum(-1).tolist() * config.num_hidden_layers)
     (packed_logps, packed_entropies, packed_grads), (logps, entropies, grads) = results
     torch.testing.assert_close(packed_logps, logps, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(packed_entropies, entropies, atol=1e-5, rtol=1e-5)

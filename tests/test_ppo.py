@@ -11,9 +11,14 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM, LlamaForSequenc
 from trl import ModelConfig
 
 from chatforge.data import DataCollatorForChat
-from chatforge.modeling import ChatForgeForCausalLM, ChatForgeForSequenceClassification, set_generation_defaults
+from chatforge.modeling import (
+    DOCUMENT_ATTENTION,
+    ChatForgeForCausalLM,
+    ChatForgeForSequenceClassification,
+    set_generation_defaults,
+)
 from chatforge.posttrain.ppo_config import PPOConfig
-from chatforge.posttrain.ppo_trainer import PPOTrainer, gae, token_logprobs
+from chatforge.posttrain.ppo_trainer import PPOTrainer, gae, token_logprobs, token_values
 from chatforge.posttrain.rlhf import ppo_parser, split_validation, with_lora
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -123,6 +128,27 @@ def test_ppo_log_probabilities_are_those_of_the_distribution_rollouts_are_sample
     stats = trainer.update(rollout, scored, *trainer.advantages(rollout, scored))
     assert stats["approx_kl"][0] < 1e-10 and stats["clipfrac"][0] == 0
     assert trainer.train_step()["sampling_logprob_gap"] < 1e-4  # the same check, recorded every step
+
+
+def test_a_llama_with_document_attention_scores_rollouts_reply_by_reply_as_under_the_whole_row_mask(
+        tmp_path, tokenizer, attention_lengths):
+    """A rollout packed into one row: with ``sdpa_documents`` a Llama policy and value model attend each sequence
+    alone and give the log-probabilities, entropies and values that ``sdpa`` gives under the row's block mask."""
+    policy, value_model = _two_minded_policy(tokenizer, "llama"), _yes_reward_model(tokenizer, "llama")
+    trainer = _trainer(tmp_path, tokenizer, (policy, value_model))
+    rollout = trainer.rollout(trainer._batch_tasks(0), trainer.rollout_params())
+    scores = {}
+    for attention in ("sdpa", DOCUMENT_ATTENTION):
+        for model in (policy, value_model):
+            model.set_attn_implementation(attention)
+        attention_lengths.clear()
+        with torch.no_grad():
+            scores[attention] = (*token_logprobs(policy, rollout, temperature=1.0), token_values(value_model, rollout))
+        lengths = rollout.attention_mask.sum(-1).tolist()
+        expected = [sum(lengths)] * 4 if attention == "sdpa" else lengths * 4  # 2 layers of 2 models
+        assert sorted(attention_lengths) == sorted(expected)
+    for whole_row, by_reply in zip(scores["sdpa"], scores[DOCUMENT_ATTENTION]):
+        torch.testing.assert_close(by_reply, whole_row, atol=1e-5, rtol=1e-5)
 
 
 def test_ppo_raises_the_reward_model_score_with_bounded_kl(tmp_path, tokenizer, models):

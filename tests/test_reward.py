@@ -6,13 +6,18 @@ from pathlib import Path
 import datasets
 import pytest
 import torch
-from conftest import memorize, small_config
-from transformers import AutoModelForSequenceClassification, LlamaConfig, LlamaForCausalLM
+from conftest import memorize, small_config, small_llama_config
+from transformers import (
+    AutoModelForSequenceClassification,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+)
 from trl import DatasetMixtureConfig, ModelConfig, RewardConfig, RewardTrainer
 
 from chatforge.eval.reward import score_token_ids
 from chatforge.io import read_jsonl
-from chatforge.modeling import ChatForgeForSequenceClassification
+from chatforge.modeling import DOCUMENT_ATTENTION, ChatForgeForSequenceClassification
 from chatforge.posttrain.reward import (
     PackedRewardTrainer,
     RewardScriptArguments,
@@ -218,11 +223,19 @@ def test_scores_of_a_batch_match_each_sequence_scored_alone():
     assert len(set(batched)) == len(distinct)
 
 
-def test_packed_batches_give_the_padded_batches_loss_and_gradients(tmp_path, tokenizer):
+@pytest.mark.parametrize("architecture", ["chatforge", DOCUMENT_ATTENTION])
+def test_packed_batches_give_the_padded_batches_loss_and_gradients(tmp_path, tokenizer, architecture,
+                                                                   attention_lengths):
     """Chosen and rejected conversations of different lengths, right-padded as TRL's collator pads them: scored
-    packed into one row, the loss, the scores and every gradient are those of the padded batch."""
+    packed into one row, the loss, the scores and every gradient are those of the padded batch (ChatForge's
+    classifier, and a Llama one whose ``sdpa_documents`` attention reads the row's sequence bounds)."""
     torch.manual_seed(0)
-    model = ChatForgeForSequenceClassification(small_config(tokenizer, num_labels=1, initializer_range=0.1))
+    if architecture == "chatforge":
+        model = ChatForgeForSequenceClassification(small_config(tokenizer, num_labels=1, initializer_range=0.1))
+    else:
+        config = small_llama_config(tokenizer, num_labels=1, initializer_range=0.1)
+        config._attn_implementation = DOCUMENT_ATTENTION
+        model = LlamaForSequenceClassification(config)
     pairs = datasets.Dataset.from_list([{"chosen": [*QUESTION, {"role": "assistant", "content": "Paris."}],
                                          "rejected": [*QUESTION, {"role": "assistant", "content": "No."}]}] * 2)
     config = RewardConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True, report_to="none",
@@ -236,12 +249,19 @@ def test_packed_batches_give_the_padded_batches_loss_and_gradients(tmp_path, tok
         ids[row, :length] = torch.tensor([rng.choice([t for t in range(len(tokenizer)) if t != pad])
                                           for _ in range(length)])
     batch = {"input_ids": ids, "attention_mask": (ids != pad).long()}
+    rows = []
+    model.get_input_embeddings().register_forward_hook(lambda module, args, output: rows.append(tuple(args[0].shape)))
     results = []
-    for compute_loss in (trainer.compute_loss, partial(RewardTrainer.compute_loss, trainer)):
+    for packed, compute_loss in ((True, trainer.compute_loss), (False, partial(RewardTrainer.compute_loss, trainer))):
         trainer.model.zero_grad()
         loss, outputs = compute_loss(trainer.model, dict(batch), return_outputs=True)
         loss.backward()
         results.append((loss.detach(), outputs.logits.detach(), [p.grad.clone() for p in trainer.model.parameters()]))
+        if packed:  # one row of all the sequences
+            assert rows == [(1, sum(lengths))]
+        if packed and architecture == DOCUMENT_ATTENTION:  # attended sequence by sequence in each layer
+            assert sorted(attention_lengths) == sorted(lengths * model.config.num_hidden_layers)
+        rows.clear()
     (packed_loss, packed_scores, packed_grads), (loss, scores, grads) = results
     torch.testing.assert_close(packed_scores, scores, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(packed_loss, loss, atol=1e-6, rtol=1e-5)

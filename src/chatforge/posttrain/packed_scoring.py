@@ -25,19 +25,29 @@ class PackedRows:
     input_ids: torch.Tensor  # (tokens,): the real tokens, row after row
     position_ids: torch.Tensor  # (tokens,): each token's position in its own sequence
     index: torch.Tensor  # (batch, width): where each real cell of the grid lands in the packed row
+    bounds: torch.Tensor  # (batch + 1,) int32: where each sequence starts in the packed row, then its length
+
+    def model_inputs(self) -> dict:
+        """Keyword arguments that give a model the packed row: its tokens, the positions restarting at each
+        sequence, the sequences' bounds, and no cache."""
+        longest = int((self.bounds[1:] - self.bounds[:-1]).max())
+        return {"input_ids": self.input_ids[None], "position_ids": self.position_ids[None],
+                "cu_seq_lens_q": self.bounds, "cu_seq_lens_k": self.bounds, "max_length_q": longest,
+                "max_length_k": longest, "use_cache": False}
 
 
 def pack_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> PackedRows:
     """Pack ``input_ids`` without the cells where ``attention_mask`` is 0 (padding on either side)."""
     real = attention_mask.bool()
+    lengths = real.sum(-1, dtype=torch.int32)
     return PackedRows(input_ids=input_ids[real], position_ids=(real.cumsum(-1) - 1)[real],
-                      index=real.flatten().cumsum(0).view_as(real) - 1)
+                      index=real.flatten().cumsum(0).view_as(real) - 1,
+                      bounds=torch.cat([lengths.new_zeros(1), lengths.cumsum(0, dtype=torch.int32)]))
 
 
 def packed_logits(model, rows: PackedRows, predicting: torch.Tensor) -> torch.Tensor:
     """The logits at the packed row's ``predicting`` positions only, ``(len(predicting), vocab)``."""
-    return model(input_ids=rows.input_ids[None], position_ids=rows.position_ids[None], logits_to_keep=predicting,
-                 use_cache=False).logits[0]
+    return model(**rows.model_inputs(), logits_to_keep=predicting).logits[0]
 
 
 def without_suppressed(logits: torch.Tensor, suppressed: list[int] | None) -> torch.Tensor:

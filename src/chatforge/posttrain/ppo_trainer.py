@@ -177,8 +177,7 @@ def token_values(value_model, rollout: Rollout) -> torch.Tensor:
     """The value head applied to the hidden state before each reply token (the rollout packed)."""
     rows, predicting = _packed(rollout)
     backbone = getattr(value_model, value_model.base_model_prefix)
-    hidden = backbone(input_ids=rows.input_ids[None], position_ids=rows.position_ids[None],
-                      use_cache=False).last_hidden_state[0]
+    hidden = backbone(**rows.model_inputs()).last_hidden_state[0]
     return _on_reply_grid(rollout, value_model.score(hidden[predicting]).squeeze(-1).float())
 
 

@@ -15,11 +15,13 @@ from pathlib import Path
 import datasets
 import torch
 from transformers import AutoModelForSequenceClassification, set_seed
+from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 from trl import DatasetMixtureConfig, ModelConfig, RewardConfig, RewardTrainer, TrlParser, get_peft_config
 
 from ..errors import InvalidValue
 from ..eval.suite import REWARD_TASKS, EvalConfig, EvalData, evaluate_reward_model
 from ..io import atomic_write_text, require_input
+from ..modeling import DOCUMENT_ATTENTION
 from ..modeling.factory import load_tokenizer, require_model
 from ..tasks.preferences import to_pairs
 from ..training.checkpoint import trainer_checkpoint
@@ -88,19 +90,40 @@ def held_out_evaluation(model, tokenizer, script: RewardScriptArguments, test_pa
                                  config)
 
 
+def reads_sequence_bounds(model) -> bool:
+    """Whether ``model`` is a transformers classifier without adapters, with a linear ``score`` head on its
+    backbone, whose attention reads a packed row's sequence bounds (``sdpa_documents``, flash attention)."""
+    kernel = getattr(model.config, "_attn_implementation", None) or ""
+    return (not hasattr(model, "peft_config") and isinstance(getattr(model, "score", None), torch.nn.Linear)
+            and (kernel == DOCUMENT_ATTENTION or kernel.startswith("flash_attention")))
+
+
 def score_packed(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, **unused):
-    """The model's score of every sequence of a padded batch, computed on the batch packed into one row."""
+    """The scores of a padded batch's sequences by a model that scores a packed row sequence by sequence
+    (ChatForge's classifier), computed on the batch packed into one row."""
+    return model(**pack_rows(input_ids, attention_mask).model_inputs())
+
+
+def score_packed_at_ends(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, **unused):
+    """The scores of a padded batch's sequences by a :func:`reads_sequence_bounds` classifier: its backbone on the
+    batch packed into one row, its score head at each sequence's last token."""
     rows = pack_rows(input_ids, attention_mask)
-    return model(input_ids=rows.input_ids[None], position_ids=rows.position_ids[None], use_cache=False)
+    hidden = getattr(model, model.base_model_prefix)(**rows.model_inputs()).last_hidden_state[0]
+    return SequenceClassifierOutputWithPast(logits=model.score(hidden[rows.bounds[1:].long() - 1]))
 
 
 class PackedRewardTrainer(RewardTrainer):
-    """TRL's RewardTrainer scoring each batch of chosen and rejected conversations packed into one row, where the
-    model scores packed sequences one by one (ChatForge's); other models get TRL's padded batches."""
+    """TRL's RewardTrainer scoring each batch of chosen and rejected conversations packed into one row where the
+    model scores packed sequences one by one: ChatForge's classifier, and a transformers one that reads the
+    sequences' bounds (:func:`reads_sequence_bounds`) in a single process (its backbone is called directly, which a
+    distributed wrapper would not see). Other models get TRL's padded batches."""
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if getattr(self.accelerator.unwrap_model(model), "scores_packed_sequences", False):
+        unwrapped = self.accelerator.unwrap_model(model)
+        if getattr(unwrapped, "scores_packed_sequences", False):
             model = partial(score_packed, model)
+        elif unwrapped is model and reads_sequence_bounds(model):
+            model = partial(score_packed_at_ends, model)
         return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                     num_items_in_batch=num_items_in_batch)
 

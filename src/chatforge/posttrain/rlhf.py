@@ -72,12 +72,15 @@ def run_ppo(script: PPOScriptArguments, config: PPOConfig, model_args: ModelConf
     torch.manual_seed(config.seed)
     # the policy and value model train with fp32 master weights (trained_dtype); the reference matches the policy
     # (the KL starts at zero), the frozen reward model takes dtype
+    attention = model_args.attn_implementation  # scores packed rollouts: sdpa_documents attends reply by reply
     policy, ref_policy = (AutoModelForCausalLM.from_pretrained(model_args.model_name_or_path,
-                                                               dtype=trained_dtype(model_args)) for _ in range(2))
+                                                               dtype=trained_dtype(model_args),
+                                                               attn_implementation=attention) for _ in range(2))
     set_generation_defaults(policy, tokenizer)
     policy = with_lora(policy, model_args)
     reward_model, value_model = (
-        AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=load_dtype)
+        AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=load_dtype,
+                                                           attn_implementation=attention)
         for path, load_dtype in ((script.reward_model_path, dtype),
                                  (script.value_model_path or script.reward_model_path, torch.float32)))
     for model in (reward_model, value_model):
