@@ -19,7 +19,7 @@ from chatforge.inference.engine import ChatEvent, Engine
 from chatforge.modeling import ChatForgeForCausalLM, set_generation_defaults
 from chatforge.modeling.tool_protocol import add_tool_protocol
 from chatforge.posttrain.sft import SFTScriptArguments, run_sft, sft_parser
-from chatforge.posttrain.sft_trainer import FullLogitsOnCPUSFTTrainer
+from chatforge.posttrain.sft_trainer import ScoredLogitsOnCPUSFTTrainer
 from chatforge.tasks.sft_data import SFTDataConfig, build_sft_data
 from chatforge.tasks.world import build_world, world_cloze
 from chatforge.tokenization.turn_format import tool_chat_template
@@ -127,22 +127,27 @@ def test_sft_of_a_llama_with_llama_3s_own_chat_template(tmp_path, tokenizer, sft
     assert Engine(llama, tokenizer).end_of_turn == "<|eot_id|>"
 
 
-def test_on_a_cpu_the_loss_from_full_logits_is_trls_fused_head_loss(tmp_path, tokenizer, sft_data):
+def test_on_a_cpu_the_loss_from_the_scored_positions_logits_is_trls_fused_head_loss(tmp_path, tokenizer, sft_data):
+    """The model's own loss, its head applied only where a label is scored: TRL's loss and token accuracy."""
     torch.manual_seed(0)
     llama = LlamaForCausalLM(small_llama_config(tokenizer))
     train = datasets.load_dataset("json", data_files=str(sft_data / "train.jsonl"), split="train").select(range(24))
     args = SFTConfig(output_dir=str(tmp_path), max_length=256, packing=True, per_device_train_batch_size=2,
                      use_cpu=True, bf16=False, report_to="none", assistant_only_loss=True,
                      activation_checkpointing=False)
-    trainer = FullLogitsOnCPUSFTTrainer(model=llama, args=args, train_dataset=train.select_columns(["messages"]),
+    trainer = ScoredLogitsOnCPUSFTTrainer(model=llama, args=args, train_dataset=train.select_columns(["messages"]),
                                         processing_class=tokenizer)
     batch = next(iter(trainer.get_train_dataloader()))
     assert "position_ids" in batch and (batch["labels"] == -100).any()  # packed, the prompts' tokens not scored
     fused = SFTTrainer.compute_loss(trainer, trainer.model, dict(batch))
-    full = trainer.compute_loss(trainer.model, dict(batch))
-    assert full.item() == pytest.approx(fused.item(), rel=1e-5)
-    fused_accuracy, full_accuracy = trainer._metrics["train"]["mean_token_accuracy"]
-    assert full_accuracy == pytest.approx(fused_accuracy)
+    projected = []
+    llama.lm_head.register_forward_hook(lambda module, args, output: projected.append(args[0].shape[1]))
+    scored = trainer.compute_loss(trainer.model, dict(batch))
+    assert scored.item() == pytest.approx(fused.item(), rel=1e-5)
+    fused_accuracy, scored_accuracy = trainer._metrics["train"]["mean_token_accuracy"]
+    assert scored_accuracy == pytest.approx(fused_accuracy)
+    kept = int((batch["labels"][:, 1:] != -100).any(0).sum())  # the positions whose next token is scored
+    assert projected == [kept] and kept < batch["labels"].shape[1] / 2
 
 
 def _smol_llama(folder: Path, smollm2: Path, tool_protocol: bool) -> Path:

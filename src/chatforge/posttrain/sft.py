@@ -34,7 +34,7 @@ from .mixture import load_mixture
 from .probe import ProbeConfig, probe_command
 from .replay import check_compatible, mix_in, shard_rows
 from .saving import evaluated_before_training, evaluated_on_main, interpolate_with_start, save_trained_model
-from .sft_trainer import FullLogitsOnCPUSFTTrainer
+from .sft_trainer import ScoredLogitsOnCPUSFTTrainer
 
 #: What an SFT evaluation measures, on the held-out files of ``sft_data_dir`` (those that are there).
 SFT_TASKS = ("format", *TOOL_TASKS, "knowledge")
@@ -267,7 +267,7 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
         if script.eval_base_model else None)
     if model_args.use_peft and not model_args.lora_target_modules:
         model_args.lora_target_modules = "all-linear"
-    trainer = FullLogitsOnCPUSFTTrainer(model=model, args=training_args, train_dataset=checked["train"],
+    trainer = ScoredLogitsOnCPUSFTTrainer(model=model, args=training_args, train_dataset=checked["train"],
                                         eval_dataset=checked.get("test"), processing_class=tokenizer,
                                         peft_config=get_peft_config(model_args))
     if script.replay_shards:
