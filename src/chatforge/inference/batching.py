@@ -353,9 +353,10 @@ class Batcher:
 
 
 def chat_many(engine: Engine, conversations: list[list[dict]], params: SamplingParams = SamplingParams(),
-              use_tools: bool = True, max_batch: int = 32, desc: str | None = None) -> list[list[ChatEvent]]:
+              use_tools: bool = True, max_batch: int = 64, desc: str | None = None) -> list[list[ChatEvent]]:
     """The events of the assistant's reply to each conversation, as :meth:`Engine.chat` yields them, the
-    conversations decoded together (``max_batch`` at a time, each pausing for its own tool calls). The ``done``
+    conversations decoded together (``max_batch`` at a time, each pausing for its own tool calls: on 2 CPU cores
+    SmolLM2-135M's replies come 1.2–1.3× faster at 64 than at 32). The ``done
     event's ``text`` is the reply's text (tool calls and outputs are their own events)."""
     tools = "run" if use_tools and engine.toolbox and engine.tools_supported else "suppress"
     replies: list[list[ChatEvent]] = [[] for _ in conversations]
