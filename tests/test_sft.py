@@ -136,7 +136,7 @@ def test_on_a_cpu_the_loss_from_the_scored_positions_logits_is_trls_fused_head_l
                      use_cpu=True, bf16=False, report_to="none", assistant_only_loss=True,
                      activation_checkpointing=False)
     trainer = ScoredLogitsOnCPUSFTTrainer(model=llama, args=args, train_dataset=train.select_columns(["messages"]),
-                                        processing_class=tokenizer)
+                                          processing_class=tokenizer)
     batch = next(iter(trainer.get_train_dataloader()))
     assert "position_ids" in batch and (batch["labels"] == -100).any()  # packed, the prompts' tokens not scored
     fused = SFTTrainer.compute_loss(trainer, trainer.model, dict(batch))

@@ -268,8 +268,8 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
     if model_args.use_peft and not model_args.lora_target_modules:
         model_args.lora_target_modules = "all-linear"
     trainer = ScoredLogitsOnCPUSFTTrainer(model=model, args=training_args, train_dataset=checked["train"],
-                                        eval_dataset=checked.get("test"), processing_class=tokenizer,
-                                        peft_config=get_peft_config(model_args))
+                                          eval_dataset=checked.get("test"), processing_class=tokenizer,
+                                          peft_config=get_peft_config(model_args))
     if script.replay_shards:
         trainer.train_dataset = with_replay(trainer.train_dataset, script, training_args, tokenizer,
                                             model.get_input_embeddings().num_embeddings)

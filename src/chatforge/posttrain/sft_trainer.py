@@ -14,7 +14,7 @@ import torch
 from transformers import Trainer
 from trl import SFTTrainer
 
-IGNORE_INDEX = -100
+from ..data import IGNORE_INDEX
 
 
 def scored_positions(labels: torch.Tensor) -> torch.Tensor:
