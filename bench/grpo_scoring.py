@@ -1,21 +1,22 @@
-"""GRPO's training step: completions scored on packed rows (chatforge's PackedGRPOTrainer) against TRL's fused
-head over the padded grid (what GRPOTrainer does where Triton is missing).
+"""GRPO's training step as chatforge's PackedGRPOTrainer scores it, each distinct prompt run once
+(``shared_prompts``) or every sequence packed into one row (``packed``), against TRL's fused head over the padded
+grid (``padded_grid``: what GRPOTrainer does where Triton is missing).
 
-Both run the same step (log-probabilities and entropies of the completion tokens, a policy-gradient loss,
-backward, AdamW) of the same model on the same batch, in rounds of alternating order so that machine noise hits
-both alike. The batch is laid out as GRPOTrainer lays it out: prompts left-padded to the longest, completions
-right-padded to the longest. Prints the completion tokens scored per second of each and the median per-round
-ratio (above 1.0 means packed is faster).
+All run the same step (log-probabilities and entropies of the completion tokens, a policy-gradient loss,
+backward, AdamW) of the same model on the same batch, in rounds of rotating order so that machine noise hits
+all alike. The batch is laid out as GRPOTrainer lays it out: ``--generations`` completions of each prompt,
+prompts left-padded to the longest, completions right-padded to the longest. Prints the completion tokens scored
+per second of each and the median per-round ratios against ``shared_prompts`` (above 1.0: it is faster).
 
 A transformers model from a folder (``--model``, e.g. the smollm2 run's SmolLM2) scores the packed rows with
 ``sdpa_documents`` (each completion attended alone); ``packed_whole_row`` is the same packed step under ``sdpa``,
 which attends over the whole row under a block-diagonal mask. ChatForge's model attends by document on a CPU with
 plain ``sdpa``.
 
-    python bench/grpo_scoring.py                     # the tiny GRPO recipe's shape: 64 completions of <= 64 tokens
+    python bench/grpo_scoring.py    # the tiny speedrun's GRPO shape: 4 prompts x 16 completions
     python bench/grpo_scoring.py --preset gpt2-124m --completions 16
-    python bench/grpo_scoring.py --model runs/smollm2/sft-probe --completions 32 --prompt-tokens 50 70 \
-        --completion-tokens 20 128 --temperature 1      # the smollm2 GRPO recipe's shape
+    python bench/grpo_scoring.py --model runs/smollm2/sft-probe --completions 32 --generations 8 \
+        --prompt-tokens 50 70 --completion-tokens 20 128 --temperature 1      # the smollm2 GRPO recipe's shape
 """
 
 import argparse
@@ -31,7 +32,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from side_by_side import rates_in_alternating_rounds, report, training_model  # noqa: E402
 
 from chatforge.modeling import DOCUMENT_ATTENTION  # noqa: E402
-from chatforge.posttrain.packed_scoring import completion_logps_and_entropies, pack_completions  # noqa: E402
+from chatforge.posttrain.packed_scoring import (  # noqa: E402
+    completion_logps_and_entropies,
+    on_grid,
+    pack_completions,
+    scored_logps_and_entropies,
+)
+from chatforge.posttrain.shared_prompts import completion_logits, find_shared_prompts  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -39,8 +46,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--model", default=None, help="a transformers model folder instead of --preset")
     parser.add_argument("--completions", type=int, default=64, help="completions per step")
-    parser.add_argument("--prompt-tokens", type=int, nargs=2, default=(30, 43), help="prompt length range")
-    parser.add_argument("--completion-tokens", type=int, nargs=2, default=(8, 64), help="completion length range")
+    parser.add_argument("--generations", type=int, default=16, help="completions per prompt")
+    parser.add_argument("--prompt-tokens", type=int, nargs=2, default=(34, 45), help="prompt length range")
+    parser.add_argument("--completion-tokens", type=int, nargs=2, default=(20, 34), help="completion length range")
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
@@ -48,16 +56,21 @@ def parse_args() -> argparse.Namespace:
 
 
 def grpo_batch(args: argparse.Namespace, vocab_size: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Random prompts (left-padded) and completions (right-padded) of lengths drawn from the given ranges."""
+    """Random prompts (left-padded, each ``generations`` times) and completions (right-padded) of lengths drawn
+    from the given ranges."""
     generator = torch.Generator().manual_seed(0)
-    prompts = torch.randint(args.prompt_tokens[0], args.prompt_tokens[1] + 1, (args.completions,), generator=generator)
+    groups = -(-args.completions // args.generations)
+    prompts = torch.randint(args.prompt_tokens[0], args.prompt_tokens[1] + 1, (groups,), generator=generator)
+    prompts = prompts.repeat_interleave(args.generations)[:args.completions]
     replies = torch.randint(args.completion_tokens[0], args.completion_tokens[1] + 1, (args.completions,),
                             generator=generator)
     width, keep = int(prompts.max()), int(replies.max())
     columns = torch.arange(width + keep)
     mask = ((columns >= width - prompts[:, None]) & (columns < width + replies[:, None])).long()
-    ids = torch.randint(1, vocab_size, mask.shape, generator=generator) * mask
-    return ids, mask, keep
+    prompt_ids = torch.randint(1, vocab_size, (groups, width + keep), generator=generator)
+    prompt_ids = prompt_ids.repeat_interleave(args.generations, dim=0)[:args.completions]
+    ids = torch.where(columns < width, prompt_ids, torch.randint(1, vocab_size, mask.shape, generator=generator))
+    return ids * mask, mask, keep
 
 
 def main() -> None:
@@ -82,6 +95,13 @@ def main() -> None:
                                                   entropy_requires_grad=False)
         return logps
 
+    def shared_prompts() -> torch.Tensor:
+        shared = find_shared_prompts(ids, mask, keep)
+        logits = completion_logits(model, model.config, ids, mask, keep, shared)
+        logps, _ = scored_logps_and_entropies(logits[scored], ids[:, -keep:][scored], args.temperature,
+                                              entropy_requires_grad=False)
+        return on_grid(logps, scored)
+
     def step(score, attention: str) -> None:
         model.set_attn_implementation(attention)
         (-(score() * advantages)[scored].mean()).backward()
@@ -89,14 +109,15 @@ def main() -> None:
         optimizer.zero_grad(set_to_none=True)
 
     attention = model.config._attn_implementation
-    steps = {"packed": partial(step, packed, attention), "padded_grid": partial(step, padded_grid, attention)}
+    steps = {"shared_prompts": partial(step, shared_prompts, attention), "packed": partial(step, packed, attention),
+             "padded_grid": partial(step, padded_grid, attention)}
     if attention == DOCUMENT_ATTENTION:
         steps["packed_whole_row"] = partial(step, packed, "sdpa")
     rates = rates_in_alternating_rounds(steps, args.rounds, args.steps, int(scored.sum()))
-    print(f"{args.model or args.preset}, {ids.shape[0]} completions, grid {tuple(ids.shape)}, "
-          f"{int(mask.sum())} real tokens ({1 - mask.float().mean():.0%} padding), {int(scored.sum())} scored, "
-          f"{torch.get_num_threads()} threads")
-    report(rates, "completion tokens/s", "packed", *[name for name in steps if name != "packed"])
+    print(f"{args.model or args.preset}, {ids.shape[0]} completions ({args.generations} a prompt), grid "
+          f"{tuple(ids.shape)}, {int(mask.sum())} real tokens ({1 - mask.float().mean():.0%} padding), "
+          f"{int(scored.sum())} scored, {torch.get_num_threads()} threads")
+    report(rates, "completion tokens/s", "shared_prompts", *[name for name in steps if name != "shared_prompts"])
 
 
 if __name__ == "__main__":

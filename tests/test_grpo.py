@@ -17,8 +17,8 @@ from chatforge.eval.result_cache import cached_in
 from chatforge.io import read_jsonl, write_jsonl
 from chatforge.modeling import DOCUMENT_ATTENTION, ChatForgeForCausalLM, set_generation_defaults
 from chatforge.posttrain.grpo import GRPOScriptArguments, grpo_parser, run_grpo
-from chatforge.posttrain.grpo_trainer import ChatForgeGRPOTrainer
-from chatforge.posttrain.packed_scoring import PackedGRPOTrainer, pack_completions
+from chatforge.posttrain.grpo_trainer import ChatForgeGRPOTrainer, PackedGRPOTrainer
+from chatforge.posttrain.packed_scoring import pack_completions
 from chatforge.tasks.verifiable import (
     ProblemConfig,
     ProblemError,
@@ -152,12 +152,17 @@ def test_gsm_symbolic_problems_have_checkable_answers(tmp_path):
     assert answer_reward([f"The answer is {a}." for a in answers], answers) == [1.0] * 4
 
 
-def _padded_grid(tokenizer) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Four prompts left-padded and their completions right-padded, as GRPO scores them: ids, mask, and the
+#: prompts and their completions of different lengths: four distinct prompts, or two sampled three times each
+DISTINCT_PROMPTS = ([[5, 6, 7], [8, 9, 10, 11, 12], [13, 14], [15]], [[20, 21, 22, 23], [24], [25, 26, 27], [28]])
+SHARED_PROMPTS = ([[5, 6, 7]] * 3 + [[8, 9, 10, 11, 12]] * 3,
+                  [[20, 21, 22, 23], [24], [25, 26], [27, 28, 29], [30, 31, 32, 33], [34]])
+
+
+def _padded_grid(tokenizer, prompts=DISTINCT_PROMPTS[0], completions=DISTINCT_PROMPTS[1]):
+    """Prompts left-padded and their completions right-padded, as GRPO scores them: ids, mask, and the
     completion width."""
-    prompts, completions = [[5, 6, 7], [8, 9, 10, 11, 12], [13, 14], [15]], [[20, 21, 22, 23], [24], [25, 26, 27], [28]]
-    width, keep = 5, 4
-    ids = torch.full((4, width + keep), tokenizer.pad_token_id)
+    width, keep = max(map(len, prompts)), max(map(len, completions))
+    ids = torch.full((len(prompts), width + keep), tokenizer.pad_token_id)
     mask = torch.zeros_like(ids)
     for row, (prompt, completion) in enumerate(zip(prompts, completions)):
         ids[row, width - len(prompt):width + len(completion)] = torch.tensor(prompt + completion)
@@ -165,12 +170,15 @@ def _padded_grid(tokenizer) -> tuple[torch.Tensor, torch.Tensor, int]:
     return ids, mask, keep
 
 
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["", "checkpointing"])
+@pytest.mark.parametrize("layout", [DISTINCT_PROMPTS, SHARED_PROMPTS], ids=["distinct", "shared"])
 @pytest.mark.parametrize("architecture", ["chatforge", "llama", DOCUMENT_ATTENTION])
-def test_packed_scoring_gives_trls_log_probabilities_entropies_and_gradients(tmp_path, tokenizer, architecture,
-                                                                             attention_lengths):
-    """Prompts left-padded and completions right-padded to different lengths: the packed rows score what TRL's
-    own path scores on the padded grid (a Llama under ``sdpa``'s whole-row mask, or with ``sdpa_documents``
-    attending sequence by sequence)."""
+def test_scoring_gives_trls_log_probabilities_entropies_and_gradients(tmp_path, tokenizer, architecture, layout,
+                                                                      checkpointing, attention_lengths):
+    """Prompts left-padded and completions right-padded to different lengths: the chatforge trainer scores what
+    TRL's own path scores on the padded grid, packed into one row where every prompt is distinct (a Llama under
+    ``sdpa``'s whole-row mask, or with ``sdpa_documents`` attending sequence by sequence), each distinct prompt
+    run once where completions share it (packed under gradient checkpointing, which drops the cache)."""
     torch.manual_seed(0)
     config = small_llama_config(tokenizer, initializer_range=0.1)
     if architecture == DOCUMENT_ATTENTION:
@@ -179,28 +187,39 @@ def test_packed_scoring_gives_trls_log_probabilities_entropies_and_gradients(tmp
              else LlamaForCausalLM(config))
     problems = datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": q}], "answer": "1"}
                                            for q in QUESTIONS])
-    training = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=2,
+    training = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=6, num_generations=3,
                           temperature=0.7, bf16=False, use_cpu=True, report_to="none")
     trainer = PackedGRPOTrainer(model=model, reward_funcs=answer_reward, args=training, train_dataset=problems,
                                 processing_class=tokenizer)
-    ids, mask, keep = _padded_grid(tokenizer)
+    if checkpointing:
+        trainer.model.activation_checkpointing_enable()
+    ids, mask, keep = _padded_grid(tokenizer, *layout)
     scored = mask[:, -keep:].bool()
+    positions_run = []
+    trainer.model.get_input_embeddings().register_forward_hook(
+        lambda module, args, output: positions_run.append(args[0].numel()))
     results = []
     trls = partial(GRPOTrainer._get_per_token_logps_and_entropies, trainer)
-    for packed, score in ((True, trainer._get_per_token_logps_and_entropies), (False, trls)):
+    for ours, score in ((True, trainer._get_per_token_logps_and_entropies), (False, trls)):
         attention_lengths.clear()
+        positions_run.clear()
         trainer.model.zero_grad()
         logps, entropies, _ = score(trainer.model, ids, mask, keep, compute_entropy=True)
         logps[scored].sum().backward()
         results.append((logps[scored].detach(), entropies[scored].detach(),
                         [p.grad.clone() for p in trainer.model.parameters()]))
-        if packed and architecture == DOCUMENT_ATTENTION:
-            assert sorted(attention_lengths) == sorted(mask.sum(-1).tolist() * config.num_hidden_layers)
-    (packed_logps, packed_entropies, packed_grads), (logps, entropies, grads) = results
-    torch.testing.assert_close(packed_logps, logps, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(packed_entropies, entropies, atol=1e-5, rtol=1e-5)
-    for packed_grad, grad in zip(packed_grads, grads):
-        torch.testing.assert_close(packed_grad, grad, atol=1e-5, rtol=1e-4)
+        if ours and (layout is DISTINCT_PROMPTS or checkpointing):  # packed: the real tokens only
+            assert sum(positions_run) == mask.sum()
+            if architecture == DOCUMENT_ATTENTION:  # each layer once, and again where the backward recomputes it
+                calls = config.num_hidden_layers * (2 if checkpointing else 1)
+                assert sorted(attention_lengths) == sorted(mask.sum(-1).tolist() * calls)
+        elif ours:  # two prompts of width 5, six completions of width 4
+            assert positions_run == [2 * 5, 6 * keep]
+    (our_logps, our_entropies, our_grads), (logps, entropies, grads) = results
+    torch.testing.assert_close(our_logps, logps, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(our_entropies, entropies, atol=1e-5, rtol=1e-5)
+    for our_grad, grad in zip(our_grads, grads):
+        torch.testing.assert_close(our_grad, grad, atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="follows padding"):
         pack_completions(torch.tensor([[5, 6, 0, 7]]), torch.tensor([[1, 1, 0, 1]]), 1)
 

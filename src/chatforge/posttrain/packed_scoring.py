@@ -12,10 +12,7 @@ rollouts the same way (:func:`pack_rows`, :func:`packed_logits`).
 from dataclasses import dataclass
 
 import torch
-from trl import GRPOTrainer
 from trl.trainer.utils import selective_log_softmax_and_entropy
-
-from ..errors import InvalidValue
 
 
 @dataclass
@@ -83,44 +80,28 @@ def pack_completions(input_ids: torch.Tensor, attention_mask: torch.Tensor, logi
                              targets=input_ids[:, width - logits_to_keep:][scored])
 
 
+def scored_logps_and_entropies(logits: torch.Tensor, targets: torch.Tensor, temperature: float,
+                               entropy_requires_grad: bool, suppressed: list[int] | None = None,
+                               rows: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probabilities of ``targets`` and entropies (at ``temperature``) from ``logits`` (scored tokens, vocab),
+    the ``suppressed`` token ids given no probability, as in sampling that suppresses them: the policy scored is
+    the one that sampled, and their logits get no gradient. ``rows`` at a time, each chunk handed to TRL as one
+    sequence (TRL's CPU path takes one log-sum-exp per leading index: per token, given a flat batch)."""
+    logits = without_suppressed(logits.float() / temperature, suppressed)
+    parts = [selective_log_softmax_and_entropy(chunk[None], wanted[None], entropy_requires_grad=entropy_requires_grad)
+             for chunk, wanted in zip(logits.split(rows), targets.split(rows))]
+    return tuple(torch.cat([part[0] for part in values]) for values in zip(*parts))
+
+
+def on_grid(values: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """``values`` of the scored cells laid on the (batch, logits_to_keep) grid of ``scored``, zeros elsewhere."""
+    return values.new_zeros(scored.shape).masked_scatter(scored, values)
+
+
 def completion_logps_and_entropies(model, packed: PackedCompletions, temperature: float, entropy_requires_grad: bool,
                                    suppressed: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token log-probabilities and entropies (at ``temperature``) of the scored tokens, laid back on the
-    (batch, logits_to_keep) grid with zeros elsewhere. The ``suppressed`` token ids get no probability, as in
-    sampling that suppresses them: the policy scored is the one that sampled, and their logits get no gradient."""
-    logits = without_suppressed(packed_logits(model, packed.rows, packed.predicting).float() / temperature, suppressed)
-    logps, entropy = selective_log_softmax_and_entropy(logits, packed.targets,
-                                                       entropy_requires_grad=entropy_requires_grad)
-    return tuple(values.new_zeros(packed.scored.shape).masked_scatter(packed.scored, values)
-                 for values in (logps, entropy))
-
-
-class PackedGRPOTrainer(GRPOTrainer):
-    """TRL's GRPOTrainer scoring text completions on packed rows (multimodal inputs and MoE auxiliary losses take
-    TRL's own path). The model must take ``position_ids`` that restart per sequence as document boundaries, as
-    ChatForge and transformers' Llama-family models do. Tokens that sampling suppresses
-    (``generation_kwargs["suppress_tokens"]``) get no probability in the scores either: trained on the scores of
-    the unsuppressed policy, their logits drift where no sample ever holds them (after 400 steps of the tiny recipe
-    a tool-call token came first in most chat replies)."""
-
-    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
-                                           compute_entropy=False, compute_aux_loss=False, **media):
-        suppressed = (self.args.generation_kwargs or {}).get("suppress_tokens")
-        if compute_aux_loss or any(value is not None for value in media.values()):
-            if suppressed:
-                raise InvalidValue("suppress_tokens is scored on packed text completions only: multimodal inputs and "
-                                   "MoE auxiliary losses cannot take it")
-            return super()._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
-                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **media)
-        batch_size = batch_size or input_ids.size(0)
-        entropy_requires_grad = compute_entropy and self._entropy_bonus_enabled and torch.is_grad_enabled()
-        chunks = []
-        for start in range(0, input_ids.size(0), batch_size):
-            packed = pack_completions(input_ids[start:start + batch_size], attention_mask[start:start + batch_size],
-                                      logits_to_keep)
-            with self.accelerator.autocast():
-                chunks.append(completion_logps_and_entropies(model, packed, self.temperature, entropy_requires_grad,
-                                                             suppressed))
-        logps, entropies = (torch.cat(parts) for parts in zip(*chunks))
-        return logps, (entropies if compute_entropy else None), None
+    """Per-token log-probabilities and entropies of the scored tokens (:func:`scored_logps_and_entropies`), laid
+    back on the (batch, logits_to_keep) grid with zeros elsewhere."""
+    scores = scored_logps_and_entropies(packed_logits(model, packed.rows, packed.predicting), packed.targets,
+                                        temperature, entropy_requires_grad, suppressed)
+    return tuple(on_grid(values, packed.scored) for values in scores)
