@@ -17,7 +17,7 @@ from chatforge.eval.result_cache import cached_in
 from chatforge.io import read_jsonl, write_jsonl
 from chatforge.modeling import DOCUMENT_ATTENTION, ChatForgeForCausalLM, set_generation_defaults
 from chatforge.posttrain.grpo import GRPOScriptArguments, grpo_parser, run_grpo
-from chatforge.posttrain.grpo_trainer import ChatForgeGRPOTrainer, PackedGRPOTrainer
+from chatforge.posttrain.grpo_trainer import ChatForgeGRPOTrainer, PackedGRPOTrainer, generating_with
 from chatforge.posttrain.packed_scoring import pack_completions
 from chatforge.tasks.verifiable import (
     ProblemConfig,
@@ -252,6 +252,28 @@ def test_tokens_that_sampling_suppresses_are_scored_as_the_sampler_draws_them(tm
     assert (logps[scored] - unsuppressed[scored]).min() > 1e-4  # the suppressed tokens' mass went to the others
     with pytest.raises(ValueError, match="suppress_tokens is scored on packed text completions only"):
         trainer._get_per_token_logps_and_entropies(model, ids, mask, keep, compute_aux_loss=True)
+
+
+@pytest.mark.parametrize("architecture", ["chatforge", "llama"])
+def test_generation_runs_each_distinct_prompt_once(tokenizer, architecture):
+    """Left-padded prompts that repeat (two, three rows each): inside ``generating_with`` the model runs each
+    distinct prompt but its last token once, then every row's last token, and decodes what plain ``generate``
+    decodes."""
+    torch.manual_seed(0)
+    model = (ChatForgeForCausalLM(small_config(tokenizer, initializer_range=0.1)) if architecture == "chatforge"
+             else LlamaForCausalLM(small_llama_config(tokenizer, initializer_range=0.1))).eval()
+    set_generation_defaults(model, tokenizer)
+    ids, mask, _ = _padded_grid(tokenizer, SHARED_PROMPTS[0], [[]] * 6)
+    settings = dict(do_sample=False, max_new_tokens=5, min_new_tokens=5)
+    expected = model.generate(input_ids=ids, attention_mask=mask, **settings)
+    positions_run = []
+    model.get_input_embeddings().register_forward_hook(
+        lambda module, args, output: positions_run.append(tuple(args[0].shape)))
+    with generating_with(model, LogitsProcessorList()):
+        decoded = model.generate(input_ids=ids, attention_mask=mask, **settings)
+    assert torch.equal(decoded, expected)
+    assert positions_run == [(2, ids.size(1) - 1), (6, 1), *[(6, 1)] * 4]
+    assert "generate" not in vars(model)
 
 
 def test_rollouts_are_drawn_from_the_policy_at_the_training_temperature(tmp_path, tokenizer):

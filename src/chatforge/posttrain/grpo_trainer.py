@@ -1,14 +1,15 @@
 """The GRPO trainer of the recipes: completions scored on packed rows or after their distinct prompts
-(:class:`PackedGRPOTrainer`) and, where transformers generates them, sampled by inverse transform.
+(:class:`PackedGRPOTrainer`) and, where transformers generates them, sampled by inverse transform from each
+distinct prompt's cache.
 
 TRL samples each batch's completions with one ``model.generate(do_sample=True)``, whose ``torch.multinomial``
 spends an exponential random number per vocabulary entry and row at every step. Here that call decodes greedily
 with :class:`~chatforge.inference.inverse_transform.InverseTransformSampler` as its last logits processor, which
-applies the same temperature and truncation and draws from the same distribution with one uniform number per row.
+applies the same temperature and truncation and draws from the same distribution with one uniform number per row;
+and it starts from a cache of each distinct prompt run once, not from every row's prompt run again.
 """
 
 import contextlib
-import functools
 
 import torch
 from transformers import LogitsProcessorList
@@ -17,14 +18,26 @@ from trl import GRPOTrainer
 from ..errors import InvalidValue
 from ..inference.inverse_transform import as_greedy_with_sampler
 from .packed_scoring import on_grid, pack_completions, packed_logits, scored_logps_and_entropies
-from .shared_prompts import completion_logits, find_shared_prompts
+from .shared_prompts import completion_logits, find_shared_prompts, prefilled_cache
 
 
 @contextlib.contextmanager
 def generating_with(model, processors: LogitsProcessorList):
-    """Inside, ``model.generate`` is given ``processors`` as its ``logits_processor``."""
+    """Inside, ``model.generate`` is given ``processors`` as its ``logits_processor``, and left-padded prompts
+    that repeat (GRPO's generations of each prompt) start from a cache of each distinct prompt run once
+    (:func:`~.shared_prompts.prefilled_cache`; not with a cache of another kind or several sequences a row)."""
     own = vars(model).get("generate")
-    model.generate = functools.partial(model.generate, logits_processor=processors)
+    generate = model.generate
+
+    def generate_from_shared_prompts(input_ids=None, attention_mask=None, generation_config=None, **kwargs):
+        settings = generation_config or model.generation_config
+        if (input_ids is not None and attention_mask is not None and kwargs.get("cache") is None
+                and settings.cache_implementation is None and (settings.num_return_sequences or 1) == 1):
+            kwargs["cache"] = prefilled_cache(model, input_ids, attention_mask)
+        return generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config,
+                        logits_processor=processors, **kwargs)
+
+    model.generate = generate_from_shared_prompts
     try:
         yield
     finally:
@@ -83,8 +96,8 @@ class PackedGRPOTrainer(GRPOTrainer):
 
 
 class ChatForgeGRPOTrainer(PackedGRPOTrainer):
-    """TRL's GRPOTrainer scoring on packed rows, its transformers rollouts drawn by inverse transform (vLLM and
-    continuous batching sample as TRL has them)."""
+    """:class:`PackedGRPOTrainer`, its transformers rollouts drawn by inverse transform after each distinct prompt
+    ran once (vLLM and continuous batching sample as TRL has them)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
