@@ -1,6 +1,7 @@
 """GRPO rollout throughput against the generate() call TRL's GRPOTrainer makes by default (each prompt repeated
 ``num_generations`` times, left-padded, one ``model.generate(do_sample=True)``): the same call decoded greedily
-with the inverse-transform sampler (what chatforge's GRPO trainer makes), and chatforge's sampling engine.
+with the inverse-transform sampler (``inverse_transform``), that and each distinct prompt run once into the cache
+the rows start from (``grpo_trainer``: what chatforge's GRPO trainer makes), and chatforge's sampling engine.
 
 All three sample the same prompts at the same temperature; rounds rotate the order so machine noise hits each
 alike. Prints completions/s of each and the median per-round ratio to TRL's call (above 1.0 means faster).
@@ -20,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from chatforge.inference.engine import Engine, SamplingParams
 from chatforge.inference.inverse_transform import as_greedy_with_sampler
 from chatforge.modeling import ChatForgeForCausalLM, config_for_tokenizer, set_generation_defaults
+from chatforge.posttrain.grpo_trainer import generating_with
 from chatforge.tasks.word_problems import word_problem
 
 
@@ -69,16 +71,24 @@ def main() -> None:
             torch.manual_seed(seed)
             with torch.no_grad():
                 output = model.generate(input_ids=input_ids, attention_mask=attention_mask,
-                                        generation_config=generation_config, logits_processor=processors)
+                                        generation_config=generation_config,
+                                        **({} if processors is None else {"logits_processor": processors}))
             return output.shape[0]
         return run
+
+    sampler_config, sampler = as_greedy_with_sampler(config)
+
+    def grpo_trainer_path(seed: int) -> int:
+        with generating_with(model, sampler):
+            return generate_path(sampler_config, None)(seed)
 
     def engine_path(seed: int) -> int:
         return len(engine.generate_ids(prompts, SamplingParams(**{**params.__dict__, "seed": seed}),
                                        n=args.num_generations))
 
     runners = {"trl_generate": generate_path(config, None),
-               "inverse_transform": generate_path(*as_greedy_with_sampler(config)), "engine": engine_path}
+               "inverse_transform": generate_path(sampler_config, sampler), "grpo_trainer": grpo_trainer_path,
+               "engine": engine_path}
     for runner in runners.values():
         runner(0)  # warm-up
     rates: dict[str, list[float]] = {name: [] for name in runners}

@@ -31,6 +31,7 @@ from trl.trainer.utils import add_fused_lm_head
 sys.path.insert(0, str(Path(__file__).parent))
 from side_by_side import rates_in_alternating_rounds, report, training_model  # noqa: E402
 
+from chatforge.inference.prompt_cache import find_shared_prompts  # noqa: E402
 from chatforge.modeling import DOCUMENT_ATTENTION  # noqa: E402
 from chatforge.posttrain.packed_scoring import (  # noqa: E402
     completion_logps_and_entropies,
@@ -38,7 +39,7 @@ from chatforge.posttrain.packed_scoring import (  # noqa: E402
     pack_completions,
     scored_logps_and_entropies,
 )
-from chatforge.posttrain.shared_prompts import completion_logits, find_shared_prompts  # noqa: E402
+from chatforge.posttrain.shared_prompts import completion_logits  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

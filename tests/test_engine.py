@@ -56,6 +56,26 @@ def test_unrestricted_sampling_draws_from_the_model_softmax(model, tokenizer, te
     assert assert_drawn_from(engine_draws(50), probs) < 1e-6
 
 
+def test_samples_of_a_prompt_run_it_once_and_continue_as_it_alone(model, tokenizer):
+    """Three samples each of two prompts of different lengths: each distinct prompt but its last token runs once,
+    then every row's last token, and each row continues as its prompt alone does (greedy, the same log-probabilities
+    of its tokens)."""
+    engine = Engine(model, tokenizer)
+    prompts = [tokenizer(text, add_special_tokens=False)["input_ids"]
+               for text in ("The river", "In 1990 the history of")]
+    params = SamplingParams(temperature=0, max_new_tokens=12)
+    alone = [engine.generate_ids_with_logprobs([prompt], params) for prompt in prompts]
+    shapes = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda module, args, output: shapes.append(
+        tuple(args[0].shape)))
+    samples, logprobs = engine.generate_ids_with_logprobs(prompts, params, n=3)
+    hook.remove()
+    assert samples == [alone[0][0][0]] * 3 + [alone[1][0][0]] * 3
+    torch.testing.assert_close(torch.tensor(logprobs), torch.tensor([alone[0][1][0]] * 3 + [alone[1][1][0]] * 3),
+                               atol=1e-5, rtol=0)
+    assert shapes[:2] == [(2, max(map(len, prompts)) - 1), (6, 1)]
+
+
 def test_sampled_tokens_log_probabilities_are_those_of_the_sampling_distribution(model, tokenizer):
     engine = Engine(model, tokenizer)
     prompt = tokenizer("The history of", add_special_tokens=False)["input_ids"]

@@ -258,20 +258,22 @@ def test_tokens_that_sampling_suppresses_are_scored_as_the_sampler_draws_them(tm
 def test_generation_runs_each_distinct_prompt_once(tokenizer, architecture):
     """Left-padded prompts that repeat (two, three rows each): inside ``generating_with`` the model runs each
     distinct prompt but its last token once, then every row's last token, and decodes what plain ``generate``
-    decodes."""
+    decodes, from the same logits."""
     torch.manual_seed(0)
     model = (ChatForgeForCausalLM(small_config(tokenizer, initializer_range=0.1)) if architecture == "chatforge"
              else LlamaForCausalLM(small_llama_config(tokenizer, initializer_range=0.1))).eval()
     set_generation_defaults(model, tokenizer)
     ids, mask, _ = _padded_grid(tokenizer, SHARED_PROMPTS[0], [[]] * 6)
-    settings = dict(do_sample=False, max_new_tokens=5, min_new_tokens=5)
+    settings = dict(do_sample=False, max_new_tokens=5, min_new_tokens=5, return_dict_in_generate=True,
+                    output_logits=True)
     expected = model.generate(input_ids=ids, attention_mask=mask, **settings)
     positions_run = []
     model.get_input_embeddings().register_forward_hook(
         lambda module, args, output: positions_run.append(tuple(args[0].shape)))
     with generating_with(model, LogitsProcessorList()):
         decoded = model.generate(input_ids=ids, attention_mask=mask, **settings)
-    assert torch.equal(decoded, expected)
+    assert torch.equal(decoded.sequences, expected.sequences)
+    torch.testing.assert_close(torch.stack(decoded.logits), torch.stack(expected.logits), atol=1e-5, rtol=1e-5)
     assert positions_run == [(2, ids.size(1) - 1), (6, 1), *[(6, 1)] * 4]
     assert "generate" not in vars(model)
 

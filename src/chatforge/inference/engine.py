@@ -25,6 +25,7 @@ from ..tools.errors import ToolError
 from .detokenize import IncrementalText
 from .inverse_transform import InverseTransformSampler, as_greedy_with_sampler
 from .open_calls import CloseOpenCalls
+from .prompt_cache import prefilled_cache
 
 
 @dataclass
@@ -196,8 +197,10 @@ class Engine:
         config, processors = self._generation_config(params, params.max_new_tokens, self.stop_ids,
                                                      suppress=self.plain_suppressed_ids)
         config.output_scores = logprobs
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        cache = prefilled_cache(self.model, input_ids, attention_mask, config) if n > 1 else None
         with self._seeded(params.seed):
-            output = self._generate(input_ids.to(self.device), attention_mask.to(self.device), config, processors)
+            output = self._generate(input_ids, attention_mask, config, processors, cache=cache)
         generated = output.sequences[:, width:]
         chosen = [[] for _ in range(len(generated))]
         if logprobs:  # scores[t]: the drawn token's log-probability where sampled, else the processed logits

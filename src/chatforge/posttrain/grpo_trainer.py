@@ -17,23 +17,22 @@ from trl import GRPOTrainer
 
 from ..errors import InvalidValue
 from ..inference.inverse_transform import as_greedy_with_sampler
+from ..inference.prompt_cache import find_shared_prompts, prefilled_cache
 from .packed_scoring import on_grid, pack_completions, packed_logits, scored_logps_and_entropies
-from .shared_prompts import completion_logits, find_shared_prompts, prefilled_cache
+from .shared_prompts import completion_logits
 
 
 @contextlib.contextmanager
 def generating_with(model, processors: LogitsProcessorList):
     """Inside, ``model.generate`` is given ``processors`` as its ``logits_processor``, and left-padded prompts
     that repeat (GRPO's generations of each prompt) start from a cache of each distinct prompt run once
-    (:func:`~.shared_prompts.prefilled_cache`; not with a cache of another kind or several sequences a row)."""
+    (:func:`~chatforge.inference.prompt_cache.prefilled_cache`)."""
     own = vars(model).get("generate")
     generate = model.generate
 
     def generate_from_shared_prompts(input_ids=None, attention_mask=None, generation_config=None, **kwargs):
-        settings = generation_config or model.generation_config
-        if (input_ids is not None and attention_mask is not None and kwargs.get("cache") is None
-                and settings.cache_implementation is None and (settings.num_return_sequences or 1) == 1):
-            kwargs["cache"] = prefilled_cache(model, input_ids, attention_mask)
+        if input_ids is not None and attention_mask is not None and kwargs.get("cache") is None:
+            kwargs["cache"] = prefilled_cache(model, input_ids, attention_mask, generation_config)
         return generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=generation_config,
                         logits_processor=processors, **kwargs)
 
