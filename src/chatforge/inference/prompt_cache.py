@@ -44,15 +44,17 @@ def prompt_positions(attention_mask: torch.Tensor) -> torch.Tensor:
 def prefilled_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     generation_config: GenerationConfig | None = None) -> DynamicCache | None:
     """For ``model.generate(input_ids, attention_mask, cache=...)`` of left-padded prompts: the keys and values of
-    every row's prompt but its last token, each distinct prompt run once and repeated to its rows. None where no
-    prompt repeats, or where the generation settings (``generation_config``, else the model's) ask for a cache of
-    another kind or several sequences a row."""
+    every row's prompt but its last token, each distinct prompt run once and repeated to its rows. None where the
+    generation settings (``generation_config``, else the model's) ask for a cache of another kind or several
+    sequences a row, or the prompts are one token wide. Rows whose prompts all differ are prefilled too (the same
+    work as ``generate``'s own prefill), so that processes generating in step (ZeRO-3, FSDP) run the same forward
+    passes whatever their prompts."""
     settings = generation_config or model.generation_config
     if settings.cache_implementation is not None or (settings.num_return_sequences or 1) != 1:
         return None
-    shared = find_shared_prompts(input_ids, attention_mask)
-    if len(shared.distinct) == len(input_ids) or input_ids.size(1) < 2:
+    if input_ids.size(1) < 2:
         return None
+    shared = find_shared_prompts(input_ids, attention_mask)
     mask = attention_mask[shared.distinct, :-1]
     cache = DynamicCache(config=model.config)
     with torch.no_grad():

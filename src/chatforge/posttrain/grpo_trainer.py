@@ -50,7 +50,8 @@ class PackedGRPOTrainer(GRPOTrainer):
     """TRL's GRPOTrainer scoring text completions without padding's or repeated prompts' work (multimodal inputs and
     MoE auxiliary losses take TRL's path). Each chunk of the batch is scored whichever way runs fewer positions:
     each distinct prompt once and the completions after it (:mod:`.shared_prompts`; not under gradient
-    checkpointing, which drops the cache), or every prompt and completion packed end to end in one row
+    checkpointing, which drops the cache; in several processes, only where every one of them would), or every
+    prompt and completion packed end to end in one row
     (:mod:`.packed_scoring`: the model must take ``position_ids`` that restart per sequence as document
     boundaries, as ChatForge and transformers' Llama-family models do). Tokens that sampling suppresses
     (``generation_kwargs["suppress_tokens"]``) get no probability in the scores either: trained on the scores of
@@ -87,7 +88,10 @@ class PackedGRPOTrainer(GRPOTrainer):
         shared = find_shared_prompts(input_ids, attention_mask, logits_to_keep)
         checkpointing = getattr(unwrapped, "is_activation_checkpointing", False) and torch.is_grad_enabled()
         prompt_width = input_ids.size(1) - logits_to_keep
-        if not checkpointing and shared.cells(prompt_width, logits_to_keep) < attention_mask.sum():
+        share = not checkpointing and shared.cells(prompt_width, logits_to_keep) < attention_mask.sum()
+        if self.accelerator.num_processes > 1:  # the same forward passes in every process (DDP, FSDP, ZeRO-3)
+            share = bool(self.accelerator.gather(torch.tensor([int(share)], device=input_ids.device)).all())
+        if share:
             logits = completion_logits(model, unwrapped.config, input_ids, attention_mask, logits_to_keep, shared)
             return logits[scored], input_ids[:, -logits_to_keep:][scored]
         packed = pack_completions(input_ids, attention_mask, logits_to_keep)
