@@ -36,9 +36,18 @@ def find_shared_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return SharedPrompts(distinct=distinct.scatter_(0, of_row.flip(0), rows.flip(0)), of_row=of_row)
 
 
-def prompt_positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Positions of left-padded prompts: from 0 at each first real token (padding's are never attended to)."""
-    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+def run_prompts_once(model, config, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                     shared: SharedPrompts) -> tuple[torch.Tensor, DynamicCache]:
+    """Each distinct prompt of left-padded ``prompt_ids`` run through ``model`` once (``config``: its
+    configuration, the cache's layer layout): the logits at its last position, ``(batch, 1, vocab)``, and its keys
+    and values in a cache, each repeated to the rows that hold it. Under autograd both keep their history."""
+    mask = prompt_mask[shared.distinct]
+    cache = DynamicCache(config=config)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # from 0 at each first real token; padding is never attended to
+    output = model(input_ids=prompt_ids[shared.distinct], attention_mask=mask, position_ids=positions, cache=cache,
+                   use_cache=True, logits_to_keep=1)
+    cache.batch_select_indices(shared.of_row)
+    return output.logits[shared.of_row], cache
 
 
 def prefilled_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -54,14 +63,10 @@ def prefilled_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
         return None
     if input_ids.size(1) < 2:
         return None
-    shared = find_shared_prompts(input_ids, attention_mask)
-    mask = attention_mask[shared.distinct, :-1]
-    cache = DynamicCache(config=model.config)
     with torch.no_grad():
-        model(input_ids=input_ids[shared.distinct, :-1], attention_mask=mask, position_ids=prompt_positions(mask),
-              cache=cache, use_cache=True, logits_to_keep=1)
-    cache.batch_select_indices(shared.of_row)
+        _, cache = run_prompts_once(model, model.config, input_ids[:, :-1], attention_mask[:, :-1],
+                                    find_shared_prompts(input_ids, attention_mask))
     return cache
 
 
-__all__ = ["SharedPrompts", "find_shared_prompts", "prefilled_cache", "prompt_positions"]
+__all__ = ["SharedPrompts", "find_shared_prompts", "prefilled_cache", "run_prompts_once"]

@@ -10,9 +10,8 @@ log-probabilities, entropies and gradients are those of each sequence scored who
 """
 
 import torch
-from transformers import DynamicCache
 
-from ..inference.prompt_cache import SharedPrompts, prompt_positions
+from ..inference.prompt_cache import SharedPrompts, run_prompts_once
 
 
 def completion_logits(model, config, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int,
@@ -22,14 +21,9 @@ def completion_logits(model, config, input_ids: torch.Tensor, attention_mask: to
     after its prompt's cached keys and values. ``model`` is a transformers causal LM (possibly wrapped) that takes
     a ``cache`` and ``logits_to_keep``; ``config`` its configuration (the cache's layer layout)."""
     width = input_ids.size(1) - logits_to_keep
-    prompt_mask = attention_mask[shared.distinct, :width]
-    cache = DynamicCache(config=config)
-    prompts = model(input_ids=input_ids[shared.distinct, :width], attention_mask=prompt_mask,
-                    position_ids=prompt_positions(prompt_mask), cache=cache, use_cache=True, logits_to_keep=1)
-    first = prompts.logits[shared.of_row]
+    first, cache = run_prompts_once(model, config, input_ids[:, :width], attention_mask[:, :width], shared)
     if logits_to_keep == 1:
         return first
-    cache.batch_select_indices(shared.of_row)
     prompt_lengths = attention_mask[:, :width].sum(-1, keepdim=True)
     predicting = torch.arange(logits_to_keep - 1, device=input_ids.device)
     completions = model(input_ids=input_ids[:, width:], attention_mask=attention_mask,
