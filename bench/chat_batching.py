@@ -1,24 +1,31 @@
 """Many conversations through chatforge's continuous batcher (``chat_many``, as the SFT evaluations, the eval
-stage and the preference data use it): the batcher as it is, against the same batcher without dropping the cache
-columns of rows that left (each step then attends over, and copies, every column since the batch began).
+stage and the preference data use it), as it is against two references: the same batcher with transformers' own
+cache layers (each step copies the whole cache with ``torch.cat`` instead of writing its column in place), and
+without dropping the cache columns of rows that left (each step then attends over, and copies, every column since
+the batch began).
 
-Both answer the same word problems greedily, without tools, in rounds that alternate the order; prints replies/s
-of each, the median per-round ratio (above 1.0 means dropping the columns is faster) and whether the replies agree.
+Each answers the same word problems greedily, without tools, in rounds that alternate the order; prints replies/s
+of each, the median per-round ratio of the batcher to each reference (above 1.0: the batcher is faster) and how
+many replies agree with the batcher's.
 
     python bench/chat_batching.py --model runs/smollm2/imported --conversations 128
 """
 
 import argparse
 import random
-import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from chatforge.inference import batching
-from chatforge.inference.engine import Engine, SamplingParams
-from chatforge.tasks.word_problems import word_problem
+sys.path.insert(0, str(Path(__file__).parent))
+from side_by_side import report  # noqa: E402
+
+from chatforge.inference import batching  # noqa: E402
+from chatforge.inference.engine import Engine, SamplingParams  # noqa: E402
+from chatforge.tasks.word_problems import word_problem  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -39,26 +46,28 @@ def main() -> None:
     conversations = [[{"role": "user", "content": word_problem(rng, multi_digit=True).question}]
                      for _ in range(args.conversations)]
     params = SamplingParams(temperature=0, max_new_tokens=args.max_new_tokens)
-    trim = batching._Batch.trim
+    trim, cache = batching._Batch.trim, batching.growing_cache
+    variants = {"batcher": (trim, cache), "concatenating": (trim, lambda config: DynamicCache(config=config)),
+                "untrimmed": (lambda self: None, cache)}
 
     def run(name: str) -> tuple[float, list[str]]:
-        batching._Batch.trim = trim if name == "trimmed" else lambda self: None
+        batching._Batch.trim, batching.growing_cache = variants[name]
         start = time.perf_counter()
         replies = batching.chat_many(engine, conversations, params, use_tools=False, max_batch=args.max_batch)
         return len(conversations) / (time.perf_counter() - start), [events[-1].text for events in replies]
 
-    rates, ratios, agree = {"trimmed": [], "untrimmed": []}, [], []
+    rates: dict[str, list[float]] = {name: [] for name in variants}
+    replies: dict[str, list[str]] = {}
     for round_index in range(args.rounds):
-        order = ["trimmed", "untrimmed"][::1 if round_index % 2 == 0 else -1]
-        measured = {name: run(name) for name in order}
-        for name, (rate, _) in measured.items():
+        for name in list(variants) if round_index % 2 == 0 else list(reversed(variants)):
+            rate, replies[name] = run(name)
             rates[name].append(rate)
-        ratios.append(measured["trimmed"][0] / measured["untrimmed"][0])
-        agree.append(sum(a == b for a, b in zip(measured["trimmed"][1], measured["untrimmed"][1])))
-    batching._Batch.trim = trim
-    print(f"{args.conversations} conversations, {args.max_batch} rows, {torch.get_num_threads()} threads: trimmed "
-          f"{statistics.median(rates['trimmed']):.2f} replies/s, untrimmed {statistics.median(rates['untrimmed']):.2f}"
-          f" -> ratio {statistics.median(ratios):.2f}x; replies agreeing {min(agree)}/{args.conversations}")
+    batching._Batch.trim, batching.growing_cache = trim, cache
+    print(f"{args.conversations} conversations, {args.max_batch} rows, {torch.get_num_threads()} threads")
+    report(rates, "replies/s", "batcher", "concatenating", "untrimmed")
+    for name in ("concatenating", "untrimmed"):
+        agree = sum(a == b for a, b in zip(replies["batcher"], replies[name]))
+        print(f"replies agreeing, batcher and {name}: {agree}/{args.conversations}")
 
 
 if __name__ == "__main__":

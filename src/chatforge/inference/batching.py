@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from ..tokenization.tokenization_chatforge import TOOL_CALL_START
 from ..tools import ToolError, format_tool_output, parse_tool_call
 from .batch_sampling import sample_tokens
 from .detokenize import IncrementalText
 from .engine import ChatEvent, Engine, SamplingParams
+from .growing_cache import growing_cache, is_full_attention
 from .stops import StopStrings
 
 #: What a job does with the model's tool calls: keep it from starting one, run the engine's tools inside the turn,
@@ -172,7 +172,7 @@ class _Batch:
 
     def joinable(self) -> bool:
         """Whether rows can be added: full-attention layers only (a sliding window's cache cannot be padded)."""
-        return all(type(layer) is DynamicLayer for layer in self.cache.layers)
+        return all(is_full_attention(layer) for layer in self.cache.layers)
 
     def join(self, other: "_Batch") -> None:
         """Append ``other``'s rows, left-padding the shorter cache and mask (keys keep their rotary positions)."""
@@ -266,7 +266,7 @@ class Batcher:
         ids, mask = ids.to(device), mask.to(device)
         with torch.inference_mode():
             output = engine.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                                  use_cache=True)
+                                  cache=growing_cache(engine.model.config), use_cache=True)
         return _Batch(sequences, output.cache, mask, mask.sum(-1), output.logits[:, -1].float(),
                       [True] * len(sequences))
 

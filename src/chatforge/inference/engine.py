@@ -23,6 +23,7 @@ from ..tokenization.tokenization_chatforge import (
 from ..tools import Toolbox, format_tool_output, parse_tool_call
 from ..tools.errors import ToolError
 from .detokenize import IncrementalText
+from .growing_cache import fits_generation, growing_cache
 from .inverse_transform import InverseTransformSampler, as_greedy_with_sampler
 from .open_calls import CloseOpenCalls
 from .prompt_cache import prefilled_cache
@@ -163,6 +164,8 @@ class Engine:
     def _generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, config: GenerationConfig,
                   processors: LogitsProcessorList, cache=None, streamer: BaseStreamer | None = None):
         extra = {"tokenizer": self.tokenizer} if config.stop_strings else {}
+        if cache is None and fits_generation(config):
+            cache = growing_cache(self.model.config)
         with torch.inference_mode():
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
                                        cache=cache, streamer=streamer, synced_gpus=self.synced_processes or None,

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache, GenerationConfig
 
+from .growing_cache import fits_generation, growing
+
 
 @dataclass
 class SharedPrompts:
@@ -53,20 +55,18 @@ def run_prompts_once(model, config, prompt_ids: torch.Tensor, prompt_mask: torch
 def prefilled_cache(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                     generation_config: GenerationConfig | None = None) -> DynamicCache | None:
     """For ``model.generate(input_ids, attention_mask, cache=...)`` of left-padded prompts: the keys and values of
-    every row's prompt but its last token, each distinct prompt run once and repeated to its rows. None where the
-    generation settings (``generation_config``, else the model's) ask for a cache of another kind or several
-    sequences a row, or the prompts are one token wide. Rows whose prompts all differ are prefilled too (the same
+    every row's prompt but its last token, each distinct prompt run once and repeated to its rows, in layers that
+    decode steps fill in place (:mod:`.growing_cache`). None where the generation settings (``generation_config``,
+    else the model's) ask for a cache of another kind or several sequences a row, or the prompts are one token
+    wide. Rows whose prompts all differ are prefilled too (the same
     work as ``generate``'s own prefill), so that processes generating in step (ZeRO-3, FSDP) run the same forward
     passes whatever their prompts."""
-    settings = generation_config or model.generation_config
-    if settings.cache_implementation is not None or (settings.num_return_sequences or 1) != 1:
-        return None
-    if input_ids.size(1) < 2:
+    if not fits_generation(generation_config or model.generation_config) or input_ids.size(1) < 2:
         return None
     with torch.no_grad():
         _, cache = run_prompts_once(model, model.config, input_ids[:, :-1], attention_mask[:, :-1],
                                     find_shared_prompts(input_ids, attention_mask))
-    return cache
+    return growing(cache)
 
 
 __all__ = ["SharedPrompts", "find_shared_prompts", "prefilled_cache", "run_prompts_once"]
