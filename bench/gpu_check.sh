@@ -5,7 +5,8 @@
 #   pretrain  pretrain_sdpa.json: the pretraining loop vs a bare loop and vs the plain-PyTorch GPT, gpt2-124m
 #             (50,304 tokens, B=32, T=1024, bf16, torch.compile), documents masked by sdpa; the loop's overhead
 #             (host syncs, batches built ahead in pinned memory, logging) is its ratio to the bare loop
-#   recipe    recipe/: `accelerate launch recipes/pretrain.py` on the tiny recipe, 300 steps (metrics, samples)
+#   recipe    recipe/: `accelerate launch recipes/pretrain.py` on the tiny recipe, 300 steps (metrics, samples), from
+#             the embedded corpus's tokenizer and shards made in tiny/
 #   flex      pretrain_flex.json: as pretrain, documents masked by flex_attention
 #   causal    pretrain_causal.json: as pretrain, one causal window per row (no document masking)
 #
@@ -50,7 +51,9 @@ for step in "${steps[@]}"; do
         flex) run pretrain_flex $python "${pretrain_bench[@]}" --attn flex_attention --json "$out/pretrain_flex.json" ;;
         causal) run pretrain_causal $python "${pretrain_bench[@]}" --no-document-masking \
                     --json "$out/pretrain_causal.json" ;;
-        recipe) run recipe $python -m accelerate.commands.launch --config_file accelerate_configs/single_gpu.yaml \
+        recipe) run tiny_inputs $python -c "import sys; from chatforge.training.inputs import embedded_inputs
+embedded_inputs(sys.argv[1])" "$out/tiny"
+                run recipe $python -m accelerate.commands.launch --config_file accelerate_configs/single_gpu.yaml \
                     recipes/pretrain.py --config recipes/tiny/pretrain.yaml --output_dir "$out/recipe" \
                     --dataset_dir "$out/tiny/shards" --tokenizer_name_or_path "$out/tiny/tokenizer" --max_steps 300 \
                     --save_steps 300 --sample_steps 300 --report_to none ;;
