@@ -36,14 +36,17 @@ class GrowingLayer(DynamicLayer):
     key_buffer: torch.Tensor | None = None
     value_buffer: torch.Tensor | None = None
 
+    def _holds_views(self) -> bool:
+        """Whether ``keys`` and ``values`` are still the views of the buffers that :meth:`update` handed out."""
+        return _fills(self.keys, self.key_buffer) and _fills(self.values, self.value_buffer)
+
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         if self.keys.numel() == 0:
             self.keys, self.values = key_states[:, :, :0], value_states[:, :, :0]
         length, end = self.keys.shape[2], self.keys.shape[2] + key_states.shape[2]
-        if not (_fills(self.keys, self.key_buffer) and _fills(self.values, self.value_buffer)
-                and end <= self.key_buffer.shape[2]):
+        if not (self._holds_views() and end <= self.key_buffer.shape[2]):
             self.key_buffer = _with_room(self.keys, end + GROWTH)
             self.value_buffer = _with_room(self.values, end + GROWTH)
         self.key_buffer[:, :, length:end] = key_states
@@ -55,7 +58,7 @@ class GrowingLayer(DynamicLayer):
         """Keep the rows ``indices`` (in that order), with the room the buffers had."""
         if self.get_seq_length() == 0:
             return
-        if not (_fills(self.keys, self.key_buffer) and _fills(self.values, self.value_buffer)):
+        if not self._holds_views():
             super().batch_select_indices(indices)
             return
         length = self.keys.shape[2]
