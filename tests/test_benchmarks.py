@@ -193,3 +193,29 @@ def test_greedy_replies_decoded_in_slots_equal_the_harness_batches(tokenizer, ar
     harness.epoch_factor = 1  # a short cache: several epochs
     assert harness.generate_until(requests) == expected
     assert len({len(text) for text in expected}) > 2  # replies of several lengths: rows left at different steps
+
+
+def test_a_benchmark_scored_on_the_same_model_files_and_settings_is_read_back(saved_model_dir, tmp_path,
+                                                                              monkeypatch):
+    """An eval stage run again (after an interruption, say) reads the benchmarks it finished from the cache, item
+    records included; another limit scores them again."""
+    from chatforge.eval import suite
+    from chatforge.eval.result_cache import cached_in
+
+    scored = []
+    harness = suite.run_benchmarks
+    monkeypatch.setattr(suite, "run_benchmarks", lambda model, tokenizer, names, **kwargs: (
+        scored.append(list(names)) or harness(model, tokenizer, names, **kwargs)))
+
+    def evaluate(limit: int, samples: str) -> dict:
+        return suite.evaluate_model(str(saved_model_dir), ["truthfulqa_mc1_100", "humaneval"], suite.EvalData(),
+                                    suite.EvalConfig(limit=limit, benchmark_tokens=8), samples_dir=tmp_path / samples)
+
+    with cached_in(tmp_path / "cache"):
+        first = evaluate(2, "first")
+        assert evaluate(2, "again") == first
+        assert scored == [["truthfulqa_mc1_100", "humaneval"]]
+        for name in first:
+            assert read_jsonl(tmp_path / "again" / f"{name}.jsonl") == read_jsonl(tmp_path / "first" / f"{name}.jsonl")
+        assert evaluate(3, "more")["humaneval"]["items"] == 3
+    assert scored[1:] == [["truthfulqa_mc1_100", "humaneval"]]

@@ -153,13 +153,14 @@ def task_specs(names: Sequence[str], folder: Path, sources: dict[str, str | Path
         if name in OFFLINE_TASKS:
             task = OFFLINE_TASKS[name]
             data_file = folder / f"{name}.jsonl"
-            write_jsonl(data_file, _records(name, Path(sources.get(name) or task.source()), task.record))
+            write_jsonl(data_file, _records(name, Path(sources.get(name) or benchmark_items(name)), task.record))
             config = _offline_yaml(name, task, str(_harness_task_yaml(task)), data_file)
             (folder / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
             specs.append(name)
         elif name == "humaneval":
             data_file = folder / "humaneval.jsonl"
-            write_jsonl(data_file, _records(name, Path(sources.get(name) or HUMANEVAL_SOURCE()), _humaneval_record))
+            write_jsonl(data_file, _records(name, Path(sources.get(name) or benchmark_items(name)),
+                                             _humaneval_record))
             specs.append(_humaneval_config(data_file))
         else:
             specs.append(name)
@@ -179,10 +180,14 @@ def check_benchmarks(names: Sequence[str]) -> None:
     if names:
         _require("lm_eval", "lm-evaluation-harness")
     for name in names:
-        if name in OFFLINE_TASKS:
-            OFFLINE_TASKS[name].source()
-        elif name == "humaneval":
-            HUMANEVAL_SOURCE()
+        benchmark_items(name)
+
+
+def benchmark_items(name: str) -> Path | None:
+    """The shipped file of the benchmark ``name``'s items; None for a Hub task."""
+    if name in OFFLINE_TASKS:
+        return OFFLINE_TASKS[name].source()
+    return HUMANEVAL_SOURCE() if name == "humaneval" else None
 
 
 def metric_of(name: str) -> str:

@@ -55,14 +55,24 @@ class EvalCache:
 
     def get(self, key: str) -> dict | None:
         """The figures kept under ``key``, or None."""
-        path = self.folder / f"{key}.json"
-        return json.loads(path.read_text())["figures"] if path.exists() else None
+        kept = self._read(key)
+        return kept["figures"] if kept else None
 
-    def put(self, key: str, description: dict, figures: dict) -> None:
-        """Keep ``figures`` under ``key``, with the description they were measured on (for a reader)."""
+    def records(self, key: str) -> list[dict] | None:
+        """The item records kept with the figures under ``key``, or None."""
+        kept = self._read(key)
+        return kept.get("records") if kept else None
+
+    def _read(self, key: str) -> dict | None:
+        path = self.folder / f"{key}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def put(self, key: str, description: dict, figures: dict, records: list[dict] | None = None) -> None:
+        """Keep ``figures`` (and the item ``records`` they were scored from) under ``key``, with the description
+        they were measured on (for a reader)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.folder / f"{key}.json",
-                          json.dumps({"description": description, "figures": figures}, indent=2, ensure_ascii=False))
+        kept = {"description": description, "figures": figures} | ({"records": records} if records else {})
+        atomic_write_text(self.folder / f"{key}.json", json.dumps(kept, indent=2, ensure_ascii=False))
 
 
 @contextlib.contextmanager

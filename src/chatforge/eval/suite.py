@@ -22,6 +22,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 import torch
@@ -33,11 +34,11 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 from ..data.text_sources import iter_documents
 from ..errors import InvalidValue, NotFound
 from ..inference.engine import Engine, SamplingParams
-from ..io import read_jsonl
+from ..io import read_jsonl, write_jsonl
 from ..modeling.factory import local_folder
 from ..tools import Toolbox, default_toolbox
 from .chat import format_adherence, knowledge, look_up_accuracy, python_accuracy, word_problem_accuracy
-from .harness import BENCHMARKS, check_benchmark_names, run_benchmarks
+from .harness import BENCHMARKS, benchmark_items, check_benchmark_names, run_benchmarks
 from .induction import repeated_sequence_copying
 from .model_identity import file_digest, folder_digest, model_fingerprint
 from .problems import problem_accuracy
@@ -355,16 +356,62 @@ def evaluate_language_model(engine: Engine, tasks: Sequence[str], data: EvalData
         description["model"] = fingerprint
         key = cache.key(description)
         if (kept := cache.get(key)) is not None:
-            print(f"{task}: measured earlier on the same model files and settings ({cache.folder / key}.json)",
-                  flush=True)
+            _say_reused(task, cache, key)
             results[task] = kept
             continue
         results[task] = runners[task](engine)
         cache.put(key, description, results[task])
     if benchmarks := [task for task in tasks if task in BENCHMARKS]:
-        results |= run_benchmarks(engine.model, engine.tokenizer, benchmarks, limit=config.limit,
-                                  max_gen_toks=config.benchmark_tokens, seed=config.seed, samples_dir=samples_dir)
+        results |= _benchmark_figures(engine, benchmarks, config, samples_dir, cache, fingerprint)
     return {task: results[task] for task in tasks}
+
+
+def _say_reused(task: str, cache: EvalCache, key: str) -> None:
+    print(f"{task}: measured earlier on the same model files and settings ({cache.folder / key}.json)", flush=True)
+
+
+def _benchmark_figures(engine: Engine, names: list[str], config: EvalConfig, samples_dir: str | Path | None,
+                       cache: EvalCache | None, fingerprint: str | None) -> dict:
+    """The benchmarks ``names`` scored by lm-evaluation-harness; with a ``cache``, an offline benchmark measured
+    earlier on the same model files and settings is read from it, its item records written to ``samples_dir``."""
+    described = {}
+    if cache is not None:
+        for name in names:
+            if (description := _benchmark_description(name, config, engine)) is not None:
+                description["model"] = fingerprint
+                described[name] = (cache.key(description), description)
+    results = {}
+    for name, (key, _) in described.items():
+        figures, records = cache.get(key), cache.records(key)
+        if figures is not None and (records is not None or samples_dir is None):
+            _say_reused(name, cache, key)
+            results[name] = figures
+            if samples_dir is not None:
+                Path(samples_dir).mkdir(parents=True, exist_ok=True)
+                write_jsonl(Path(samples_dir) / f"{name}.jsonl", records)
+    if missing := [name for name in names if name not in results]:
+        results |= run_benchmarks(engine.model, engine.tokenizer, missing, limit=config.limit,
+                                  max_gen_toks=config.benchmark_tokens, seed=config.seed, samples_dir=samples_dir)
+        for name in (name for name in missing if name in described):
+            records = read_jsonl(Path(samples_dir) / f"{name}.jsonl") if samples_dir is not None else None
+            cache.put(*described[name], results[name], records)
+    return results
+
+
+def _placement(engine: Engine) -> dict:
+    """The dtype and device the engine's model runs in."""
+    parameter = next(engine.model.parameters())
+    return {"dtype": str(parameter.dtype), "device": parameter.device.type}
+
+
+def _benchmark_description(name: str, config: EvalConfig, engine: Engine) -> dict | None:
+    """What decides an offline benchmark's figures besides the model's files and the code; None for a Hub task."""
+    items = benchmark_items(name)
+    if items is None:
+        return None
+    return {"task": name, "records": file_digest(items), "limit": config.limit,
+            "settings": {"benchmark_tokens": config.benchmark_tokens, "seed": config.seed},
+            "harness": version("lm_eval"), **_placement(engine)}
 
 
 def _source_digest(source: Source) -> str | None:
@@ -382,10 +429,9 @@ def _cache_description(task: str, data: EvalData, config: EvalConfig, engine: En
     records = _source_digest(getattr(data, TASK_DATA[task])) if task in TASK_DATA else None
     if records is None:
         return None
-    parameter = next(engine.model.parameters())
     description = {"task": task, "records": records, "limit": config.limit_of(task),
                    "settings": {name: getattr(config, name) for name in TASK_SETTINGS.get(task, ())},
-                   "dtype": str(parameter.dtype), "device": parameter.device.type}
+                   **_placement(engine)}
     if task in TASKS_WITH_TOOLS:
         index = data.search_index
         digest = "none" if not index else folder_digest(index) if Path(index).is_dir() else _source_digest(index)
