@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM, LlamaForCausalLM, LlamaForSequenc
 from trl import ModelConfig
 
 from chatforge.data import DataCollatorForChat
+from chatforge.inference.engine import Engine
 from chatforge.modeling import (
     DOCUMENT_ATTENTION,
     ChatForgeForCausalLM,
@@ -154,7 +155,8 @@ def test_a_llama_with_document_attention_scores_rollouts_reply_by_reply_as_under
 def test_ppo_raises_the_reward_model_score_with_bounded_kl(tmp_path, tokenizer, models):
     """At this learning rate every assertion held for each of training seeds 0-7 (KL at most 1.3); at 5e-4, three
     of those eight seeds sent the KL above 5 for a step or more."""
-    summary = _trainer(tmp_path, tokenizer, models, learning_rate=2e-4).train()
+    trainer = _trainer(tmp_path, tokenizer, models, learning_rate=2e-4)
+    summary = trainer.train()
     first, best = summary["initial"], summary["best"]
     assert 0.2 < first["eval_gold"] < 0.8 or first["eval_gold"] in (0.0, 1.0)
     history = [json.loads(line) for line in open(tmp_path / "ppo/metrics.jsonl")]
@@ -168,6 +170,9 @@ def test_ppo_raises_the_reward_model_score_with_bounded_kl(tmp_path, tokenizer, 
     assert (tmp_path / "ppo/ppo.png").stat().st_size > 0
     kept = AutoModelForCausalLM.from_pretrained(tmp_path / "ppo")
     assert kept.config.model_type == "chatforge"
+    # the policy left in output_dir (and scored on the test prompts) is the one validated at the kept step
+    again = trainer.evaluate("eval", Engine(kept, tokenizer))
+    assert again["eval_rm_score"] == pytest.approx(best["eval_rm_score"], abs=1e-4) and best["step"] > 0
 
 
 def test_ppo_of_a_llama_policy_against_a_llama_reward_model(tmp_path, tokenizer):

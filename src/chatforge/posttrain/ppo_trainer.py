@@ -18,8 +18,8 @@ and scored by the reward model and, where there is one, the rule-based gold judg
   reference stays within ``kl_budget`` is kept; training stops when the KL passes the budget. Needs no judge:
   the budget bounds how far the policy may drift from where the reward model was trained to judge.
 
-The kept policy is the result; each newly kept policy is also scored on the test prompts (which no rule sees),
-to report how it does on new prompts.
+The kept policy is the result; it is also scored on the test prompts (which no rule sees), as the initial policy
+is, to report how it does on new prompts.
 """
 
 import copy
@@ -273,14 +273,18 @@ class PPOTrainer:
             tasks.append(self.train_tasks[order[offset]])
         return tasks
 
-    def rollout(self, tasks: list[dict], params: SamplingParams) -> Rollout:
-        """Sample one reply per task and lay the batch out for scoring and training."""
+    def rollout(self, tasks: list[dict], params: SamplingParams, kept: Engine | None = None) -> Rollout:
+        """Sample one reply per task (from the policy in training, or the ``kept`` policy's engine) and lay the
+        batch out for scoring and training."""
         prompts = [self._prompt_ids(task) for task in tasks]
         sampled = params.temperature > 0
-        with unwrap_model_for_generation(self.modules, self.accelerator) as modules, \
-                root_parameters_gathered(modules):  # gathers ZeRO-3 shards, FSDP2's outside the decoder layers
-            self.engine.model = modules.policy.eval()
-            replies, reply_logprobs = self.engine.generate_ids_with_logprobs(prompts, params, logprobs=sampled)
+        if kept is not None:
+            replies, reply_logprobs = kept.generate_ids_with_logprobs(prompts, params, logprobs=sampled)
+        else:
+            with unwrap_model_for_generation(self.modules, self.accelerator) as modules, \
+                    root_parameters_gathered(modules):  # gathers ZeRO-3 shards, FSDP2's outside the decoder layers
+                self.engine.model = modules.policy.eval()
+                replies, reply_logprobs = self.engine.generate_ids_with_logprobs(prompts, params, logprobs=sampled)
         stops = set(self.engine.stop_ids)
         replies = [reply or [self.engine.pad_id] for reply in replies]
         width = max(len(p) + len(r) for p, r in zip(prompts, replies))
@@ -418,20 +422,21 @@ class PPOTrainer:
 
     # --- evaluation and the stop rule ------------------------------------------------------------------
 
-    def evaluate(self, split: str = "eval") -> dict:
-        """Greedy replies to the validation (``"eval"``) or test (``"test"``) prompts, scored by the reward model
-        and the gold judge: means and their standard errors, named ``{split}_...``."""
-        figures, examples = self._evaluate_tasks(self.eval_tasks if split == "eval" else self.test_tasks)
+    def evaluate(self, split: str = "eval", kept: Engine | None = None) -> dict:
+        """Greedy replies of the policy in training (or the ``kept`` policy's engine) to the validation (``"eval"``)
+        or test (``"test"``) prompts, scored by the reward model and the gold judge: means and their standard
+        errors, named ``{split}_...``."""
+        figures, examples = self._evaluate_tasks(self.eval_tasks if split == "eval" else self.test_tasks, kept)
         return {"step": self.step, **{f"{split}_{name}": value for name, value in figures.items()},
                 f"{split}_examples": examples}
 
-    def _evaluate_tasks(self, tasks: list[dict]) -> tuple[dict, list[dict]]:
+    def _evaluate_tasks(self, tasks: list[dict], kept: Engine | None) -> tuple[dict, list[dict]]:
         if not tasks:
             return {}, []
         params = SamplingParams(temperature=0.0, max_new_tokens=self.config.max_completion_length)
         scores, golds, lengths, examples = [], [], [], []
         for start in range(0, len(tasks), 32):
-            rollout = self.rollout(tasks[start:start + 32], params)
+            rollout = self.rollout(tasks[start:start + 32], params, kept)
             scores += self._scores(rollout).tolist()
             golds += self._golds(rollout)
             lengths += rollout.mask.sum(1).tolist()
@@ -449,7 +454,6 @@ class PPOTrainer:
         within_budget = config.kl_budget is None or recent_kl <= config.kl_budget
         eligible = within_budget or config.select_by == "gold"
         if self.best is None or (eligible and evaluation[metric] > self.best[metric] + config.min_improvement):
-            evaluation.update(self.evaluate("test"))  # reported, never selected on: only for the kept policies
             self.best = evaluation
             policy_state, _ = self._state_dicts()
             if self.accelerator.is_main_process:
@@ -520,8 +524,8 @@ class PPOTrainer:
         output.mkdir(parents=True, exist_ok=True)
         if self.checkpoint is not None:
             self._resume(self.checkpoint)
-        if not self.evaluations:
-            self.evaluations.append(self.evaluate())
+        if not self.evaluations:  # the test prompts are reported, never selected on: here and for the kept policy
+            self.evaluations.append(self.evaluate() | self.evaluate("test"))
             self._update_stop_rule(self.evaluations[-1], 0.0)
         progress = tqdm(total=config.max_steps, initial=self.step, desc="PPO",
                         disable=not self.accelerator.is_main_process)
@@ -545,15 +549,21 @@ class PPOTrainer:
         return self._finish(output)
 
     def _finish(self, output: Path) -> dict:
-        """Put the best policy (kept in ``output_dir/best``) in ``output_dir``; write ``metrics.jsonl``,
-        ``eval.json`` and ``ppo.png``."""
-        first, best, last = self.evaluations[0], self.best, self.evaluations[-1]
+        """Score the best policy (kept in ``output_dir/best``) on the test prompts and put it in ``output_dir``;
+        write ``metrics.jsonl``, ``eval.json`` and ``ppo.png``."""
+        self.accelerator.wait_for_everyone()  # the main process wrote the kept policy
+        kept = self._kept_policy(output / BEST_DIR).to(self.accelerator.device).eval()
+        first, last = self.evaluations[0], self.evaluations[-1]
+        best = next(evaluation for evaluation in self.evaluations if evaluation["step"] == self.best["step"])
+        if self.test_tasks and "test_prompts" not in best:  # each process holds the whole kept policy: no syncing
+            best |= {key: value for key, value in self.evaluate("test", Engine(kept, self.tokenizer)).items()
+                     if key.startswith("test_")}
         summary = {"stop_reason": self.stop_reason or f"max_steps={self.config.max_steps}", "steps": self.step,
                    "crop_step": best["step"], "select_by": self.config.select_by, "stop_rule": self.stop_rule,
                    "initial": first, "best": best,
                    "last": last, "evaluations": self.evaluations, "config": asdict(self.config)}
         if self.accelerator.is_main_process:
-            export_final_model(output, self._kept_policy(output / BEST_DIR), self.tokenizer)
+            export_final_model(output, kept, self.tokenizer)
             write_jsonl(output / "metrics.jsonl", self.history)
             atomic_write_text(output / "eval.json", json.dumps(summary, indent=2))
             self.plot(output / "ppo.png")
@@ -571,7 +581,7 @@ class PPOTrainer:
         from transformers import AutoModelForCausalLM
 
         if not is_lora(self.accelerator.unwrap_model(self.modules).policy):
-            return AutoModelForCausalLM.from_pretrained(folder)
+            return AutoModelForCausalLM.from_pretrained(folder, dtype=self.ref_policy.dtype)
         from peft import PeftModel
 
         base = copy.deepcopy(self.ref_policy).requires_grad_(True)
@@ -586,7 +596,7 @@ class PPOTrainer:
                     if any(key in r for r in rows)}
 
         panels = {
-            "reward (held-out, greedy; test at each kept policy)": curves(self.evaluations, {
+            "reward (held-out, greedy; test: initial and kept policy)": curves(self.evaluations, {
                 "reward model, validation": "eval_rm_score", "gold, validation": "eval_gold",
                 "reward model, test": "test_rm_score", "gold, test": "test_gold"}),
             "reward (rollouts)": curves(self.history, {"reward model": "rm_score", "gold": "gold"}),
