@@ -164,6 +164,20 @@ def test_conversations_decoded_together_reply_as_each_alone(model, tokenizer, us
     assert ("tool_output", "56088", "calculator") in _merged(together[0]) if use_tools else "56088" not in str(together)
 
 
+def test_several_replies_to_each_conversation_are_drawn_apart_and_the_same_on_every_run(model, tokenizer):
+    """Reply j to conversation i is drawn from seed ``seed + i*n + j``: the same alone as among the others."""
+    engine = Engine(model, tokenizer)
+    conversations = [[{"role": "user", "content": f"What is {number} plus 1?"}] for number in range(5)]
+    params = SamplingParams(temperature=1.0, top_k=None, max_new_tokens=8, seed=3)
+    replies = [[events[-1].text for events in chat_many(engine, conversations, params, use_tools=False, max_batch=4,
+                                                        n=3)] for _ in range(2)]
+    assert replies[0] == replies[1] and len(replies[0]) == 15
+    assert all(len(set(replies[0][row * 3:row * 3 + 3])) > 1 for row in range(5))
+    alone = chat_many(engine, conversations[2:3], SamplingParams(**{**vars(params), "seed": 3 + 2 * 3}),
+                      use_tools=False, n=3)
+    assert [events[-1].text for events in alone] == replies[0][6:9]
+
+
 def _decode_jobs(engine: Engine, prompts: list[list[int]], budgets: list[int], max_batch: int
                  ) -> tuple[list[str], Batcher]:
     """Greedy replies to ``prompts`` (``budgets`` tokens each) through a batcher of ``max_batch`` rows."""

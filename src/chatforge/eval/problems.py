@@ -3,8 +3,7 @@
 from collections.abc import Sequence
 from math import comb
 
-from tqdm.auto import tqdm
-
+from ..inference.batching import chat_many
 from ..inference.engine import Engine, SamplingParams
 from ..tasks.verifiable import is_correct_answer
 
@@ -17,23 +16,24 @@ def pass_at_k(samples: int, correct: int, k: int) -> float:
 
 
 def problem_accuracy(engine: Engine, problems: Sequence[dict], k: int = 8, temperature: float = 1.0,
-                     max_new_tokens: int = 96, batch_size: int = 16, seed: int = 0) -> dict:
+                     max_new_tokens: int = 96, max_batch: int = 64, seed: int = 0) -> dict:
     """Greedy pass@1, and pass@1 / pass@k over ``k`` samples at ``temperature`` per problem; the mean reply
-    length in tokens (greedy)."""
-    prompts = [engine.tokenizer.apply_chat_template(p["prompt"], add_generation_prompt=True, tokenize=False)
-               for p in problems]
-    greedy = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
-    sampled = SamplingParams(temperature=temperature, top_k=None, max_new_tokens=max_new_tokens, seed=seed)
+    length in tokens (greedy). Replies are decoded ``max_batch`` at a time, each row taking the next reply as
+    soon as its own has ended."""
+    conversations = [problem["prompt"] for problem in problems]
+    greedy = chat_many(engine, conversations, SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens),
+                       use_tools=False, max_batch=max_batch, desc="problems (greedy)")
+    sampled = chat_many(engine, conversations, SamplingParams(temperature=temperature, top_k=None,
+                                                              max_new_tokens=max_new_tokens, seed=seed),
+                        use_tools=False, max_batch=max_batch, desc=f"problems ({k} samples)", n=k)
     greedy_right, pass1, passk, lengths = 0, 0.0, 0.0, []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="problems", leave=False):
-        batch, answers = prompts[start:start + batch_size], [p["answer"] for p in problems[start:start + batch_size]]
-        for (reply,), answer in zip(engine.complete(batch, greedy), answers):
-            greedy_right += is_correct_answer(reply, answer)
-            lengths.append(len(engine.tokenizer(reply, add_special_tokens=False)["input_ids"]))
-        for replies, answer in zip(engine.complete(batch, sampled, n=k), answers):
-            right = sum(is_correct_answer(reply, answer) for reply in replies)
-            pass1 += pass_at_k(k, right, 1)
-            passk += pass_at_k(k, right, k)
+    for index, problem in enumerate(problems):
+        reply = greedy[index][-1].text
+        greedy_right += is_correct_answer(reply, problem["answer"])
+        lengths.append(len(engine.tokenizer(reply, add_special_tokens=False)["input_ids"]))
+        right = sum(is_correct_answer(events[-1].text, problem["answer"]) for events in sampled[index * k:][:k])
+        pass1 += pass_at_k(k, right, 1)
+        passk += pass_at_k(k, right, k)
     count = max(1, len(problems))
     return {"pass@1_greedy": greedy_right / count, "pass@1": pass1 / count, f"pass@{k}": passk / count,
             "problems": len(problems), "mean_reply_tokens": sum(lengths) / max(1, len(lengths))}

@@ -11,10 +11,10 @@ import os
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_for_futures
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -198,13 +198,16 @@ def _left_pad(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
 
 class Batcher:
     """The worker that decodes submitted jobs in batches of at most ``max_batch`` sequences; jobs that arrive
-    while a batch runs join it at the next step where there is room (continuous batching)."""
+    while a batch runs join it at the next step where there is room (continuous batching). ``jobs`` are queued
+    before the worker starts: batches then form from them the same way on every run."""
 
-    def __init__(self, engine: Engine, max_batch: int = 32, tool_threads: int = 4):
+    def __init__(self, engine: Engine, max_batch: int = 32, tool_threads: int = 4, jobs: Iterable[Job] = ()):
         self.engine = engine
         self.max_batch = max_batch
         self.context = getattr(engine.model.config, "max_position_embeddings", None)
         self.waiting: queue.Queue[Job | None] = queue.Queue()
+        for job in jobs:
+            self.waiting.put(job)
         self.held: Job | None = None  # taken from the queue, waiting for room
         self.closing = False
         self.tools = ThreadPoolExecutor(tool_threads, thread_name_prefix="chatforge-tool")
@@ -353,29 +356,33 @@ class Batcher:
 
 
 def chat_many(engine: Engine, conversations: list[list[dict]], params: SamplingParams = SamplingParams(),
-              use_tools: bool = True, max_batch: int = 64, desc: str | None = None) -> list[list[ChatEvent]]:
-    """The events of the assistant's reply to each conversation, as :meth:`Engine.chat` yields them, the
-    conversations decoded together (``max_batch`` at a time, each pausing for its own tool calls: on 2 CPU cores
-    SmolLM2-135M's replies come 1.2–1.3× faster at 64 than at 32). The ``done
+              use_tools: bool = True, max_batch: int = 64, desc: str | None = None,
+              n: int = 1) -> list[list[ChatEvent]]:
+    """The events of the assistant's ``n`` replies to each conversation (conversation i's are items ``i*n`` to
+    ``i*n+n-1``), as :meth:`Engine.chat` yields them, the conversations decoded together (``max_batch`` replies at
+    a time, each pausing for its own tool calls: on 2 CPU cores SmolLM2-135M's replies come 1.2–1.3× faster at 64
+    than at 32). Seeded ``params`` draw conversation i's replies with seeds ``seed + i*n`` onwards. The ``done``
     event's ``text`` is the reply's text (tool calls and outputs are their own events)."""
     tools = "run" if use_tools and engine.toolbox and engine.tools_supported else "suppress"
-    replies: list[list[ChatEvent]] = [[] for _ in conversations]
+    replies: list[list[ChatEvent]] = [[] for _ in range(len(conversations) * n)]
     finished: queue.Queue[int] = queue.Queue()
 
     def collector(row: int) -> Callable[[int, ChatEvent], None]:
-        def emit(_: int, event: ChatEvent) -> None:
-            replies[row].append(event)
+        def emit(index: int, event: ChatEvent) -> None:
+            replies[row * n + index].append(event)
             if event.kind == "done":
                 finished.put(row)
         return emit
 
-    batcher = Batcher(engine, max_batch=max_batch)
+    jobs = []
+    for row, messages in enumerate(conversations):
+        ids = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                   return_dict=False)
+        seeded = params if params.seed is None else replace(params, seed=params.seed + row * n)
+        jobs.append(Job(list(ids), seeded, collector(row), n=n, tool_calls=tools))
+    batcher = Batcher(engine, max_batch=max_batch, jobs=jobs)
     try:
-        for row, messages in enumerate(conversations):
-            ids = engine.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
-                                                       return_dict=False)
-            batcher.submit(Job(list(ids), params, collector(row), tool_calls=tools))
-        for _ in tqdm(conversations, desc=desc, leave=False, disable=desc is None):
+        for _ in tqdm(replies, desc=desc, leave=False, disable=desc is None):
             finished.get()
     finally:
         batcher.close()

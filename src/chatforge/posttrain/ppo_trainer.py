@@ -22,11 +22,12 @@ The kept policy is the result; it is also scored on the test prompts (which no r
 is, to report how it does on new prompts.
 """
 
+import contextlib
 import copy
 import json
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -38,7 +39,8 @@ from trl.models import unwrap_model_for_generation
 from ..errors import InvalidValue
 from ..eval.plots import plot_panels
 from ..eval.reward import score_token_ids
-from ..inference.engine import Engine, SamplingParams
+from ..inference.batching import chat_many
+from ..inference.engine import ChatEvent, Engine, SamplingParams
 from ..io import atomic_directory, atomic_write_text, write_jsonl
 from ..tasks.gold import gold_reward
 from ..training.checkpoint import (
@@ -273,18 +275,26 @@ class PPOTrainer:
             tasks.append(self.train_tasks[order[offset]])
         return tasks
 
-    def rollout(self, tasks: list[dict], params: SamplingParams, kept: Engine | None = None) -> Rollout:
-        """Sample one reply per task (from the policy in training, or the ``kept`` policy's engine) and lay the
-        batch out for scoring and training."""
+    def rollout(self, tasks: list[dict], params: SamplingParams) -> Rollout:
+        """Sample one reply per task from the policy in training and lay the batch out for scoring and training."""
         prompts = [self._prompt_ids(task) for task in tasks]
         sampled = params.temperature > 0
-        if kept is not None:
-            replies, reply_logprobs = kept.generate_ids_with_logprobs(prompts, params, logprobs=sampled)
-        else:
-            with unwrap_model_for_generation(self.modules, self.accelerator) as modules, \
-                    root_parameters_gathered(modules):  # gathers ZeRO-3 shards, FSDP2's outside the decoder layers
-                self.engine.model = modules.policy.eval()
-                replies, reply_logprobs = self.engine.generate_ids_with_logprobs(prompts, params, logprobs=sampled)
+        with self._policy_engine() as engine:
+            replies, reply_logprobs = engine.generate_ids_with_logprobs(prompts, params, logprobs=sampled)
+        return self._laid_out(tasks, prompts, replies, reply_logprobs if sampled else None)
+
+    @contextlib.contextmanager
+    def _policy_engine(self) -> Iterator[Engine]:
+        """The engine, generating with the policy in training."""
+        with unwrap_model_for_generation(self.modules, self.accelerator) as modules, \
+                root_parameters_gathered(modules):  # gathers ZeRO-3 shards, FSDP2's outside the decoder layers
+            self.engine.model = modules.policy.eval()
+            yield self.engine
+
+    def _laid_out(self, tasks: list[dict], prompts: list[list[int]], replies: list[list[int]],
+                  reply_logprobs: list[list[float]] | None) -> Rollout:
+        """Prompts and their replies (with the log-probabilities they were sampled with, if any) as a rollout."""
+        sampled = reply_logprobs is not None
         stops = set(self.engine.stop_ids)
         replies = [reply or [self.engine.pad_id] for reply in replies]
         width = max(len(p) + len(r) for p, r in zip(prompts, replies))
@@ -434,9 +444,15 @@ class PPOTrainer:
         if not tasks:
             return {}, []
         params = SamplingParams(temperature=0.0, max_new_tokens=self.config.max_completion_length)
+        # decoded together, each row taking the next prompt as soon as its reply has ended; scored 32 at a time
+        with contextlib.nullcontext(kept) if kept is not None else self._policy_engine() as engine:
+            replies = [self._reply_ids(events[-1]) for events in chat_many(
+                engine, [task["messages"] for task in tasks], params, use_tools=False)]
+        prompts = [self._prompt_ids(task) for task in tasks]
         scores, golds, lengths, examples = [], [], [], []
         for start in range(0, len(tasks), 32):
-            rollout = self.rollout(tasks[start:start + 32], params, kept)
+            rollout = self._laid_out(tasks[start:start + 32], prompts[start:start + 32], replies[start:start + 32],
+                                     None)
             scores += self._scores(rollout).tolist()
             golds += self._golds(rollout)
             lengths += rollout.mask.sum(1).tolist()
@@ -447,6 +463,11 @@ class PPOTrainer:
             if values:
                 figures[name], figures[f"{name}_se"] = mean_and_standard_error(values)
         return figures, examples[:3]
+
+    def _reply_ids(self, done: ChatEvent) -> list[int]:
+        """A batched reply's tokens: its text's, and the stop token that ended it."""
+        ids = self.tokenizer(done.text, add_special_tokens=False)["input_ids"]
+        return ids + ([self.tokenizer.convert_tokens_to_ids(done.stop_token)] if done.stop_token else [])
 
     def _update_stop_rule(self, evaluation: dict, recent_kl: float) -> None:
         config = self.config
