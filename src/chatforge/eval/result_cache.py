@@ -55,15 +55,11 @@ class EvalCache:
 
     def get(self, key: str) -> dict | None:
         """The figures kept under ``key``, or None."""
-        kept = self._read(key)
+        kept = self.entry(key)
         return kept["figures"] if kept else None
 
-    def records(self, key: str) -> list[dict] | None:
-        """The item records kept with the figures under ``key``, or None."""
-        kept = self._read(key)
-        return kept.get("records") if kept else None
-
-    def _read(self, key: str) -> dict | None:
+    def entry(self, key: str) -> dict | None:
+        """All that is kept under ``key`` (``figures``, ``description``, and ``records`` where given), or None."""
         path = self.folder / f"{key}.json"
         return json.loads(path.read_text()) if path.exists() else None
 

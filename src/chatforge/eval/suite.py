@@ -382,13 +382,13 @@ def _benchmark_figures(engine: Engine, names: list[str], config: EvalConfig, sam
                 described[name] = (cache.key(description), description)
     results = {}
     for name, (key, _) in described.items():
-        figures, records = cache.get(key), cache.records(key)
-        if figures is not None and (records is not None or samples_dir is None):
+        kept = cache.entry(key)
+        if kept is not None and ("records" in kept or samples_dir is None):
             _say_reused(name, cache, key)
-            results[name] = figures
+            results[name] = kept["figures"]
             if samples_dir is not None:
                 Path(samples_dir).mkdir(parents=True, exist_ok=True)
-                write_jsonl(Path(samples_dir) / f"{name}.jsonl", records)
+                write_jsonl(Path(samples_dir) / f"{name}.jsonl", kept["records"])
     if missing := [name for name in names if name not in results]:
         results |= run_benchmarks(engine.model, engine.tokenizer, missing, limit=config.limit,
                                   max_gen_toks=config.benchmark_tokens, seed=config.seed, samples_dir=samples_dir)
