@@ -199,6 +199,20 @@ def test_trust_remote_code_loads_without_chatforge_installed(model, saved_model_
         assert torch.equal(torch.load(logits_path), model(ids).logits)
 
 
+@pytest.mark.parametrize("setting, kernelized", [(None, "False"), ("YES", "True")])
+def test_models_load_without_hub_kernels_unless_the_user_turns_them_on(saved_model_dir, setting, kernelized):
+    # Kernelized models fetch layers from the Hub when moved to a GPU and switched to eval(), which fails offline.
+    env = {key: value for key, value in os.environ.items() if key != "USE_HUB_KERNELS"}
+    if setting:
+        env["USE_HUB_KERNELS"] = setting
+    script = ("import sys, chatforge, transformers\n"
+              "print(transformers.AutoModelForCausalLM.from_pretrained(sys.argv[1]).use_kernels)")
+    result = subprocess.run([sys.executable, "-c", script, str(saved_model_dir)], capture_output=True, text=True,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-1] == kernelized
+
+
 def test_pipeline_text_generation_on_text_and_chat_messages(model, tokenizer):
     generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
     text = generator("The city of", max_new_tokens=8, do_sample=False)[0]["generated_text"]

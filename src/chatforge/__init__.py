@@ -1,7 +1,12 @@
 """chatforge: from web pages to a ChatGPT-style assistant on the Hugging Face stack.
 
-Importing the package registers the ChatForge model and tokenizer with transformers' Auto classes.
+Importing the package registers the ChatForge model and tokenizer with transformers' Auto classes, and turns off
+transformers' Hub kernels unless ``USE_HUB_KERNELS`` is set: otherwise every model put on a GPU and switched
+between ``train()`` and ``eval()`` swaps layers (SiLU, RMSNorm, rotary) for kernels downloaded from the Hub, which
+fails without a network and changes the numbers a run measures. ``USE_HUB_KERNELS=YES`` turns them back on.
 """
+
+import os
 
 from transformers import (
     AutoConfig,
@@ -20,6 +25,8 @@ from .modeling import (
 from .tokenization import ChatForgeTokenizer
 
 __version__ = "0.1.0"
+
+os.environ.setdefault("USE_HUB_KERNELS", "NO")
 
 
 def _register_with_transformers() -> None:
