@@ -13,9 +13,9 @@
 #   bash bench/gpu_check.sh [OUTPUT_DIR [STEP ...]]      # default steps: model pretrain flex causal recipe
 #
 # Each step compiles its models first (a minute or two each). Runs from the repository root with
-# PYTHONPATH=src (no install needed where torch, transformers and accelerate are). The recipe step also needs
-# trl and datasets; on a machine without a package index, put their wheels in .whl/: they are installed to
-# /tmp/site first.
+# PYTHONPATH=src (no install needed where torch and chatforge's pinned transformers and accelerate are). The recipe
+# step imports the whole command line, so it also needs trl, datasets, bm25s, math-verify and orjson. On a machine
+# without a package index, put the wheels in .whl/: they are installed to /tmp/site first.
 set -uo pipefail
 out=${1:-runs/gpu-check}
 if [ $# -gt 1 ]; then steps=("${@:2}"); else steps=(model pretrain flex causal recipe); fi
