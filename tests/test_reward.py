@@ -16,6 +16,7 @@ from transformers import (
 from trl import DatasetMixtureConfig, ModelConfig, RewardConfig, RewardTrainer
 
 from chatforge.eval.reward import score_token_ids
+from chatforge.eval.suite import EvalConfig, EvalData, evaluate_model
 from chatforge.io import read_jsonl
 from chatforge.modeling import DOCUMENT_ATTENTION, ChatForgeForSequenceClassification
 from chatforge.posttrain.reward import (
@@ -165,6 +166,20 @@ def test_reward_model_learns_the_held_out_rankings(tmp_path, saved_model_dir, pr
     assert saved["reward_model"]["pairs"]["accuracy"] == trained["pairs"]["accuracy"]
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm")
     assert model.config.num_labels == 1 and model.config.pad_token_id is not None
+
+
+def test_the_trained_model_s_held_out_figures_are_read_back_by_an_evaluation_of_its_folder(
+        tmp_path, saved_model_dir, preference_data, monkeypatch, capsys):
+    monkeypatch.setenv("CHATFORGE_EVAL_CACHE", str(tmp_path / "cache"))
+    figures = run_reward(*_reward_args(tmp_path, saved_model_dir, preference_data, max_steps=4))
+    capsys.readouterr()
+    data = EvalData(**EvalData.of_preference_data(preference_data))
+    read = evaluate_model(str(tmp_path / "rm"), ["pairs", "rankings"], data,
+                          EvalConfig(limits={"pairs": None, "rankings": 20}))
+    assert capsys.readouterr().out.count("measured earlier on the same model files and settings") == 2
+    assert json.dumps(read, sort_keys=True) == json.dumps(figures["reward_model"], sort_keys=True)
+    other = evaluate_model(str(tmp_path / "rm"), ["rankings"], data, EvalConfig(limits={"rankings": 10}))
+    assert "measured earlier" not in capsys.readouterr().out and other["rankings"]["rankings"] == 10
 
 
 def test_reward_model_from_a_llama(tmp_path, tokenizer, preference_data):

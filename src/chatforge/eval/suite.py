@@ -316,9 +316,11 @@ def is_reward_model(model_path: str) -> bool:
     return any(name.endswith("ForSequenceClassification") for name in architectures)
 
 
-def evaluate_reward_model(model, tokenizer, tasks: Sequence[str], data: EvalData,
-                          config: EvalConfig = EvalConfig()) -> dict:
-    """Run reward-model ``tasks`` (:data:`REWARD_TASKS`) on a loaded sequence classifier; task name -> figures."""
+def evaluate_reward_model(model, tokenizer, tasks: Sequence[str], data: EvalData, config: EvalConfig = EvalConfig(),
+                          model_folder: str | Path | None = None) -> dict:
+    """Run reward-model ``tasks`` (:data:`REWARD_TASKS`) on a loaded sequence classifier; task name -> figures.
+    Where ``model`` and ``tokenizer`` are those of the files in ``model_folder``, figures are kept in and reused
+    from the :class:`~chatforge.eval.result_cache.EvalCache` that ``CHATFORGE_EVAL_CACHE`` names."""
     scorer = RewardScorer(model, tokenizer)
     runners = {
         "pairs": lambda: pairwise_accuracy(scorer, _records(data.pairs, "pairs", "preference pairs",
@@ -326,7 +328,11 @@ def evaluate_reward_model(model, tokenizer, tasks: Sequence[str], data: EvalData
         "rankings": lambda: ranking_agreement(scorer, _records(data.rankings, "rankings", "rankings",
                                                                config.limit_of("rankings"),
                                                                ("prompt", "completions", "ranking")))}
-    return {task: runners[task]() for task in tasks}
+    cache, fingerprint = _cache_for(model_folder)
+    return {task: _measured(task, runners[task],
+                            _cache_description(task, data, config, model) if cache is not None else None,
+                            cache, fingerprint)
+            for task in tasks}
 
 
 def applicable_tasks(tasks: Sequence[str], data: EvalData, engine: Engine) -> list[str]:
@@ -345,25 +351,37 @@ def evaluate_language_model(engine: Engine, tasks: Sequence[str], data: EvalData
         if task in CHAT_TASKS and engine.tokenizer.chat_template is None:
             raise InvalidValue(f"task {task!r} needs a chat model; {engine.model.name_or_path} has no chat template")
     runners = _task_runners(data, config)
-    cache = EvalCache.from_environment() if model_folder is not None else None
-    fingerprint = model_fingerprint(model_folder) if cache is not None else None
+    cache, fingerprint = _cache_for(model_folder)
     results = {}
     for task in (task for task in tasks if task not in BENCHMARKS):
-        description = _cache_description(task, data, config, engine) if cache is not None else None
-        if description is None:
-            results[task] = runners[task](engine)
-            continue
-        description["model"] = fingerprint
-        key = cache.key(description)
-        if (kept := cache.get(key)) is not None:
-            _say_reused(task, cache, key)
-            results[task] = kept
-            continue
-        results[task] = runners[task](engine)
-        cache.put(key, description, results[task])
+        description = _cache_description(task, data, config, engine.model, engine) if cache is not None else None
+        results[task] = _measured(task, lambda: runners[task](engine), description, cache, fingerprint)
     if benchmarks := [task for task in tasks if task in BENCHMARKS]:
         results |= _benchmark_figures(engine, benchmarks, config, samples_dir, cache, fingerprint)
     return {task: results[task] for task in tasks}
+
+
+def _cache_for(model_folder: str | Path | None) -> tuple[EvalCache | None, str | None]:
+    """The environment's eval cache and the fingerprint of ``model_folder``'s files; (None, None) where either is
+    missing."""
+    cache = EvalCache.from_environment() if model_folder is not None else None
+    return cache, model_fingerprint(model_folder) if cache is not None else None
+
+
+def _measured(task: str, run: Callable[[], dict], description: dict | None, cache: EvalCache | None,
+              fingerprint: str | None) -> dict:
+    """``run()``'s figures, read from ``cache`` where measured earlier under ``description`` (and the model's
+    ``fingerprint``), else measured and kept there; measured and not kept where ``description`` is None."""
+    if description is None:
+        return run()
+    description["model"] = fingerprint
+    key = cache.key(description)
+    if (kept := cache.get(key)) is not None:
+        _say_reused(task, cache, key)
+        return kept
+    figures = run()
+    cache.put(key, description, figures)
+    return figures
 
 
 def _say_reused(task: str, cache: EvalCache, key: str) -> None:
@@ -398,9 +416,9 @@ def _benchmark_figures(engine: Engine, names: list[str], config: EvalConfig, sam
     return results
 
 
-def _placement(engine: Engine) -> dict:
-    """The dtype and device the engine's model runs in."""
-    parameter = next(engine.model.parameters())
+def _placement(model) -> dict:
+    """The dtype and device ``model`` runs in."""
+    parameter = next(model.parameters())
     return {"dtype": str(parameter.dtype), "device": parameter.device.type}
 
 
@@ -411,7 +429,7 @@ def _benchmark_description(name: str, config: EvalConfig, engine: Engine) -> dic
         return None
     return {"task": name, "records": file_digest(items), "limit": config.limit,
             "settings": {"benchmark_tokens": config.benchmark_tokens, "seed": config.seed},
-            "harness": version("lm_eval"), **_placement(engine)}
+            "harness": version("lm_eval"), **_placement(engine.model)}
 
 
 def _source_digest(source: Source) -> str | None:
@@ -424,14 +442,16 @@ def _source_digest(source: Source) -> str | None:
     return None
 
 
-def _cache_description(task: str, data: EvalData, config: EvalConfig, engine: Engine) -> dict | None:
-    """What decides ``task``'s figures besides the model's files and the code, or None where they are not kept."""
+def _cache_description(task: str, data: EvalData, config: EvalConfig, model, engine: Engine | None = None
+                       ) -> dict | None:
+    """What decides ``task``'s figures besides the model's files and the code, or None where they are not kept;
+    ``engine`` serves the tool-use tasks."""
     records = _source_digest(getattr(data, TASK_DATA[task])) if task in TASK_DATA else None
     if records is None:
         return None
     description = {"task": task, "records": records, "limit": config.limit_of(task),
                    "settings": {name: getattr(config, name) for name in TASK_SETTINGS.get(task, ())},
-                   **_placement(engine)}
+                   **_placement(model)}
     if task in TASKS_WITH_TOOLS:
         index = data.search_index
         digest = "none" if not index else folder_digest(index) if Path(index).is_dir() else _source_digest(index)
@@ -455,6 +475,7 @@ def evaluate_model(model_path: str, tasks: Sequence[str], data: EvalData, config
         raise InvalidValue(f"{model_path} is {kind}; tasks {list(tasks)} do not all apply")
     if reward_model:
         return evaluate_reward_model(AutoModelForSequenceClassification.from_pretrained(model_path),
-                                     AutoTokenizer.from_pretrained(model_path), tasks, data, config)
+                                     AutoTokenizer.from_pretrained(model_path), tasks, data, config,
+                                     model_folder=local_folder(model_path))
     return evaluate_language_model(Engine.from_pretrained(model_path, toolbox=data.toolbox()), tasks, data, config,
                                    samples_dir, model_folder=local_folder(model_path))

@@ -80,14 +80,16 @@ def pair_split(dataset: datasets.Dataset, name: str) -> datasets.Dataset:
                        remove_columns=dataset.column_names, load_from_cache_file=False, desc=f"pairs of {name}")
 
 
-def held_out_evaluation(model, tokenizer, script: RewardScriptArguments, test_pairs) -> dict:
-    """Through the evaluation suite: pairwise accuracy on the held-out pairs and agreement with the held-out
-    rankings of ``preference_data_dir``."""
+def held_out_evaluation(model, tokenizer, script: RewardScriptArguments, test_pairs: str | list | None,
+                        model_folder: str | None = None) -> dict:
+    """Through the evaluation suite: pairwise accuracy on the held-out pairs (a file or records) and agreement with
+    the held-out rankings of ``preference_data_dir``; kept in the eval cache where ``model_folder`` holds the
+    model's files (the eval stage then reads the trained model's figures back)."""
     data = EvalData(**EvalData.of_preference_data(script.preference_data_dir))
-    data.pairs = test_pairs.to_list() if test_pairs is not None else None
+    data.pairs = test_pairs
     config = EvalConfig(limits={"pairs": script.eval_pairs, "rankings": script.eval_rankings})
     return evaluate_reward_model(model, tokenizer, [task for task in REWARD_TASKS if data.has_data_for(task)], data,
-                                 config)
+                                 config, model_folder=model_folder)
 
 
 def reads_sequence_bounds(model) -> bool:
@@ -146,15 +148,16 @@ def run_reward(script: RewardScriptArguments, training_args: RewardConfig, model
     tokenizer = load_tokenizer(model_args.model_name_or_path)
     splits = {name: pair_split(split, name) for name, split in load_mixture(mixture).items()}
     held_out = Path(script.preference_data_dir) / "pairs_test.jsonl"
-    if "test" not in splits and held_out.exists():
+    test_pairs = splits["test"].to_list() if "test" in splits else None
+    if test_pairs is None and held_out.exists():
         splits["test"] = pair_split(datasets.load_dataset("json", data_files=str(held_out), split="train"),
                                     str(held_out))
+        test_pairs = str(held_out)  # read as the eval stage reads it, so that its figures are the same
     if script.max_train_pairs is not None and script.max_train_pairs < len(splits["train"]):
         splits["train"] = splits["train"].shuffle(seed=training_args.seed).select(range(script.max_train_pairs))
     set_seed(training_args.seed)  # the new score head starts the same on every process, and in every run
     model = load_reward_model(model_args, tokenizer)
-    untrained = evaluated_before_training(model, lambda: held_out_evaluation(model, tokenizer, script,
-                                                                             splits.get("test")))
+    untrained = evaluated_before_training(model, lambda: held_out_evaluation(model, tokenizer, script, test_pairs))
     evaluates = training_args.eval_strategy != "no"  # else the trainer need not tokenize the held-out pairs
     trainer = PackedRewardTrainer(model=model, args=training_args, train_dataset=splits["train"],
                                   eval_dataset=splits.get("test") if evaluates else None, processing_class=tokenizer,
@@ -166,7 +169,7 @@ def run_reward(script: RewardScriptArguments, training_args: RewardConfig, model
     figures = {"untrained": untrained, "train_pairs": len(splits["train"])}
     with evaluated_on_main(trainer, AutoModelForSequenceClassification, training_args.output_dir) as trained:
         if trained is not None:
-            summary = held_out_evaluation(trained, tokenizer, script, splits.get("test"))
+            summary = held_out_evaluation(trained, tokenizer, script, test_pairs, training_args.output_dir)
             figures.update(reward_model=summary, seconds=round(time.perf_counter() - started, 1))
             atomic_write_text(Path(training_args.output_dir) / "eval.json", json.dumps(figures, indent=2))
             print(f"reward model -> {training_args.output_dir}: held-out pairwise accuracy "
