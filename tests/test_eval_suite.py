@@ -185,6 +185,36 @@ def test_greedy_replies_that_call_no_tool_are_not_generated_again_without_tools(
     assert generated == [(True, 2), (False, 2)]
 
 
+def test_greedy_replies_cut_off_inside_a_call_are_generated_again_without_tools_and_no_others(model, tokenizer,
+                                                                                               monkeypatch):
+    from chatforge.eval import chat
+    from chatforge.inference.batching import chat_many
+    from chatforge.tools import default_toolbox
+
+    opening, answer = "Let me compute it. ", "Three plus four is seven, so the answer is 7."
+    calls = {"question": "What is 1234 times 5678?", "answer": "7006652"}
+    plain = {"question": "What is 3 plus 4?", "answer": "7"}
+    memorize(model, tokenizer, [
+        [{"role": "user", "content": calls["question"]}, {"role": "assistant", "content": opening
+         + tool_exchange("calculator", "1234*5678", "7006652") + "The answer is 7006652."}],
+        [{"role": "user", "content": plain["question"]}, {"role": "assistant", "content": answer}]])
+    budget = len(tokenizer(opening, add_special_tokens=False)["input_ids"]) + 3  # the call opened, not closed
+    assert len(tokenizer(answer, add_special_tokens=False)["input_ids"]) > budget
+    params = SamplingParams(temperature=0.0, max_new_tokens=budget)
+    engine = Engine(model, tokenizer, toolbox=default_toolbox())
+    conversations = [[{"role": "user", "content": task["question"]}] for task in (calls, plain)]
+    cut = [list(engine.chat(messages, params))[-1] for messages in conversations]
+    assert [(done.finish_reason, done.open_call) for done in cut] == [("length", True), ("length", False)]
+    generated, judged = [], []
+    monkeypatch.setattr(chat, "chat_many", lambda engine, conversations, params, use_tools, desc: (
+        generated.append((use_tools, len(conversations))) or chat_many(engine, conversations, params, use_tools)))
+    chat.tool_task_accuracy(engine, [calls, plain], lambda reply, task: judged.append(reply) or True, "cut", params)
+    assert generated == [(True, 2), (False, 1)]  # the reply cut off inside its call is asked again, alone
+    without = chat_many(engine, conversations, params, use_tools=False)
+    assert judged[2:] == [events[-1].text for events in without]  # the same replies as asking both without tools
+    assert judged[0] != judged[2] and judged[1] == judged[3]
+
+
 def test_a_model_saved_again_has_the_same_fingerprint_and_a_changed_one_does_not(saved_model_dir, model, tokenizer,
                                                                                  tmp_path):
     again = tmp_path / "kept"  # as a stage that keeps its starting model saves it, with its own logs beside it

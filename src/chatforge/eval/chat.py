@@ -40,13 +40,14 @@ def tool_task_accuracy(engine: Engine, tasks: Sequence[dict], judge: Callable[[s
     """Share of tasks (``question`` + reference) whose reply ``judge`` accepts, asked with the model's tools
     (``with_tools``) and without them (``without_tools``); ``tool_calls`` counts the replies that called a tool;
     each of ``diagnostics`` (a test of a reply's events) adds the share it holds for with tools. The tasks are
-    generated together, each pausing for its own tool calls. Greedy, a reply that ended its turn without touching
-    a tool is the reply without tools too (the call token it never chose is all that is withheld), so only the
-    others are generated again."""
+    generated together, each pausing for its own tool calls. Greedy, a reply that never chose the call token (it
+    touched no tool, and did not run out of tokens inside a call) is the reply without tools too (that token is all
+    that is withheld), so only the others are generated again."""
     conversations = [[{"role": "user", "content": task["question"]}] for task in tasks]
     with_tools = chat_many(engine, conversations, params, use_tools=True, desc=f"{name} (with tools)")
     redo = [row for row, events in enumerate(with_tools)
-            if params.temperature > 0 or _touched_a_tool(events) or events[-1].finish_reason != "stop"]
+            if params.temperature > 0 or _touched_a_tool(events) or events[-1].open_call
+            or events[-1].finish_reason not in ("stop", "length")]
     without_tools = list(with_tools)
     again = chat_many(engine, [conversations[row] for row in redo], params, use_tools=False,
                       desc=f"{name} (without tools, {len(redo)} of {len(tasks)} replies differ)")

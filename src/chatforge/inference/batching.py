@@ -76,7 +76,8 @@ class _Sequence:
             self.job.emit(self.index, ChatEvent("text", tail))
         self.finished = True
         self.job.ended.add(self.index)
-        self.job.emit(self.index, ChatEvent("done", finish_reason=reason, stop_token=stop_token, tokens=self.generated))
+        self.job.emit(self.index, ChatEvent("done", finish_reason=reason, stop_token=stop_token, tokens=self.generated,
+                                            open_call=reason == "length" and self.calling))
 
     def text(self, piece: str) -> None:
         """Pass on generated text up to a tool call (reported by its own events) or a stop string."""

@@ -55,7 +55,8 @@ class SamplingParams:
 @dataclass
 class ChatEvent:
     """One step of a chat reply: ``text`` (a streamed piece), ``tool_call``, ``tool_output`` or ``done`` (with
-    ``finish_reason``, the ``stop_token`` that ended it and the number of ``tokens`` generated)."""
+    ``finish_reason``, the ``stop_token`` that ended it, the number of ``tokens`` generated, and ``open_call``:
+    whether the token budget ran out on a tool call the model had opened, which was never run)."""
 
     kind: str
     text: str = ""
@@ -63,6 +64,7 @@ class ChatEvent:
     finish_reason: str | None = None
     stop_token: str | None = None
     tokens: int = 0
+    open_call: bool = False
 
 
 class _TokenQueue(BaseStreamer):
@@ -327,7 +329,8 @@ class Engine:
                 ids = ids + self.tokenizer(appended, add_special_tokens=False)["input_ids"]
         stop_token = self.tokenizer.convert_ids_to_tokens(last) if finish == "stop" else None
         yield ChatEvent("done", reply, finish_reason=finish, stop_token=stop_token,
-                        tokens=params.max_new_tokens - budget + (finish == "stop"))  # the stop token counts
+                        tokens=params.max_new_tokens - budget + (finish == "stop"),  # the stop token counts
+                        open_call=finish == "length" and calling)
 
     def reply(self, messages: list[dict], params: SamplingParams = SamplingParams(), use_tools: bool = True) -> str:
         """The whole assistant reply to ``messages`` (tool exchanges included)."""
