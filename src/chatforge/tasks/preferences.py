@@ -25,9 +25,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from ..errors import InvalidValue
+from ..inference.batching import chat_many
 from ..inference.engine import Engine, SamplingParams
 from ..io import atomic_directory, write_jsonl
 from .conversations import ConversationError, check_messages
@@ -252,20 +251,16 @@ def _prompts(rng: random.Random, config: PreferenceDataConfig) -> list[tuple[lis
 
 def sample_policy(policy: str, prompts: list[list[dict]], config: PreferenceDataConfig) -> list[tuple[str, ...]]:
     """``config.policy_samples`` replies of the model at ``policy`` to each prompt, those that reached their
-    end of turn."""
+    end of turn; decoded ``config.policy_batch_size`` at a time, each row taking the next reply as soon as its own
+    has ended."""
     engine = Engine.from_pretrained(policy)
     params = SamplingParams(temperature=config.policy_temperature, top_k=None, top_p=1.0,
                             max_new_tokens=config.policy_max_new_tokens, seed=config.seed)
-    stops, n, replies = set(engine.stop_ids), config.policy_samples, []
-    for start in tqdm(range(0, len(prompts), config.policy_batch_size), desc=f"sampling {policy}", unit="batch"):
-        batch = [engine.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
-                                                      return_dict=False)
-                 for prompt in prompts[start:start + config.policy_batch_size]]
-        generated = engine.generate_ids(batch, params, n)
-        for row in range(len(batch)):
-            finished = [ids for ids in generated[row * n:(row + 1) * n] if ids and ids[-1] in stops]
-            replies.append(tuple(engine.tokenizer.batch_decode(finished, skip_special_tokens=True)))
-    return replies
+    n = config.policy_samples
+    replies = chat_many(engine, prompts, params, use_tools=False, max_batch=config.policy_batch_size * n,
+                        desc=f"sampling {policy}", n=n)
+    return [tuple(events[-1].text for events in replies[row * n:(row + 1) * n] if events[-1].finish_reason == "stop")
+            for row in range(len(prompts))]
 
 
 def _is_test(prompt: list[dict], fraction: float) -> bool:
