@@ -257,22 +257,26 @@ class Batcher:
                         job.emit(index, failure)
 
     def _prefill(self, jobs: list[Job]) -> _Batch:
-        """The jobs' prompts run through the model together (left-padded): a batch ready to decode."""
+        """The jobs' prompts run through the model together (left-padded), each once however many sequences its
+        job samples (their cache rows are copies): a batch ready to decode."""
         engine, device = self.engine, self.engine.device
         sequences = [_Sequence(job, index, engine, device) for job in jobs for index in range(job.n)]
-        prompts = [job.prompt_ids for job in jobs for _ in range(job.n)]
-        width = max(map(len, prompts))
-        ids = torch.full((len(prompts), width), engine.pad_id, dtype=torch.long)
+        width = max(len(job.prompt_ids) for job in jobs)
+        ids = torch.full((len(jobs), width), engine.pad_id, dtype=torch.long)
         mask = torch.zeros_like(ids)
-        for row, prompt in enumerate(prompts):
-            ids[row, width - len(prompt):] = torch.as_tensor(prompt)
-            mask[row, width - len(prompt):] = 1
+        for row, job in enumerate(jobs):
+            ids[row, width - len(job.prompt_ids):] = torch.as_tensor(job.prompt_ids)
+            mask[row, width - len(job.prompt_ids):] = 1
         ids, mask = ids.to(device), mask.to(device)
         with torch.inference_mode():
             output = engine.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                                   cache=growing_cache(engine.model.config), use_cache=True)
-        return _Batch(sequences, output.cache, mask, mask.sum(-1), output.logits[:, -1].float(),
-                      [True] * len(sequences))
+        cache, logits = output.cache, output.logits[:, -1].float()
+        if len(sequences) > len(jobs):
+            rows = torch.tensor([row for row, job in enumerate(jobs) for _ in range(job.n)], device=device)
+            cache.batch_select_indices(rows)
+            mask, logits = mask[rows], logits[rows]
+        return _Batch(sequences, cache, mask, mask.sum(-1), logits, [True] * len(sequences))
 
     @torch.inference_mode()
     def _decode(self, batch: _Batch, jobs: list[Job]) -> None:
