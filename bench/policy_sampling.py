@@ -7,7 +7,8 @@ Prints prompts a minute of each, the median per-round ratio (above 1.0: the batc
 variant's share of replies that reached their end of turn (the ones ranked) and their mean length in words: other
 draws from the same distribution.
 
-    python bench/policy_sampling.py --policy runs/smollm2/sft-probe --prompts runs/smollm2/preference-data/rankings_train.jsonl
+    python bench/policy_sampling.py --policy runs/smollm2/sft-probe \
+        --prompts runs/smollm2/preference-data/rankings_train.jsonl
 """
 
 import argparse
@@ -69,8 +70,9 @@ def main() -> None:
     report(rates, "prompts a minute", "batcher", "padded")
     for name, sampled in replies.items():
         finished = [reply for row in sampled for reply in row]
+        words = sum(len(reply.split()) for reply in finished) / max(1, len(finished))
         print(f"{name:>12}: {len(finished) / (len(prompts) * config.policy_samples):.1%} of the replies reached "
-              f"their end of turn, {sum(len(r.split()) for r in finished) / max(1, len(finished)):.1f} words on average")
+              f"their end of turn, {words:.1f} words on average")
 
 
 if __name__ == "__main__":
