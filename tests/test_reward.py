@@ -1,5 +1,6 @@
 import json
 import random
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -136,6 +137,11 @@ def test_the_policy_s_own_replies_are_ranked_among_the_candidates(tmp_path, mode
         kinds = [record["kinds"][index] for index in record["ranking"]]
         assert ordered[kinds.index("policy")] == refusal and kinds[0] == "reference"
         assert record["gold"][record["kinds"].index("policy")] == judge(refusal, record["task"]).reward < 1
+
+
+    cut_off = build_preference_data(tmp_path / "cut-off", replace(config, policy_max_new_tokens=3),
+                                    policy=str(tmp_path / "policy"))
+    assert cut_off["splits"]["train"]["policy_replies"] == 0  # a reply cut off before its end of turn is not ranked
 
 
 @pytest.fixture(scope="module")
