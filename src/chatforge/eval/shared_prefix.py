@@ -19,7 +19,7 @@ import torch
 from lm_eval.models.huggingface import HFLM
 from transformers import DynamicCache, GenerationConfig, StaticCache
 
-from .slot_decoding import SlotDecoder
+from .slot_decoding import SlotDecoder, filled_static_cache
 
 #: Shorter common prefixes are not worth a cache copy: the batch runs as the harness runs it.
 MIN_SHARED_TOKENS = 16
@@ -82,7 +82,7 @@ class SharedPrefixHFLM(HFLM):
     def _generation_cache(self, tokens: torch.Tensor, batch: int, max_length: int) -> StaticCache:
         """A cache of ``max_length`` positions a row, holding ``tokens``' keys and values (if any): written in place
         as generation goes, where a growing cache is copied whole at every step."""
-        cache = StaticCache(config=self.model.config, max_cache_len=max_length)
+        cache = filled_static_cache(self.model.config, max_length)
         if len(tokens):
             prefix, _ = self._prefix_state(tokens)
             for index, layer in enumerate(prefix.layers):

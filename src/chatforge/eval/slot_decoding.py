@@ -7,7 +7,8 @@ step writes one column in every row. A prompt admitted when the next column is `
 values at ``[c - m, c)`` — prefilled on a copy of the prefix's cache, positions continuing from the prefix — and
 the columns between the prefix and them masked; a finished row's columns stay masked to everyone else. Prompts
 are admitted while their whole continuation still fits before the cache's end; after that the last rows finish
-and the columns after the longest prompt are reused for the next prompts (an epoch)."""
+and the columns after the longest prompt are reused for the next prompts (an epoch). Attention reads the columns
+written so far, not the whole cache (:func:`filled_static_cache`)."""
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,9 +16,33 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache, StaticCache
+from transformers.cache_utils import StaticLayer
 
 #: ``forward(input_ids, attention_mask, position_ids, cache)``: the model's logits, cache updated in place.
 Forward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, object], torch.Tensor]
+
+
+class FilledColumnsLayer(StaticLayer):
+    """A ``StaticLayer`` that hands attention its columns written so far instead of all ``max_cache_len`` of them:
+    the masked columns after them cost a step as much as the filled ones (attention is most of a decode step at
+    a long shared prefix). Writes stay in place."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        keys, values = super().update(key_states, value_states, *args, **kwargs)
+        filled = int(self.cumulative_length)
+        return keys[:, :, :filled], values[:, :, :filled]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return int(self.get_seq_length()) + query_length, 0
+
+
+def filled_static_cache(config, max_cache_len: int) -> StaticCache:
+    """A ``StaticCache`` for a model of ``config`` whose full-attention layers are :class:`FilledColumnsLayer` s."""
+    cache = StaticCache(config=config, max_cache_len=max_cache_len)
+    for layer in cache.layers:
+        if type(layer) is StaticLayer:
+            layer.__class__ = FilledColumnsLayer
+    return cache
 
 
 @dataclass
@@ -143,4 +168,4 @@ class SlotDecoder:
                 self._take(slot, tokens[slot])
 
 
-__all__ = ["SlotDecoder"]
+__all__ = ["FilledColumnsLayer", "SlotDecoder", "filled_static_cache"]
