@@ -7,6 +7,7 @@ left-padded to the batch's width). Within a batch, a sequence whose tool is runn
 fed to it; finished and cancelled sequences leave the batch (their cache rows are dropped).
 """
 
+import contextlib
 import os
 import queue
 import threading
@@ -23,6 +24,7 @@ from transformers import DynamicCache
 from ..tokenization.tokenization_chatforge import TOOL_CALL_START
 from ..tools import ToolError, format_tool_output, parse_tool_call
 from .batch_sampling import sample_tokens
+from .decode_linear import transposed_linears
 from .detokenize import IncrementalText
 from .engine import ChatEvent, Engine, SamplingParams
 from .growing_cache import growing_cache, is_full_attention
@@ -246,15 +248,18 @@ class Batcher:
         return jobs
 
     def _serve(self) -> None:
-        while jobs := self._take(self.max_batch, block=True):
-            self.batches += 1
-            try:
-                self._decode(self._prefill(jobs), jobs)
-            except Exception as error:  # every sequence of the batch learns why, the worker lives on
-                failure = ChatEvent("done", finish_reason="error", text=f"{type(error).__name__}: {error}")
-                for job in jobs:
-                    for index in set(range(job.n)) - job.ended:
-                        job.emit(index, failure)
+        fast_linears = contextlib.nullcontext() if self.engine.synced_processes else transposed_linears(
+            self.engine.model)
+        with fast_linears:
+            while jobs := self._take(self.max_batch, block=True):
+                self.batches += 1
+                try:
+                    self._decode(self._prefill(jobs), jobs)
+                except Exception as error:  # every sequence of the batch learns why, the worker lives on
+                    failure = ChatEvent("done", finish_reason="error", text=f"{type(error).__name__}: {error}")
+                    for job in jobs:
+                        for index in set(range(job.n)) - job.ended:
+                            job.emit(index, failure)
 
     def _prefill(self, jobs: list[Job]) -> _Batch:
         """The jobs' prompts run through the model together (left-padded), each once however many sequences its

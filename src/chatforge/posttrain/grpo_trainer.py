@@ -16,6 +16,7 @@ from transformers import LogitsProcessorList
 from trl import GRPOTrainer
 
 from ..errors import InvalidValue
+from ..inference.decode_linear import transposed_linears
 from ..inference.inverse_transform import as_greedy_with_sampler
 from ..inference.prompt_cache import find_shared_prompts, prefilled_cache
 from .packed_scoring import on_grid, pack_completions, packed_logits, scored_logps_and_entropies
@@ -38,7 +39,8 @@ def generating_with(model, processors: LogitsProcessorList):
 
     model.generate = generate_from_shared_prompts
     try:
-        yield
+        with transposed_linears(model):
+            yield
     finally:
         if own is None:
             del model.generate
