@@ -23,7 +23,9 @@ BENCHMARKS = ("hellaswag_100", "truthfulqa_mc1_100", "gsm8k_cot_100", "humaneval
 def run_folder(tmp_path_factory) -> Path:
     skip_without_smollm2()
     if os.environ.get("CHATFORGE_SMOLLM2_RUN"):
-        return Path(os.environ["CHATFORGE_SMOLLM2_RUN"]).resolve()
+        run = Path(os.environ["CHATFORGE_SMOLLM2_RUN"]).resolve()
+        run.parent.mkdir(parents=True, exist_ok=True)
+        return run
     return tmp_path_factory.mktemp("smollm2-goals") / "run"
 
 
