@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import InvalidValue, NotFound
+from ..inference.packed_linear import packed_linears
 from ..io import read_jsonl, write_jsonl
 from ..tools.sandbox import SandboxLimits, execute
 from .intervals import wilson_interval
@@ -237,10 +238,11 @@ def run_benchmarks(model, tokenizer, names: Sequence[str], limit: int | None = N
         try:
             # the offline tasks' YAMLs include their harness task by path: only Hub tasks need the harness's index
             manager = TaskManager(include_path=folder, include_defaults=any(name in HUB_TASKS for name in names))
-            results = simple_evaluate(model=harness, tasks=specs, task_manager=manager,
-                                      limit=limit, gen_kwargs={"max_gen_toks": max_gen_toks}, random_seed=seed,
-                                      numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
-                                      log_samples=samples_dir is not None)
+            with packed_linears(model):
+                results = simple_evaluate(model=harness, tasks=specs, task_manager=manager,
+                                          limit=limit, gen_kwargs={"max_gen_toks": max_gen_toks}, random_seed=seed,
+                                          numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+                                          log_samples=samples_dir is not None)
         except ConnectionError as error:
             hub = [name for name in names if name in HUB_TASKS]
             raise NotFound(f"benchmarks {hub} load their items from the Hub, which could not be reached ({error}); "

@@ -8,24 +8,29 @@ import torch
 from scipy.stats import kendalltau
 from tqdm.auto import tqdm
 
+from ..inference.packed_linear import packed_linears
+
 
 @torch.no_grad()
 def score_token_ids(model, sequences: Sequence[Sequence[int]], pad_token_id: int, batch_size: int = 32,
                     desc: str | None = None) -> list[float]:
     """The reward model's scalar for each token sequence: each distinct one scored once, in right-padded batches
-    of similar lengths, longest first; ``desc`` names a progress bar."""
+    of similar lengths, longest first (against packed weights on a CPU, :mod:`~chatforge.inference.packed_linear`);
+    ``desc`` names a progress bar."""
     device = next(model.parameters()).device
     distinct = sorted({tuple(ids) for ids in sequences}, key=len, reverse=True)
     score_of: dict[tuple, float] = {}
-    for start in tqdm(range(0, len(distinct), batch_size), desc=desc, unit="batch", leave=False, disable=desc is None):
-        batch = distinct[start:start + batch_size]
-        input_ids = torch.full((len(batch), len(batch[0])), pad_token_id, dtype=torch.long)
-        attention_mask = torch.zeros_like(input_ids)
-        for row, ids in enumerate(batch):
-            input_ids[row, :len(ids)] = torch.as_tensor(ids)
-            attention_mask[row, :len(ids)] = 1
-        logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
-        score_of.update(zip(batch, logits[:, 0].float().tolist()))
+    with packed_linears(model):
+        for start in tqdm(range(0, len(distinct), batch_size), desc=desc, unit="batch", leave=False,
+                          disable=desc is None):
+            batch = distinct[start:start + batch_size]
+            input_ids = torch.full((len(batch), len(batch[0])), pad_token_id, dtype=torch.long)
+            attention_mask = torch.zeros_like(input_ids)
+            for row, ids in enumerate(batch):
+                input_ids[row, :len(ids)] = torch.as_tensor(ids)
+                attention_mask[row, :len(ids)] = 1
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+            score_of.update(zip(batch, logits[:, 0].float().tolist()))
     return [score_of[tuple(ids)] for ids in sequences]
 
 

@@ -19,7 +19,6 @@ import torch
 from lm_eval.models.huggingface import HFLM
 from transformers import DynamicCache, GenerationConfig, StaticCache
 
-from ..inference.decode_linear import transposed_linears
 from .slot_decoding import SlotDecoder, filled_static_cache
 
 #: Shorter common prefixes are not worth a cache copy: the batch runs as the harness runs it.
@@ -168,9 +167,8 @@ class SharedPrefixHFLM(HFLM):
             lambda ids, mask, positions, cache: self._forward(ids, cache, attention_mask=mask, position_ids=positions),
             shared, prefix_cache, lambda batch, columns: self._generation_cache(prefix, batch, columns),
             self.tokenizer.pad_token_id, self._slots, self.epoch_factor, self.device)
-        with transposed_linears(self.model):
-            replies = decoder.decode([row[shared:] for row in rows], max_new_tokens, self._end_of_reply(stop),
-                                     desc="greedy generation" if self.rank == 0 else None)
+        replies = decoder.decode([row[shared:] for row in rows], max_new_tokens, self._end_of_reply(stop),
+                                 desc="greedy generation" if self.rank == 0 else None)
         out = torch.full((len(rows), max_new_tokens), self.tokenizer.pad_token_id, dtype=context.dtype)
         for index, reply in enumerate(replies):
             out[index, :len(reply)] = torch.tensor(reply, dtype=context.dtype)

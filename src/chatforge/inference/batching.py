@@ -24,10 +24,10 @@ from transformers import DynamicCache
 from ..tokenization.tokenization_chatforge import TOOL_CALL_START
 from ..tools import ToolError, format_tool_output, parse_tool_call
 from .batch_sampling import sample_tokens
-from .decode_linear import transposed_linears
 from .detokenize import IncrementalText
 from .engine import ChatEvent, Engine, SamplingParams
 from .growing_cache import growing_cache, is_full_attention
+from .packed_linear import packed_linears
 from .stops import StopStrings
 
 #: What a job does with the model's tool calls: keep it from starting one, run the engine's tools inside the turn,
@@ -248,7 +248,7 @@ class Batcher:
         return jobs
 
     def _serve(self) -> None:
-        fast_linears = contextlib.nullcontext() if self.engine.synced_processes else transposed_linears(
+        fast_linears = contextlib.nullcontext() if self.engine.synced_processes else packed_linears(
             self.engine.model)
         with fast_linears:
             while jobs := self._take(self.max_batch, block=True):

@@ -22,11 +22,11 @@ from ..tokenization.tokenization_chatforge import (
 )
 from ..tools import Toolbox, format_tool_output, parse_tool_call
 from ..tools.errors import ToolError
-from .decode_linear import transposed_linears
 from .detokenize import IncrementalText
 from .growing_cache import fits_generation, growing_cache
 from .inverse_transform import InverseTransformSampler, as_greedy_with_sampler
 from .open_calls import CloseOpenCalls
+from .packed_linear import packed_linears
 from .prompt_cache import prefilled_cache
 
 
@@ -169,7 +169,7 @@ class Engine:
         extra = {"tokenizer": self.tokenizer} if config.stop_strings else {}
         if cache is None and fits_generation(config):
             cache = growing_cache(self.model.config)
-        fast_linears = contextlib.nullcontext() if self.synced_processes else transposed_linears(self.model)
+        fast_linears = contextlib.nullcontext() if self.synced_processes else packed_linears(self.model)
         with torch.inference_mode(), fast_linears:
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
                                        cache=cache, streamer=streamer, synced_gpus=self.synced_processes or None,

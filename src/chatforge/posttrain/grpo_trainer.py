@@ -16,8 +16,8 @@ from transformers import LogitsProcessorList
 from trl import GRPOTrainer
 
 from ..errors import InvalidValue
-from ..inference.decode_linear import transposed_linears
 from ..inference.inverse_transform import as_greedy_with_sampler
+from ..inference.packed_linear import packed_linears
 from ..inference.prompt_cache import find_shared_prompts, prefilled_cache
 from .packed_scoring import on_grid, pack_completions, packed_logits, scored_logps_and_entropies
 from .shared_prompts import completion_logits
@@ -39,7 +39,7 @@ def generating_with(model, processors: LogitsProcessorList):
 
     model.generate = generate_from_shared_prompts
     try:
-        with transposed_linears(model):
+        with packed_linears(model):
             yield
     finally:
         if own is None:

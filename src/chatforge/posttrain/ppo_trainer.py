@@ -41,6 +41,7 @@ from ..eval.plots import plot_panels
 from ..eval.reward import score_token_ids
 from ..inference.batching import chat_many
 from ..inference.engine import ChatEvent, Engine, SamplingParams
+from ..inference.packed_linear import packed_linears
 from ..io import atomic_directory, atomic_write_text, write_jsonl
 from ..tasks.gold import gold_reward
 from ..training.checkpoint import (
@@ -359,8 +360,10 @@ class PPOTrainer:
 
     def score(self, rollout: Rollout) -> "Scored":
         """What the update needs to know of the sampled replies: the policy's and the reference's token
-        log-probabilities, the value model's estimates, their KL, and the reward model's scores."""
-        with torch.no_grad(), self.accelerator.autocast():
+        log-probabilities, the value model's estimates, their KL, and the reward model's scores (on a CPU against
+        packed weights, :mod:`~chatforge.inference.packed_linear`)."""
+        with torch.no_grad(), self.accelerator.autocast(), packed_linears(self.modules), \
+                packed_linears(self.ref_policy):
             logprobs, _, values = self.modules(rollout, self.config.temperature)
             ref_logprobs, _ = token_logprobs(self.ref_policy, rollout, self.config.temperature)
         return Scored(logprobs, values, (logprobs - ref_logprobs) * rollout.mask, self._scores(rollout))
