@@ -25,6 +25,7 @@ from ..errors import InvalidValue, MissingInput
 from ..eval.chat import kept_right
 from ..eval.suite import TOOL_TASKS, EvalConfig, EvalData, applicable_tasks, evaluate_language_model
 from ..inference.engine import Engine
+from ..inference.packed_linear import packed_linears
 from ..io import atomic_write_text, require_input, will_exist
 from ..modeling.factory import load_tokenizer, local_folder, require_model, set_generation_defaults
 from ..tasks.conversations import ON_INVALID, ConversationError, check_conversation
@@ -225,6 +226,13 @@ def load_policy(model_args: ModelConfig, tokenizer):
     return model
 
 
+def evaluated_loss(trainer) -> float:
+    """``trainer``'s loss on its evaluation set (on a CPU against packed weights,
+    :mod:`~chatforge.inference.packed_linear`)."""
+    with packed_linears(trainer.model):
+        return trainer.evaluate()["eval_loss"]
+
+
 def held_out_loss_before_training(trainer, held_out_loss):
     """``held_out_loss()`` before ``trainer`` trains, leaving the model for ``train`` to prepare. Accelerate
     (1.15) marks a model prepared for evaluation as prepared, and then does not wrap it for data parallelism:
@@ -273,7 +281,7 @@ def run_sft(script: SFTScriptArguments, training_args: SFTConfig, model_args: Mo
     if script.replay_shards:
         trainer.train_dataset = with_replay(trainer.train_dataset, script, training_args, tokenizer,
                                             model.get_input_embeddings().num_embeddings)
-    held_out_loss = (lambda: trainer.evaluate()["eval_loss"]) if "test" in checked else (lambda: None)
+    held_out_loss = (lambda: evaluated_loss(trainer)) if "test" in checked else (lambda: None)
     eval_loss_before = held_out_loss_before_training(trainer, held_out_loss)
     trainer.train(resume_from_checkpoint=trainer_checkpoint(training_args.output_dir,
                                                              training_args.resume_from_checkpoint))
