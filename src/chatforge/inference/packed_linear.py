@@ -3,10 +3,10 @@
 ``nn.Linear`` multiplies through MKL's GEMM, which lays its weight out afresh at every call. oneDNN can lay a
 weight out once, in the blocked format its kernels read (``torch.ops.mkldnn._reorder_linear_weight``), and
 multiply against that ever after (``torch.ops.mkldnn._linear_pointwise``, what ``torch.compile`` freezes CPU
-linear layers to). On 2 cores of an AMD EPYC, fp32, a 576 × 1536 layer streamed from memory: 0.20 ms against
-0.42 at 16 rows (a decode step), 0.57 against 1.05 at 64, 4.3 against 5.9 at 512 (a prefill). A SmolLM2-135M
-decode step of 16 sequences takes 50 ms against 104, of 128 sequences 190 against 287, the greedy replies the same
-(``bench/packed_linear.py``).
+linear layers to). On 2 cores of an AMD EPYC, fp32, a 576 × 1536 layer streamed from memory: 0.21 ms against
+0.51 at 16 rows (a decode step), 0.57 against 1.05 at 64, 4.4 against 5.9 at 512 (a prefill). A SmolLM2-135M
+decode step of 16 sequences takes 50 ms against 104 (transposed weight copies), of 128 sequences 190 against 287
+(``nn.Linear``), the greedy replies the same (``bench/packed_linear.py``).
 
 :func:`packed_linears` gives each fp32 CPU linear layer a packed copy of its weight for the time of a generation
 or scoring pass; the products are ``nn.Linear``'s up to fp32 rounding. Under gradients or autocast the layer's own
