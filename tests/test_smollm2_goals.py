@@ -71,18 +71,14 @@ def test_knowledge_and_tools_goals(through_sft_probe):
     assert _with_interval(probed, "format_adherence", 100) >= 0.95
 
 
-def _knowledge_after_the_run(run_folder: Path) -> dict:
-    """The eval stage's knowledge figures of the probed model (``eval.json``)."""
-    return json.loads((run_folder / "eval.json").read_text())["sft"]["knowledge"]
-
-
 @pytest.mark.xfail(reason="not reached: 81-88% kept on the test split, and at most 91% kept with 70% declined on "
                           "validation with the threshold set after the fact (docs/sft.md, 'How far out any "
                           "setting's line reaches')", strict=False)
 def test_knowledge_kept_right_goal(whole_run, run_folder):
     # of the held-out capitals the imported model answered right (among those the probe found known), the probed
     # model still answers 90% right
-    assert _knowledge_after_the_run(run_folder)["known"]["kept_right"] >= 0.90
+    evaluation = json.loads((run_folder / "eval.json").read_text())
+    assert evaluation["sft"]["knowledge"]["known"]["kept_right"] >= 0.90
 
 
 def test_knowledge_declined_reward_ppo_grpo_and_benchmark_goals(whole_run, run_folder):
@@ -100,7 +96,7 @@ def test_knowledge_declined_reward_ppo_grpo_and_benchmark_goals(whole_run, run_f
     evaluation = json.loads((run_folder / "eval.json").read_text())
     # the kept-right figure with its interval (its goal: the test above); to the capitals the probe found unknown
     # the probed model says "I don't know"
-    knowledge = _knowledge_after_the_run(run_folder)
+    knowledge = evaluation["sft"]["knowledge"]
     assert knowledge["known"]["right_before"] > 20
     low, high = knowledge["known"]["kept_right_interval_95"]
     assert low <= knowledge["known"]["kept_right"] <= high
